@@ -1,0 +1,116 @@
+"""The one small interface every VM driver implements (QEMU now, libkrun next).
+
+A driver turns a `BoxLaunch` (everything needed to boot one box) into a running VM
+whose guest init has been configured, and later observes, connects to and stops it.
+It never decides *whether* to do so: that is the plan's job.
+
+The VM outlives the `box` process: a driver starts a supervisor process per box
+(detached, in its own session) and returns a `VmHandle`, a plain value that the
+state store keeps and that any later `box` process can use to reach the VM again.
+"""
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from a3s_box.guest.protocol import BoxConfig
+
+
+@dataclass(frozen=True)
+class BoxLaunch:
+    box_id: str  # unique on the host: "<project>.<box>" (or a pool member id)
+    rundir: Path  # private folder for this box: sockets, pid files, console.log
+    vcpus: int
+    memory_mib: int
+    config: BoxConfig  # handed to the guest init once it answers
+    disk: Path | None = None  # copy-on-write root disk (qcow2 over the image's ext4)
+    rootfs_dir: Path | None = None  # unpacked root folder (virtio-fs drivers)
+
+
+@dataclass(frozen=True)
+class VmHandle:
+    """How to find a running VM again; stored as JSON in the state store."""
+
+    driver: str
+    box_id: str
+    pid: int  # the supervisor process (owns the VM process)
+    channel: str  # unix socket speaking the guest protocol
+    console_log: str
+    accel: str  # "kvm", "tcg", "hvf"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "driver": self.driver,
+            "box_id": self.box_id,
+            "pid": self.pid,
+            "channel": self.channel,
+            "console_log": self.console_log,
+            "accel": self.accel,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> "VmHandle":
+        extra = data.get("extra") or {}
+        assert isinstance(extra, dict)
+        return cls(
+            driver=str(data["driver"]),
+            box_id=str(data["box_id"]),
+            pid=int(str(data["pid"])),
+            channel=str(data["channel"]),
+            console_log=str(data["console_log"]),
+            accel=str(data["accel"]),
+            extra={str(k): str(v) for k, v in extra.items()},
+        )
+
+
+class VmState(str, enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"  # the supervisor is gone; `exit_reason` says why if known
+    MISSING = "missing"  # nothing of it is left on the host
+
+
+@dataclass(frozen=True)
+class VmObservation:
+    state: VmState
+    exit_reason: str = ""
+
+
+@dataclass(frozen=True)
+class HostSupport:
+    """What `box doctor` prints for a driver, and what `driver: auto` decides on."""
+
+    driver: str
+    usable: bool
+    accel: str  # what it would use: "kvm", "tcg", "hvf", or ""
+    detail: str  # one plain sentence: why (not) and what to do
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: str
+
+    def host_support(self) -> HostSupport:
+        """Probe (cached) whether this host can run guests with this driver."""
+        ...
+
+    def start(self, launch: BoxLaunch, timeout: float) -> VmHandle:
+        """Boot the VM, wait for the guest init, send it CONFIG; return once the
+        agent is started. On any failure nothing of the VM is left running."""
+        ...
+
+    def observe(self, handle: VmHandle) -> VmObservation:
+        ...
+
+    def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
+        """A fresh byte stream to the guest init (guest protocol, HELLO not yet sent)."""
+        ...
+
+    def stop(self, handle: VmHandle, timeout: float) -> None:
+        """Shut the guest down cleanly, kill it after `timeout`; idempotent. Removes
+        the VM's sockets and pid files but not the disk (the caller owns it)."""
+        ...

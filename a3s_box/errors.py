@@ -1,0 +1,83 @@
+"""Every failure a user can see is one of these, carrying where it happened.
+
+    BoxError                      base; the CLI prints str(err) and exits 1
+    ├── BoxfileError              a Boxfile is invalid: .problems, each FILE:LINE:COL (exit 2)
+    ├── ImageError                an image could not be pulled/imported/unpacked: .ref
+    │   └── RegistryError         the registry answered badly or not at all: .ref, .status
+    ├── StateError                the state store is unreadable or locked
+    ├── DriverError               a VM could not be created/started/stopped: .box
+    │   └── HostUnsupported       the host cannot run this driver (no KVM, no libkrun...): .reason
+    └── GuestError                the guest init did not answer or broke the protocol: .box
+
+Foreign errors (OSError, httpx, subprocess, sqlite3, libkrun -errno) are translated
+into these at the edge that calls them, and raised `from` the original.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BoxError(Exception):
+    """Base of every a3s-box failure a user can see."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with a Boxfile, at a place in a file."""
+
+    file: str
+    line: int  # 1-based; 0 when the whole file is at fault
+    column: int  # 1-based
+    path: str  # dotted field path, "" for the document
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class BoxfileError(BoxError):
+    """The Boxfile is invalid; `problems` lists every problem found, in file order."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ImageError(BoxError):
+    def __init__(self, ref: str, message: str) -> None:
+        self.ref = ref
+        super().__init__(f"image {ref}: {message}")
+
+
+class RegistryError(ImageError):
+    def __init__(self, ref: str, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(ref, message)
+
+
+class StateError(BoxError):
+    pass
+
+
+class DriverError(BoxError):
+    def __init__(self, box: str, message: str) -> None:
+        self.box = box
+        super().__init__(f"box {box}: {message}" if box else message)
+
+
+class HostUnsupported(DriverError):
+    def __init__(self, driver: str, reason: str) -> None:
+        self.driver = driver
+        self.reason = reason
+        super().__init__("", f"{driver}: {reason}")
+
+
+class GuestError(BoxError):
+    def __init__(self, box: str, message: str) -> None:
+        self.box = box
+        super().__init__(f"box {box}: {message}" if box else message)
