@@ -1,0 +1,148 @@
+"""Desired state: the validated Boxfile turned into canonical, hashable specs.
+
+Pure: the only outside knowledge is `known_digests` (image name -> digest already in
+the local store), passed in by the caller, so the same inputs always give the same specs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from a3s_box.boxfile.model import BoxDef, Boxfile, PoolDef
+
+_NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass(frozen=True)
+class DesiredImage:
+    name: str  # the images: key, or the reference itself for a direct reference
+    source: str  # an OCI reference, or an absolute path to a layout folder / tar
+    is_path: bool
+    digest: str | None  # None: not in the local store yet ("known after pull")
+
+
+@dataclass(frozen=True)
+class DesiredBox:
+    name: str
+    image: str  # DesiredImage.name
+    spec: dict[str, Any]  # canonical, JSON-able; changes here mean recreate
+    spec_hash: str
+    depends_on: dict[str, str]  # box -> condition
+    definition: BoxDef
+
+
+@dataclass(frozen=True)
+class DesiredPool:
+    name: str
+    box: str
+    spec: dict[str, Any]
+    spec_hash: str
+    definition: PoolDef
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    project: str
+    images: dict[str, DesiredImage] = field(default_factory=dict)
+    boxes: dict[str, DesiredBox] = field(default_factory=dict)
+    pools: dict[str, DesiredPool] = field(default_factory=dict)
+
+
+def project_name(boxfile: Boxfile, explicit: str | None = None) -> str:
+    """`-p` wins, then `project:` in the Boxfile, then the Boxfile's folder name."""
+    if explicit:
+        return explicit
+    if boxfile.project:
+        return boxfile.project
+    folder = Path(boxfile.files[0]).resolve().parent.name if boxfile.files else "default"
+    label = _NOT_LABEL.sub("-", folder.lower()).strip("-")[:63]
+    return label or "default"
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def human_size(n: int) -> str:
+    for unit, factor in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
+    """The fields whose change requires a new VM. depends_on, healthcheck, lifetime and
+    timeouts are deliberately left out: changing them never needs a reboot."""
+    agent = box.namespaces.agent
+    business = box.namespaces.business
+    return {
+        "image": image_identity,
+        "driver": box.driver,
+        "hostname": box.hostname,
+        "resources": {"vcpus": box.resources.vcpus, "memory": human_size(box.resources.memory)},
+        "env": dict(sorted(box.env.items())),
+        "namespaces": {
+            "agent": {
+                "command": list(agent.command) if agent.command is not None else None,
+                "isolate": sorted(agent.isolate),
+                "env": dict(sorted(agent.env.items())),
+                "workdir": agent.workdir,
+                "restart": agent.restart,
+            },
+            "business": None
+            if business is None
+            else {"parent": business.parent, "isolate": sorted(business.isolate)},
+        },
+    }
+
+
+def desired_state(
+    boxfile: Boxfile, project: str, known_digests: Mapping[str, str | None]
+) -> DesiredState:
+    images: dict[str, DesiredImage] = {}
+    for name, img in sorted(boxfile.images.items()):
+        images[name] = _desired_image(name, img.ref, img.path, known_digests)
+    boxes: dict[str, DesiredBox] = {}
+    for name, box in sorted(boxfile.boxes.items()):
+        key, img = boxfile.image_of(name)
+        image_name = key if key is not None else (img.ref or str(img.path))
+        if image_name not in images:
+            images[image_name] = _desired_image(image_name, img.ref, img.path, known_digests)
+        di = images[image_name]
+        identity = di.digest or f"{'path' if di.is_path else 'ref'}:{di.source}"
+        spec = box_spec(box, identity)
+        boxes[name] = DesiredBox(
+            name=name,
+            image=image_name,
+            spec=spec,
+            spec_hash=spec_hash(spec),
+            depends_on={d: dep.condition for d, dep in sorted(box.depends_on.items())},
+            definition=box,
+        )
+    pools: dict[str, DesiredPool] = {}
+    for name, pool in sorted(boxfile.pools.items()):
+        spec = {
+            "box": pool.box,
+            "box_spec": boxes[pool.box].spec_hash,
+            "min_ready": pool.min_ready,
+            "max": pool.max,
+            "update": pool.update,
+            "idle_timeout": pool.idle_timeout,
+        }
+        pools[name] = DesiredPool(name, pool.box, spec, spec_hash(spec), pool)
+    return DesiredState(project=project, images=images, boxes=boxes, pools=pools)
+
+
+def _desired_image(
+    name: str, ref: str | None, path: Path | None, known: Mapping[str, str | None]
+) -> DesiredImage:
+    if ref is not None:
+        return DesiredImage(name, ref, False, known.get(name))
+    assert path is not None
+    return DesiredImage(name, str(path), True, known.get(name))

@@ -1,0 +1,119 @@
+"""From a box definition and its image's config to what the driver and guest init need.
+
+Pure. Precedence follows docker: image env < box env < agent env; the agent command
+defaults to the image's Entrypoint + Cmd, its workdir to the image's WorkingDir.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from a3s_box.boxfile.model import BoxDef
+from a3s_box.drivers.base import BoxLaunch
+from a3s_box.errors import DriverError
+from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
+
+_ISOLATE = {"mount": Isolate.MOUNT, "pid": Isolate.PID, "ipc": Isolate.IPC, "uts": Isolate.UTS,
+            "net": Isolate.NET}
+_RESTART = {"always": Restart.ALWAYS, "on-failure": Restart.ON_FAILURE, "never": Restart.NEVER}
+# Memory kept outside the agent's cgroup so that an agent using all it may never
+# starves the guest init (and with it the host's control channel).
+_GUEST_RESERVE = 48 << 20
+DEFAULT_PIDS_MAX = 4096
+
+
+def isolate_flags(names: Iterable[str]) -> Isolate:
+    flags = Isolate(0)
+    for n in names:
+        flags |= _ISOLATE[n]
+    return flags
+
+
+def _env_map(env: Any) -> dict[str, str]:
+    if isinstance(env, Mapping):
+        return {str(k): str(v) for k, v in env.items()}
+    out: dict[str, str] = {}
+    for item in env or ():
+        k, _, v = str(item).partition("=")
+        out[k] = v
+    return out
+
+
+def agent_config(name: str, box: BoxDef, image_config: Any) -> BoxConfig:
+    agent = box.namespaces.agent
+    env = _env_map(getattr(image_config, "env", None))
+    env.update(box.env)
+    env.update(agent.env)
+    if agent.command is not None:
+        argv = tuple(agent.command)
+    else:
+        argv = tuple(getattr(image_config, "entrypoint", None) or ()) + tuple(
+            getattr(image_config, "cmd", None) or ()
+        )
+        if not argv:
+            raise DriverError(name, "namespaces.agent.command is not set and the image has "
+                                    "no Entrypoint or Cmd: nothing to run as the agent")
+    business = box.namespaces.business
+    memory = box.resources.memory
+    return BoxConfig(
+        hostname=box.hostname or name,
+        env=tuple(f"{k}={v}" for k, v in sorted(env.items())),
+        argv=argv,
+        workdir=agent.workdir or getattr(image_config, "workdir", None) or "",
+        agent_isolate=isolate_flags(agent.isolate),
+        business_isolate=isolate_flags(business.isolate) if business is not None else Isolate(0),
+        restart=_RESTART[agent.restart],
+        memory_max=max(memory - _GUEST_RESERVE, memory * 3 // 4),
+        pids_max=DEFAULT_PIDS_MAX,
+    )
+
+
+def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: Path,
+               disk: Path | None, rootfs_dir: Path | None = None) -> BoxLaunch:
+    return BoxLaunch(
+        box_id=box_id,
+        rundir=rundir,
+        vcpus=box.resources.vcpus,
+        memory_mib=box.resources.memory >> 20,
+        config=agent_config(name, box, image_config),
+        disk=disk,
+        rootfs_dir=rootfs_dir,
+    )
+
+
+def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
+    """Kept in the box's folder so `box start` can boot it again without the Boxfile."""
+    c = launch.config
+    return {
+        "box_id": launch.box_id,
+        "rundir": str(launch.rundir),
+        "vcpus": launch.vcpus,
+        "memory_mib": launch.memory_mib,
+        "disk": str(launch.disk) if launch.disk else None,
+        "rootfs_dir": str(launch.rootfs_dir) if launch.rootfs_dir else None,
+        "config": {
+            "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
+            "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
+            "business_isolate": int(c.business_isolate), "restart": int(c.restart),
+            "memory_max": c.memory_max, "pids_max": c.pids_max,
+        },
+    }
+
+
+def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
+    c = data["config"]
+    return BoxLaunch(
+        box_id=data["box_id"],
+        rundir=Path(data["rundir"]),
+        vcpus=int(data["vcpus"]),
+        memory_mib=int(data["memory_mib"]),
+        disk=Path(data["disk"]) if data.get("disk") else None,
+        rootfs_dir=Path(data["rootfs_dir"]) if data.get("rootfs_dir") else None,
+        config=BoxConfig(
+            hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
+            workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),
+            business_isolate=Isolate(c["business_isolate"]), restart=Restart(c["restart"]),
+            memory_max=int(c["memory_max"]), pids_max=int(c["pids_max"]),
+        ),
+    )

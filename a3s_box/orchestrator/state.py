@@ -1,0 +1,264 @@
+"""The state store: what a3s-box created on this host, in SQLite (WAL) under the home.
+
+It records intent and identity (which boxes and pools exist, for which project, with
+which spec hash and VM handle); the drivers remain the truth about whether a VM is
+actually alive (see observed.py). Writers hold the home's lock (lock.py); readers
+need none, WAL gives them a consistent snapshot.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from a3s_box.errors import StateError
+
+# Each entry upgrades the schema by one version; never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE boxes (
+        id          TEXT PRIMARY KEY,          -- "<project>.<name>", unique on the host
+        project     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        spec_hash   TEXT NOT NULL,
+        spec_json   TEXT NOT NULL,             -- canonical spec, for change reasons
+        image       TEXT NOT NULL,             -- image digest the box was built from
+        driver      TEXT NOT NULL,
+        handle_json TEXT,                      -- drivers.base.VmHandle, NULL before boot
+        status      TEXT NOT NULL,             -- creating | running | stopped | failed
+        pool        TEXT,                      -- pool name if a pool member
+        lease       TEXT,                      -- holder of a leased pool box
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX boxes_project ON boxes(project);
+    CREATE TABLE pools (
+        project     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        spec_hash   TEXT NOT NULL,
+        spec_json   TEXT NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE images (
+        project     TEXT NOT NULL,
+        name        TEXT NOT NULL,             -- key under images: in the Boxfile
+        source      TEXT NOT NULL,             -- reference or path
+        digest      TEXT NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE journal (                     -- in-flight actions, for crash recovery
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        box_id      TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '',
+        started_at  REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class BoxRow:
+    id: str
+    project: str
+    name: str
+    spec_hash: str
+    spec: dict[str, Any]
+    image: str
+    driver: str
+    handle: dict[str, Any] | None
+    status: str
+    pool: str | None = None
+    lease: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    project: str
+    name: str
+    spec_hash: str
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageBinding:
+    project: str
+    name: str
+    source: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    box_id: str
+    action: str
+    detail: str
+    started_at: float
+
+
+def box_id(project: str, name: str) -> str:
+    return f"{project}.{name}"
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"state store {path} is unreadable: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- schema --------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state store {self.path} has schema version {version}, newer than this "
+                f"a3s-box understands ({SCHEMA_VERSION}); upgrade a3s-box"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for stmt in _statements(MIGRATIONS[v]):
+                    self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version={v + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # --- boxes ---------------------------------------------------------------
+    def boxes(self, project: str | None = None) -> list[BoxRow]:
+        if project is None:
+            rows = self._db.execute("SELECT * FROM boxes ORDER BY id").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM boxes WHERE project=? ORDER BY id", (project,)
+            ).fetchall()
+        return [_box_row(r) for r in rows]
+
+    def box(self, id_: str) -> BoxRow | None:
+        r = self._db.execute("SELECT * FROM boxes WHERE id=?", (id_,)).fetchone()
+        return _box_row(r) if r else None
+
+    def put_box(self, row: BoxRow) -> None:
+        now = time.time()
+        self._db.execute(
+            """INSERT INTO boxes (id, project, name, spec_hash, spec_json, image, driver,
+                   handle_json, status, pool, lease, created_at, updated_at)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(id) DO UPDATE SET spec_hash=excluded.spec_hash,
+                   spec_json=excluded.spec_json, image=excluded.image, driver=excluded.driver,
+                   handle_json=excluded.handle_json, status=excluded.status,
+                   pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at""",
+            (
+                row.id, row.project, row.name, row.spec_hash, _dump(row.spec), row.image,
+                row.driver, _dump(row.handle) if row.handle is not None else None, row.status,
+                row.pool, row.lease, row.created_at or now, now,
+            ),
+        )
+
+    def set_box_status(self, id_: str, status: str) -> None:
+        self._db.execute(
+            "UPDATE boxes SET status=?, updated_at=? WHERE id=?", (status, time.time(), id_)
+        )
+
+    def delete_box(self, id_: str) -> None:
+        self._db.execute("DELETE FROM boxes WHERE id=?", (id_,))
+
+    # --- pools ---------------------------------------------------------------
+    def pools(self, project: str | None = None) -> list[PoolRow]:
+        q = "SELECT * FROM pools" + (" WHERE project=?" if project is not None else "")
+        rows = self._db.execute(q + " ORDER BY project, name", (project,) if project is not None else ())
+        return [PoolRow(r["project"], r["name"], r["spec_hash"], json.loads(r["spec_json"])) for r in rows]
+
+    def put_pool(self, row: PoolRow) -> None:
+        self._db.execute(
+            """INSERT INTO pools (project, name, spec_hash, spec_json, updated_at) VALUES (?,?,?,?,?)
+               ON CONFLICT(project, name) DO UPDATE SET spec_hash=excluded.spec_hash,
+                   spec_json=excluded.spec_json, updated_at=excluded.updated_at""",
+            (row.project, row.name, row.spec_hash, _dump(row.spec), time.time()),
+        )
+
+    def delete_pool(self, project: str, name: str) -> None:
+        self._db.execute("DELETE FROM pools WHERE project=? AND name=?", (project, name))
+
+    # --- image bindings ------------------------------------------------------
+    def image_bindings(self, project: str | None = None) -> list[ImageBinding]:
+        q = "SELECT * FROM images" + (" WHERE project=?" if project is not None else "")
+        rows = self._db.execute(q + " ORDER BY project, name", (project,) if project is not None else ())
+        return [ImageBinding(r["project"], r["name"], r["source"], r["digest"]) for r in rows]
+
+    def put_image_binding(self, b: ImageBinding) -> None:
+        self._db.execute(
+            """INSERT INTO images (project, name, source, digest, updated_at) VALUES (?,?,?,?,?)
+               ON CONFLICT(project, name) DO UPDATE SET source=excluded.source,
+                   digest=excluded.digest, updated_at=excluded.updated_at""",
+            (b.project, b.name, b.source, b.digest, time.time()),
+        )
+
+    def delete_image_binding(self, project: str, name: str) -> None:
+        self._db.execute("DELETE FROM images WHERE project=? AND name=?", (project, name))
+
+    def images_in_use(self) -> set[str]:
+        """Digests that a box on this host was built from (never evicted)."""
+        return {r[0] for r in self._db.execute("SELECT DISTINCT image FROM boxes")}
+
+    # --- journal -------------------------------------------------------------
+    def journal_begin(self, box_id: str, action: str, detail: str = "") -> int:
+        cur = self._db.execute(
+            "INSERT INTO journal (box_id, action, detail, started_at) VALUES (?,?,?,?)",
+            (box_id, action, detail, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def journal_end(self, entry_id: int) -> None:
+        self._db.execute("DELETE FROM journal WHERE id=?", (entry_id,))
+
+    def journal(self) -> list[JournalEntry]:
+        rows = self._db.execute("SELECT * FROM journal ORDER BY id").fetchall()
+        return [JournalEntry(r["id"], r["box_id"], r["action"], r["detail"], r["started_at"]) for r in rows]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip() and not s.strip().startswith("--")]
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _box_row(r: sqlite3.Row) -> BoxRow:
+    return BoxRow(
+        id=r["id"], project=r["project"], name=r["name"], spec_hash=r["spec_hash"],
+        spec=json.loads(r["spec_json"]), image=r["image"], driver=r["driver"],
+        handle=json.loads(r["handle_json"]) if r["handle_json"] else None,
+        status=r["status"], pool=r["pool"], lease=r["lease"],
+        created_at=r["created_at"], updated_at=r["updated_at"],
+    )
