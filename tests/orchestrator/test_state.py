@@ -1,0 +1,92 @@
+"""The state store on a real SQLite file: migrations, round trips, concurrent writers."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from a3s_box.errors import StateError
+from a3s_box.orchestrator.state import SCHEMA_VERSION, BoxRow, ImageBinding, PoolRow, StateStore
+
+
+def _row(name: str, project: str = "p", **kw: object) -> BoxRow:
+    base = dict(id=f"{project}.{name}", project=project, name=name, spec_hash="sha256:1",
+                spec={"a": [1, 2]}, image="sha256:abc", driver="qemu", handle=None,
+                status="running")
+    base.update(kw)
+    return BoxRow(**base)  # type: ignore[arg-type]
+
+
+def test_fresh_store_is_at_the_current_schema_version(tmp_path: Path) -> None:
+    StateStore(tmp_path / "s.db").close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_store_from_a_newer_a3s_box_is_refused(tmp_path: Path) -> None:
+    StateStore(tmp_path / "s.db").close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer than this a3s-box understands"):
+        StateStore(tmp_path / "s.db")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "s.db").write_bytes(b"garbage" * 1000)
+    with pytest.raises(StateError, match="unreadable"):
+        StateStore(tmp_path / "s.db")
+
+
+def test_boxes_round_trip_and_update_in_place(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "s.db")
+    s.put_box(_row("b"))
+    s.put_box(_row("a", handle={"pid": 3}))
+    s.put_box(_row("x", project="other"))
+    assert [r.id for r in s.boxes("p")] == ["p.a", "p.b"]
+    assert s.box("p.a").handle == {"pid": 3}  # type: ignore[union-attr]
+    created = s.box("p.b").created_at  # type: ignore[union-attr]
+    s.put_box(_row("b", status="stopped", spec_hash="sha256:2"))
+    b = s.box("p.b")
+    assert b is not None and b.status == "stopped" and b.spec_hash == "sha256:2"
+    assert b.created_at == created
+    s.delete_box("p.b")
+    assert s.box("p.b") is None
+    assert s.images_in_use() == {"sha256:abc"}
+
+
+def test_pools_images_and_journal(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "s.db")
+    s.put_pool(PoolRow("p", "coders", "h1", {"min_ready": 2}))
+    s.put_pool(PoolRow("p", "coders", "h2", {"min_ready": 3}))
+    assert s.pools("p") == [PoolRow("p", "coders", "h2", {"min_ready": 3})]
+    s.put_image_binding(ImageBinding("p", "base", "reg/x:1", "sha256:9"))
+    assert s.image_bindings("p")[0].digest == "sha256:9"
+    e = s.journal_begin("p.a", "create", "/run/x")
+    assert [j.action for j in s.journal()] == ["create"]
+    s.journal_end(e)
+    assert s.journal() == []
+
+
+def _writer(path: str, worker: int) -> None:
+    s = StateStore(Path(path))
+    for i in range(50):
+        with s.transaction():
+            s.put_box(_row(f"w{worker}-{i}"))
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    StateStore(Path(path)).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(StateStore(Path(path)).boxes("p")) == 100
