@@ -1,0 +1,3 @@
+from a3s_box.cli.main import main
+
+main()
