@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,8 +116,11 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the executor's worker threads, used under this lock.
+        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db = _Locked(sqlite3.connect(path, timeout=30, isolation_level=None,
+                                               check_same_thread=False), self._lock)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -143,15 +147,16 @@ class StateStore:
                 self._db.execute(f"PRAGMA user_version={v + 1}")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
 
     # --- boxes ---------------------------------------------------------------
     def boxes(self, project: str | None = None) -> list[BoxRow]:
@@ -244,6 +249,47 @@ class StateStore:
     def journal(self) -> list[JournalEntry]:
         rows = self._db.execute("SELECT * FROM journal ORDER BY id").fetchall()
         return [JournalEntry(r["id"], r["box_id"], r["action"], r["detail"], r["started_at"]) for r in rows]
+
+
+class _Locked:
+    """A sqlite3 connection whose calls are serialised by a lock; results are fetched
+    inside the lock so no cursor is shared between threads."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._conn = db
+        self._lock = lock
+
+    @property
+    def row_factory(self) -> Any:
+        return self._conn.row_factory
+
+    @row_factory.setter
+    def row_factory(self, value: Any) -> None:
+        self._conn.row_factory = value
+
+    def execute(self, sql: str, params: Any = ()) -> "_Result":
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return _Result(cur.fetchall(), cur.lastrowid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _Result:
+    def __init__(self, rows: list[Any], lastrowid: int | None) -> None:
+        self._rows = rows
+        self.lastrowid = lastrowid
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
 
 
 def _statements(script: str) -> list[str]:
