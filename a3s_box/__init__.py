@@ -1,4 +1,65 @@
-"""a3s-box: run AI agents inside hardware-isolated microVMs, declared in a Boxfile."""
+"""a3s-box: run AI agents inside hardware-isolated microVMs, declared in a Boxfile.
+
+The public Python API (the `box` CLI is built on it):
+
+    import a3s_box
+    with a3s_box.Host() as host:                 # the home: $A3S_BOX_HOME or ~/.local/share/a3s-box
+        bf = a3s_box.load_boxfile(["Boxfile.yaml"])
+        print(host.plan(bf).text())
+        with host.locked():
+            host.apply(bf)
+        with host.leased("coders") as box:        # a warm-pool box, released after
+            print(box.run(["echo", "hi"]).stdout)
+
+Names are imported lazily so that `box --help` does not pay for pydantic and friends.
+"""
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Host": "a3s_box.orchestrator.host",
+    "ApplyResult": "a3s_box.orchestrator.host",
+    "BoxInfo": "a3s_box.orchestrator.host",
+    "LeasedBox": "a3s_box.orchestrator.host",
+    "Plan": "a3s_box.orchestrator.plan",
+    "Action": "a3s_box.orchestrator.plan",
+    "Home": "a3s_box.home",
+    "Boxfile": "a3s_box.boxfile.model",
+    "BoxError": "a3s_box.errors",
+    "BoxfileError": "a3s_box.errors",
+    "Problem": "a3s_box.errors",
+    "ImageError": "a3s_box.errors",
+    "RegistryError": "a3s_box.errors",
+    "StateError": "a3s_box.errors",
+    "DriverError": "a3s_box.errors",
+    "HostUnsupported": "a3s_box.errors",
+    "GuestError": "a3s_box.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "load_boxfile", "__version__"])
+
+
+def load_boxfile(files: Any, environ: Any = None) -> Any:
+    """Load and validate Boxfile(s); raises BoxfileError with every problem found."""
+    from a3s_box.boxfile import load
+
+    return load(files if isinstance(files, (list, tuple)) else [files], environ)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'a3s_box' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from a3s_box.boxfile.model import Boxfile
+    from a3s_box.errors import (BoxError, BoxfileError, DriverError, GuestError, HostUnsupported,
+                                ImageError, Problem, RegistryError, StateError)
+    from a3s_box.home import Home
+    from a3s_box.orchestrator.host import ApplyResult, BoxInfo, Host, LeasedBox
+    from a3s_box.orchestrator.plan import Action, Plan
