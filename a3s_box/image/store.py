@@ -1,0 +1,296 @@
+"""ImageStore: pull, import, keep and hand out images under Home.images.
+
+    images/blobs/sha256/<hex>      every blob, verified, stored once (layers are shared)
+    images/tmp/                    temp files and resumable partial downloads
+    images/index.json (+ .lock)    name -> manifest digest, config, size, last used
+    images/unpacked/<hex>/         the applied layers per manifest digest (virtio-fs roots)
+    images/rootfs/<hex>.ext4       the read-only ext4 base per manifest digest
+Box disks are qcow2 overlays on a base, created wherever the caller says.
+
+An image is registered only once all its blobs are verified and its layers applied
+cleanly, so a failed pull/import leaves the index as it was. Garbage collection
+(remove/prune/evict) sweeps blobs and caches no remaining record refers to; it runs
+under the index lock, but a pull in flight in another process is not protected.
+"""
+from __future__ import annotations
+
+import builtins
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Union
+
+from a3s_box.errors import ImageError
+from a3s_box.home import Home
+from a3s_box.image.blobs import BlobStore
+from a3s_box.image.layout import import_source, source_digest
+from a3s_box.image.manifest import LAYER_TYPES, Manifest, choose_platform, parse_config, parse_manifest
+from a3s_box.image.progress import layer_progress
+from a3s_box.image.records import ImageRecord, RecordIndex
+from a3s_box.image.reference import is_digest, parse_reference
+from a3s_box.image.registry import RegistryClient, insecure_from_env
+from a3s_box.image.rootfs import build_ext4, create_overlay
+from a3s_box.image.unpack import RootWriter
+
+ImageSource = Union[str, Path]
+
+
+class ImageStore:
+    def __init__(self, home: Home, *, insecure: frozenset[str] | None = None, retries: int = 5,
+                 backoff: float = 0.2, parallel: int = 4, docker_config: Path | None = None) -> None:
+        self.home = home
+        self.root = home.images
+        self.blobs = BlobStore(self.root)
+        self.index = RecordIndex(self.root)
+        self.insecure = insecure_from_env() if insecure is None else insecure
+        self.retries = retries
+        self.backoff = backoff
+        self.parallel = parallel
+        self.docker_config = docker_config
+
+    # --- lookups (no network) ------------------------------------------------------------
+    def list(self) -> list[ImageRecord]:
+        return [r for _, r in sorted(self.index.snapshot().items())]
+
+    def get(self, name_or_ref_or_digest: str) -> ImageRecord | None:
+        return _find(self.index.snapshot(), name_or_ref_or_digest)
+
+    # --- getting images ------------------------------------------------------------------
+    def ensure(self, source: ImageSource, progress: bool = False) -> ImageRecord:
+        """The image for a Boxfile source: pulled/imported only when missing or changed."""
+        if isinstance(source, Path):
+            name = str(source.absolute())
+            have = self.index.snapshot().get(name)
+            if have and have.source_digest == source_digest(source, name) and self._complete(have):
+                return self._touch(have)
+            return self._import(source, name)
+        have = self.get(source)
+        if have and self._complete(have):
+            return self._touch(have)
+        return self.pull(source, progress=progress)
+
+    def pull(self, ref: str, progress: bool = False) -> ImageRecord:
+        r = parse_reference(ref)
+        name = str(r)
+        with RegistryClient(r, insecure=self.insecure, retries=self.retries, backoff=self.backoff,
+                            docker_config=self.docker_config) as c:
+            data, ctype, digest = c.manifest(r.reference)
+            m = parse_manifest(data, name, ctype)
+            if not isinstance(m, Manifest):
+                desc = choose_platform(m, name)
+                data, ctype, digest = c.manifest(desc.digest)
+                m = parse_manifest(data, name, ctype)
+                if not isinstance(m, Manifest):
+                    raise ImageError(name, "index points at another index, not an image")
+            c.fetch_blob(m.config, self.blobs)
+            with layer_progress(progress, f"pulling {name}") as bars, \
+                    ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                futures = [pool.submit(c.fetch_blob, layer, self.blobs,
+                                       bars.layer(layer.digest[7:19], layer.size))
+                           for layer in m.layers]
+                try:
+                    for f in futures:
+                        f.result()
+                finally:
+                    for f in futures:
+                        f.cancel()
+            self.blobs.put_bytes(data, digest, name)
+        return self._register(name, digest, source=name, source_digest="")
+
+    def import_path(self, path: Path, tag: str | None = None) -> ImageRecord:
+        return self._import(path, tag)
+
+    def _import(self, path: Path, name: str | None) -> ImageRecord:
+        imported = import_source(path, self.blobs)
+        if name is None:
+            name = str(path.absolute())
+            if imported.suggested_name:
+                try:
+                    name = str(parse_reference(imported.suggested_name))
+                except ImageError:
+                    name = imported.suggested_name
+        return self._register(name, imported.manifest_digest, source=str(path.absolute()),
+                              source_digest=imported.source_digest)
+
+    def _register(self, name: str, digest: str, *, source: str, source_digest: str) -> ImageRecord:
+        m = parse_manifest(self.blobs.read(digest), name)
+        if not isinstance(m, Manifest):
+            raise ImageError(name, "expected an image manifest, found an index")
+        config, _ = parse_config(self.blobs.read(m.config.digest), name)
+        blobs = (digest, m.config.digest, *(x.digest for x in m.layers))
+        missing = [b for b in blobs if not self.blobs.has(b)]
+        if missing:
+            raise ImageError(name, f"blob {missing[0]} is missing")
+        self._unpack(name, digest)  # refuse bad layers before the image becomes visible
+        record = ImageRecord(name=name, digest=digest, config=config,
+                             size=sum(self.blobs.size(b) for b in set(blobs)), last_used=time.time(),
+                             config_digest=m.config.digest, layers=tuple(x.digest for x in m.layers),
+                             source=source, source_digest=source_digest, blobs=blobs)
+        with self.index.locked() as records:
+            records[name] = record
+        self._sweep()  # what an older version of this name used
+        return record
+
+    # --- roots and disks -----------------------------------------------------------------
+    def unpacked_dir(self, record: ImageRecord) -> Path:
+        return self._unpack(record.name, record.digest)
+
+    def rootfs_base(self, record: ImageRecord) -> Path:
+        dest = self.root / "rootfs" / f"{record.digest[7:]}.ext4"
+        if dest.exists():
+            return dest
+        with self._building(dest):
+            if not dest.exists():
+                build_ext4(self.unpacked_dir(record), dest, record.name)
+        return dest
+
+    def create_box_disk(self, record: ImageRecord, dest: Path) -> Path:
+        disk = create_overlay(self.rootfs_base(record), dest, record.name)
+        self._touch(record)
+        return disk
+
+    def remove_box_disk(self, dest: Path) -> None:
+        dest.unlink(missing_ok=True)
+
+    def _unpack(self, name: str, digest: str) -> Path:
+        dest = self.root / "unpacked" / digest[7:]
+        if dest.is_dir():
+            return dest
+        with self._building(dest):
+            if dest.is_dir():
+                return dest
+            m = parse_manifest(self.blobs.read(digest), name)
+            assert isinstance(m, Manifest)
+            _, diff_ids = parse_config(self.blobs.read(m.config.digest), name)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            _rmtree(tmp)
+            tmp.mkdir(mode=0o755)
+            try:
+                with RootWriter(str(tmp), name) as w:
+                    for i, layer in enumerate(m.layers):
+                        with self.blobs.open(layer.digest) as f:
+                            w.apply(f, LAYER_TYPES[layer.media_type],
+                                    diff_ids[i] if i < len(diff_ids) else None,
+                                    what=f"layer {i + 1} ({layer.digest[:19]})")
+                os.replace(tmp, dest)
+            finally:
+                _rmtree(tmp)
+        return dest
+
+    @contextmanager
+    def _building(self, dest: Path) -> Iterator[None]:
+        """One builder per cache entry across processes."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.with_name(f".{dest.name}.lock"), "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            yield
+
+    # --- removal and eviction ------------------------------------------------------------
+    def remove(self, name_or_digest: str) -> builtins.list[ImageRecord]:
+        with self.index.locked() as records:
+            hit = _find(records, name_or_digest)
+            if hit is None:
+                raise ImageError(name_or_digest, "no such image in the store")
+            gone = [r for r in records.values()
+                    if r.name == hit.name or (is_digest(name_or_digest) and r.digest == hit.digest)]
+            for r in gone:
+                del records[r.name]
+        self._sweep()
+        return gone
+
+    def prune(self, in_use: set[str]) -> builtins.list[ImageRecord]:
+        """Remove every image no box uses (by digest or name), then unreferenced blobs."""
+        with self.index.locked() as records:
+            gone = [r for r in records.values() if r.digest not in in_use and r.name not in in_use]
+            for r in gone:
+                del records[r.name]
+        self._sweep(partials=True)
+        return gone
+
+    def evict_to(self, cap_bytes: int, in_use: set[str]) -> builtins.list[ImageRecord]:
+        """Drop least-recently-used images until the store fits in cap_bytes; never one in use."""
+        evicted: builtins.list[ImageRecord] = []
+        for r in sorted(self.list(), key=lambda r: (r.last_used, r.name)):
+            if self.disk_usage() <= cap_bytes:
+                break
+            if r.digest in in_use or r.name in in_use:
+                continue
+            with self.index.locked() as records:
+                records.pop(r.name, None)
+            self._sweep()
+            evicted.append(r)
+        return evicted
+
+    def disk_usage(self) -> int:
+        """Bytes allocated on disk by blobs, unpacked roots and ext4 bases."""
+        total = 0
+        for d in ("blobs", "unpacked", "rootfs"):
+            for dirpath, _dirs, files in os.walk(self.root / d):
+                for f in files:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+        return total
+
+    def _sweep(self, partials: bool = False) -> None:
+        with self.index.locked() as records:
+            live_blobs = {b for r in records.values() for b in r.blobs}
+            live = {r.digest[7:] for r in records.values()}
+            for digest in list(self.blobs.all()):
+                if digest not in live_blobs:
+                    self.blobs.remove(digest)
+            for p in _children(self.root / "unpacked"):
+                if not p.name.startswith(".") and p.name not in live:
+                    _rmtree(p)
+            for p in _children(self.root / "rootfs"):
+                if p.suffix == ".ext4" and not p.name.startswith(".") and p.stem not in live:
+                    p.unlink(missing_ok=True)
+            if partials:
+                for p in _children(self.root / "tmp"):
+                    p.unlink(missing_ok=True)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _complete(self, r: ImageRecord) -> bool:
+        return all(self.blobs.has(b) for b in r.blobs)
+
+    def _touch(self, r: ImageRecord) -> ImageRecord:
+        now = time.time()
+        with self.index.locked() as records:
+            if r.name in records:
+                records[r.name] = replace(records[r.name], last_used=now)
+                return records[r.name]
+        return r
+
+
+def _find(records: dict[str, ImageRecord], key: str) -> ImageRecord | None:
+    if key in records:
+        return records[key]
+    if key.startswith("sha256:"):
+        hits = sorted((r for r in records.values() if r.digest.startswith(key) and len(key) >= 19),
+                      key=lambda r: r.name)
+        return hits[0] if hits else None
+    try:
+        canonical = str(parse_reference(key))
+    except ImageError:
+        canonical = ""
+    if canonical in records:
+        return records[canonical]
+    p = Path(key)
+    if p.exists():
+        return records.get(str(p.absolute()))
+    return None
+
+
+def _children(d: Path) -> list[Path]:
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def _rmtree(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
