@@ -1,0 +1,96 @@
+"""`box image`: pull, import, ls, rm, prune."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from a3s_box.cli.context import CliContext, pass_cli
+from a3s_box.cli.output import emit, output_option
+from a3s_box.image import ImageRecord, ImageStore
+
+
+def _store(c: CliContext) -> ImageStore:
+    c.home.ensure()
+    return ImageStore(c.home)
+
+
+def _row(r: ImageRecord) -> dict[str, Any]:
+    return {"name": r.name, "digest": r.digest, "size": r.size,
+            "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_used))}
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{n}B"
+
+
+def _in_use(c: CliContext) -> set[str]:
+    """Digests boxes use, from the state store when there is one."""
+    if not c.home.state_db.exists():
+        return set()
+    from a3s_box.orchestrator.state import StateStore
+
+    st = StateStore(c.home.state_db)
+    try:
+        return set(st.images_in_use())
+    finally:
+        st.close()
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("image")
+    def image() -> None:
+        """Pull, import and manage OCI images."""
+
+    @image.command("pull")
+    @click.argument("ref")
+    @pass_cli
+    def pull(c: CliContext, ref: str) -> None:
+        """Pull REF (host[:port]/repo:tag, repo@sha256:..., or a Docker Hub name)."""
+        r = _store(c).pull(ref, progress=not c.quiet)
+        click.echo(f"{r.name} {r.digest}")
+
+    @image.command("import")
+    @click.argument("path", type=click.Path(path_type=Path))
+    @click.option("--tag", "-t", default=None, help="Name to give the image in the store.")
+    @pass_cli
+    def import_(c: CliContext, path: Path, tag: str | None) -> None:
+        """Import an OCI image layout folder or a `docker save` tarball."""
+        r = _store(c).import_path(path, tag=tag)
+        click.echo(f"{r.name} {r.digest}")
+
+    @image.command("ls")
+    @output_option
+    @pass_cli
+    def ls(c: CliContext, output: str | None) -> None:
+        """List images: name, digest, size, last used."""
+        rows = [_row(r) for r in _store(c).list()]
+        fmt = output or c.output
+        if fmt == "table":
+            rows = [{**r, "digest": r["digest"][7:19], "size": _human(r["size"])} for r in rows]
+        emit(rows, [("name", "NAME"), ("digest", "DIGEST"), ("size", "SIZE"),
+                    ("last_used", "LAST USED")], fmt)
+
+    @image.command("rm")
+    @click.argument("names", nargs=-1, required=True)
+    @pass_cli
+    def rm(c: CliContext, names: tuple[str, ...]) -> None:
+        """Remove images by name or digest."""
+        store = _store(c)
+        for n in names:
+            for r in store.remove(n):
+                click.echo(f"removed {r.name}")
+
+    @image.command("prune")
+    @pass_cli
+    def prune(c: CliContext) -> None:
+        """Remove images no box uses, and every blob no image needs."""
+        for r in _store(c).prune(_in_use(c)):
+            click.echo(f"removed {r.name}")
