@@ -207,7 +207,7 @@ class RegistryClient:
                 if not resumed and have and progress:
                     progress(-have)
                 with open(part, "ab" if resumed else "wb") as f:
-                    for chunk in resp.iter_bytes(1 << 20):
+                    for chunk in resp.iter_bytes():  # unbuffered: keep what arrived before a drop
                         f.write(chunk)
                         if progress:
                             progress(len(chunk))
