@@ -9,8 +9,8 @@ Box disks are qcow2 overlays on a base, created wherever the caller says.
 
 An image is registered only once all its blobs are verified and its layers applied
 cleanly, so a failed pull/import leaves the index as it was. Garbage collection
-(remove/prune/evict) sweeps blobs and caches no remaining record refers to; it runs
-under the index lock, but a pull in flight in another process is not protected.
+(remove/prune/evict) sweeps blobs and caches no remaining record refers to; pulls and
+imports in flight hold images/gc.lock shared, and a sweep takes it exclusively.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from a3s_box.image.layout import import_source, source_digest
 from a3s_box.image.manifest import LAYER_TYPES, Manifest, choose_platform, parse_config, parse_manifest
 from a3s_box.image.progress import layer_progress
 from a3s_box.image.records import ImageRecord, RecordIndex
-from a3s_box.image.reference import is_digest, parse_reference
+from a3s_box.image.reference import Reference, is_digest, parse_reference
 from a3s_box.image.registry import RegistryClient, insecure_from_env
 from a3s_box.image.rootfs import build_ext4, create_overlay
 from a3s_box.image.unpack import RootWriter
@@ -77,6 +77,12 @@ class ImageStore:
 
     def pull(self, ref: str, progress: bool = False) -> ImageRecord:
         r = parse_reference(ref)
+        with self._in_flight():
+            record = self._pull(r, progress)
+        self._sweep(wait=False)  # what an older version of this name used
+        return record
+
+    def _pull(self, r: Reference, progress: bool) -> ImageRecord:
         name = str(r)
         with RegistryClient(r, insecure=self.insecure, retries=self.retries, backoff=self.backoff,
                             docker_config=self.docker_config) as c:
@@ -107,10 +113,17 @@ class ImageStore:
         return self._import(path, tag)
 
     def _import(self, path: Path, name: str | None) -> ImageRecord:
+        with self._in_flight():
+            record = self._import_locked(path, name)
+        self._sweep(wait=False)
+        return record
+
+    def _import_locked(self, path: Path, name: str | None) -> ImageRecord:
         imported = import_source(path, self.blobs)
         if name is None:
             name = str(path.absolute())
-            if imported.suggested_name:
+            # A ref.name that is only a tag ("latest") names nothing; "repo:tag" does.
+            if imported.suggested_name and any(c in imported.suggested_name for c in "/:@"):
                 try:
                     name = str(parse_reference(imported.suggested_name))
                 except ImageError:
@@ -134,7 +147,6 @@ class ImageStore:
                              source=source, source_digest=source_digest, blobs=blobs)
         with self.index.locked() as records:
             records[name] = record
-        self._sweep()  # what an older version of this name used
         return record
 
     # --- roots and disks -----------------------------------------------------------------
@@ -236,7 +248,25 @@ class ImageStore:
                     total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
         return total
 
-    def _sweep(self, partials: bool = False) -> None:
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Held (shared) while blobs are written but not yet registered: no sweep meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "gc.lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_SH)
+            yield
+
+    def _sweep(self, partials: bool = False, wait: bool = True) -> None:
+        """Delete blobs and caches no record refers to; when not waiting, skip if busy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "gc.lock", "a") as lk:
+            try:
+                fcntl.flock(lk, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return  # a pull/import is in flight; a later sweep collects this garbage
+            self._sweep_locked(partials)
+
+    def _sweep_locked(self, partials: bool) -> None:
         with self.index.locked() as records:
             live_blobs = {b for r in records.values() for b in r.blobs}
             live = {r.digest[7:] for r in records.values()}
