@@ -163,9 +163,25 @@ class ImageStore:
         return dest
 
     def create_box_disk(self, record: ImageRecord, dest: Path) -> Path:
-        disk = create_overlay(self.rootfs_base(record), dest, record.name)
+        """A qcow2 overlay on the image's base at `dest` (atomic): a copy of a per-base
+        template, since every overlay of one base is byte-identical when new."""
+        template = self.root / "rootfs" / f"{record.digest[7:]}.qcow2"
+        if not template.exists():
+            base = self.rootfs_base(record)
+            with self._building(template):
+                if not template.exists():
+                    create_overlay(base, template, record.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(template, tmp)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise ImageError(record.name, f"cannot create box disk {dest}: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
         self._touch(record)
-        return disk
+        return dest
 
     def remove_box_disk(self, dest: Path) -> None:
         dest.unlink(missing_ok=True)
@@ -273,11 +289,16 @@ class ImageStore:
             for digest in list(self.blobs.all()):
                 if digest not in live_blobs:
                     self.blobs.remove(digest)
+            for p in _children(self.root / "unpacked") + _children(self.root / "rootfs"):
+                if p.name.startswith(".") and p.name.endswith(".lock") \
+                        and p.name[1:].split(".")[0] not in live:
+                    p.unlink(missing_ok=True)  # the build lock of a swept cache entry
             for p in _children(self.root / "unpacked"):
                 if not p.name.startswith(".") and p.name not in live:
                     _rmtree(p)
             for p in _children(self.root / "rootfs"):
-                if p.suffix == ".ext4" and not p.name.startswith(".") and p.stem not in live:
+                if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") \
+                        and p.stem not in live:
                     p.unlink(missing_ok=True)
             if partials:
                 for p in _children(self.root / "tmp"):

@@ -189,6 +189,8 @@ def test_rootfs_base_and_box_disks(tmp_path: Path, layouts: Path) -> None:
                                          capture_output=True, check=True).stdout)
         assert (info["format"], info["backing-filename"]) == ("qcow2", str(base))
         assert d.stat().st_blocks * 512 < 5 << 20
+        subprocess.run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", str(d), str(base)],
+                       check=True)  # the new disk shows exactly the base
     store.remove_box_disk(disks[0])
     assert not disks[0].exists() and disks[1].exists()
     assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == ["1.qcow2"]
@@ -233,3 +235,4 @@ def test_cli(tmp_path: Path, layouts: Path) -> None:
     assert cli(home, "image", "rm", "hello").stdout == "removed hello\n"
     assert cli(home, "image", "prune").returncode == 0
     assert list((home / "images" / "blobs" / "sha256").iterdir()) == []
+    assert list((home / "images" / "unpacked").iterdir()) == []
