@@ -138,7 +138,9 @@ def _import_docker(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStor
     for ln in layer_names:
         with opener(ln) as f:
             digest = blobs.ingest(iter(lambda: f.read(CHUNK), b""))
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+        with blobs.open(digest) as f:
+            gz = f.read(2) == b"\x1f\x8b"  # some tools save compressed layers
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""),
                        "digest": digest, "size": blobs.size(digest)})
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,

@@ -1,6 +1,7 @@
 """The store without a registry: imports, caching, removal, eviction, roots and box disks."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -33,7 +34,8 @@ def intact(store: ImageStore) -> set[str]:
 
 def docker_save_tar(path: Path, layers: list[bytes], config: dict[str, object], tag: str) -> None:
     """The `docker save` format: manifest.json, <id>.json config, <dir>/layer.tar."""
-    diff_ids = ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(x) if x[:2] == b"\x1f\x8b" else x).hexdigest()
+                for x in layers]
     cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
                       "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
@@ -70,7 +72,8 @@ def test_import_layout_and_names(tmp_path: Path, layouts: Path) -> None:
 
 def test_import_docker_save_tarball(tmp_path: Path) -> None:
     tar = tmp_path / "saved.tar"
-    docker_save_tar(tar, [layer_tar(busybox_entries()), layer_tar([E("etc/.wh.group", data=b"")])],
+    docker_save_tar(tar, [layer_tar(busybox_entries()),
+                          gzip.compress(layer_tar([E("etc/.wh.group", data=b"")]))],
                     {"Entrypoint": ["/bin/sh"], "Env": ["A=1"]}, "example/saved:2")
     store = ImageStore(Home(tmp_path / "home"))
     r = store.import_path(tar)
