@@ -1,0 +1,378 @@
+"""Host side of the guest protocol: one connection, many concurrent sessions.
+
+`GuestClient` owns a byte stream to the guest init (a shim's unix socket, a vsock, or a
+local `--serve-stdio` process) and one reader thread that routes each frame to whoever
+waits for its stream. Writes are serialised by a lock, so any thread may call any
+method. Every failure is a `GuestError` naming the box: a timeout, the connection
+closing, or the guest breaking the protocol.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from a3s_box.errors import GuestError
+from a3s_box.guest import protocol as p
+from a3s_box.guest.protocol import (BoxConfig, ExecRequest, ExitKind, ExitStatus, Frame,
+                                    GuestStatus, MsgType, Namespace)
+
+OutputHandler = Callable[[bytes], None]
+_CHUNK = 256 * 1024  # below MAX_PAYLOAD, large enough to keep the frame overhead small
+_CLOSED = Frame(-1, 0)  # queued to every waiter when the connection ends
+
+
+@dataclass(frozen=True)
+class CompletedExec:
+    exit: ExitStatus
+    stdout: bytes
+    stderr: bytes
+
+
+class Session:
+    """One process started in the guest. Output goes to handlers if set, else it is
+    queued for iteration (`for fd, data in session`: fd 1 stdout, 2 stderr)."""
+
+    def __init__(self, client: "GuestClient", stream: int, req: ExecRequest) -> None:
+        self._client = client
+        self.stream = stream
+        self.request = req
+        self.pid: int | None = None
+        self._lock = threading.Lock()
+        self._handlers: tuple[OutputHandler, OutputHandler] | None = None
+        self._queued: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self._done = threading.Event()
+        self._exit: ExitStatus | None = None
+        self._error: str | None = None
+
+    # --- host -> guest ---------------------------------------------------
+    def write(self, data: bytes) -> None:
+        for i in range(0, len(data), _CHUNK):
+            self._client._send(p.encode(MsgType.STDIN, self.stream, data[i:i + _CHUNK]))
+
+    def close_stdin(self) -> None:
+        self._client._send(p.encode(MsgType.STDIN, self.stream, b""))
+
+    def signal(self, signo: int) -> None:
+        self._client._send(p.signal_frame(self.stream, signo))
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._client._send(p.resize_frame(self.stream, rows, cols))
+
+    # --- guest -> host ---------------------------------------------------
+    def set_handlers(self, on_stdout: OutputHandler, on_stderr: OutputHandler) -> None:
+        """Send output to these from now on, after what was queued so far."""
+        with self._lock:
+            while True:
+                try:
+                    item = self._queued.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    (on_stdout if item[0] == 1 else on_stderr)(item[1])
+            self._handlers = (on_stdout, on_stderr)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        while (item := self._queued.get()) is not None:
+            yield item
+
+    def wait(self, timeout: float | None = None) -> ExitStatus:
+        if not self._done.wait(timeout):
+            raise GuestError(self._client.box, f"session {self.stream} "
+                             f"({' '.join(self.request.argv)}): no exit after {timeout}s")
+        if self._error is not None:
+            raise GuestError(self._client.box, self._error)
+        assert self._exit is not None
+        return self._exit
+
+    def _output(self, fd: int, data: bytes) -> None:
+        with self._lock:
+            if self._handlers is not None:
+                self._handlers[fd - 1](data)
+            else:
+                self._queued.put((fd, data))
+
+    def _finish(self, exit_: ExitStatus | None, error: str | None) -> None:
+        if self._done.is_set():
+            return
+        self._exit, self._error = exit_, error
+        self._queued.put(None)
+        self._done.set()
+
+    def _on_frame(self, f: Frame) -> bool:
+        """Handle one frame; True when the session is over."""
+        try:
+            if f.type == MsgType.STARTED:
+                self.pid = p.Reader(f.payload).u32()
+            elif f.type == MsgType.STDOUT:
+                self._output(1, f.payload)
+            elif f.type == MsgType.STDERR:
+                self._output(2, f.payload)
+            elif f.type == MsgType.EXIT:
+                self._finish(ExitStatus.decode(f.payload), None)
+                return True
+            elif f.type == MsgType.ERROR:
+                res = p.Result.decode(f.payload)
+                self._finish(None, f"session {self.stream}: guest dropped it: {res.message}")
+                return True
+            elif f is _CLOSED:
+                self._finish(None, self._client._closed_reason())
+                return True
+        except (p.ProtocolError, ValueError) as e:
+            self._finish(None, f"session {self.stream}: bad frame from guest: {e}")
+            return True
+        return False
+
+
+class GuestClient:
+    def __init__(self, sock: socket.socket, box: str = "") -> None:
+        self.box = box
+        self._sock = sock
+        self._wlock = threading.Lock()
+        self._lock = threading.Lock()
+        self._ctl_lock = threading.Lock()  # one stream-0 request at a time
+        self._ids = itertools.count(1)
+        self._sessions: dict[int, Session] = {}
+        self._waiters: dict[int, queue.Queue[Frame]] = {}
+        self._closed: str | None = None
+        self._reader = threading.Thread(target=self._read_loop, name=f"guest-{box}", daemon=True)
+        self._reader.start()
+
+    # --- plumbing --------------------------------------------------------
+    def _closed_reason(self) -> str:
+        return self._closed or "connection closed"
+
+    def _send(self, data: bytes) -> None:
+        with self._wlock:
+            if self._closed is not None:
+                raise GuestError(self.box, self._closed)
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                raise GuestError(self.box, f"connection to guest lost: {e}") from e
+
+    def _open(self, stream: int | None = None) -> tuple[int, "queue.Queue[Frame]"]:
+        with self._lock:
+            sid = next(self._ids) if stream is None else stream
+            q: queue.Queue[Frame] = queue.Queue()
+            self._waiters[sid] = q
+            if self._closed is not None:
+                q.put(_CLOSED)
+            return sid, q
+
+    def _forget(self, sid: int) -> None:
+        with self._lock:
+            self._waiters.pop(sid, None)
+
+    def _next(self, q: "queue.Queue[Frame]", timeout: float, what: str) -> Frame:
+        try:
+            f = q.get(timeout=timeout)
+        except queue.Empty:
+            raise GuestError(self.box, f"{what}: no answer from guest after {timeout}s") from None
+        if f is _CLOSED:
+            raise GuestError(self.box, f"{what}: {self._closed_reason()}")
+        if f.type == MsgType.ERROR:
+            res = p.Result.decode(f.payload)
+            raise GuestError(self.box, f"{what}: guest refused: {res.message}")
+        return f
+
+    def _read_loop(self) -> None:
+        fr = p.FrameReader()
+        reason = "connection closed by guest"
+        try:
+            while True:
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    break
+                for f in fr.feed(data):
+                    self._route(f)
+                if fr.errors:
+                    reason = f"protocol violation from guest: {fr.errors[0]}"
+                    break
+        except OSError as e:
+            reason = f"connection to guest lost: {e}"
+        with self._lock:
+            if self._closed is None:
+                self._closed = reason
+            sessions = list(self._sessions.values())
+            waiters = list(self._waiters.values())
+        for s in sessions:
+            s._on_frame(_CLOSED)
+        for q in waiters:
+            q.put(_CLOSED)
+
+    def _route(self, f: Frame) -> None:
+        with self._lock:
+            s = self._sessions.get(f.stream) if f.stream else None
+            q = self._waiters.get(f.stream)
+        if s is not None:
+            if s._on_frame(f):
+                with self._lock:
+                    self._sessions.pop(f.stream, None)
+        elif q is not None:
+            q.put(f)
+        # else: a late frame for a stream nobody waits for any more
+
+    # --- connection-level requests ------------------------------------------
+    def hello(self, timeout: float) -> dict[str, str]:
+        """Exchange HELLO; the guest's info (`kernel`, `hostname`, `transport`, `version`)."""
+        with self._ctl_lock:
+            _, q = self._open(0)
+            try:
+                self._send(p.hello())
+                f = self._next(q, timeout, "hello")
+            finally:
+                self._forget(0)
+        try:
+            r = p.Reader(f.payload)
+            version, info = r.u16(), p.parse_kv(r.str())
+        except p.ProtocolError as e:
+            raise GuestError(self.box, f"hello: bad answer from guest: {e}") from e
+        if f.type != MsgType.HELLO or version != p.VERSION:
+            raise GuestError(self.box, f"hello: guest speaks protocol {version}, "
+                             f"this host speaks {p.VERSION}")
+        return {**info, "version": str(version)}
+
+    def _ctl_request(self, frame: bytes, timeout: float, what: str) -> p.Result:
+        with self._ctl_lock:
+            _, q = self._open(0)
+            try:
+                self._send(frame)
+                while True:
+                    f = self._next(q, timeout, what)
+                    if f.type == MsgType.RESULT:
+                        return p.Result.decode(f.payload)
+            finally:
+                self._forget(0)
+
+    def configure(self, cfg: BoxConfig, timeout: float) -> None:
+        res = self._ctl_request(p.encode(MsgType.CONFIG, 0, cfg.encode()), timeout, "configure")
+        if res.errno:
+            raise GuestError(self.box, f"configure: {res.message or os.strerror(res.errno)}")
+
+    def ping(self, timeout: float = 5.0) -> float:
+        """Round trip of one PING, in seconds."""
+        import time
+
+        sid, q = self._open()
+        try:
+            token = sid.to_bytes(4, "big") + os.urandom(4)
+            t = time.monotonic()
+            self._send(p.encode(MsgType.PING, sid, token))
+            f = self._next(q, timeout, "ping")
+            if f.type != MsgType.PONG or f.payload != token:
+                raise GuestError(self.box, "ping: guest answered with something else")
+            return time.monotonic() - t
+        finally:
+            self._forget(sid)
+
+    def status(self, timeout: float = 5.0) -> GuestStatus:
+        sid, q = self._open()
+        try:
+            self._send(p.encode(MsgType.STATUS, sid))
+            f = self._next(q, timeout, "status")
+            return GuestStatus.decode(f.payload)
+        finally:
+            self._forget(sid)
+
+    def shutdown(self, reboot: bool = False, timeout: float = 10.0) -> None:
+        """Ask the guest to stop everything and power off; returns once it agreed."""
+        res = self._ctl_request(p.shutdown_frame(reboot), timeout, "shutdown")
+        if res.errno:
+            raise GuestError(self.box, f"shutdown: {res.message}")
+
+    # --- sessions -------------------------------------------------------------
+    def start(self, req: ExecRequest, on_stdout: OutputHandler | None = None,
+              on_stderr: OutputHandler | None = None) -> Session:
+        with self._lock:
+            sid = next(self._ids)
+            s = Session(self, sid, req)
+            if on_stdout is not None or on_stderr is not None:
+                s._handlers = (on_stdout or (lambda _b: None), on_stderr or (lambda _b: None))
+            self._sessions[sid] = s
+            if self._closed is not None:
+                s._on_frame(_CLOSED)
+        self._send(p.exec_frame(sid, req))
+        return s
+
+    def run(self, argv: list[str] | tuple[str, ...], ns: Namespace = Namespace.AGENT,
+            env: dict[str, str] | None = None, workdir: str = "", stdin: bytes | None = None,
+            timeout: float | None = 60.0) -> CompletedExec:
+        """Run a command to completion, collecting its output."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        req = ExecRequest(argv=tuple(argv), ns=ns, workdir=workdir, stdin=stdin is not None,
+                          env=tuple(f"{k}={v}" for k, v in (env or {}).items()))
+        s = self.start(req, out.append, err.append)
+        if stdin is not None:
+            s.write(stdin)
+            s.close_stdin()
+        try:
+            status = s.wait(timeout)
+        except GuestError:
+            if not s._done.is_set():
+                s.signal(9)  # do not leave a runaway command behind our timeout
+            raise
+        return CompletedExec(status, b"".join(out), b"".join(err))
+
+    # --- files -----------------------------------------------------------------
+    def put(self, path: str, data: bytes, mode: int = 0o644, ns: Namespace = Namespace.ROOT,
+            timeout: float = 60.0) -> None:
+        """Write a file in the guest, atomically (it appears whole or not at all)."""
+        sid, q = self._open()
+        try:
+            self._send(p.put_frame(sid, path, mode, ns))
+            for i in range(0, len(data), _CHUNK):
+                self._send(p.encode(MsgType.DATA, sid, data[i:i + _CHUNK]))
+            self._send(p.encode(MsgType.DATA, sid, b""))
+            while True:
+                f = self._next(q, timeout, f"put {path}")
+                if f.type == MsgType.RESULT:
+                    res = p.Result.decode(f.payload)
+                    if res.errno:
+                        raise GuestError(self.box, f"put {path}: {res.message}")
+                    return
+        finally:
+            self._forget(sid)
+
+    def get(self, path: str, ns: Namespace = Namespace.ROOT, timeout: float = 60.0) -> bytes:
+        sid, q = self._open()
+        parts: list[bytes] = []
+        try:
+            self._send(p.get_frame(sid, path, ns))
+            while True:
+                f = self._next(q, timeout, f"get {path}")
+                if f.type == MsgType.DATA:
+                    parts.append(f.payload)
+                elif f.type == MsgType.RESULT:
+                    res = p.Result.decode(f.payload)
+                    if res.errno:
+                        raise GuestError(self.box, f"get {path}: {res.message}")
+                    return b"".join(parts)
+        finally:
+            self._forget(sid)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._closed = "connection closed by host"
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> "GuestClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["CompletedExec", "ExitKind", "GuestClient", "Session"]

@@ -1,0 +1,71 @@
+/* cgroup2 limits for the box's namespaces:
+ *   ROOT/agent            memory.max, pids.max (the limit covers agent + business)
+ *   ROOT/agent/main       agent processes
+ *   ROOT/agent/business   business processes
+ * Processes live only in leaves: cgroup2 forbids them in a cgroup that delegates
+ * controllers to children. */
+#include "a3s.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int put(const char *dir, const char *file, const char *val)
+{
+	char p[512];
+	snprintf(p, sizeof p, "%s/%s", dir, file);
+	int fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, val, strlen(val)) < 0) {
+		int e = errno;
+		logmsg("cgroup: %s = %s: %s", p, val, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return -e;
+	}
+	close(fd);
+	return 0;
+}
+
+static int mk(const char *dir)
+{
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		logmsg("cgroup: mkdir %s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max)
+{
+	char parent[512], agent[512], leaf[600], v[32];
+	snprintf(parent, sizeof parent, "%s", root);
+	char *slash = strrchr(parent, '/');
+	if (!slash || slash == parent)
+		return -EINVAL;
+	*slash = 0;
+	snprintf(agent, sizeof agent, "%s/agent", root);
+	int rc = 0;
+	/* controllers missing from the kernel only cost the limits, not the box */
+	put(parent, "cgroup.subtree_control", "+memory +pids");
+	if ((rc = mk(root)) || (rc = mk(agent)))
+		return rc;
+	put(root, "cgroup.subtree_control", "+memory +pids");
+	if (memory_max) {
+		snprintf(v, sizeof v, "%" PRIu64, memory_max);
+		rc |= put(agent, "memory.max", v);
+	}
+	if (pids_max) {
+		snprintf(v, sizeof v, "%" PRIu32, pids_max);
+		rc |= put(agent, "pids.max", v);
+	}
+	snprintf(leaf, sizeof leaf, "%s/main", agent);
+	mk(leaf);
+	snprintf(leaf, sizeof leaf, "%s/business", agent);
+	mk(leaf);
+	put(agent, "cgroup.subtree_control", "+memory +pids");
+	return rc ? -EIO : 0;
+}
