@@ -51,6 +51,12 @@ class BlobStore:
     def partial(self, digest: str) -> Path:
         return self.tmp / (digest.split(":", 1)[1] + ".partial")
 
+    def lock_path(self, digest: str) -> Path:
+        """Held while downloading `digest`; only swept when no pull is in flight."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return locks / (digest.split(":", 1)[1] + ".lock")
+
     def _mkdirs(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ Plain HTTP only for loopback registries or those listed in A3S_BOX_INSECURE_REGI
 from __future__ import annotations
 
 import base64
+import fcntl
 import ipaddress
 import os
 import time
@@ -184,13 +185,20 @@ class RegistryClient:
 
     def fetch_blob(self, desc: Descriptor, blobs: BlobStore, progress: Progress | None = None) -> None:
         """Download a blob into the store, resuming a partial file; verify before keeping it."""
-        if blobs.has(desc.digest):
-            if progress:
-                progress(desc.size)
-            return
         blobs.tmp.mkdir(parents=True, exist_ok=True)
         blobs.dir.mkdir(parents=True, exist_ok=True)
         part = blobs.partial(desc.digest)
+        # One downloader per blob across threads and processes: they share the partial file.
+        with open(blobs.lock_path(desc.digest), "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            if blobs.has(desc.digest):
+                if progress:
+                    progress(desc.size)
+                return
+            self._download(desc, blobs, part, progress)
+
+    def _download(self, desc: Descriptor, blobs: BlobStore, part: Path,
+                  progress: Progress | None) -> None:
         what = f"blob {desc.digest[:19]}"
         problem = ""
         for attempt in range(self.retries + 1):

@@ -2,6 +2,7 @@
 
     images/blobs/sha256/<hex>      every blob, verified, stored once (layers are shared)
     images/tmp/                    temp files and resumable partial downloads
+    images/locks/                  one flock per blob being downloaded
     images/index.json (+ .lock)    name -> manifest digest, config, size, last used
     images/unpacked/<hex>/         the applied layers per manifest digest (virtio-fs roots)
     images/rootfs/<hex>.ext4       the read-only ext4 base per manifest digest
@@ -97,9 +98,10 @@ class ImageStore:
             c.fetch_blob(m.config, self.blobs)
             with layer_progress(progress, f"pulling {name}") as bars, \
                     ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                unique = {layer.digest: layer for layer in m.layers}.values()  # a layer may repeat
                 futures = [pool.submit(c.fetch_blob, layer, self.blobs,
                                        bars.layer(layer.digest[7:19], layer.size))
-                           for layer in m.layers]
+                           for layer in unique]
                 try:
                     for f in futures:
                         f.result()
@@ -300,6 +302,8 @@ class ImageStore:
                 if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") \
                         and p.stem not in live:
                     p.unlink(missing_ok=True)
+            for p in _children(self.root / "locks"):  # nobody holds these: gc.lock is ours
+                p.unlink(missing_ok=True)
             if partials:
                 for p in _children(self.root / "tmp"):
                     p.unlink(missing_ok=True)

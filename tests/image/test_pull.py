@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,3 +212,23 @@ def test_bearer_token_flow_with_docker_config(proxy: FaultProxy, pushed: Pushed,
         new_store(tmp_path / "b", docker_config=tmp_path / "none.json").pull(
             f"{proxy.host}/test/base:1")
     assert e.value.status == 401
+
+
+def test_concurrent_pulls_of_one_image(registry: Registry, pushed: Pushed, tmp_path: Path) -> None:
+    """Two pulls share the partial files: the per-blob lock keeps them from interleaving."""
+    home = tmp_path / "home"
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(ImageStore(Home(home), backoff=0.001).pull(registry.ref("test/two:1")).digest)
+        except Exception as e:  # reported by the assert below
+            results.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [pushed.two_digest] * 3
+    assert final_blobs(ImageStore(Home(home))) == set(ImageStore(Home(home)).list()[0].blobs)
