@@ -20,7 +20,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -78,10 +78,11 @@ class ImageStore:
 
     def pull(self, ref: str, progress: bool = False) -> ImageRecord:
         r = parse_reference(ref)
-        with self._in_flight():
-            record = self._pull(r, progress)
-        self._sweep(wait=False)  # what an older version of this name used
-        return record
+        try:
+            with self._in_flight():
+                return self._pull(r, progress)
+        finally:
+            self._sweep(wait=False)  # an older version of this name, or a failed pull's blobs
 
     def _pull(self, r: Reference, progress: bool) -> ImageRecord:
         name = str(r)
@@ -96,19 +97,21 @@ class ImageStore:
                 if not isinstance(m, Manifest):
                     raise ImageError(name, "index points at another index, not an image")
             c.fetch_blob(m.config, self.blobs)
+            self.blobs.put_bytes(data, digest, name)
             with layer_progress(progress, f"pulling {name}") as bars, \
                     ThreadPoolExecutor(max_workers=self.parallel) as pool:
-                unique = {layer.digest: layer for layer in m.layers}.values()  # a layer may repeat
-                futures = [pool.submit(c.fetch_blob, layer, self.blobs,
-                                       bars.layer(layer.digest[7:19], layer.size))
-                           for layer in unique]
+                unique = {layer.digest: layer for layer in m.layers}  # a layer may repeat
+                futures = {d: pool.submit(c.fetch_blob, layer, self.blobs,
+                                          bars.layer(d[7:19], layer.size))
+                           for d, layer in unique.items()}
                 try:
-                    for f in futures:
+                    # Apply each layer as soon as it is in: unpacking overlaps the downloads.
+                    self._unpack(name, digest, ready=lambda d: futures[d].result())
+                    for f in futures.values():
                         f.result()
                 finally:
-                    for f in futures:
+                    for f in futures.values():
                         f.cancel()
-            self.blobs.put_bytes(data, digest, name)
         return self._register(name, digest, source=name, source_digest="")
 
     def import_path(self, path: Path, tag: str | None = None) -> ImageRecord:
@@ -188,7 +191,9 @@ class ImageStore:
     def remove_box_disk(self, dest: Path) -> None:
         dest.unlink(missing_ok=True)
 
-    def _unpack(self, name: str, digest: str) -> Path:
+    def _unpack(self, name: str, digest: str,
+                ready: Callable[[str], object] | None = None) -> Path:
+        """Apply the layers into unpacked/<hex>; `ready(layer_digest)` waits for a download."""
         dest = self.root / "unpacked" / digest[7:]
         if dest.is_dir():
             return dest
@@ -204,6 +209,8 @@ class ImageStore:
             try:
                 with RootWriter(str(tmp), name) as w:
                     for i, layer in enumerate(m.layers):
+                        if ready is not None:
+                            ready(layer.digest)
                         with self.blobs.open(layer.digest) as f:
                             w.apply(f, LAYER_TYPES[layer.media_type],
                                     diff_ids[i] if i < len(diff_ids) else None,

@@ -232,3 +232,16 @@ def test_concurrent_pulls_of_one_image(registry: Registry, pushed: Pushed, tmp_p
         t.join()
     assert results == [pushed.two_digest] * 3
     assert final_blobs(ImageStore(Home(home))) == set(ImageStore(Home(home)).list()[0].blobs)
+
+
+def test_hostile_image_from_registry(registry: Registry, pushed: Pushed, tmp_path: Path) -> None:
+    """A symlink planted in one layer and a hardlink out in the next: refused, nothing kept."""
+    busybox_layout(tmp_path / "evil", [[Entry("planted", "symlink", link="/../../..")],
+                                       [Entry("x", "hardlink", link="../../etc/passwd")]])
+    registry.push_oci_layout(tmp_path / "evil", "test/evil:1")
+    store = new_store(tmp_path)
+    with pytest.raises(ImageError, match="'../../etc/passwd' points outside the root"):
+        store.pull(registry.ref("test/evil:1"))
+    assert store.list() == [] and final_blobs(store) == set()
+    assert not (store.root / "unpacked").exists() or list((store.root / "unpacked").iterdir()) == []
+    assert store.pull(registry.ref("test/base:1")).digest == pushed.base_digest
