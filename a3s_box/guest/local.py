@@ -22,8 +22,9 @@ def spawn_local_guest(binary: Path, *extra_args: str,
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = subprocess.Popen([str(binary), "--serve-stdio", "--root", "none", *extra_args],
-                                stdin=theirs, stdout=theirs, stderr=stderr, close_fds=True)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            [str(binary), "--serve-stdio", "--root", "none", *extra_args],
+            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=stderr, close_fds=True)
     except OSError as e:
         ours.close()
         raise GuestError("", f"cannot start local guest {binary}: {e}") from e
