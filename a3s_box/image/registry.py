@@ -215,10 +215,14 @@ class RegistryClient:
                 if not resumed and have and progress:
                     progress(-have)
                 with open(part, "ab" if resumed else "wb") as f:
-                    for chunk in resp.iter_bytes():  # unbuffered: keep what arrived before a drop
-                        f.write(chunk)
-                        if progress:
-                            progress(len(chunk))
+                    try:
+                        for chunk in resp.iter_bytes():  # unbuffered: keep what arrived before a drop
+                            f.write(chunk)
+                            if progress:
+                                progress(len(chunk))
+                    finally:
+                        f.flush()
+                        os.fsync(f.fileno())  # durable before it can be renamed into place
             except httpx.TransportError as e:
                 problem = f"connection dropped: {e}"
                 self._wait(attempt)
