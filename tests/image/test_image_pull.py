@@ -245,3 +245,17 @@ def test_hostile_image_from_registry(registry: Registry, pushed: Pushed, tmp_pat
     assert store.list() == [] and final_blobs(store) == set()
     assert not (store.root / "unpacked").exists() or list((store.root / "unpacked").iterdir()) == []
     assert store.pull(registry.ref("test/base:1")).digest == pushed.base_digest
+
+
+def test_ensure_pulls_once_then_stays_offline(proxy: FaultProxy, pushed: Pushed,
+                                               tmp_path: Path) -> None:
+    faults = proxy.reset()
+    store = new_store(tmp_path)
+    ref = f"{proxy.host}/test/base:1"
+    first = store.ensure(ref, progress=True)  # not a terminal here: no bars, no output
+    assert first.digest == pushed.base_digest
+    faults.fail_500, faults.path_has = 1000, "/"  # any request from now on would fail
+    seen = len(faults.seen)
+    again = store.ensure(ref)
+    assert again.digest == first.digest and again.last_used >= first.last_used
+    assert len(faults.seen) == seen  # no request at all
