@@ -1,0 +1,99 @@
+"""The QEMU command line for one box. Pure: a frozen spec in, an argv out.
+
+One place decides every QEMU flag, so the shim, the probe and the tests agree:
+    -M microvm (x86_64) / virt (arm64), no firmware ROMs, no default devices
+    serial console appended to console.log (kept across restarts, for `box logs`)
+    virtio-serial port `a3s.0` on a unix socket the shim listens on
+    the root disk as virtio-blk over the box's qcow2 overlay
+    a QMP socket for clean control (and, later, snapshot/restore: `incoming`)
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHANNEL_NAME = "a3s.0"
+
+
+@dataclass(frozen=True)
+class Arch:
+    binary: str
+    machine: str
+    console: str  # the kernel's name for the serial console
+
+
+ARCHES = {
+    "x86_64": Arch("qemu-system-x86_64", "microvm,x-option-roms=off", "ttyS0"),
+    "aarch64": Arch("qemu-system-aarch64", "virt", "ttyAMA0"),
+}
+
+
+def host_arch() -> Arch:
+    return ARCHES.get(platform.machine(), ARCHES["x86_64"])
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    binary: str
+    accel: str  # "kvm" or "tcg"
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    initramfs: Path
+    console_log: Path
+    channel: Path | None  # unix socket the shim listens on; None: no guest channel (probe)
+    qmp: Path | None
+    disk: Path | None = None
+    machine: str = ARCHES["x86_64"].machine
+    console: str = ARCHES["x86_64"].console
+    boot_args: tuple[str, ...] = ()  # extra a3s.* kernel arguments
+    incoming: str | None = None  # "file:/path": restore a saved VM instead of booting
+    extra: tuple[str, ...] = field(default=())
+
+
+def kernel_cmdline(spec: QemuSpec) -> str:
+    args = [f"console={spec.console}",
+            # no ACPI reset here: a triple-fault reboot plus -no-reboot ends QEMU
+            "reboot=t", "panic=-1", "quiet", "pci=off",
+            f"a3s.root={'/dev/vda' if spec.disk is not None else 'none'}"]
+    if spec.channel is not None:
+        args.append(f"a3s.channel=virtio-serial:{CHANNEL_NAME}")
+    else:
+        args.append("a3s.channel=none")
+    args.extend(spec.boot_args)
+    return " ".join(args)
+
+
+def _opt(path: Path) -> str:
+    # QEMU splits options on ","; a comma in a path is written doubled
+    return str(path).replace(",", ",,")
+
+
+def qemu_argv(spec: QemuSpec) -> list[str]:
+    argv = [spec.binary,
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-M", spec.machine,
+            "-accel", spec.accel,
+            "-smp", str(spec.vcpus),
+            "-m", f"{spec.memory_mib}M",
+            "-kernel", str(spec.kernel),
+            "-initrd", str(spec.initramfs),
+            "-append", kernel_cmdline(spec),
+            "-chardev", f"file,id=con,path={_opt(spec.console_log)},append=on",
+            "-serial", "chardev:con"]
+    if spec.accel == "kvm":
+        argv += ["-cpu", "host"]
+    if spec.channel is not None:
+        argv += ["-device", "virtio-serial-device",
+                 "-chardev", f"socket,id=a3s,path={_opt(spec.channel)}",
+                 "-device", f"virtserialport,chardev=a3s,name={CHANNEL_NAME}"]
+    if spec.disk is not None:
+        argv += ["-drive", f"id=root,if=none,format=qcow2,discard=unmap,file={_opt(spec.disk)}",
+                 "-device", "virtio-blk-device,drive=root"]
+    if spec.qmp is not None:
+        argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
+    if spec.incoming is not None:
+        argv += ["-incoming", spec.incoming]
+    argv += list(spec.extra)
+    return argv
