@@ -1,6 +1,7 @@
 """`box image`: pull, import, ls, rm, prune."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,28 @@ def register(cli: click.Group) -> None:
                 click.echo(f"removed {r.name}")
 
     @image.command("prune")
+    @click.option("--max-size", default=None, metavar="SIZE",
+                  help="Instead of removing every unused image, evict least recently used "
+                       "ones until the store fits in SIZE (e.g. 10Gi, 500M).")
     @pass_cli
-    def prune(c: CliContext) -> None:
+    def prune(c: CliContext, max_size: str | None) -> None:
         """Remove images no box uses, and every blob no image needs."""
-        for r in _store(c).prune(_in_use(c)):
+        store = _store(c)
+        if max_size is None:
+            gone = store.prune(_in_use(c))
+        else:
+            gone = store.evict_to(parse_size(max_size), _in_use(c))
+        for r in gone:
             click.echo(f"removed {r.name}")
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """"10Gi" -> bytes; a click.BadParameter naming the text otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size like 10Gi or 500M", param_hint="--max-size")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])

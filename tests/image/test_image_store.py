@@ -239,3 +239,13 @@ def test_cli(tmp_path: Path, layouts: Path) -> None:
     assert cli(home, "image", "prune").returncode == 0
     assert list((home / "images" / "blobs" / "sha256").iterdir()) == []
     assert list((home / "images" / "unpacked").iterdir()) == []
+
+
+def test_cli_prune_max_size(tmp_path: Path, layouts: Path) -> None:
+    home = tmp_path / "home"
+    for n in ("a", "c"):
+        assert cli(home, "image", "import", str(layouts / n), "--tag", n).returncode == 0
+    assert cli(home, "image", "prune", "--max-size", "1Ti").stdout == ""
+    assert cli(home, "image", "prune", "--max-size", "0").stdout == "removed a\nremoved c\n"
+    bad = cli(home, "image", "prune", "--max-size", "lots")
+    assert bad.returncode == 2 and "'lots' is not a size like 10Gi or 500M" in bad.stderr
