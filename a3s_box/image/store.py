@@ -118,10 +118,11 @@ class ImageStore:
         return self._import(path, tag)
 
     def _import(self, path: Path, name: str | None) -> ImageRecord:
-        with self._in_flight():
-            record = self._import_locked(path, name)
-        self._sweep(wait=False)
-        return record
+        try:
+            with self._in_flight():
+                return self._import_locked(path, name)
+        finally:
+            self._sweep(wait=False)
 
     def _import_locked(self, path: Path, name: str | None) -> ImageRecord:
         imported = import_source(path, self.blobs)
