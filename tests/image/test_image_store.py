@@ -249,3 +249,13 @@ def test_cli_prune_max_size(tmp_path: Path, layouts: Path) -> None:
     assert cli(home, "image", "prune", "--max-size", "0").stdout == "removed a\nremoved c\n"
     bad = cli(home, "image", "prune", "--max-size", "lots")
     assert bad.returncode == 2 and "'lots' is not a size like 10Gi or 500M" in bad.stderr
+
+
+def test_import_oci_layout_tarball(tmp_path: Path, layouts: Path) -> None:
+    tar = tmp_path / "layout.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(layouts / "a", arcname=".")
+    store = ImageStore(Home(tmp_path / "home"))
+    from_dir = store.import_path(layouts / "a", tag="dir")
+    from_tar = store.import_path(tar, tag="tar")
+    assert from_tar.digest == from_dir.digest and from_tar.blobs == from_dir.blobs
