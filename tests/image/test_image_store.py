@@ -184,6 +184,10 @@ def test_rootfs_base_and_box_disks(tmp_path: Path, layouts: Path) -> None:
     assert out.startswith("root:x:0:0")
     label = subprocess.run(["e2label", str(base)], capture_output=True, text=True, check=True)
     assert label.stdout.strip() == "a3sroot"
+    subprocess.run(["e2fsck", "-fn", str(base)], check=True, capture_output=True)  # consistent fs
+    ls = subprocess.run(["debugfs", "-R", "stat /bin/busybox", str(base)], capture_output=True,
+                        text=True, check=True).stdout
+    assert "Mode:  0755" in ls and "User:     0   Group:     0" in ls
     inode = base.stat().st_ino
     disks = [store.create_box_disk(r, tmp_path / "boxes" / f"{i}.qcow2") for i in range(2)]
     assert store.rootfs_base(r).stat().st_ino == inode  # built once, reused
