@@ -49,6 +49,7 @@ class QemuSpec:
     console: str = ARCHES["x86_64"].console
     boot_args: tuple[str, ...] = ()  # extra a3s.* kernel arguments
     incoming: str | None = None  # "file:/path": restore a saved VM instead of booting
+    tsc_khz: int = 0  # the host's TSC rate, handed to a TCG guest (0: let it calibrate)
     extra: tuple[str, ...] = field(default=())
 
 
@@ -61,8 +62,35 @@ def kernel_cmdline(spec: QemuSpec) -> str:
         args.append(f"a3s.channel=virtio-serial:{CHANNEL_NAME}")
     else:
         args.append("a3s.channel=none")
+    if spec.accel == "tcg" and spec.tsc_khz:
+        # Under TCG on a busy host the kernel's PIT calibration of the TSC fails often;
+        # it then has no clocksource and hangs at 0.000000. The guest TSC is the host's,
+        # so tell it the rate and skip the (noisy) watchdog.
+        args += [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"]
     args.extend(spec.boot_args)
     return " ".join(args)
+
+
+def host_tsc_khz(cpuinfo: str) -> int:
+    """The host's TSC rate from /proc/cpuinfo text (pure; 0 if unknown). With
+    constant_tsc the reported clock is the TSC's; without it we cannot tell."""
+    if "constant_tsc" not in cpuinfo:
+        return 0
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            try:
+                return int(float(value) * 1000)
+            except ValueError:
+                return 0
+    return 0
+
+
+def read_host_tsc_khz() -> int:
+    try:
+        return host_tsc_khz(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return 0
 
 
 def _opt(path: Path) -> str:

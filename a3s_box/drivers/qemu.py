@@ -1,0 +1,234 @@
+"""The QEMU driver: one detached shim per box, which runs QEMU and serves guest.sock.
+
+start() writes RUNDIR/launch.json, starts `python -m a3s_box.drivers.shim RUNDIR
+--detach` in a new session, waits for guest.sock (the guest answered HELLO), and sends
+CONFIG. Any failure, timeout or Ctrl-C on the way kills the shim's whole process group
+(shim + QEMU) and removes its sockets, then raises naming the box with the end of
+console.log. QEMU failures become DriverError, guest silence GuestError.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from a3s_box.drivers.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.base import (BoxLaunch, HostSupport, VmHandle, VmObservation, VmState)
+from a3s_box.drivers.probe import probe_accelerators
+from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
+from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.guest.client import GuestClient
+from a3s_box.home import Home
+
+CONSOLE = "console.log"
+GUEST_SOCK = "guest.sock"
+RUNTIME_FILES = ("guest.sock", "channel.sock", "qmp.sock", "shim.pid", "launch.json",
+                 ".guest.sock.tmp")
+
+
+def console_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_bytes()[-8192:].decode("utf-8", "replace")
+    except OSError:
+        return "(no console output)"
+    tail = [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join("  | " + ln for ln in tail) or "(no console output)"
+
+
+def _pid_is_shim(pid: int, rundir: str) -> bool:
+    """Alive, not a zombie, and really our shim (pids get reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        return False
+    return b"a3s_box.drivers.shim" in cmdline and rundir.encode() in cmdline
+
+
+def _wait_gone(pid: int, rundir: str, timeout: float) -> bool:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while _pid_is_shim(pid, rundir):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([fd], [], [], min(left, 0.2))  # zombies stay readable: re-check
+        return True
+    finally:
+        os.close(fd)
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(self, home: Home, binary: str | None = None) -> None:
+        self.home = home
+        self.arch = host_arch()
+        self.binary = binary or os.environ.get("A3S_BOX_QEMU") or self.arch.binary
+
+    # --- host -----------------------------------------------------------------------
+    def host_support(self) -> HostSupport:
+        if shutil.which(self.binary) is None:
+            return HostSupport(self.name, False, "",
+                               f"{self.binary} not found: install qemu-system (box setup)")
+        try:
+            r = probe_accelerators(self.home, self.binary)
+        except BoxError as e:
+            return HostSupport(self.name, False, "", str(e))
+        return HostSupport(self.name, True, r.accel, r.detail)
+
+    def _accel(self) -> str:
+        support = self.host_support()
+        if not support.usable:
+            raise HostUnsupported(self.name, support.detail)
+        return support.accel
+
+    # --- start ------------------------------------------------------------------------
+    def start(self, launch: BoxLaunch, timeout: float) -> VmHandle:
+        art = ensure_guest_artifacts(self.home)
+        accel = self._accel()
+        rundir = launch.rundir
+        rundir.mkdir(parents=True, exist_ok=True)
+        _remove_runtime_files(rundir)
+        (rundir / "exit.json").unlink(missing_ok=True)
+        spec = QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
+                        memory_mib=launch.memory_mib, kernel=art.kernel,
+                        initramfs=art.initramfs, console_log=rundir / CONSOLE,
+                        channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
+                        disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
+                        tsc_khz=read_host_tsc_khz())
+        tmp = rundir / ".launch.json"
+        tmp.write_text(json.dumps({"box_id": launch.box_id, "argv": qemu_argv(spec),
+                                   "channel": str(rundir / "channel.sock"),
+                                   "guest_socket": str(rundir / GUEST_SOCK)}, indent=1))
+        os.replace(tmp, rundir / "launch.json")
+        with open(rundir / "shim.log", "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            log.flush()
+            try:
+                starter = subprocess.Popen(
+                    [sys.executable, "-m", "a3s_box.drivers.shim", str(rundir), "--detach"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                    close_fds=True)
+            except OSError as e:
+                raise DriverError(launch.box_id, f"cannot start the shim: {e}") from e
+        pgid = starter.pid  # session leader; the shim and QEMU stay in its group
+        handle: VmHandle | None = None
+        try:
+            starter.wait()
+            pid = int((rundir / "shim.pid").read_text())
+            handle = VmHandle(driver=self.name, box_id=launch.box_id, pid=pid,
+                              channel=str(rundir / GUEST_SOCK),
+                              console_log=str(rundir / CONSOLE), accel=accel,
+                              extra={"pgid": str(pgid), "rundir": str(rundir),
+                                     "qmp": str(rundir / "qmp.sock")})
+            deadline = time.monotonic() + timeout
+            self._wait_ready(handle, deadline)
+            with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
+                client.hello(max(deadline - time.monotonic(), 1.0))
+                client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
+            return handle
+        except BaseException as e:
+            # Ctrl-C included: nothing of this VM may outlive a failed start
+            _killpg(pgid, signal.SIGKILL)
+            if handle is not None:
+                _wait_gone(handle.pid, str(rundir), 5.0)
+            _remove_runtime_files(rundir)
+            if isinstance(e, (OSError, ValueError)):
+                raise DriverError(launch.box_id, f"start failed: {e}\nconsole:\n"
+                                  f"{console_tail(rundir / CONSOLE)}") from e
+            raise
+
+    def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
+        rundir = Path(handle.extra["rundir"])
+        while not Path(handle.channel).exists():
+            exit_file = rundir / "exit.json"
+            if exit_file.exists() or not _pid_is_shim(handle.pid, str(rundir)):
+                reason = _read_exit(exit_file) or "the shim died (see shim.log)"
+                raise DriverError(handle.box_id, f"VM stopped before the guest answered: "
+                                  f"{reason}\nconsole:\n{console_tail(Path(handle.console_log))}")
+            if time.monotonic() >= deadline:
+                raise GuestError(handle.box_id, "the guest init did not answer in time; "
+                                 f"console:\n{console_tail(Path(handle.console_log))}")
+            time.sleep(0.02)
+
+    # --- running VMs ----------------------------------------------------------------------
+    def observe(self, handle: VmHandle) -> VmObservation:
+        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
+        if _pid_is_shim(handle.pid, str(rundir)):
+            return VmObservation(VmState.RUNNING)
+        reason = _read_exit(rundir / "exit.json")
+        if reason:
+            return VmObservation(VmState.EXITED, reason)
+        if rundir.exists():
+            return VmObservation(VmState.EXITED, "the shim is gone without a word (killed?)")
+        return VmObservation(VmState.MISSING)
+
+    def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(handle.channel)
+        except OSError as e:
+            s.close()
+            raise GuestError(handle.box_id, f"cannot reach the guest at {handle.channel}: "
+                             f"{e.strerror or e}") from e
+        s.settimeout(None)
+        return s
+
+    def stop(self, handle: VmHandle, timeout: float) -> None:
+        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
+        deadline = time.monotonic() + timeout
+        if _pid_is_shim(handle.pid, str(rundir)):
+            try:
+                with GuestClient(self.connect(handle, 2.0), box=handle.box_id) as c:
+                    c.hello(min(timeout, 5.0))
+                    c.shutdown(timeout=min(timeout, 5.0))
+            except GuestError:
+                pass  # a guest that cannot answer is stopped the hard way below
+            if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
+                _kill(handle.pid, signal.SIGTERM)  # the shim ends QEMU and reports
+                if not _wait_gone(handle.pid, str(rundir), 3.0):
+                    _kill(handle.pid, signal.SIGKILL)  # QEMU follows (PDEATHSIG)
+                    _wait_gone(handle.pid, str(rundir), 3.0)
+        # no killpg here: once its leader is long gone a process group id may be reused
+        _remove_runtime_files(rundir)
+
+
+def _read_exit(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text()).get("reason") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _remove_runtime_files(rundir: Path) -> None:
+    for name in RUNTIME_FILES:
+        (rundir / name).unlink(missing_ok=True)

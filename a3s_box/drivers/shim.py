@@ -1,0 +1,321 @@
+"""The per-box supervisor: `python -m a3s_box.drivers.shim RUNDIR [--detach]`.
+
+Reads RUNDIR/launch.json, runs QEMU as its child, holds the guest's one virtio-serial
+connection and serves RUNDIR/guest.sock to any number of host clients (routing by
+a3s_box.drivers.mux). Files in RUNDIR:
+
+    launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket"}
+    shim.pid      this process (written by the --detach parent before it exits)
+    channel.sock  QEMU connects here: the virtio-serial port a3s.0
+    guest.sock    appears only once the guest said HELLO: its existence means "ready"
+    exit.json     written when QEMU has exited: {"status", "signal", "reason"}
+
+Single-threaded (selectors), so a misbehaving client can only lose its own connection.
+QEMU dies with the shim (PR_SET_PDEATHSIG), so a killed shim leaves no VM behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from a3s_box.drivers.mux import GUEST, Mux, Out
+from a3s_box.guest import protocol as p
+from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+
+CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
+GUEST_BUFFER_HIGH = 4 << 20  # stop reading clients while the guest is this far behind
+
+
+def _die_with_parent() -> None:
+    # runs in the QEMU child between fork and exec: SIGKILL it if the shim dies
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+def write_json_atomic(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def exit_reason(status: int) -> dict[str, object]:
+    """Pure: what a QEMU wait status means for the user (Popen returncode convention)."""
+    if status == 0:
+        return {"status": 0, "signal": 0, "reason": "the guest powered off"}
+    if status < 0:
+        sig = -status
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        return {"status": None, "signal": sig, "reason": f"qemu was killed by {name}"}
+    return {"status": status, "signal": 0,
+            "reason": f"qemu exited with status {status} (see shim.log and console.log)"}
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    reader: FrameReader = field(default_factory=FrameReader)
+    out: bytearray = field(default_factory=bytearray)
+
+
+class Shim:
+    def __init__(self, rundir: Path) -> None:
+        self.rundir = rundir
+        launch = json.loads((rundir / "launch.json").read_text())
+        self.box = str(launch["box_id"])
+        self.argv = [str(a) for a in launch["argv"]]
+        self.channel_path = Path(launch["channel"])
+        self.guest_path = Path(launch["guest_socket"])
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[int, _Conn] = {}
+        self.guest: _Conn | None = None
+        self.mux: Mux | None = None
+        self.listener: socket.socket | None = None
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.stopping = ""
+
+    def log(self, msg: str) -> None:
+        print(f"shim {self.box}: {msg}", file=sys.stderr, flush=True)
+
+    # --- lifecycle ----------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        for path in (self.channel_path, self.guest_path, self.rundir / "exit.json"):
+            path.unlink(missing_ok=True)
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan.bind(str(self.channel_path))
+        chan.listen(1)
+        self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
+                                     preexec_fn=_die_with_parent)
+        self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
+        pidfd = os.pidfd_open(self.qemu.pid)
+        self.sel.register(pidfd, selectors.EVENT_READ, "qemu")
+        self.sel.register(chan, selectors.EVENT_READ, "channel")
+        try:
+            while self.qemu.poll() is None:
+                ready = self.sel.select(timeout=0.5)
+                for key, events in ready:
+                    self._dispatch(key, events)
+                if not ready and self.mux is None and self.guest is not None:
+                    # until the guest answers, repeat HELLO (extra answers are ignored)
+                    self.guest.out += p.hello()
+                    self._update_interest()
+        finally:
+            status = self.qemu.wait()
+            result = exit_reason(status)
+            if self.stopping:
+                result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
+                    f"{result['reason']} while stopping ({self.stopping})"
+            self.log(str(result["reason"]))
+            for path in (self.guest_path, self.channel_path):
+                path.unlink(missing_ok=True)
+            write_json_atomic(self.rundir / "exit.json", result)
+        return 0
+
+    def _on_signal(self, signo: int, _frame: object) -> None:
+        self.stopping = f"{signal.Signals(signo).name} to the shim"
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.terminate()  # QEMU exits cleanly on SIGTERM; the loop sees it
+
+    def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
+        what = key.data
+        if what == "qemu":
+            return  # the loop condition notices
+        if what == "channel":
+            self._accept_guest(key.fileobj)  # type: ignore[arg-type]
+        elif what == "listen":
+            self._accept_client()
+        elif what == "guest":
+            self._guest_io(events)
+        else:
+            self._client_io(int(what), events)
+
+    # --- the guest side -------------------------------------------------------
+    def _accept_guest(self, chan: socket.socket) -> None:
+        conn, _ = chan.accept()
+        self.sel.unregister(chan)
+        chan.close()  # QEMU connects exactly once
+        conn.setblocking(False)
+        self.guest = _Conn(conn, out=bytearray(p.hello()))
+        self.sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, "guest")
+
+    def _guest_io(self, events: int) -> None:
+        g = self.guest
+        assert g is not None
+        if events & selectors.EVENT_WRITE and g.out:
+            try:
+                n = g.sock.send(g.out)
+                del g.out[:n]
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._guest_gone(f"write: {e}")
+                return
+        if events & selectors.EVENT_READ:
+            try:
+                data = g.sock.recv(1 << 16)
+            except BlockingIOError:
+                data = None
+            except OSError as e:
+                self._guest_gone(f"read: {e}")
+                return
+            if data == b"":
+                self._guest_gone("closed")
+                return
+            for f in g.reader.feed(data or b""):
+                self._from_guest(f)
+            g.reader.errors.clear()  # resynchronised; the guest's stream carries on
+        self._update_interest()
+
+    def _from_guest(self, f: Frame) -> None:
+        if self.mux is None:
+            if f.type == MsgType.HELLO and f.stream == 0:
+                self.mux = Mux(f)
+                self._listen()
+            return
+        for o in self.mux.from_guest(f):
+            self._send(o)
+
+    def _guest_gone(self, why: str) -> None:
+        self.log(f"guest channel {why}; waiting for qemu to exit")
+        if self.guest is not None:
+            self.sel.unregister(self.guest.sock)
+            self.guest.sock.close()
+            self.guest = None
+        for cid in list(self.clients):
+            self._drop_client(cid, "guest channel closed")
+        self.guest_path.unlink(missing_ok=True)
+
+    def _listen(self) -> None:
+        # bind under a temporary name and rename: guest.sock appears only when ready
+        tmp = self.guest_path.with_name(f".{self.guest_path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(tmp))
+        s.listen(64)
+        s.setblocking(False)
+        os.replace(tmp, self.guest_path)
+        self.listener = s
+        self.sel.register(s, selectors.EVENT_READ, "listen")
+        self.log("guest answered HELLO: serving " + str(self.guest_path))
+
+    # --- the client side ----------------------------------------------------------
+    def _accept_client(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        cid = conn.fileno()
+        self.clients[cid] = _Conn(conn)
+        self.sel.register(conn, selectors.EVENT_READ, str(cid))
+
+    def _client_io(self, cid: int, events: int) -> None:
+        c = self.clients.get(cid)
+        if c is None:
+            return
+        if events & selectors.EVENT_WRITE and c.out:
+            try:
+                n = c.sock.send(c.out)
+                del c.out[:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._drop_client(cid, "write failed")
+                return
+        if events & selectors.EVENT_READ:
+            try:
+                data = c.sock.recv(1 << 16)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self._drop_client(cid, "disconnected")
+                return
+            frames = c.reader.feed(data or b"")
+            if c.reader.errors:
+                self._drop_client(cid, f"protocol error: {c.reader.errors[0]}")
+                return
+            assert self.mux is not None
+            for f in frames:
+                for o in self.mux.from_client(cid, f):
+                    self._send(o)
+        self._update_interest()
+
+    def _drop_client(self, cid: int, why: str) -> None:
+        c = self.clients.pop(cid, None)
+        if c is None:
+            return
+        if self.sel.get_map().get(c.sock) is not None:
+            self.sel.unregister(c.sock)
+        c.sock.close()
+        if self.mux is not None:
+            n = self.mux.sessions(cid)
+            for o in self.mux.drop_client(cid):
+                self._send(o)
+            if n:
+                self.log(f"client {cid} {why}: killed its {n} session(s)")
+
+    def _send(self, o: Out) -> None:
+        if o.dest == GUEST:
+            if self.guest is not None:
+                self.guest.out += o.data
+            return
+        c = self.clients.get(o.dest)
+        if c is None:
+            return
+        c.out += o.data
+        if len(c.out) > CLIENT_BUFFER_MAX:
+            self._drop_client(o.dest, "not reading its output")
+
+    def _update_interest(self) -> None:
+        if self.guest is not None:
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.guest.out else 0)
+            self.sel.modify(self.guest.sock, ev, "guest")
+        # backpressure: while the guest lags, leave client input unread in its socket
+        guest_full = self.guest is not None and len(self.guest.out) > GUEST_BUFFER_HIGH
+        for cid, c in self.clients.items():
+            ev = (0 if guest_full else selectors.EVENT_READ) | \
+                (selectors.EVENT_WRITE if c.out else 0)
+            registered = self.sel.get_map().get(c.sock) is not None
+            if ev and registered:
+                self.sel.modify(c.sock, ev, str(cid))
+            elif ev:
+                self.sel.register(c.sock, ev, str(cid))
+            elif registered:
+                self.sel.unregister(c.sock)
+
+
+def _detach(rundir: Path) -> None:
+    """Fork; the parent records the child's pid and returns to the driver at once."""
+    pid = os.fork()
+    if pid:
+        (rundir / ".shim.pid").write_text(f"{pid}\n")
+        os.replace(rundir / ".shim.pid", rundir / "shim.pid")
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--detach"):
+        print("usage: python -m a3s_box.drivers.shim RUNDIR [--detach]", file=sys.stderr)
+        return 2
+    rundir = Path(argv[0])
+    if len(argv) == 2:
+        _detach(rundir)
+    else:
+        (rundir / "shim.pid").write_text(f"{os.getpid()}\n")
+    return Shim(rundir).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
