@@ -61,7 +61,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _initramfs(cache: Path, init_binary: Path, kernel: Kernel) -> Path:
+def build_initramfs(cache: Path, init_binary: Path, kernel: Kernel) -> Path:
     init = init_binary.read_bytes()
     path = cache / "initramfs" / f"{initramfs_key(init, kernel.modules)}.cpio.gz"
     if not path.is_file():
@@ -81,7 +81,7 @@ def ensure_guest_artifacts(home: Home, progress: bool = False) -> GuestArtifacts
     kernel = ensure_kernel(home.cache, say)
     init_binary = build_guest_init(home.cache)
     try:
-        initramfs = _initramfs(home.cache, init_binary, kernel)
+        initramfs = build_initramfs(home.cache, init_binary, kernel)
     except OSError as e:
         raise BoxError(f"guest initramfs: cannot write into {home.cache}: {e}") from e
     if progress:

@@ -1,0 +1,85 @@
+"""What works on this host, one check at a time, for `box doctor` and `box setup`.
+
+Reads only: it never downloads or builds (setup does that first), and boots a probe
+guest only when the cached KVM verdict is missing, stale or `refresh` is asked for.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+
+from a3s_box.drivers.artifacts import GuestArtifacts, build_initramfs, existing_guest_artifacts
+from a3s_box.drivers.kernel import cached_kernel
+from a3s_box.drivers.probe import KVM, probe_accelerators, qemu_version
+from a3s_box.drivers.qemu_argv import host_arch
+from a3s_box.errors import BoxError
+from a3s_box.home import Home
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    essential: bool = True  # a failed essential check means no box can run
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _initramfs_for(home: Home) -> GuestArtifacts | None:
+    # from what is cached only: writing the initramfs is local and cheap, fetching is not
+    kernel, init = existing_guest_artifacts(home)
+    if kernel is None or init is None:
+        return None
+    try:
+        return GuestArtifacts(kernel.vmlinuz, build_initramfs(home.cache, init, kernel),
+                              kernel.release, init)
+    except OSError:
+        return None
+
+
+def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = False) -> list[Check]:
+    binary = qemu_binary or host_arch().binary
+    checks: list[Check] = []
+    found = shutil.which(binary)
+    version = ""
+    if found is None:
+        checks.append(Check("qemu", False, f"{binary} not found: install qemu-system "
+                                           "(scripts/setup.sh does)"))
+    else:
+        try:
+            version = qemu_version(binary)
+            checks.append(Check("qemu", True, f"{found} {version}"))
+        except BoxError as e:
+            checks.append(Check("qemu", False, str(e)))
+    try:
+        kernel = cached_kernel(home.cache)
+    except BoxError as e:
+        checks.append(Check("kernel", False, str(e)))
+        kernel = None
+    else:
+        checks.append(Check("kernel", True, f"{kernel.release} ({kernel.vmlinuz}, "
+                                            f"{len(kernel.modules)} modules)") if kernel else
+                      Check("kernel", False, "not provisioned: run `box setup`"))
+    _, init = existing_guest_artifacts(home)
+    checks.append(Check("guest-init", True, str(init)) if init else
+                  Check("guest-init", False, "not built: run `box setup` (needs musl-tools)"))
+    art = _initramfs_for(home)
+    if version and art is not None:
+        try:
+            probe = probe_accelerators(home, binary, art, refresh=refresh)
+            checks.append(Check("kvm", probe.kvm_usable,
+                                probe.detail + (" [cached]" if probe.cached else ""),
+                                essential=False))
+            checks.append(Check("accelerator", True, f"qemu/{probe.accel}"))
+        except BoxError as e:
+            checks.append(Check("kvm", False, str(e), essential=False))
+    else:
+        kvm = "present" if KVM.exists() else "absent"
+        checks.append(Check("kvm", False, f"/dev/kvm {kvm}; not probed (needs qemu, kernel "
+                                          "and guest init)", essential=False))
+        checks.append(Check("accelerator", False, "none until the checks above pass"))
+    checks.append(Check("libkrun", False, "not yet supported (use the qemu driver)",
+                        essential=False))
+    return checks
