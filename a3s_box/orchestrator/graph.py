@@ -59,21 +59,5 @@ def generations(g: "nx.DiGraph[Node]") -> list[list[Node]]:
     return [sorted(gen, key=_key) for gen in nx.topological_generations(g)]
 
 
-def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
-    """The first dependency cycle in name order, as [a, b, a], or None."""
-    g: nx.DiGraph[str] = nx.DiGraph()
-    for box in sorted(deps):
-        g.add_node(box)
-        for dep in sorted(deps[box]):
-            g.add_edge(box, dep)
-    cycles = sorted(nx.simple_cycles(g), key=lambda c: (len(c), c)) if not nx.is_directed_acyclic_graph(g) else []
-    if not cycles:
-        return None
-    cycle = cycles[0]
-    start = cycle.index(min(cycle))
-    cycle = cycle[start:] + cycle[:start]
-    return cycle + [cycle[0]]
-
-
 def dependants(g: "nx.DiGraph[Node]", node: Node) -> set[Node]:
     return set(nx.descendants(g, node))

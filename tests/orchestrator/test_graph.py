@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from a3s_box.orchestrator.graph import Node, build_graph, find_cycle, generations, ordered
+from a3s_box.boxfile.references import find_cycle
+from a3s_box.orchestrator.graph import Node, build_graph, generations, ordered
 
 
 def test_order_is_images_then_boxes_by_dependency_then_pools() -> None:

@@ -1,0 +1,133 @@
+"""The staged Boxfile loader.
+
+    read (size, binary, tabs) -> parse (libyaml, duplicate keys, bombs) -> merge files
+    -> drop x- keys -> interpolate ${VAR} -> pydantic model -> cross references
+
+The fast path never builds position-aware trees: only when a problem is found is each
+file re-parsed with ruamel.yaml's round-trip loader to place it as FILE:LINE:COL. All
+problems are collected and raised together as one BoxfileError.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from a3s_box.boxfile.interpolate import interpolate
+from a3s_box.boxfile.messages import Issue, issue_from
+from a3s_box.boxfile.model import Boxfile, ImageDef
+from a3s_box.boxfile.positions import locate
+from a3s_box.boxfile.references import check_references
+from a3s_box.boxfile.source import Source, SourceProblem, parse_fast, parse_positions, read
+from a3s_box.errors import BoxfileError, Problem
+
+# Mappings whose keys are user data, not fields: x- keys there are kept.
+_DATA_MAPS = {"env"}
+
+
+def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> Boxfile:
+    paths = [Path(f) for f in files] or [Path("Boxfile.yaml")]
+    env = os.environ if environ is None else environ
+    sources: list[Source] = []
+    docs: list[Any] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            src = read(path)
+            data = parse_fast(src)
+        except SourceProblem as e:
+            problems.append(e.problem)
+            continue
+        if data is None:
+            problems.append(Problem(str(path), 0, 0, "", "is empty: a Boxfile needs at least "
+                                    "`apiVersion: box.a3s.dev/v1`"))
+            continue
+        if not isinstance(data, dict):
+            problems.append(Problem(str(path), 1, 1, "", "must be a mapping of apiVersion, images, "
+                                    f"boxes and pools, not {_kind(data)}"))
+            continue
+        sources.append(src)
+        docs.append(_resolve_paths(_strip_extensions(data), path.parent))
+    if problems:
+        raise BoxfileError(problems)
+
+    merged: dict[str, Any] = {}
+    for d in docs:
+        merged = _merge(merged, d)
+    data, interp_errors = interpolate(merged, env)
+    issues = [Issue(e.path, e.message) for e in interp_errors]
+    model: Boxfile | None = None
+    try:
+        model = Boxfile.model_validate({**data, "files": tuple(p.absolute() for p in paths)})
+    except ValidationError as e:
+        issues += [_place_model_error(issue_from(err, Boxfile)) for err in e.errors(include_url=False)]
+    if isinstance(data, dict):
+        issues += check_references(data)
+    if issues:
+        raise BoxfileError(_place(issues, sources))
+    assert model is not None
+    return model
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _place_model_error(issue: Issue) -> Issue:
+    # A pool's min_ready > max is a model-level check: point at min_ready.
+    if len(issue.path) == 2 and issue.path[0] == "pools" and issue.message.startswith("min_ready"):
+        return Issue(issue.path + ("min_ready",), issue.message)
+    return issue
+
+
+def _place(issues: list[Issue], sources: list[Source]) -> list[Problem]:
+    docs = [(s.path, parse_positions(s)) for s in sources]
+    out: list[Problem] = []
+    for issue in issues:
+        where = locate(docs, issue.path, want_key=issue.at_key)
+        path = ".".join(str(p) for p in issue.path)
+        out.append(Problem(where.file, where.line, where.column, path, issue.message))
+    return sorted(set(out))
+
+
+def _strip_extensions(node: Any, parent_key: str = "", memo: dict[int, Any] | None = None) -> Any:
+    """Drop `x-*` keys (the place for anchors and notes); aliases stay shared."""
+    memo = {} if memo is None else memo
+    if isinstance(node, dict):
+        if id(node) in memo:
+            return memo[id(node)]
+        keep_all = parent_key in _DATA_MAPS
+        out: Any = {k: _strip_extensions(v, str(k), memo) for k, v in node.items()
+                    if keep_all or not (isinstance(k, str) and k.startswith("x-"))}
+        memo[id(node)] = out
+        return out
+    if isinstance(node, list):
+        return [_strip_extensions(v, parent_key, memo) for v in node]
+    return node
+
+
+def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Image paths are relative to the Boxfile that names them."""
+    images = doc.get("images")
+    if isinstance(images, dict):
+        for img in images.values():
+            if isinstance(img, dict) and isinstance(img.get("path"), str) and "$" not in img["path"]:
+                img["path"] = str((base / img["path"]).absolute())
+    return doc
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Compose-style: mappings merge deeply, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+__all__ = ["load", "Boxfile", "ImageDef"]

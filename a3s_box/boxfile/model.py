@@ -1,0 +1,273 @@
+"""The Boxfile v1 models: the contract of the file format, and the source of the JSON Schema.
+
+Field names, descriptions, defaults and examples here are what users read in their
+editor (through schema/boxfile.schema.json) and in docs/boxfile-reference.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      WithJsonSchema, field_validator, model_validator)
+from pydantic.json_schema import SkipJsonSchema
+
+from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+
+API_VERSION = "box.a3s.dev/v1"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+NAMESPACE_KINDS = ("mount", "pid", "ipc", "uts", "net")
+MIN_MEMORY = 64 << 20
+
+
+def _min_memory(v: int) -> int:
+    if v < MIN_MEMORY:
+        raise ValueError("must be at least 64Mi (the guest kernel and init need it)")
+    return v
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                              {"type": "string", "pattern": SIZE_PATTERN}]}),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                              {"type": "string", "pattern": DURATION_PATTERN}]}),
+]
+Command = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+Isolate = list[Literal["mount", "pid", "ipc", "uts", "net"]]
+
+
+def _stringify_env(v: Any) -> Any:
+    """Env values may be written as YAML numbers or booleans; the guest gets strings."""
+    if isinstance(v, dict):
+        return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                if isinstance(x, (int, float, bool)) else x for k, x in v.items()}
+    return v
+
+
+Env = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str],
+    BeforeValidator(_stringify_env),
+    WithJsonSchema({
+        "type": "object",
+        "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+    }),
+]
+
+
+def _unique(v: list[str]) -> list[str]:
+    dupes = sorted({x for x in v if v.count(x) > 1})
+    if dupes:
+        raise ValueError(f"lists {', '.join(dupes)} more than once")
+    return v
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ImageDef(_Model):
+    """Where an image comes from: exactly one of `ref` and `path`."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["ref"]}, {"required": ["path"]}]})
+
+    ref: str | None = Field(None, min_length=1, description=(
+        "An OCI image reference: `host[:port]/repo:tag`, `repo@sha256:...`, or a Docker Hub "
+        "short name (`busybox` means `docker.io/library/busybox:latest`)."),
+        examples=["localhost:5000/a3s/busybox:1.35", "docker.io/library/alpine:3.20"])
+    path: Path | None = Field(None, description=(
+        "A local OCI image layout folder or a `docker save` tarball, relative to the Boxfile's folder."),
+        examples=["./images/tools", "./build/agent.tar"])
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageDef":
+        if (self.ref is None) == (self.path is None):
+            raise ValueError("give exactly one of `ref` (a registry reference) and `path` (a local image)")
+        return self
+
+
+class Resources(_Model):
+    """The VM's size."""
+
+    vcpus: int = Field(1, ge=1, le=64, description="Virtual CPUs of the box's VM.", examples=[1, 2])
+    memory: Annotated[Size, AfterValidator(_min_memory)] = Field(
+        "256Mi", validate_default=True, description="Memory of the box's VM: a number of bytes or a size with "
+        "Ki/Mi/Gi (or K/M/G). At least 64Mi.", examples=["128Mi", "1Gi"])
+
+
+class AgentNamespace(_Model):
+    """The agent: the box's main process, in its own Linux namespaces."""
+
+    command: Command | None = Field(None, description=(
+        "The agent's command line (argv). Absent: the image's Entrypoint + Cmd."),
+        examples=[["/bin/sh", "-c", "exec sleep 3600"]])
+    isolate: Annotated[Isolate, AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["mount", "pid", "ipc", "uts"],
+        json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts"]},
+        description="Namespaces the agent gets of its own.", examples=[["mount", "pid", "ipc", "uts"]])
+    env: Env = Field(default_factory=dict, description="Environment added over the box's `env`.",
+                     examples=[{"AGENT_MODE": "coding"}])
+    workdir: str | None = Field(None, min_length=1, description=(
+        "Working folder of the agent. Absent: the image's WorkingDir, else /."), examples=["/app"])
+    restart: Literal["always", "on-failure", "never"] = Field(
+        "always", description="What the guest init does when the agent exits "
+        "(restarts back off exponentially).", examples=["on-failure"])
+
+
+class BusinessNamespace(_Model):
+    """Where code launched by the agent runs: nested inside the agent's namespaces,
+    unable to see or signal the agent's processes (`nsexec -- CMD` inside the box)."""
+
+    parent: str = Field("agent", min_length=1, description="The namespace this one nests in.",
+                        examples=["agent"])
+    isolate: Annotated[Isolate, AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["mount", "pid", "ipc", "uts", "net"],
+        json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts", "net"]},
+        description="Namespaces business code gets of its own.",
+        examples=[["mount", "pid", "ipc", "uts", "net"]])
+
+
+class Namespaces(_Model):
+    """The Linux namespaces inside the box's VM."""
+
+    agent: AgentNamespace = Field(default_factory=AgentNamespace,
+                                  description="The agent process and its isolation.")
+    business: BusinessNamespace | None = Field(
+        None, description="A further isolated namespace for code the agent launches.",
+        examples=[{"parent": "agent", "isolate": ["mount", "pid", "ipc", "uts", "net"]}])
+
+
+class Dependency(_Model):
+    """How far a dependency must have come before this box starts."""
+
+    condition: Literal["started", "healthy", "completed"] = Field(
+        "started", description="`started`: its agent runs; `healthy`: its healthcheck passes; "
+        "`completed`: its agent exited with 0.", examples=["healthy"])
+
+
+def _depends_on_canonical(v: Any) -> Any:
+    if isinstance(v, list):
+        return {name: {} for name in v} if all(isinstance(n, str) for n in v) else v
+    return v
+
+
+DependsOn = Annotated[
+    dict[Name, Dependency],
+    BeforeValidator(_depends_on_canonical, json_schema_input_type=list[Name] | dict[Name, Dependency]),
+]
+
+
+class Healthcheck(_Model):
+    """A command run inside the box (agent namespace) to tell whether it is healthy."""
+
+    command: Command = Field(description="The check's argv; exit 0 means healthy.",
+                             examples=[["/bin/sh", "-c", "test -e /tmp/ready"]])
+    interval: Duration = Field("5s", validate_default=True, description="Time between checks.", examples=["5s"])
+    timeout: Duration = Field("5s", validate_default=True, description="A check running longer fails.", examples=["3s"])
+    retries: int = Field(3, ge=1, description="Failures in a row that make the box unhealthy.",
+                         examples=[3])
+    start_period: Duration = Field("0s", validate_default=True, description="Failures in this first period do not count.",
+                                   examples=["10s"])
+
+
+class Lifetime(_Model):
+    """Limits enforced by whatever keeps pools filled (`box apply --watch`, `box pool fill`)."""
+
+    idle_timeout: Duration | None = Field(None, description="End a leased box idle this long.",
+                                          examples=["10m"])
+    max_duration: Duration | None = Field(None, description="End a leased box this long after it "
+                                          "was handed out.", examples=["1h"])
+
+
+class Timeouts(_Model):
+    """How long a3s-box waits."""
+
+    ready: Duration = Field("120s", validate_default=True, description="Boot until the agent runs (and each depends_on "
+                            "condition wait).", examples=["60s"])
+
+
+class BoxDef(_Model):
+    """One microVM: an image, its size, its environment, and the namespaces inside it."""
+
+    image: str = Field(min_length=1, description=(
+        "A name from `images:`, or a direct OCI reference with a tag, digest or registry "
+        "(e.g. `busybox:1.36`)."), examples=["base", "localhost:5000/a3s/busybox:1.35"])
+    resources: Resources = Field(default_factory=Resources, description="vcpus and memory.",
+                                 examples=[{"vcpus": 2, "memory": "512Mi"}])
+    env: Env = Field(default_factory=dict, description="Environment of every process in the box "
+                     "(over the image's Env).", examples=[{"LOG_LEVEL": "info"}])
+    namespaces: Namespaces = Field(default_factory=Namespaces,
+                                   description="The agent and business namespaces.")
+    depends_on: DependsOn = Field(default_factory=dict, description=(
+        "Boxes that must be up first: a list of names, or a mapping of name to "
+        "`{condition: started|healthy|completed}`."), examples=[["db"], {"db": {"condition": "healthy"}}])
+    healthcheck: Healthcheck | None = Field(None, description="How to tell the box is healthy.")
+    lifetime: Lifetime | None = Field(None, description="Lifetime limits of leased pool boxes.")
+    driver: Literal["auto", "qemu", "libkrun"] = Field(
+        "auto", description="The VMM: `auto` picks libkrun where the host can run it, else QEMU.",
+        examples=["qemu"])
+    hostname: Name | None = Field(None, description="The guest's hostname (default: the box name).",
+                                  examples=["coder"])
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Waits, each with its limit.")
+
+
+class PoolDef(_Model):
+    """A warm pool: booted, idle boxes of a template, handed out with `box pool acquire`."""
+
+    box: Name = Field(description="The template: a name from `boxes:`.", examples=["coder"])
+    min_ready: int = Field(1, ge=0, description="Idle, booted boxes to keep ready (0 scales to zero).",
+                           examples=[2])
+    max: int = Field(4, ge=1, description="Most boxes of this pool at once, leased ones included.",
+                     examples=[8])
+    update: Literal["recreate", "on_replenish"] = Field(
+        "recreate", description="When the template changes: replace idle boxes now (`recreate`) "
+        "or only build new ones from it (`on_replenish`). Leased boxes are never touched.",
+        examples=["on_replenish"])
+    idle_timeout: Duration | None = Field(None, description="Idle boxes beyond min_ready are "
+                                          "reclaimed after this (default 5m).", examples=["5m"])
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PoolDef":
+        if self.min_ready > self.max:
+            raise ValueError(f"min_ready ({self.min_ready}) is greater than max ({self.max})")
+        return self
+
+
+class Boxfile(_Model):
+    """A Boxfile: the images, boxes and warm pools a host should have."""
+
+    api_version: Literal["box.a3s.dev/v1"] = Field(alias="apiVersion", description=(
+        "The Boxfile format version."), examples=[API_VERSION])
+    project: Name | None = Field(None, description=(
+        "Project name: owns the boxes this file creates (default: the Boxfile's folder name)."),
+        examples=["demo"])
+    images: dict[Name, ImageDef] = Field(default_factory=dict, description="Images by name.",
+                                         examples=[{"base": {"ref": "localhost:5000/a3s/busybox:1.35"}}])
+    boxes: dict[Name, BoxDef] = Field(default_factory=dict, description="Boxes (microVMs) by name.")
+    pools: dict[Name, PoolDef] = Field(default_factory=dict, description="Warm pools by name.",
+                                       examples=[{"coders": {"box": "coder", "min_ready": 2, "max": 8}}])
+    files: SkipJsonSchema[tuple[Path, ...]] = Field(default=(), exclude=True)
+
+    @field_validator("images", "boxes", "pools", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    def image_of(self, box_name: str) -> tuple[str | None, ImageDef]:
+        """The images: key a box uses (None for a direct reference) and its ImageDef."""
+        image = self.boxes[box_name].image
+        if image in self.images:
+            return image, self.images[image]
+        return None, ImageDef(ref=image)
+
+
+def is_direct_reference(image: str) -> bool:
+    """A bare word must name an entry of images:; anything with / : @ is a reference."""
+    return any(c in image for c in "/:@")

@@ -1,0 +1,106 @@
+"""Stage 5: cross references of a validated Boxfile: images, depends_on, pools,
+namespace parents and dependency cycles. Pure; returns every problem found."""
+from __future__ import annotations
+
+from typing import Any
+
+from a3s_box.boxfile.messages import Issue, did_you_mean
+from a3s_box.boxfile.model import is_direct_reference
+import networkx as nx
+
+
+def check_references(raw: dict[str, Any]) -> list[Issue]:
+    """Works on the raw (interpolated) data, defensively, so that reference problems
+    are reported together with type problems, not only once those are fixed."""
+    issues: list[Issue] = []
+    images = _mapping(raw.get("images"))
+    boxes = _mapping(raw.get("boxes"))
+    names = sorted(str(b) for b in boxes)
+    deps: dict[str, list[str]] = {}
+    for name, box in sorted(boxes.items(), key=lambda kv: str(kv[0])):
+        box = _mapping(box)
+        image = box.get("image")
+        if isinstance(image, str) and image and image not in images and not is_direct_reference(image):
+            issues.append(Issue(("boxes", name, "image"), (
+                f"unknown image '{image}'{did_you_mean(image, sorted(map(str, images)))}; "
+                "a direct reference needs a tag or registry, e.g. busybox:latest")))
+        raw_deps = box.get("depends_on")
+        conditions = _conditions(raw_deps)
+        deps[name] = [d for d in conditions if d in boxes and d != name]
+        for dep, cond in conditions.items():
+            where = _dep_path(name, dep, raw_deps)
+            if dep == name:
+                issues.append(Issue(where, f"box {name} depends on itself", at_key=True))
+            elif dep not in boxes:
+                others = [b for b in names if b != name]
+                issues.append(Issue(where, f"unknown box '{dep}'{did_you_mean(dep, others)}",
+                                    at_key=True))
+            elif cond == "healthy" and not _mapping(boxes[dep]).get("healthcheck"):
+                issues.append(Issue(where, f"waits for box {dep} to be healthy, but {dep} "
+                                           "declares no healthcheck", at_key=True))
+        business = _mapping(_mapping(box.get("namespaces")).get("business"))
+        parent = business.get("parent", "agent")
+        if isinstance(parent, str) and parent != "agent":
+            issues.append(Issue(("boxes", name, "namespaces", "business", "parent"), (
+                f"unknown namespace '{parent}'{did_you_mean(parent, ['agent'])}: "
+                "business nests in 'agent'")))
+    cycle = find_cycle(deps)
+    if cycle is not None:
+        first, second = cycle[0], cycle[1]
+        raw_deps = _mapping(boxes.get(first)).get("depends_on")
+        issues.append(Issue(_dep_path(first, second, raw_deps),
+                            f"dependency cycle: {' -> '.join(cycle)}", at_key=True))
+    for name, pool in sorted(_mapping(raw.get("pools")).items(), key=lambda kv: str(kv[0])):
+        box_name = _mapping(pool).get("box")
+        if isinstance(box_name, str) and box_name not in boxes:
+            issues.append(Issue(("pools", name, "box"),
+                                f"unknown box '{box_name}'{did_you_mean(box_name, names)}"))
+    return issues
+
+
+def _mapping(v: Any) -> dict[Any, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _conditions(raw_deps: Any) -> dict[str, str]:
+    if isinstance(raw_deps, list):
+        return {d: "started" for d in raw_deps if isinstance(d, str)}
+    if isinstance(raw_deps, dict):
+        return {str(d): str(_mapping(c).get("condition", "started")) for d, c in raw_deps.items()}
+    return {}
+
+
+def _dep_path(box: str, dep: str, raw_deps: Any) -> tuple[str | int, ...]:
+    base: tuple[str | int, ...] = ("boxes", box, "depends_on")
+    if isinstance(raw_deps, list) and dep in raw_deps:
+        return base + (raw_deps.index(dep),)
+    return base + (dep,)
+
+
+def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """The first dependency cycle in name order, as [a, b, a], or None."""
+    g: nx.DiGraph[str] = nx.DiGraph()
+    for box in sorted(deps):
+        g.add_node(box)
+        for dep in sorted(deps[box]):
+            g.add_edge(box, dep)
+    # The cycle through the smallest name, shortest first (BFS): deterministic and
+    # linear, where listing every simple cycle can be exponential.
+    sccs = [c for c in nx.strongly_connected_components(g) if len(c) > 1 or g.has_edge(*[next(iter(c))] * 2)]
+    if not sccs:
+        return None
+    start = min(min(c) for c in sccs)
+    parent: dict[str, str] = {}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(g.successors(node)):
+            if nxt == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [start] + list(reversed(path[:-1])) + [start] if node != start else [start, start]
+            if nxt not in parent:
+                parent[nxt] = node
+                queue.append(nxt)
+    return None

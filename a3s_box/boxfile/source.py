@@ -1,0 +1,140 @@
+"""Stage 1: bytes to YAML data, refusing what is not a sane Boxfile before parsing it.
+
+Two parsers: PyYAML's libyaml-backed loader for the common, valid case (fast), and
+ruamel.yaml's round-trip loader, which keeps line/column of every key and value, run
+only when a problem needs placing. Both refuse duplicate keys.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from a3s_box.errors import Problem
+
+MAX_BYTES = 1 << 20  # 1 MiB: a Boxfile of thousands of boxes is ~300 KiB
+MAX_NODES = 200_000  # after alias expansion; a billion-laughs bomb blows far past this
+MAX_DEPTH = 64
+_LEADING_TAB = re.compile(r"^( *)\t", re.MULTILINE)
+
+
+class SourceProblem(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(str(problem))
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    text: str
+
+
+def read(path: Path) -> Source:
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise SourceProblem(Problem(name, 0, 0, "", "no such file")) from None
+    except IsADirectoryError:
+        raise SourceProblem(Problem(name, 0, 0, "", "is a folder, not a Boxfile")) from None
+    except OSError as e:
+        raise SourceProblem(Problem(name, 0, 0, "", f"cannot read: {e.strerror}")) from None
+    if len(raw) > MAX_BYTES:
+        raise SourceProblem(Problem(name, 0, 0, "", f"is larger than {MAX_BYTES >> 20} MiB; "
+                                    "a Boxfile that big is surely not one (split it with several -f)"))
+    if b"\0" in raw:
+        raise SourceProblem(Problem(name, 0, 0, "", "is a binary file, not a YAML Boxfile"))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SourceProblem(Problem(name, line, 1, "", "is not UTF-8 text")) from None
+    m = _LEADING_TAB.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise SourceProblem(Problem(name, line, len(m.group(1)) + 1, "",
+                                    "tab character in indentation: YAML indents with spaces"))
+    return Source(path, text)
+
+
+class _FastLoader(yaml.CSafeLoader):
+    """libyaml parsing, with duplicate keys refused (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)  # type: ignore[arg-type]
+
+
+_FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)  # type: ignore[arg-type]
+
+
+def parse_fast(src: Source) -> Any:
+    """Plain data, or SourceProblem for syntax errors and duplicate keys (already placed)."""
+    try:
+        data = yaml.load(src.text, Loader=_FastLoader)  # noqa: S506 - a safe loader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        message = e.problem or str(e)
+        if e.context and "while" not in e.context:
+            message = f"{e.context} {message}"
+        raise SourceProblem(Problem(str(src.path), line, col, "", f"YAML: {message}")) from None
+    except yaml.YAMLError as e:
+        raise SourceProblem(Problem(str(src.path), 0, 0, "", f"YAML: {e}")) from None
+    except RecursionError:
+        raise SourceProblem(Problem(str(src.path), 0, 0, "", "nested too deeply")) from None
+    _check_size(data, src)
+    return data
+
+
+def _check_size(data: Any, src: Source) -> None:
+    """Count nodes as if aliases were expanded (memoised, so a bomb costs little to
+    measure) and the nesting depth."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise SourceProblem(Problem(str(src.path), 0, 0, "",
+                                        f"nested more than {MAX_DEPTH} levels deep"))
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key not in sizes:
+            items = node.values() if isinstance(node, dict) else node
+            total = 1
+            for child in items:
+                total += size(child, depth + 1)
+                if total > MAX_NODES:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    if size(data, 0) > MAX_NODES:
+        raise SourceProblem(Problem(str(src.path), 0, 0, "", (
+            f"expands to more than {MAX_NODES} values through aliases (a YAML bomb?); refused")))
+
+
+def parse_positions(src: Source) -> Any:
+    """The same document with positions (ruamel.yaml round-trip nodes)."""
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt", pure=True)
+    y.allow_duplicate_keys = True  # already refused by parse_fast
+    return y.load(src.text)
