@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from a3s_box.drivers.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import (BoxLaunch, HostSupport, VmHandle, VmObservation, VmState)
 from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
@@ -88,8 +88,10 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 class QemuDriver:
     name = "qemu"
 
-    def __init__(self, home: Home, binary: str | None = None) -> None:
+    def __init__(self, home: Home, binary: str | None = None,
+                 artifacts: GuestArtifacts | None = None) -> None:
         self.home = home
+        self.artifacts = artifacts  # None: the provisioned ones (tests boot others)
         self.arch = host_arch()
         self.binary = binary or os.environ.get("A3S_BOX_QEMU") or self.arch.binary
 
@@ -112,7 +114,7 @@ class QemuDriver:
 
     # --- start ------------------------------------------------------------------------
     def start(self, launch: BoxLaunch, timeout: float) -> VmHandle:
-        art = ensure_guest_artifacts(self.home)
+        art = self.artifacts or ensure_guest_artifacts(self.home)
         accel = self._accel()
         rundir = launch.rundir
         rundir.mkdir(parents=True, exist_ok=True)
