@@ -179,8 +179,7 @@ static void sess_free(struct sess *s)
 			break;
 		}
 	closefd(&s->fd_in);
-	if (s->fd_err != s->fd_out)
-		closefd(&s->fd_err);
+	closefd(&s->fd_err);
 	closefd(&s->fd_out);
 	closefd(&s->fd_file);
 	if (s->tmpname && s->fd_dir >= 0)
@@ -224,8 +223,6 @@ static int pump_out(struct sess *s, int *fd, uint8_t type, int drain)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return 1;
 		/* EOF, or EIO from a pty master whose slave is gone */
-		if (*fd == s->fd_err && s->fd_err == s->fd_out)
-			s->fd_err = -1;
 		closefd(fd);
 		return 0;
 	}
@@ -519,7 +516,8 @@ static void on_exec(struct conn *c, uint32_t id, struct rd *r)
 		}
 		fcntl(m, F_SETFD, FD_CLOEXEC);
 		fcntl(sl, F_SETFD, FD_CLOEXEC);
-		s->fd_in = s->fd_out = s->fd_err = m;
+		/* one fd for all directions: kept only as fd_out so it is closed exactly once */
+		s->fd_out = m;
 		child_in = child_out = child_err = sl;
 	} else {
 		int pi[2] = {-1, -1}, po[2], pe[2];
@@ -785,7 +783,7 @@ static void dispatch(struct conn *c, int type, uint32_t id, const unsigned char 
 		break;
 	case M_STDIN:
 		if (s && s->kind == S_EXEC) {
-			if (s->fd_in < 0 || s->in_eof)
+			if ((s->tty ? s->fd_out : s->fd_in) < 0 || s->in_eof)
 				return; /* no stdin asked for, or already closed: ignore */
 			if (n)
 				buf_put(&s->inb, p, n);
