@@ -1,0 +1,103 @@
+"""Loading valid Boxfiles: the canonical model that later stages get."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a3s_box.boxfile import load
+from a3s_box.errors import BoxfileError
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD = "apiVersion: box.a3s.dev/v1\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "Boxfile.yaml") -> Path:
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def test_the_reference_example_loads() -> None:
+    bf = load([ROOT / "examples/reference/Boxfile.yaml"], {})
+    assert sorted(bf.boxes) == ["coder", "db"]
+    assert bf.boxes["coder"].depends_on["db"].condition == "started"
+    assert bf.boxes["coder"].resources.memory == 512 << 20
+    assert bf.boxes["db"].resources.memory == 128 << 20  # from the x- anchor via <<
+    assert bf.images["tools"].path == ROOT / "examples/reference/images/tools"
+    assert bf.pools["coders"].min_ready == 2 and bf.pools["coders"].max == 8
+    biz = bf.boxes["coder"].namespaces.business
+    assert biz is not None and biz.isolate == ["mount", "pid", "ipc", "uts", "net"]
+
+
+def test_the_demo_example_loads() -> None:
+    bf = load([ROOT / "examples/hello/Boxfile.yaml"], {})
+    assert bf.project == "hello"
+    assert bf.boxes["agent"].namespaces.agent.command is None  # runs the image's Entrypoint+Cmd
+
+
+def test_defaults(tmp_path: Path) -> None:
+    bf = load([write(tmp_path, HEAD + "boxes:\n  a: {image: 'x:1'}\n")], {})
+    a = bf.boxes["a"]
+    assert (a.resources.vcpus, a.resources.memory) == (1, 256 << 20)
+    assert a.namespaces.agent.isolate == ["mount", "pid", "ipc", "uts"]
+    assert a.namespaces.agent.restart == "always" and a.namespaces.business is None
+    assert a.driver == "auto" and a.timeouts.ready == 120.0
+    key, image = bf.image_of("a")
+    assert key is None and image.ref == "x:1"
+
+
+@pytest.mark.parametrize("text,seconds", [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("7", 7)])
+def test_durations(tmp_path: Path, text: str, seconds: float) -> None:
+    f = write(tmp_path, HEAD + f"boxes:\n  a: {{image: 'x:1', timeouts: {{ready: {text}}}}}\n")
+    assert load([f], {}).boxes["a"].timeouts.ready == seconds
+
+
+@pytest.mark.parametrize("text,size", [("64Mi", 64 << 20), ("1Gi", 1 << 30), ("100M", 100_000_000),
+                                       ("1G", 10**9), ("131072Ki", 128 << 20), ("268435456", 256 << 20)])
+def test_sizes(tmp_path: Path, text: str, size: int) -> None:
+    f = write(tmp_path, HEAD + f"boxes:\n  a: {{image: 'x:1', resources: {{memory: {text}}}}}\n")
+    assert load([f], {}).boxes["a"].resources.memory == size
+
+
+def test_interpolation(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "boxes:\n  a:\n    image: 'reg/x:${TAG}'\n"
+              "    env: {A: '${A:-dflt}', B: '${B-unset}', C: 'cost: $$5', D: '${D:-}'}\n")
+    a = load([f], {"TAG": "1.2", "B": ""}).boxes["a"]
+    assert a.image == "reg/x:1.2"
+    assert a.env == {"A": "dflt", "B": "", "C": "cost: $5", "D": ""}
+
+
+def test_x_keys_are_ignored(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "x-note: hello\nboxes:\n  a:\n    x-owner: me\n    image: 'x:1'\n"
+              "    resources: {x-why: small, vcpus: 2}\n")
+    assert load([f], {}).boxes["a"].resources.vcpus == 2
+
+
+def test_env_values_may_be_numbers_and_booleans(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "boxes:\n  a: {image: 'x:1', env: {PORT: 8080, DEBUG: true, R: 1.5}}\n")
+    assert load([f], {}).boxes["a"].env == {"PORT": "8080", "DEBUG": "true", "R": "1.5"}
+
+
+def test_several_files_merge_like_compose(tmp_path: Path) -> None:
+    base = write(tmp_path, HEAD + "boxes:\n  a:\n    image: 'x:1'\n    env: {A: '1', B: '2'}\n"
+                 "    namespaces: {agent: {command: [sh, -c, 'sleep 1']}}\n", "base.yaml")
+    over = write(tmp_path, "boxes:\n  a:\n    env: {B: '3'}\n"
+                 "    namespaces: {agent: {command: [sleep, '9']}}\n  b: {image: 'y:2'}\n", "over.yaml")
+    bf = load([base, over], {})
+    assert bf.boxes["a"].env == {"A": "1", "B": "3"}  # mappings merge
+    assert bf.boxes["a"].namespaces.agent.command == ["sleep", "9"]  # lists are replaced
+    assert sorted(bf.boxes) == ["a", "b"]
+    assert bf.files == (base.absolute(), over.absolute())
+
+
+def test_depends_on_long_form(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "boxes:\n  db:\n    image: 'x:1'\n    healthcheck: {command: ['true']}\n"
+              "  a: {image: 'x:1', depends_on: {db: {condition: healthy}}}\n")
+    assert load([f], {}).boxes["a"].depends_on["db"].condition == "healthy"
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BoxfileError) as e:
+        load([tmp_path / "nope.yaml"], {})
+    assert str(e.value) == f"{tmp_path / 'nope.yaml'}: no such file"
