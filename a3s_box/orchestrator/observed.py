@@ -32,6 +32,7 @@ class ObservedState:
     boxes: dict[str, ObservedBox] = field(default_factory=dict)
     pools: dict[str, PoolRow] = field(default_factory=dict)
     images: dict[str, ImageBinding] = field(default_factory=dict)
+    pool_ready: dict[str, int] = field(default_factory=dict)  # idle, running, current members
 
 
 VmProbe = Callable[[BoxRow], VmObservation | None]
@@ -39,9 +40,17 @@ VmProbe = Callable[[BoxRow], VmObservation | None]
 
 def observe(store: StateStore, project: str, probe: VmProbe) -> ObservedState:
     boxes: dict[str, ObservedBox] = {}
+    pools = {p.name: p for p in store.pools(project)}
+    ready: dict[str, int] = {}
     for row in store.boxes(project):
-        if row.pool is not None:
-            continue  # pool members are the pool's business, not the plan's
+        if row.pool is not None:  # pool members: only counted, the pool keeps them
+            pool = pools.get(row.pool)
+            if (pool is not None and row.lease is None and row.status == "running"
+                    and row.spec_hash == pool.spec.get("box_spec")):
+                seen = probe(row)
+                if seen is None or seen.state is VmState.RUNNING:
+                    ready[row.pool] = ready.get(row.pool, 0) + 1
+            continue
         status, reason = row.status, ""
         if row.status == "running":
             seen = probe(row)
@@ -54,6 +63,7 @@ def observe(store: StateStore, project: str, probe: VmProbe) -> ObservedState:
     return ObservedState(
         project=project,
         boxes=boxes,
-        pools={p.name: p for p in store.pools(project)},
+        pools=pools,
         images={b.name: b for b in store.image_bindings(project)},
+        pool_ready=ready,
     )

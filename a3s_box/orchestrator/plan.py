@@ -187,7 +187,12 @@ def _pool_action(desired: DesiredState, observed: ObservedState, name: str) -> A
         return Action(Op.CREATE, "pool", name,
                       f"box {want.box}, min_ready {want.spec['min_ready']}, max {want.spec['max']}")
     if have.spec_hash != want.spec_hash:
-        return Action(Op.UPDATE, "pool", name, changes=tuple(diff_specs(have.spec, want.spec)))
+        old = {k: v for k, v in have.spec.items() if k != "template"}
+        return Action(Op.UPDATE, "pool", name, changes=tuple(diff_specs(old, want.spec)))
+    ready = observed.pool_ready.get(name, 0)
+    if ready < want.spec["min_ready"]:
+        return Action(Op.UPDATE, "pool", name,
+                      f"replenish: {ready} of min_ready {want.spec['min_ready']} ready")
     return Action(Op.NOOP, "pool", name)
 
 

@@ -1,0 +1,406 @@
+"""`box plan | apply | ps | exec | logs | stop | start | delete`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+import click
+
+from a3s_box.cli.context import CliContext, pass_cli
+from a3s_box.cli.output import emit, output_option
+from a3s_box.drivers.base import VmState
+from a3s_box.errors import BoxError, BoxfileError
+from a3s_box.orchestrator.executor import Outcome
+from a3s_box.orchestrator.host import Host
+
+_files = click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
+                      help="Boxfile (repeat to merge several, later ones win). Default: Boxfile.yaml")
+_project = click.option("-p", "--project", default=None,
+                        help="Project name (default: `project:` or the Boxfile's folder name).")
+
+
+def _fmt(ctx: CliContext, local: str | None) -> str:
+    return local or ctx.output
+
+
+def _files_or_default(files: tuple[str, ...]) -> list[str]:
+    return list(files) or ["Boxfile.yaml"]
+
+
+def _say(ctx: CliContext, msg: str) -> None:
+    if not ctx.quiet:
+        click.echo(msg, err=True)
+
+
+def _outcome_line(o: Outcome) -> str:
+    a = o.action
+    mark = {"ok": "✓", "unchanged": "·", "failed": "✗", "skipped": "-"}[o.status]
+    verb = {"pull": "pulled", "import": "imported", "create": "created", "recreate": "recreated",
+            "start": "started", "update": "updated", "delete": "deleted", "noop": "unchanged"}[a.op.value]
+    if o.status == "failed":
+        return f"{mark} {a.kind} {a.name}: {a.op.value} failed: {o.detail}"
+    if o.status == "skipped":
+        return f"{mark} {a.kind} {a.name}: skipped ({o.detail})"
+    took = f" in {o.seconds:.1f}s" if o.seconds >= 0.05 else ""
+    extra = f" {o.detail[:19]}" if a.kind == "image" and o.detail else ""
+    return f"{mark} {a.kind} {a.name}: {verb}{extra}{took}"
+
+
+@click.command("plan")
+@_files
+@_project
+@click.option("--prune", is_flag=True, help="Also plan deleting boxes and pools not in the Boxfile.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when there are no changes, 2 when there are, 1 on error.")
+@output_option
+@pass_cli
+def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune: bool,
+             detailed_exitcode: bool, output: str | None) -> None:
+    """Show what `box apply` would change, like `terraform plan`."""
+    try:
+        with Host(ctx.home) as host:
+            plan = host.plan(host.load(_files_or_default(files)), project, prune)
+    except BoxfileError:
+        raise
+    except BoxError as e:
+        if detailed_exitcode:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        raise
+    fmt = _fmt(ctx, output)
+    if fmt == "json":
+        click.echo(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        from a3s_box.cli.output import emit_yaml
+
+        emit_yaml(plan.to_json())
+    else:
+        click.echo(plan.text(), nl=False)
+    if detailed_exitcode:
+        sys.exit(2 if plan.has_changes else 0)
+
+
+@click.command("apply")
+@_files
+@_project
+@click.option("--prune", is_flag=True, help="Delete boxes and pools of this project that the Boxfile no longer has.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--no-wait", is_flag=True, help="Fail at once if another box command holds the lock.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="Boxes booted at once (default: the host's cores).")
+@click.option("--watch", is_flag=True, help="Re-converge on every save of the Boxfile; keep pools filled.")
+@output_option
+@pass_cli
+def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune: bool,
+              dry_run: bool, no_wait: bool, parallel: int | None, watch: bool,
+              output: str | None) -> None:
+    """Converge this host to the Boxfile: pull images, create/recreate/start boxes, fill pools."""
+    fmt = _fmt(ctx, output)
+    machine = fmt != "table"
+    if watch:
+        if dry_run or machine:
+            raise click.UsageError("--watch cannot be combined with --dry-run or -o json|yaml")
+        _apply_watch(ctx, _files_or_default(files), project, prune, parallel)
+        return
+    with Host(ctx.home) as host:
+        bf = host.load(_files_or_default(files))
+        if dry_run:
+            plan = host.plan(bf, project, prune)
+            if machine:
+                click.echo(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+            else:
+                click.echo(plan.text(), nl=False)
+            return
+        with host.locked(wait=not no_wait,
+                         on_wait=lambda: _say(ctx, "waiting for another box command to finish...")):
+            progress = not ctx.quiet and not machine and sys.stderr.isatty()
+            result = host.apply(
+                bf, project, prune,
+                report=(lambda o: None) if (ctx.quiet or machine) else (lambda o: _say(ctx, _outcome_line(o))),
+                progress=progress,
+                before_boxes=lambda p: None if (ctx.quiet or machine or not p.has_changes)
+                else _say(ctx, p.text().rstrip("\n")),
+                parallel=parallel,
+            )
+    if machine:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        failed = [o for o in result.outcomes if o.status in ("failed", "skipped")]
+        changed = [o for o in result.outcomes if o.status == "ok"]
+        if not failed and not changed:
+            click.echo(f'Project "{result.plan.project}": no changes, the host matches the Boxfile.')
+        elif not failed:
+            click.echo(f'Project "{result.plan.project}": converged ({len(changed)} changed).')
+        else:
+            click.echo(f'Project "{result.plan.project}": {len(failed)} of '
+                       f"{len(failed) + len(changed)} changes did not converge.", err=True)
+    if not result.ok:
+        sys.exit(1)
+
+
+def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: bool,
+                 parallel: int | None) -> None:
+    from a3s_box.orchestrator.watch import file_changes, watch_loop
+
+    with Host(ctx.home) as host:
+        state: dict[str, Any] = {}
+
+        def converge() -> None:
+            bf = host.load(files)
+            with host.locked(on_wait=lambda: _say(ctx, "waiting for another box command...")):
+                result = host.apply(bf, project, prune, report=lambda o: _say(ctx, _outcome_line(o)),
+                                    parallel=parallel)
+            state["bf"] = bf
+            state["project"] = result.plan.project
+            changed = sum(1 for o in result.outcomes if o.status == "ok")
+            bad = sum(1 for o in result.outcomes if o.status in ("failed", "skipped"))
+            _say(ctx, f'Project "{result.plan.project}": ' + (
+                f"{bad} did not converge" if bad else f"converged ({changed} changed)"))
+
+        def upkeep() -> None:
+            if "project" in state:
+                with host.locked():
+                    host.keep_pools(state["project"])
+
+        try:
+            watch_loop(file_changes([Path(f) for f in files]), converge, upkeep,
+                       lambda m: _say(ctx, m))
+        except KeyboardInterrupt:
+            pass
+        _say(ctx, "stopped watching; the boxes keep running (`box delete -f` removes them)")
+
+
+_PS_COLUMNS = (("name", "NAME"), ("project", "PROJECT"), ("status", "STATUS"),
+               ("driver", "DRIVER"), ("accel", "ACCEL"), ("pid", "PID"), ("image", "IMAGE"),
+               ("detail", "DETAIL"))
+
+
+@click.command("ps")
+@click.option("-p", "--project", default=None, help="Only this project's boxes.")
+@output_option
+@pass_cli
+def ps_cmd(ctx: CliContext, project: str | None, output: str | None) -> None:
+    """List boxes, with what their VMs and agents are doing."""
+    with Host(ctx.home) as host:
+        rows = [b.to_json() for b in host.ps(project)]
+    emit(rows, _PS_COLUMNS, _fmt(ctx, output))
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True,
+                                         "allow_interspersed_args": False})
+@click.argument("name")
+@click.option("--ns", type=click.Choice(["agent", "business", "root"]), default="agent",
+              help="Namespace to run in (default: the agent's).")
+@click.option("-i", "--interactive", is_flag=True, help="Forward standard input.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a terminal.")
+@click.option("-e", "--env", multiple=True, help="KEY=VALUE added to the environment.")
+@click.option("-w", "--workdir", default="", help="Working folder inside the box.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_cli
+def exec_cmd(ctx: CliContext, name: str, ns: str, interactive: bool, tty: bool,
+             env: tuple[str, ...], workdir: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside box NAME; exits with the command's exit code."""
+    from a3s_box.guest.protocol import ExecRequest, Namespace
+    from a3s_box.guest.terminal import attach
+
+    argv = command[1:] if command and command[0] == "--" else command
+    if not argv:
+        raise click.UsageError("no command given: box exec NAME -- CMD...")
+    for item in env:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-e")
+    use_tty = tty and sys.stdin.isatty()
+    rows, cols = _terminal_size() if use_tty else (24, 80)
+    with Host(ctx.home) as host:
+        row = host.find(name)
+        with host.client(row) as client:
+            session = client.start(ExecRequest(
+                argv=tuple(argv), ns=Namespace[ns.upper()], env=tuple(env), workdir=workdir,
+                tty=use_tty, stdin=interactive, rows=rows, cols=cols))
+            code = attach(session, tty=use_tty)
+    sys.exit(code)
+
+
+def _terminal_size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+        return size.lines, size.columns
+    except OSError:
+        return 24, 80
+
+
+@click.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--tail", type=int, default=None, help="Only the last N lines.")
+@pass_cli
+def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None) -> None:
+    """Print a box's console log: kernel, guest init and agent output."""
+    with Host(ctx.home) as host:
+        row = host.find(name)
+        path = host.home.box_dir(row.id) / "console.log"
+        if row.handle is not None:
+            path = Path(str(row.handle.get("console_log") or path))
+        if not path.exists():
+            raise BoxError(f"box {row.name}: no console log yet ({path})")
+        out = sys.stdout.buffer
+        with open(path, "rb") as f:
+            data = f.read()
+            if tail is not None:
+                data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+            out.write(data)
+            out.flush()
+            while follow:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    continue
+                fresh = host.store.box(row.id)
+                seen = host.runtime.observe(fresh) if fresh is not None else None
+                if seen is None or seen.state is not VmState.RUNNING:
+                    break
+                time.sleep(0.2)
+
+
+@click.command("stop")
+@click.argument("names", nargs=-1, required=True)
+@pass_cli
+def stop_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
+    """Stop boxes (the VM shuts down; the disk is kept for `box start`)."""
+    with Host(ctx.home) as host, host.locked():
+        for n in names:
+            row = host.stop(n)
+            click.echo(f"{row.name}: stopped")
+
+
+@click.command("start")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the guest.")
+@pass_cli
+def start_cmd(ctx: CliContext, names: tuple[str, ...], timeout: float) -> None:
+    """Boot stopped boxes again from their own disks."""
+    with Host(ctx.home) as host, host.locked():
+        for n in names:
+            row = host.start(n, timeout)
+            click.echo(f"{row.name}: {row.status}")
+
+
+@click.command("delete")
+@_files
+@_project
+@click.argument("names", nargs=-1)
+@pass_cli
+def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None,
+               names: tuple[str, ...]) -> None:
+    """Delete boxes by NAME, or every box of a Boxfile's project with -f."""
+    if bool(files) == bool(names):
+        raise click.UsageError("give either -f FILE or box NAMEs")
+    with Host(ctx.home) as host:
+        with host.locked():
+            if files:
+                bf = host.load(list(files))
+                gone = host.delete_project(bf, project)
+            else:
+                gone = []
+                for n in names:
+                    host.delete(n)
+                    gone.append(n)
+    for n in gone:
+        click.echo(f"{n}: deleted")
+    if files and not gone:
+        click.echo("nothing to delete")
+
+
+@click.command("diff")
+@_files
+@_project
+@output_option
+@pass_cli
+def diff_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, output: str | None) -> None:
+    """Show drift: where the running host differs from what was applied (dead VMs,
+    stopped boxes, boxes no longer in the Boxfile, pools below min_ready). Exit 2 on drift."""
+    with Host(ctx.home) as host:
+        plan = host.plan(host.load(_files_or_default(files)), project, prune=False)
+    drift = [a for a in plan.changes if a.op.value in ("recreate", "start", "update")
+             and not a.changes and a.kind != "image"]
+    fmt = _fmt(ctx, output)
+    if fmt != "table":
+        click.echo(json.dumps({"project": plan.project, "drift": [a.to_json() for a in drift],
+                               "orphans": list(plan.orphans)}, indent=2, sort_keys=True))
+    else:
+        for a in drift:
+            click.echo(a.line())
+        for o in plan.orphans:
+            click.echo(f"  ! box {o:<24} not in the Boxfile")
+        if not drift and not plan.orphans:
+            click.echo(f'Project "{plan.project}": no drift.')
+    sys.exit(2 if drift or plan.orphans else 0)
+
+
+@click.group("pool")
+def pool_group() -> None:
+    """Warm pools: hand out ready boxes in milliseconds."""
+
+
+@pool_group.command("ls")
+@click.option("-p", "--project", default=None)
+@output_option
+@pass_cli
+def pool_ls(ctx: CliContext, project: str | None, output: str | None) -> None:
+    """List pools with their ready, leased and total boxes."""
+    with Host(ctx.home) as host:
+        rows = host.pools(project)
+    emit(rows, (("name", "POOL"), ("project", "PROJECT"), ("box", "TEMPLATE"), ("ready", "READY"),
+                ("leased", "LEASED"), ("total", "TOTAL"), ("min_ready", "MIN_READY"), ("max", "MAX")),
+         _fmt(ctx, output))
+
+
+@pool_group.command("acquire")
+@click.argument("pool")
+@click.option("-p", "--project", default=None)
+@click.option("--name", default=None, help="Name the leased box (default: its pool member name).")
+@output_option
+@pass_cli
+def pool_acquire(ctx: CliContext, pool: str, project: str | None, name: str | None,
+                 output: str | None) -> None:
+    """Lease a ready box from POOL at once; the pool boots a replacement behind."""
+    with Host(ctx.home) as host:
+        row = host.acquire(pool, project, name)
+    if _fmt(ctx, output) == "json":
+        click.echo(json.dumps({"id": row.id, "name": row.name, "project": row.project,
+                               "pool": row.pool, "channel": (row.handle or {}).get("channel")},
+                              sort_keys=True))
+    else:
+        click.echo(row.name)
+
+
+@pool_group.command("release")
+@click.argument("name")
+@click.option("--keep", is_flag=True, help="Return it to the pool instead of destroying it.")
+@pass_cli
+def pool_release(ctx: CliContext, name: str, keep: bool) -> None:
+    """Give a leased box back: destroyed (default), or kept for reuse with --keep."""
+    with Host(ctx.home) as host:
+        host.release(name, keep)
+    click.echo(f"{name}: {'returned to its pool' if keep else 'destroyed'}")
+
+
+@pool_group.command("fill")
+@click.option("-p", "--project", required=True)
+@pass_cli
+def pool_fill(ctx: CliContext, project: str) -> None:
+    """One upkeep pass over a project's pools (what --watch does every few seconds)."""
+    with Host(ctx.home) as host, host.locked():
+        for line in host.keep_pools(project):
+            click.echo(line)
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, stop_cmd, start_cmd, delete_cmd,
+                diff_cmd, pool_group):
+        cli.add_command(cmd)
+

@@ -1,0 +1,224 @@
+"""The executor: carries out a plan, deciding nothing.
+
+Independent actions run in parallel (bounded), each as soon as what it depends on has
+converged. A failed step marks its dependants as skipped and the rest carry on; the
+outcome of every action is returned, so the caller can say what converged and what not.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from a3s_box.errors import BoxError
+from a3s_box.image import ImageStore
+from a3s_box.orchestrator.desired import DesiredState
+from a3s_box.orchestrator.graph import Node, build_graph, dependants
+from a3s_box.orchestrator.launch import box_launch, launch_to_json
+from a3s_box.orchestrator.lifecycle import BoxRuntime
+from a3s_box.orchestrator.plan import Action, Op, Plan
+from a3s_box.orchestrator.pools import PoolKeeper, members_of
+from a3s_box.orchestrator.readiness import wait_for
+from a3s_box.orchestrator.state import BoxRow, ImageBinding, PoolRow, box_id
+
+DEFAULT_READY_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    status: str  # "ok" | "failed" | "skipped" | "unchanged"
+    detail: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.action.to_json(), "status": self.status, "detail": self.detail,
+                "seconds": round(self.seconds, 3)}
+
+
+Report = Callable[[Outcome], None]
+
+
+class Executor:
+    def __init__(self, runtime: BoxRuntime, images: ImageStore, report: Report,
+                 progress: bool = False, parallel: int | None = None) -> None:
+        self.parallel = parallel or os.cpu_count() or 1
+        self.runtime = runtime
+        self.store = runtime.store
+        self.images = images
+        self.report = report
+        self.progress = progress
+
+    def ensure_images(self, desired: DesiredState) -> tuple[dict[str, str], list[Outcome]]:
+        """Pull/import every image the desired state needs; returns name -> digest."""
+        digests: dict[str, str] = {}
+        outcomes: list[Outcome] = []
+        for name, img in desired.images.items():
+            action = Action(Op.NOOP if img.digest else (Op.IMPORT if img.is_path else Op.PULL),
+                            "image", name, img.source)
+            t0 = time.monotonic()
+            try:
+                record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
+            except BoxError as e:
+                out = Outcome(action, "failed", str(e), time.monotonic() - t0)
+            else:
+                digests[name] = record.digest
+                self.store.put_image_binding(
+                    ImageBinding(desired.project, name, img.source, record.digest))
+                changed = record.digest != img.digest
+                out = Outcome(action, "ok" if changed else "unchanged", record.digest,
+                              time.monotonic() - t0)
+            outcomes.append(out)
+            if out.status != "unchanged":
+                self.report(out)
+        return digests, outcomes
+
+    def run(self, plan: Plan, desired: DesiredState,
+            failed: Collection[Node] = ()) -> list[Outcome]:
+        """Deletes first (in plan order), then every other action as soon as what it
+        depends on has converged, up to `parallel` at once. `failed`: nodes that already
+        failed (images); their dependants are skipped."""
+        graph = build_graph(
+            images=dict(desired.images),
+            box_images={n: b.image for n, b in desired.boxes.items()},
+            box_deps={n: list(b.depends_on) for n, b in desired.boxes.items()},
+            pool_boxes={n: p.box for n, p in desired.pools.items()},
+        )
+        outcomes: dict[Node, Outcome] = {}
+        order: list[Node] = []
+        blocked: dict[Node, str] = {}
+
+        def settle(out: Outcome) -> None:
+            node = out.action.node
+            outcomes[node] = out
+            order.append(node)
+            if out.status in ("failed", "skipped") and node in graph:
+                for d in dependants(graph, node):
+                    blocked.setdefault(d, str(node))
+            if out.status != "unchanged":
+                self.report(out)
+
+        for node in sorted(failed):
+            for d in dependants(graph, node):
+                blocked.setdefault(d, str(node))
+        todo = [a for a in plan.actions if a.kind != "image"]  # images: ensure_images
+        for action in [a for a in todo if a.op is Op.DELETE]:
+            settle(self._attempt(action, plan.project, desired))
+        pending = {a.node: a for a in todo if a.op is not Op.DELETE}
+        done: set[Node] = {n for n in graph if n.kind == "image"}
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
+            running: dict[Future[Outcome], Node] = {}
+            while pending or running:
+                for node in sorted(pending):
+                    preds = set(graph.predecessors(node)) if node in graph else set()
+                    if node in blocked:
+                        settle(Outcome(pending.pop(node), "skipped",
+                                       f"{blocked[node]} did not converge"))
+                    elif preds <= done and len(running) < max(1, self.parallel):
+                        running[pool.submit(self._attempt, pending.pop(node), plan.project,
+                                            desired)] = node
+                if not running:
+                    if pending:  # only possible if the graph and plan disagree
+                        for node in sorted(pending):
+                            settle(Outcome(pending.pop(node), "skipped", "dependency missing"))
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    node = running.pop(fut)
+                    settle(fut.result())
+                    done.add(node)
+        return [outcomes[n] for n in order]
+
+    def _attempt(self, action: Action, project: str, desired: DesiredState) -> Outcome:
+        if action.op is Op.NOOP:
+            return Outcome(action, "unchanged")
+        t0 = time.monotonic()
+        try:
+            if action.kind == "box" and action.op is not Op.DELETE:
+                self._wait_dependencies(desired, action.name, project)
+            self._do(action, project, desired)
+        except BoxError as e:
+            return Outcome(action, "failed", str(e), time.monotonic() - t0)
+        return Outcome(action, "ok", "", time.monotonic() - t0)
+
+    def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:
+        """Before touching a box, its depends_on must have reached their conditions."""
+        for dep, condition in desired.boxes[name].depends_on.items():
+            if condition == "started":
+                continue
+            row = self.store.box(box_id(project, dep))
+            if row is None:
+                raise BoxError(f"box {name}: its dependency {dep} does not exist")
+            d = desired.boxes[dep].definition
+            timeout = d.timeouts.ready if d.timeouts else DEFAULT_READY_TIMEOUT
+            wait_for(dep, d, condition, lambda r=row: self.runtime.client(r), timeout)  # type: ignore[misc]
+
+    # --- steps -----------------------------------------------------------------
+    def _do(self, action: Action, project: str, desired: DesiredState) -> None:
+        if action.kind == "box":
+            self._box(action, project, desired)
+        elif action.kind == "pool":
+            self._pool(action, project, desired)
+
+    def _pool(self, action: Action, project: str, desired: DesiredState) -> None:
+        keeper = PoolKeeper(self.runtime, self.images, self.parallel)
+        if action.op is Op.DELETE:
+            for row in members_of(self.runtime, project, action.name):
+                if row.lease is None:  # leased boxes belong to their holder now
+                    self.runtime.destroy(row, self.images)
+            self.store.delete_pool(project, action.name)
+            return
+        p = desired.pools[action.name]
+        box = desired.boxes[p.box]
+        record = self.images.get(box.spec["image"])
+        if record is None:
+            raise BoxError(f"pool {p.name}: image {box.image} is not in the local store")
+        launch = box_launch("template", box.name, box.definition, record.config,
+                            Path("/nonexistent"), disk=None)
+        lifetime = box.definition.lifetime
+        template = {
+            "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
+            "driver": box.definition.driver,
+            "lifetime": {"max_duration": lifetime.max_duration, "idle_timeout": lifetime.idle_timeout}
+            if lifetime is not None else {},
+        }
+        self.store.put_pool(PoolRow(project, p.name, p.spec_hash, {**p.spec, "template": template}))
+        failed = [f"{step.op} {step.member or 'member'}: {out}"
+                  for step, out in keeper.converge(project, p.name) if out != "ok"]
+        if failed:
+            raise BoxError(f"pool {p.name}: " + "; ".join(failed))
+
+    def _box(self, action: Action, project: str, desired: DesiredState) -> None:
+        bid = box_id(project, action.name)
+        row = self.store.box(bid)
+        if action.op is Op.DELETE:
+            if row is not None:
+                self.runtime.destroy(row, self.images)
+            return
+        want = desired.boxes[action.name]
+        timeout = want.definition.timeouts.ready if want.definition.timeouts else DEFAULT_READY_TIMEOUT
+        if action.op is Op.START and row is not None:
+            self.runtime.start(row, timeout)
+            return
+        if row is not None:  # recreate
+            self.runtime.destroy(row, self.images)
+        record = self.images.get(want.spec["image"])
+        if record is None:
+            raise BoxError(f"box {want.name}: image {want.image} is not in the local store")
+        rundir = self.runtime.home.box_dir(bid)
+        launch = box_launch(bid, want.name, want.definition, record.config, rundir,
+                            disk=rundir / "disk.qcow2")
+        new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
+                     spec=want.spec, image=record.digest, driver=want.definition.driver,
+                     handle=None, status="creating")
+        self.runtime.create(new, launch, self.images, record, timeout)
+
+
+def _source(source: str, is_path: bool) -> Any:
+    from pathlib import Path
+
+    return Path(source) if is_path else source

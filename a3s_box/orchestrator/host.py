@@ -1,0 +1,268 @@
+"""`Host`: the Python API over one a3s-box home, and what the `box` CLI calls.
+
+load -> desired -> observe -> plan (pure) -> executor (side effects), with the home
+lock held by anything that changes the host.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from a3s_box import boxfile as boxfile_loader
+from a3s_box.boxfile.model import Boxfile
+from a3s_box.drivers.base import VmHandle, VmState
+from a3s_box.errors import BoxError
+from a3s_box.home import Home
+from a3s_box.orchestrator.desired import DesiredState, desired_state, project_name
+from a3s_box.orchestrator.executor import Executor, Outcome, Report
+from a3s_box.orchestrator.lifecycle import BoxRuntime
+from a3s_box.orchestrator.lock import home_lock
+from a3s_box.orchestrator.observed import observe
+from a3s_box.orchestrator.plan import Plan, make_plan
+from a3s_box.orchestrator.pools import PoolKeeper, acquire, members_of, release
+from a3s_box.orchestrator.state import BoxRow, StateStore
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    plan: Plan
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status in ("ok", "unchanged") for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"project": self.plan.project, "ok": self.ok,
+                "outcomes": [o.to_json() for o in self.outcomes]}
+
+
+@dataclass(frozen=True)
+class BoxInfo:
+    """One line of `box ps`."""
+
+    id: str
+    project: str
+    name: str
+    status: str
+    driver: str
+    accel: str
+    image: str
+    pid: int | None
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LeasedBox:
+    """A box handed over by a pool, for the duration of a `with host.leased(...)`."""
+
+    host: "Host"
+    row: BoxRow
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    def run(self, argv: Sequence[str], ns: str = "agent", timeout: float | None = None,
+            stdin: bytes | None = None) -> Any:
+        from a3s_box.guest.protocol import Namespace
+
+        with self.host.client(self.row) as c:
+            return c.run(list(argv), ns=Namespace[ns.upper()], stdin=stdin, timeout=timeout)
+
+
+class Host:
+    def __init__(self, home: Home | str | Path | None = None) -> None:
+        self.home = home if isinstance(home, Home) else Home.resolve(home)
+        self.home.ensure()
+        self.store = StateStore(self.home.state_db)
+        self.runtime = BoxRuntime(self.home, self.store)
+        self._images: Any = None
+
+    @property
+    def images(self) -> Any:
+        if self._images is None:
+            from a3s_box.image import ImageStore
+
+            self._images = ImageStore(self.home)
+        return self._images
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def locked(self, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        with home_lock(self.home.lock_file, wait=wait, on_wait=on_wait):
+            yield
+
+    # --- plan / apply ----------------------------------------------------------
+    def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> Boxfile:
+        return boxfile_loader.load(files, environ)
+
+    def desired(self, bf: Boxfile, project: str | None = None) -> DesiredState:
+        proj = project_name(bf, project)
+        known: dict[str, str | None] = {}
+        for name, img in desired_state(bf, proj, {}).images.items():
+            record = self.images.get(img.source)  # no network: what the store already has
+            known[name] = record.digest if record is not None else None
+        return desired_state(bf, proj, known)
+
+    def plan(self, bf: Boxfile, project: str | None = None, prune: bool = False) -> Plan:
+        desired = self.desired(bf, project)
+        return make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
+
+    def apply(self, bf: Boxfile, project: str | None = None, prune: bool = False,
+              report: Report = lambda o: None, progress: bool = False,
+              before_boxes: Callable[[Plan], None] = lambda p: None,
+              parallel: int | None = None) -> ApplyResult:
+        """Converge the host to the Boxfile. Caller holds the lock (see `locked`)."""
+        self.runtime.recover(self.images)
+        executor = Executor(self.runtime, self.images, report, progress, parallel)
+        desired = self.desired(bf, project)
+        digests, image_outcomes = executor.ensure_images(desired)
+        desired = desired_state(bf, desired.project, {**{n: i.digest for n, i in desired.images.items()}, **digests})
+        plan = make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
+        before_boxes(plan)
+        failed = {o.action.node for o in image_outcomes if o.status == "failed"}
+        outcomes = list(image_outcomes) + executor.run(plan, desired, failed)
+        return ApplyResult(plan, tuple(outcomes))
+
+    # --- boxes -----------------------------------------------------------------
+    def find(self, name: str) -> BoxRow:
+        """A box by id ("project.name") or by name when that is unique on the host."""
+        row = self.store.box(name)
+        if row is not None:
+            return row
+        matches = [r for r in self.store.boxes() if r.name == name]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise BoxError(f"box {name}: no such box (see `box ps`)")
+        ids = ", ".join(r.id for r in matches)
+        raise BoxError(f"box {name}: ambiguous, it exists in several projects ({ids}); name one")
+
+    def ps(self, project: str | None = None) -> list[BoxInfo]:
+        out: list[BoxInfo] = []
+        for row in self.store.boxes(project):
+            status, detail, accel, pid = row.status, "", "", None
+            if row.handle is not None:
+                handle = VmHandle.from_json(row.handle)
+                accel, pid = handle.accel, handle.pid
+                seen = self.runtime.observe(row)
+                if seen is not None and seen.state is not VmState.RUNNING:
+                    status, detail = "exited", seen.exit_reason
+                elif status == "running":
+                    detail = self._agent_detail(row)
+            out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
+                               row.image[:19], pid, detail))
+        return out
+
+    def _agent_detail(self, row: BoxRow) -> str:
+        try:
+            with self.client(row, timeout=3.0) as c:
+                st = c.status()
+        except BoxError as e:
+            return f"guest not answering: {e}"
+        detail = f"agent {st.agent_state}"
+        if st.restarts:
+            detail += f", {st.restarts} restarts"
+        last = st.values.get("last_exit")
+        if last and st.agent_state != "running":
+            detail += f", last {last}"
+        return detail
+
+    def client(self, row: BoxRow, timeout: float = 10.0) -> AbstractContextManager[Any]:
+        """A connected, greeted GuestClient for a running box (a context manager)."""
+        return self.runtime.client(row, timeout)
+
+    def stop(self, name: str) -> BoxRow:
+        return self.runtime.stop(self.find(name))
+
+    def start(self, name: str, timeout: float = 120.0) -> BoxRow:
+        row = self.find(name)
+        if row.status == "running":
+            seen = self.runtime.observe(row)
+            if seen is None or seen.state is VmState.RUNNING:
+                return row
+        return self.runtime.start(row, timeout)
+
+    def delete(self, name: str) -> None:
+        self.runtime.destroy(self.find(name), self.images)
+
+    # --- pools -----------------------------------------------------------------
+    def keep_pools(self, project: str) -> list[str]:
+        """One upkeep pass over every pool of a project: replace dead members, reclaim
+        idle surplus, end expired leases, refill. Returns what it did, one line each."""
+        keeper = PoolKeeper(self.runtime, self.images)
+        lines: list[str] = []
+        for pool in self.store.pools(project):
+            for step, outcome in keeper.converge(project, pool.name):
+                lines.append(f"pool {pool.name}: {step.op} {step.member or 'member'} "
+                             f"({step.reason}): {outcome}")
+        return lines
+
+    def pools(self, project: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for p in self.store.pools(project):
+            members = members_of(self.runtime, p.project, p.name)
+            ready = [m for m in members if m.lease is None and m.status == "running"
+                     and m.spec_hash == p.spec.get("box_spec")]
+            out.append({"project": p.project, "name": p.name, "box": p.spec.get("box"),
+                        "ready": len(ready), "leased": sum(1 for m in members if m.lease),
+                        "total": len(members), "min_ready": p.spec.get("min_ready"),
+                        "max": p.spec.get("max")})
+        return out
+
+    def acquire(self, pool: str, project: str | None = None, name: str | None = None) -> BoxRow:
+        """Lease a ready box from a pool at once; the pool boots a replacement behind."""
+        proj = project or self._project_of_pool(pool)
+        return acquire(self.runtime, proj, pool, name)
+
+    def release(self, name: str, keep: bool = False) -> None:
+        release(self.runtime, self.images, self.find(name), keep)
+
+    @contextmanager
+    def leased(self, pool: str, project: str | None = None, name: str | None = None) -> Iterator["LeasedBox"]:
+        """`with host.leased("coders") as box: box.run(["echo", "hi"])`, released after."""
+        row = self.acquire(pool, project, name)
+        try:
+            yield LeasedBox(self, row)
+        finally:
+            fresh = self.store.box(row.id)
+            if fresh is not None:
+                self.release(fresh.id)
+
+    def _project_of_pool(self, pool: str) -> str:
+        projects = sorted({p.project for p in self.store.pools() if p.name == pool})
+        if len(projects) == 1:
+            return projects[0]
+        if not projects:
+            raise BoxError(f"pool {pool}: no such pool (see `box pool ls`)")
+        raise BoxError(f"pool {pool}: exists in several projects ({', '.join(projects)}); give -p")
+
+    def delete_project(self, bf: Boxfile, project: str | None = None) -> list[str]:
+        proj = project_name(bf, project)
+        gone: list[str] = []
+        for row in reversed(self.store.boxes(proj)):
+            self.runtime.destroy(row, self.images)
+            gone.append(row.name)
+        for pool in self.store.pools(proj):
+            self.store.delete_pool(proj, pool.name)
+        for b in self.store.image_bindings(proj):
+            self.store.delete_image_binding(proj, b.name)
+        return gone
+
+
+__all__ = ["ApplyResult", "BoxInfo", "Host", "LeasedBox"]

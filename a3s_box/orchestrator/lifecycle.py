@@ -1,0 +1,237 @@
+"""Side effects on one box: create (disk + VM), start, stop, destroy.
+
+Every step that leaves something on the host is journaled first, and undone on
+failure or Ctrl-C, so an interrupted create never leaves a half-made box behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from a3s_box.drivers import get_driver
+from a3s_box.drivers.base import BoxLaunch, Driver, VmHandle, VmObservation, VmState
+from a3s_box.errors import BoxError, DriverError, GuestError
+from a3s_box.home import Home
+from a3s_box.orchestrator.launch import launch_from_json, launch_to_json
+from a3s_box.orchestrator.state import BoxRow, StateStore
+
+STOP_TIMEOUT = 10.0
+
+
+class ImageBackend(Protocol):
+    """The part of image.ImageStore that box lifecycle needs."""
+
+    def create_box_disk(self, record: Any, dest: Path) -> Path: ...
+    def remove_box_disk(self, dest: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class BoxRuntime:
+    home: Home
+    store: StateStore
+
+    def driver(self, name: str) -> Driver:
+        return get_driver(name, self.home)
+
+    def observe(self, row: BoxRow) -> VmObservation | None:
+        if row.handle is None:
+            return None
+        handle = VmHandle.from_json(row.handle)
+        return self.driver(handle.driver).observe(handle)
+
+    def connect(self, row: BoxRow, timeout: float = 10.0) -> socket.socket:
+        if row.status != "running" or row.handle is None:
+            raise GuestError(row.name, f"is {row.status}, not running (start it with `box start {row.name}`)")
+        handle = VmHandle.from_json(row.handle)
+        driver = self.driver(handle.driver)
+        seen = driver.observe(handle)
+        if seen.state is not VmState.RUNNING:
+            raise GuestError(row.name, f"its VM has exited ({seen.exit_reason or 'unknown reason'}); "
+                                       "`box apply` re-creates it")
+        return driver.connect(handle, timeout)
+
+    @contextmanager
+    def client(self, row: BoxRow, timeout: float = 10.0) -> Iterator[Any]:
+        from a3s_box.guest.client import GuestClient
+
+        c = GuestClient(self.connect(row, timeout), box=row.name)
+        try:
+            c.hello(timeout)
+            yield c
+        finally:
+            c.close()
+
+    # --- create / destroy ------------------------------------------------------
+    def create(self, row: BoxRow, launch: BoxLaunch, images: ImageBackend, record: Any,
+               timeout: float) -> BoxRow:
+        """Make the disk, boot the VM, record it as running. All or nothing."""
+        entry = self.store.journal_begin(row.id, "create", _owner())
+        handle: VmHandle | None = None
+        driver = self.driver(row.driver)
+        try:
+            self.store.put_box(_with(row, status="creating", handle=None))
+            launch.rundir.mkdir(parents=True, exist_ok=True)
+            if launch.disk is not None:
+                images.create_box_disk(record, launch.disk)
+            _write_json(launch.rundir / "box.json", launch_to_json(launch))
+            handle = driver.start(launch, timeout)
+            done = _with(row, status="running", handle=handle.to_json(), driver=handle.driver)
+            self.store.put_box(done)
+            return done
+        except BaseException:
+            # Ctrl-C included: take down what this call made, then re-raise.
+            if handle is not None:
+                _quietly(lambda: driver.stop(handle, STOP_TIMEOUT))  # type: ignore[arg-type]
+            _quietly(lambda: self._remove_files(launch.rundir, images))
+            _quietly(lambda: self.store.delete_box(row.id))
+            raise
+        finally:
+            self.store.journal_end(entry)
+
+    def destroy(self, row: BoxRow, images: ImageBackend | None) -> None:
+        """VM gone, disk overlay and runtime folder removed, row deleted. Idempotent."""
+        entry = self.store.journal_begin(row.id, "delete", _owner())
+        try:
+            self.stop_vm(row)
+            self._remove_files(self.home.box_dir(row.id), images)
+            self.store.delete_box(row.id)
+        finally:
+            self.store.journal_end(entry)
+
+    # --- stop / start ----------------------------------------------------------
+    def stop_vm(self, row: BoxRow) -> None:
+        if row.handle is None:
+            return
+        handle = VmHandle.from_json(row.handle)
+        self.driver(handle.driver).stop(handle, STOP_TIMEOUT)
+
+    def stop(self, row: BoxRow) -> BoxRow:
+        self.stop_vm(row)
+        done = _with(row, status="stopped", handle=None)
+        self.store.put_box(done)
+        return done
+
+    def start(self, row: BoxRow, timeout: float) -> BoxRow:
+        """Boot a stopped (or exited) box again from its own disk."""
+        rundir = self.home.box_dir(row.id)
+        try:
+            launch = launch_from_json(json.loads((rundir / "box.json").read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise DriverError(row.name, f"cannot start: its launch record is unreadable ({e}); "
+                                        "delete it and apply again") from e
+        if row.handle is not None:
+            _quietly(lambda: self.stop_vm(row))
+        handle = self.driver(row.driver).start(launch, timeout)
+        done = _with(row, status="running", handle=handle.to_json())
+        self.store.put_box(done)
+        return done
+
+    # --- crash recovery --------------------------------------------------------
+    def recover(self, images: ImageBackend | None) -> list[str]:
+        """Finish or undo what an interrupted (`kill -9`ed) command left half done:
+        journaled creates are undone, journaled deletes completed, and box folders that no
+        row owns are reaped. Caller holds the home lock. Returns the box ids touched."""
+        touched: list[str] = []
+        busy: set[str] = set()
+        for entry in self.store.journal():
+            if _owner_alive(entry.detail):
+                busy.add(entry.box_id)  # a pool filler at work, not a crash
+                continue
+            row = self.store.box(entry.box_id)
+            rundir = self.home.box_dir(entry.box_id)
+            if row is not None and row.handle is not None:
+                _quietly(lambda: self.stop_vm(row))
+            reap_processes(rundir)
+            if entry.action in ("create", "delete") or (row is not None and row.status == "creating"):
+                self._remove_files(rundir, images)
+                self.store.delete_box(entry.box_id)
+            self.store.journal_end(entry.id)
+            touched.append(entry.box_id)
+        known = {r.id for r in self.store.boxes()}
+        if self.home.boxes.exists():
+            for rundir in sorted(self.home.boxes.iterdir()):
+                if rundir.is_dir() and rundir.name not in known and rundir.name not in busy:
+                    reap_processes(rundir)
+                    self._remove_files(rundir, images)
+                    touched.append(rundir.name)
+        return touched
+
+    def _remove_files(self, rundir: Path, images: ImageBackend | None) -> None:
+        disk = rundir / "disk.qcow2"
+        if images is not None and disk.exists():
+            images.remove_box_disk(disk)
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _with(row: BoxRow, **changes: Any) -> BoxRow:
+    from dataclasses import replace
+
+    return replace(row, **changes)
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except (BoxError, OSError):
+        pass
+
+
+def _owner() -> str:
+    import os
+
+    return f"pid={os.getpid()}"
+
+
+def _owner_alive(detail: str) -> bool:
+    """Whether the process that journaled an action is still running it."""
+    import os
+
+    if not detail.startswith("pid="):
+        return False
+    pid = int(detail[4:] or 0)
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_processes(rundir: Path) -> list[int]:
+    """Kill every process whose command line names this box folder (its supervisor and
+    VM), so nothing outlives a box whose record was lost. Returns the pids killed."""
+    import os
+    import signal
+
+    needle = str(rundir).encode()
+    killed: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # the folder itself or a path inside it, never a sibling sharing its prefix
+        if needle + b"/" in cmdline or needle + b"\0" in cmdline or needle + b"," in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
