@@ -203,7 +203,7 @@ def ps_cmd(ctx: CliContext, project: str | None, output: str | None) -> None:
 def exec_cmd(ctx: CliContext, name: str, ns: str, interactive: bool, tty: bool,
              env: tuple[str, ...], workdir: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside box NAME; exits with the command's exit code."""
-    from a3s_box.guest.protocol import ExecRequest, Namespace
+    from a3s_box.guest.protocol import ExecRequest, ExitKind, Namespace
     from a3s_box.guest.terminal import attach
 
     argv = command[1:] if command and command[0] == "--" else command
@@ -221,6 +221,9 @@ def exec_cmd(ctx: CliContext, name: str, ns: str, interactive: bool, tty: bool,
                 argv=tuple(argv), ns=Namespace[ns.upper()], env=tuple(env), workdir=workdir,
                 tty=use_tty, stdin=interactive, rows=rows, cols=cols))
             code = attach(session, tty=use_tty)
+            status = session.wait(0)
+            if status.kind is ExitKind.NOT_STARTED:
+                click.echo(f"box exec: {status.message or argv[0] + ': could not start'}", err=True)
     sys.exit(code)
 
 
