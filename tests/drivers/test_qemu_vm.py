@@ -138,6 +138,20 @@ def test_console_log_is_kept(box: VmHandle) -> None:
     assert "a3s-init: ready" in text
 
 
+def test_stop_shuts_down_cleanly_and_is_idempotent(driver: QemuDriver, box: VmHandle) -> None:
+    # ends the shared box: keep this the last test that uses `box`
+    rundir = Path(box.extra["rundir"])
+    driver.stop(box, 10.0)
+    obs = driver.observe(box)
+    assert obs.state is VmState.EXITED and obs.exit_reason == "the guest powered off"
+    assert sorted(p.name for p in rundir.iterdir()) == ["console.log", "disk.qcow2",
+                                                        "exit.json", "shim.log"]
+    assert processes_mentioning(str(rundir)) == []
+    driver.stop(box, 10.0)  # again: nothing to do, no error
+    with pytest.raises(GuestError, match="proj.shared: cannot reach the guest"):
+        driver.connect(box, 1.0)
+
+
 def test_qemu_killed_from_outside_is_observed(driver: QemuDriver, base_disk: Path,
                                               tmp_path: Path) -> None:
     h = driver.start(_launch(tmp_path, base_disk, "proj.victim"), BOOT_TIMEOUT)
@@ -152,21 +166,6 @@ def test_qemu_killed_from_outside_is_observed(driver: QemuDriver, base_disk: Pat
     finally:
         driver.stop(h, 5.0)
     assert driver.observe(h).state is VmState.EXITED
-
-
-def test_stop_shuts_down_cleanly_and_is_idempotent(driver: QemuDriver, base_disk: Path,
-                                                  tmp_path: Path) -> None:
-    h = driver.start(_launch(tmp_path, base_disk, "proj.stopper"), BOOT_TIMEOUT)
-    rundir = tmp_path / "proj.stopper"
-    driver.stop(h, 10.0)
-    obs = driver.observe(h)
-    assert obs.state is VmState.EXITED and obs.exit_reason == "the guest powered off"
-    assert sorted(p.name for p in rundir.iterdir()) == ["console.log", "disk.qcow2",
-                                                        "exit.json", "shim.log"]
-    assert processes_mentioning(str(rundir)) == []
-    driver.stop(h, 10.0)  # again: nothing to do, no error
-    with pytest.raises(GuestError, match="proj.stopper: cannot reach the guest"):
-        driver.connect(h, 1.0)
 
 
 # --- guests that never answer -------------------------------------------------------
@@ -189,7 +188,7 @@ def test_a_guest_that_never_answers_times_out_and_leaves_nothing(
     rundir = tmp_path / "proj.mute"
     launch = BoxLaunch("proj.mute", rundir, 1, 128, CONFIG)
     with pytest.raises(GuestError) as err:
-        silent_driver.start(launch, timeout=6.0)
+        silent_driver.start(launch, timeout=3.0)
     msg = str(err.value)
     assert msg.startswith("box proj.mute: the guest init did not answer in time")
     assert processes_mentioning(str(rundir)) == []

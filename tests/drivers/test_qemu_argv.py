@@ -1,0 +1,65 @@
+"""The QEMU command line and kernel arguments: pure, pinned as text."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from a3s_box.drivers.qemu_argv import QemuSpec, host_tsc_khz, kernel_cmdline, qemu_argv
+
+SPEC = QemuSpec(binary="qemu-system-x86_64", accel="tcg", vcpus=2, memory_mib=512,
+                kernel=Path("/c/vmlinuz"), initramfs=Path("/c/initrd.gz"),
+                console_log=Path("/run/b/console.log"), channel=Path("/run/b/channel.sock"),
+                qmp=Path("/run/b/qmp.sock"), disk=Path("/run/b/disk.qcow2"), tsc_khz=2596140)
+
+
+def test_full_box_argv() -> None:
+    assert " ".join(qemu_argv(SPEC)) == (
+        "qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot"
+        " -M microvm,x-option-roms=off -accel tcg -smp 2 -m 512M"
+        " -kernel /c/vmlinuz -initrd /c/initrd.gz"
+        " -append console=ttyS0 reboot=t panic=-1 quiet pci=off a3s.root=/dev/vda"
+        " a3s.channel=virtio-serial:a3s.0 tsc_early_khz=2596140 tsc=reliable"
+        " -chardev file,id=con,path=/run/b/console.log,append=on -serial chardev:con"
+        " -device virtio-serial-device -chardev socket,id=a3s,path=/run/b/channel.sock"
+        " -device virtserialport,chardev=a3s,name=a3s.0"
+        " -drive id=root,if=none,format=qcow2,discard=unmap,file=/run/b/disk.qcow2"
+        " -device virtio-blk-device,drive=root"
+        " -qmp unix:/run/b/qmp.sock,server=on,wait=off")
+
+
+def test_kvm_uses_the_host_cpu_and_no_tsc_hints() -> None:
+    from dataclasses import replace
+
+    kvm = replace(SPEC, accel="kvm")
+    argv = qemu_argv(kvm)
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert "tsc_early_khz" not in kernel_cmdline(kvm)
+
+
+def test_probe_form_has_no_disk_channel_or_qmp() -> None:
+    from dataclasses import replace
+
+    probe = replace(SPEC, channel=None, qmp=None, disk=None, tsc_khz=0)
+    argv = qemu_argv(probe)
+    assert "-drive" not in argv and "-qmp" not in argv and "virtio-serial-device" not in argv
+    assert kernel_cmdline(probe).endswith("a3s.root=none a3s.channel=none")
+
+
+def test_commas_in_paths_are_escaped_for_qemu() -> None:
+    from dataclasses import replace
+
+    argv = qemu_argv(replace(SPEC, disk=Path("/a,b/disk.qcow2")))
+    assert "id=root,if=none,format=qcow2,discard=unmap,file=/a,,b/disk.qcow2" in argv
+
+
+def test_snapshot_restore_plugs_in_as_incoming() -> None:
+    from dataclasses import replace
+
+    argv = qemu_argv(replace(SPEC, incoming="file:/run/b/snap"))
+    assert argv[-2:] == ["-incoming", "file:/run/b/snap"]
+
+
+def test_host_tsc_rate_from_cpuinfo() -> None:
+    info = "processor\t: 0\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\ncpu MHz\t\t: 2596.140\n"
+    assert host_tsc_khz(info) == 2596140
+    assert host_tsc_khz(info.replace("constant_tsc ", "")) == 0  # rate varies: let it calibrate
+    assert host_tsc_khz("flags : constant_tsc\n") == 0
