@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,12 @@ class Shim:
                     # until the guest answers, repeat HELLO (extra answers are ignored)
                     self.guest.out += p.hello()
                     self._update_interest()
+        except BaseException:
+            # a bug in the shim must not leave an unsupervised VM behind
+            self.stopping = "the shim failed"
+            traceback.print_exc()
+            self.qemu.kill()
+            raise
         finally:
             status = self.qemu.wait()
             result = exit_reason(status)
@@ -136,7 +143,12 @@ class Shim:
         elif what == "guest":
             self._guest_io(events)
         else:
-            self._client_io(int(what), events)
+            cid = int(what)
+            try:
+                self._client_io(cid, events)
+            except Exception:  # one client's trouble must not take the others down
+                traceback.print_exc()
+                self._drop_client(cid, "failed")
 
     # --- the guest side -------------------------------------------------------
     def _accept_guest(self, chan: socket.socket) -> None:

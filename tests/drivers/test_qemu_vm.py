@@ -138,6 +138,17 @@ def test_console_log_is_kept(box: VmHandle) -> None:
     assert "a3s-init: ready" in text
 
 
+def test_a_client_speaking_garbage_is_dropped_and_the_shim_lives_on(
+        driver: QemuDriver, box: VmHandle) -> None:
+    raw = driver.connect(box, 5.0)
+    raw.settimeout(10.0)
+    raw.sendall(b"GET / HTTP/1.1\r\n\r\n" * 4)
+    assert raw.recv(100) == b""  # the shim hung up on it
+    raw.close()
+    with _client(driver, box) as c:
+        assert c.run(["echo", "still here"], ns=Namespace.ROOT).stdout == b"still here\n"
+
+
 def test_stop_shuts_down_cleanly_and_is_idempotent(driver: QemuDriver, box: VmHandle) -> None:
     # ends the shared box: keep this the last test that uses `box`
     rundir = Path(box.extra["rundir"])
