@@ -34,6 +34,7 @@ class DesiredBox:
     spec_hash: str
     depends_on: dict[str, str]  # box -> condition
     definition: BoxDef
+    template_of: tuple[str, ...] = ()  # pools using it: a template is not booted on its own
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ def desired_state(
     for name, img in sorted(boxfile.images.items()):
         images[name] = _desired_image(name, img.ref, img.path, known_digests)
     boxes: dict[str, DesiredBox] = {}
+    templates: dict[str, list[str]] = {}
+    for pool_name, pool_def in sorted(boxfile.pools.items()):
+        templates.setdefault(pool_def.box, []).append(pool_name)
     for name, box in sorted(boxfile.boxes.items()):
         key, img = boxfile.image_of(name)
         image_name = key if key is not None else (img.ref or str(img.path))
@@ -124,6 +128,7 @@ def desired_state(
             spec_hash=spec_hash(spec),
             depends_on={d: dep.condition for d, dep in sorted(box.depends_on.items())},
             definition=box,
+            template_of=tuple(templates.get(name, ())),
         )
     pools: dict[str, DesiredPool] = {}
     for name, pool in sorted(boxfile.pools.items()):

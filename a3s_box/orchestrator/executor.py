@@ -106,10 +106,11 @@ class Executor:
             for d in dependants(graph, node):
                 blocked.setdefault(d, str(node))
         todo = [a for a in plan.actions if a.kind != "image"]  # images: ensure_images
+        done: set[Node] = {n for n in graph if n.kind == "image"}
         for action in [a for a in todo if a.op is Op.DELETE]:
             settle(self._attempt(action, plan.project, desired))
+            done.add(action.node)  # a template box deleted as a box still gates its pool
         pending = {a.node: a for a in todo if a.op is not Op.DELETE}
-        done: set[Node] = {n for n in graph if n.kind == "image"}
         with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
             running: dict[Future[Outcome], Node] = {}
             while pending or running:

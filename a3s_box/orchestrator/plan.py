@@ -162,6 +162,11 @@ def _image_action(desired: DesiredState, name: str) -> Action:
 def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Action:
     want = desired.boxes[name]
     have = observed.boxes.get(name)
+    if want.template_of:
+        pools = ", ".join(want.template_of)
+        if have is not None:  # it was a box of its own before it became a template
+            return Action(Op.DELETE, "box", name, f"now only the template of pool {pools}")
+        return Action(Op.NOOP, "box", name, f"template of pool {pools}")
     if have is None:
         res = want.spec["resources"]
         return Action(Op.CREATE, "box", name,

@@ -178,7 +178,7 @@ class StateStore:
             """INSERT INTO boxes (id, project, name, spec_hash, spec_json, image, driver,
                    handle_json, status, pool, lease, created_at, updated_at)
                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
-               ON CONFLICT(id) DO UPDATE SET spec_hash=excluded.spec_hash,
+               ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec_hash=excluded.spec_hash,
                    spec_json=excluded.spec_json, image=excluded.image, driver=excluded.driver,
                    handle_json=excluded.handle_json, status=excluded.status,
                    pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at""",
