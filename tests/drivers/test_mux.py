@@ -73,4 +73,4 @@ def test_a_departed_client_has_its_sessions_killed_and_its_replies_dropped() -> 
 def test_exit_reasons() -> None:
     assert exit_reason(0)["reason"] == "the guest powered off"
     assert exit_reason(-9) == {"status": None, "signal": 9, "reason": "qemu was killed by SIGKILL"}
-    assert exit_reason(1)["reason"].startswith("qemu exited with status 1")
+    assert str(exit_reason(1)["reason"]).startswith("qemu exited with status 1")
