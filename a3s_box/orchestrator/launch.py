@@ -45,6 +45,9 @@ def agent_config(name: str, box: BoxDef, image_config: Any) -> BoxConfig:
     env = _env_map(getattr(image_config, "env", None))
     env.update(box.env)
     env.update(agent.env)
+    # The guest init puts `nsexec` in /.a3s: keep it reachable whatever PATH the image sets.
+    if "PATH" in env and "/.a3s" not in env["PATH"].split(":"):
+        env["PATH"] += ":/.a3s"
     if agent.command is not None:
         argv = tuple(agent.command)
     else:
