@@ -223,7 +223,9 @@ def test_a_vm_that_dies_during_boot_is_reported_with_its_console(
 
 
 CTRL_C_SCRIPT = """
-import sys
+import signal, sys
+# as in a terminal: a background job (`cmd &`) would otherwise inherit SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from dataclasses import replace
 from a3s_box.drivers.artifacts import ensure_guest_artifacts
@@ -257,5 +259,7 @@ def test_ctrl_c_during_start_leaves_nothing_behind(silent_driver: QemuDriver, te
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in processes_mentioning(str(rundir)):  # never leave a VM behind a failure
+            os.kill(pid, signal.SIGKILL)
     assert processes_mentioning(str(rundir)) == []
     assert not any(p.suffix == ".sock" for p in rundir.iterdir())
