@@ -34,6 +34,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) 
     sources: list[Source] = []
     docs: list[Any] = []
     problems: list[Problem] = []
+    bases: dict[str, Path] = {}  # image name -> folder of the file that last set its path
     for path in paths:
         try:
             src = read(path)
@@ -50,7 +51,8 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) 
                                     f"boxes and pools, not {_kind(data)}"))
             continue
         sources.append(src)
-        docs.append(_resolve_paths(_strip_extensions(data), path.parent))
+        docs.append(_strip_extensions(data))
+        bases.update(_image_path_bases(data, path.parent))
     if problems:
         raise BoxfileError(problems)
 
@@ -58,6 +60,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) 
     for d in docs:
         merged = _merge(merged, d)
     data, interp_errors = interpolate(merged, env)
+    _resolve_paths(data, bases)
     issues = [Issue(e.path, e.message) for e in interp_errors]
     model: Boxfile | None = None
     try:
@@ -110,14 +113,22 @@ def _strip_extensions(node: Any, parent_key: str = "", memo: dict[int, Any] | No
     return node
 
 
-def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Image paths are relative to the Boxfile that names them."""
+def _image_path_bases(doc: dict[Any, Any], base: Path) -> dict[str, Path]:
     images = doc.get("images")
-    if isinstance(images, dict):
-        for img in images.values():
-            if isinstance(img, dict) and isinstance(img.get("path"), str) and "$" not in img["path"]:
-                img["path"] = str((base / img["path"]).absolute())
-    return doc
+    if not isinstance(images, dict):
+        return {}
+    return {str(name): base for name, img in images.items() if isinstance(img, dict) and "path" in img}
+
+
+def _resolve_paths(data: Any, bases: dict[str, Path]) -> None:
+    """Image paths are relative to the Boxfile that names them (after interpolation,
+    so `${IMAGES}/tools` works too)."""
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, dict):
+        return
+    for name, img in images.items():
+        if isinstance(img, dict) and isinstance(img.get("path"), str) and img["path"] and str(name) in bases:
+            img["path"] = str((bases[str(name)] / img["path"]).absolute())
 
 
 def _merge(base: Any, over: Any) -> Any:

@@ -62,15 +62,40 @@ def read(path: Path) -> Source:
     return Source(path, text)
 
 
-class _FastLoader(yaml.CSafeLoader):
-    """libyaml parsing, with duplicate keys refused (PyYAML silently keeps the last)."""
+class _FastLoader(yaml.CSafeLoader):  # type: ignore[misc,unused-ignore]
+    """libyaml parsing with YAML 1.2 core-schema scalars (as editors and ruamel.yaml read
+    them: `yes`, `on`, `1:30` and dates stay strings) and duplicate keys refused (PyYAML
+    silently keeps the last)."""
+
+
+# YAML 1.2 core schema, replacing PyYAML's YAML 1.1 resolvers.
+_FastLoader.yaml_implicit_resolvers = {}
+for _tag, _regexp, _first in [
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+    ("merge", r"^(?:<<)$", "<"),
+]:
+    _FastLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)  # leading zeros are decimal in YAML 1.2
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
+    # Duplicates among the keys written here; keys brought in by a `<<` merge may be
+    # overridden, that is what merge keys are for.
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
         try:
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -79,15 +104,36 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark) from None
         seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)  # type: ignore[arg-type]
+    loader.flatten_mapping(node)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
-_FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)  # type: ignore[arg-type]
+_FastLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _check_depth(src: Source) -> None:
+    """Refuse deep nesting before building anything: libyaml's event parser keeps its
+    own stack, but the composer after it recurses on the C stack (and would crash)."""
+    depth = 0
+    for event in yaml.parse(src.text, Loader=_FastLoader):
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SourceProblem(Problem(str(src.path), mark.line + 1, mark.column + 1, "",
+                                            f"nested more than {MAX_DEPTH} levels deep; refused"))
+        elif isinstance(event, _CLOSE):
+            depth -= 1
 
 
 def parse_fast(src: Source) -> Any:
     """Plain data, or SourceProblem for syntax errors and duplicate keys (already placed)."""
     try:
+        _check_depth(src)
         data = yaml.load(src.text, Loader=_FastLoader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -95,38 +141,37 @@ def parse_fast(src: Source) -> Any:
         message = e.problem or str(e)
         if e.context and "while" not in e.context:
             message = f"{e.context} {message}"
-        raise SourceProblem(Problem(str(src.path), line, col, "", f"YAML: {message}")) from None
+        raise SourceProblem(Problem(str(src.path), line, col, "", f"YAML: {message}")) from e
     except yaml.YAMLError as e:
-        raise SourceProblem(Problem(str(src.path), 0, 0, "", f"YAML: {e}")) from None
-    except RecursionError:
-        raise SourceProblem(Problem(str(src.path), 0, 0, "", "nested too deeply")) from None
+        raise SourceProblem(Problem(str(src.path), 0, 0, "", f"YAML: {e}")) from e
     _check_size(data, src)
     return data
 
 
 def _check_size(data: Any, src: Source) -> None:
-    """Count nodes as if aliases were expanded (memoised, so a bomb costs little to
-    measure) and the nesting depth."""
-    sizes: dict[int, int] = {}
+    """Count values as if aliases were expanded, and the nesting depth they expand to
+    (memoised per shared node, so measuring a bomb costs little)."""
+    seen: dict[int, tuple[int, int]] = {}  # id -> (values, height)
 
-    def size(node: Any, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            raise SourceProblem(Problem(str(src.path), 0, 0, "",
-                                        f"nested more than {MAX_DEPTH} levels deep"))
+    def measure(node: Any) -> tuple[int, int]:
         if not isinstance(node, (dict, list)):
-            return 1
+            return 1, 0
         key = id(node)
-        if key not in sizes:
-            items = node.values() if isinstance(node, dict) else node
-            total = 1
-            for child in items:
-                total += size(child, depth + 1)
-                if total > MAX_NODES:
+        if key not in seen:
+            total, height = 1, 0
+            for child in (node.values() if isinstance(node, dict) else node):
+                n, h = measure(child)
+                total, height = total + n, max(height, h + 1)
+                if total > MAX_NODES or height > MAX_DEPTH:
                     break
-            sizes[key] = total
-        return sizes[key]
+            seen[key] = (total, height)
+        return seen[key]
 
-    if size(data, 0) > MAX_NODES:
+    total, height = measure(data)
+    if height > MAX_DEPTH:
+        raise SourceProblem(Problem(str(src.path), 0, 0, "", (
+            f"nested more than {MAX_DEPTH} levels deep through aliases; refused")))
+    if total > MAX_NODES:
         raise SourceProblem(Problem(str(src.path), 0, 0, "", (
             f"expands to more than {MAX_NODES} values through aliases (a YAML bomb?); refused")))
 
