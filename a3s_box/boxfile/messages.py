@@ -138,7 +138,7 @@ def _name_message(name: str, err: ErrorDetails) -> str:
 def _got(err: ErrorDetails) -> str:
     value = err.get("input")
     if isinstance(value, (dict, list)) or value is None:
-        kind = {dict: "a mapping", list: "a list", type(None): "nothing"}[type(value)]  # type: ignore[index]
+        kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "nothing"
         return f", not {kind}"
     text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     return f", not {text}" if len(text) < 40 else ""

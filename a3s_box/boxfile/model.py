@@ -43,6 +43,14 @@ Command = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=
 Isolate = list[Literal["mount", "pid", "ipc", "uts", "net"]]
 
 
+def _agent_isolation() -> Isolate:
+    return ["mount", "pid", "ipc", "uts"]
+
+
+def _business_isolation() -> Isolate:
+    return ["mount", "pid", "ipc", "uts", "net"]
+
+
 def _stringify_env(v: Any) -> Any:
     """Env values may be written as YAML numbers or booleans; the guest gets strings."""
     if isinstance(v, dict):
@@ -109,7 +117,7 @@ class AgentNamespace(_Model):
         "The agent's command line (argv). Absent: the image's Entrypoint + Cmd."),
         examples=[["/bin/sh", "-c", "exec sleep 3600"]])
     isolate: Annotated[Isolate, AfterValidator(_unique)] = Field(
-        default_factory=lambda: ["mount", "pid", "ipc", "uts"],
+        default_factory=_agent_isolation,
         json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts"]},
         description="Namespaces the agent gets of its own.", examples=[["mount", "pid", "ipc", "uts"]])
     env: Env = Field(default_factory=dict, description="Environment added over the box's `env`.",
@@ -128,7 +136,7 @@ class BusinessNamespace(_Model):
     parent: str = Field("agent", min_length=1, description="The namespace this one nests in.",
                         examples=["agent"])
     isolate: Annotated[Isolate, AfterValidator(_unique)] = Field(
-        default_factory=lambda: ["mount", "pid", "ipc", "uts", "net"],
+        default_factory=_business_isolation,
         json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts", "net"]},
         description="Namespaces business code gets of its own.",
         examples=[["mount", "pid", "ipc", "uts", "net"]])
@@ -137,7 +145,7 @@ class BusinessNamespace(_Model):
 class Namespaces(_Model):
     """The Linux namespaces inside the box's VM."""
 
-    agent: AgentNamespace = Field(default_factory=AgentNamespace,
+    agent: AgentNamespace = Field(default_factory=lambda: AgentNamespace.model_validate({}),
                                   description="The agent process and its isolation.")
     business: BusinessNamespace | None = Field(
         None, description="A further isolated namespace for code the agent launches.",
@@ -199,11 +207,11 @@ class BoxDef(_Model):
     image: str = Field(min_length=1, description=(
         "A name from `images:`, or a direct OCI reference with a tag, digest or registry "
         "(e.g. `busybox:1.36`)."), examples=["base", "localhost:5000/a3s/busybox:1.35"])
-    resources: Resources = Field(default_factory=Resources, description="vcpus and memory.",
+    resources: Resources = Field(default_factory=lambda: Resources.model_validate({}), description="vcpus and memory.",
                                  examples=[{"vcpus": 2, "memory": "512Mi"}])
     env: Env = Field(default_factory=dict, description="Environment of every process in the box "
                      "(over the image's Env).", examples=[{"LOG_LEVEL": "info"}])
-    namespaces: Namespaces = Field(default_factory=Namespaces,
+    namespaces: Namespaces = Field(default_factory=lambda: Namespaces.model_validate({}),
                                    description="The agent and business namespaces.")
     depends_on: DependsOn = Field(default_factory=dict, description=(
         "Boxes that must be up first: a list of names, or a mapping of name to "
@@ -215,7 +223,7 @@ class BoxDef(_Model):
         examples=["qemu"])
     hostname: Name | None = Field(None, description="The guest's hostname (default: the box name).",
                                   examples=["coder"])
-    timeouts: Timeouts = Field(default_factory=Timeouts, description="Waits, each with its limit.")
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}), description="Waits, each with its limit.")
 
 
 class PoolDef(_Model):
@@ -265,7 +273,7 @@ class Boxfile(_Model):
         image = self.boxes[box_name].image
         if image in self.images:
             return image, self.images[image]
-        return None, ImageDef(ref=image)
+        return None, ImageDef(ref=image, path=None)
 
 
 def is_direct_reference(image: str) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped,unused-ignore]  # types-PyYAML is optional
 
 from a3s_box.errors import Problem
 
@@ -124,7 +124,8 @@ def _check_depth(src: Source) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
-                raise SourceProblem(Problem(str(src.path), mark.line + 1, mark.column + 1, "",
+                line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+                raise SourceProblem(Problem(str(src.path), line, col, "",
                                             f"nested more than {MAX_DEPTH} levels deep; refused"))
         elif isinstance(event, _CLOSE):
             depth -= 1
