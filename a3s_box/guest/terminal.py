@@ -46,7 +46,7 @@ def attach(session: Session, tty: bool, stdin_fd: int = 0) -> int:
     is_tty = tty and os.isatty(stdin_fd)
     if is_tty:
         saved = termios.tcgetattr(stdin_fd)
-        ttymod.setraw(stdin_fd)
+        ttymod.setraw(stdin_fd, termios.TCSANOW)  # keep what was typed ahead
 
         def on_winch(_sig: int, _frame: FrameType | None) -> None:
             size = os.get_terminal_size(stdin_fd)
