@@ -5,6 +5,7 @@ session client live elsewhere; this module only frames and parses.
 """
 from __future__ import annotations
 
+import builtins
 import enum
 import struct
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class Writer:
         self._parts.append(struct.pack(">I", len(b)) + b)
         return self
 
-    def strlist(self, vs: list[str] | tuple[str, ...]) -> "Writer":
+    def strlist(self, vs: list[builtins.str] | tuple[builtins.str, ...]) -> "Writer":
         self.u32(len(vs))
         for v in vs:
             self.str(v)
@@ -207,7 +208,7 @@ class Reader:
     def str(self) -> str:
         return self._take(self.u32()).decode("utf-8", "replace")
 
-    def strlist(self) -> list[str]:
+    def strlist(self) -> list[builtins.str]:
         return [self.str() for _ in range(self.u32())]
 
     def end(self) -> None:
