@@ -3,18 +3,26 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, output_option
 from a3s_box.drivers.base import VmState
 from a3s_box.errors import BoxError, BoxfileError
-from a3s_box.orchestrator.executor import Outcome
-from a3s_box.orchestrator.host import Host
+
+if TYPE_CHECKING:
+    from a3s_box.orchestrator.executor import Outcome
+
+
+def Host(home: Any) -> Any:  # noqa: N802 - imported on use: `box ps` should start fast
+    from a3s_box.orchestrator.host import Host as _Host
+
+    return _Host(home)
 
 _files = click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
                       help="Boxfile (repeat to merge several, later ones win). Default: Boxfile.yaml")
@@ -92,12 +100,15 @@ def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune
 @click.option("--parallel", type=click.IntRange(min=1), default=None,
               help="Boxes booted at once (default: the host's cores).")
 @click.option("--watch", is_flag=True, help="Re-converge on every save of the Boxfile; keep pools filled.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="Only the summary (and errors).")
 @output_option
 @pass_cli
 def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune: bool,
-              dry_run: bool, no_wait: bool, parallel: int | None, watch: bool,
+              dry_run: bool, no_wait: bool, parallel: int | None, watch: bool, quiet: bool,
               output: str | None) -> None:
     """Converge this host to the Boxfile: pull images, create/recreate/start boxes, fill pools."""
+    if quiet:
+        ctx = replace(ctx, quiet=True)
     fmt = _fmt(ctx, output)
     machine = fmt != "table"
     if watch:

@@ -4,21 +4,25 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, output_option
-from a3s_box.image import ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from a3s_box.image import ImageRecord, ImageStore
 
 
-def _store(c: CliContext) -> ImageStore:
+def _store(c: CliContext) -> "ImageStore":
+    from a3s_box.image import ImageStore  # on use: other commands should not pay for httpx
+
     c.home.ensure()
     return ImageStore(c.home)
 
 
-def _row(r: ImageRecord) -> dict[str, Any]:
+def _row(r: "ImageRecord") -> dict[str, Any]:
     return {"name": r.name, "digest": r.digest, "size": r.size,
             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_used))}
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a3s_box.errors import BoxError
-from a3s_box.image import ImageStore
+
+if TYPE_CHECKING:
+    from a3s_box.image import ImageStore
 from a3s_box.orchestrator.desired import DesiredState
 from a3s_box.orchestrator.graph import Node, build_graph, dependants
 from a3s_box.orchestrator.launch import box_launch, launch_to_json

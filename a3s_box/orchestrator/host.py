@@ -9,27 +9,27 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from a3s_box import boxfile as boxfile_loader
-from a3s_box.boxfile.model import Boxfile
 from a3s_box.drivers.base import VmHandle, VmState
 from a3s_box.errors import BoxError
+
+if TYPE_CHECKING:  # the heavy parts are imported on use, so `box ps`/`exec` start fast
+    from a3s_box.boxfile.model import Boxfile
+    from a3s_box.orchestrator.desired import DesiredState
+    from a3s_box.orchestrator.executor import Outcome, Report
+    from a3s_box.orchestrator.plan import Plan
 from a3s_box.home import Home
-from a3s_box.orchestrator.desired import DesiredState, desired_state, project_name
-from a3s_box.orchestrator.executor import Executor, Outcome, Report
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.lock import home_lock
-from a3s_box.orchestrator.observed import observe
-from a3s_box.orchestrator.plan import Plan, make_plan
 from a3s_box.orchestrator.pools import PoolKeeper, acquire, members_of, release
 from a3s_box.orchestrator.state import BoxRow, StateStore
 
 
 @dataclass(frozen=True)
 class ApplyResult:
-    plan: Plan
-    outcomes: tuple[Outcome, ...]
+    plan: "Plan"
+    outcomes: "tuple[Outcome, ...]"
 
     @property
     def ok(self) -> bool:
@@ -108,10 +108,14 @@ class Host:
             yield
 
     # --- plan / apply ----------------------------------------------------------
-    def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> Boxfile:
-        return boxfile_loader.load(files, environ)
+    def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> "Boxfile":
+        from a3s_box.boxfile import load
 
-    def desired(self, bf: Boxfile, project: str | None = None) -> DesiredState:
+        return load(files, environ)
+
+    def desired(self, bf: "Boxfile", project: str | None = None) -> "DesiredState":
+        from a3s_box.orchestrator.desired import desired_state, project_name
+
         proj = project_name(bf, project)
         known: dict[str, str | None] = {}
         for name, img in desired_state(bf, proj, {}).images.items():
@@ -119,15 +123,23 @@ class Host:
             known[name] = record.digest if record is not None else None
         return desired_state(bf, proj, known)
 
-    def plan(self, bf: Boxfile, project: str | None = None, prune: bool = False) -> Plan:
+    def plan(self, bf: "Boxfile", project: str | None = None, prune: bool = False) -> "Plan":
+        from a3s_box.orchestrator.observed import observe
+        from a3s_box.orchestrator.plan import make_plan
+
         desired = self.desired(bf, project)
         return make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
 
-    def apply(self, bf: Boxfile, project: str | None = None, prune: bool = False,
-              report: Report = lambda o: None, progress: bool = False,
-              before_boxes: Callable[[Plan], None] = lambda p: None,
+    def apply(self, bf: "Boxfile", project: str | None = None, prune: bool = False,
+              report: "Report" = lambda o: None, progress: bool = False,
+              before_boxes: "Callable[[Plan], None]" = lambda p: None,
               parallel: int | None = None) -> ApplyResult:
         """Converge the host to the Boxfile. Caller holds the lock (see `locked`)."""
+        from a3s_box.orchestrator.desired import desired_state
+        from a3s_box.orchestrator.executor import Executor
+        from a3s_box.orchestrator.observed import observe
+        from a3s_box.orchestrator.plan import make_plan
+
         self.runtime.recover(self.images)
         executor = Executor(self.runtime, self.images, report, progress, parallel)
         desired = self.desired(bf, project)
@@ -252,7 +264,9 @@ class Host:
             raise BoxError(f"pool {pool}: no such pool (see `box pool ls`)")
         raise BoxError(f"pool {pool}: exists in several projects ({', '.join(projects)}); give -p")
 
-    def delete_project(self, bf: Boxfile, project: str | None = None) -> list[str]:
+    def delete_project(self, bf: "Boxfile", project: str | None = None) -> list[str]:
+        from a3s_box.orchestrator.desired import project_name
+
         proj = project_name(bf, project)
         gone: list[str] = []
         for row in reversed(self.store.boxes(proj)):

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from a3s_box.boxfile.model import BoxDef
 from a3s_box.drivers.base import BoxLaunch
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
+
+if TYPE_CHECKING:
+    from a3s_box.boxfile.model import BoxDef
 
 _ISOLATE = {"mount": Isolate.MOUNT, "pid": Isolate.PID, "ipc": Isolate.IPC, "uts": Isolate.UTS,
             "net": Isolate.NET}
