@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 from a3s_box.errors import DriverError, HostUnsupported
 
@@ -112,8 +112,9 @@ def locate() -> LibraryPaths:
         return LibraryPaths(name, _system_firmware(), (), "system")
     smol = _smolmachines_dir()
     if smol is not None:
-        fw = smol / "libkrunfw.so.5"
-        return LibraryPaths(str(smol / "libkrun.so"), str(fw) if fw.is_file() else "",
+        bundled = smol / "libkrunfw.so.5"
+        return LibraryPaths(str(smol / "libkrun.so"),
+                            str(bundled) if bundled.is_file() else "",
                             ("libvirglrenderer.so.1",), "smolmachines")
     raise HostUnsupported("libkrun", "libkrun not found (tried $A3S_BOX_LIBKRUN, "
                           f"{', '.join(SYSTEM_NAMES)}, the smolmachines wheel): install it "

@@ -152,8 +152,10 @@ def cached_probe(home: Home, paths: LibraryPaths, init_binary: Path,
     return verdict
 
 
-def host_support(home: Home, refresh: bool = False) -> HostSupport:
-    """libkrun's line in `box doctor`, and what `driver: auto` decides on."""
+def host_support(home: Home, refresh: bool = False, build: bool = True) -> HostSupport:
+    """libkrun's line in `box doctor`, and what `driver: auto` decides on.
+
+    build=False (doctor) uses only an already built guest init and says so if none."""
     name = "libkrun"
     try:
         krun = load()
@@ -169,9 +171,13 @@ def host_support(home: Home, refresh: bool = False) -> HostSupport:
     pre = kvm_precheck()
     if pre is not None:
         return HostSupport(name, False, "", pre)
-    try:
-        from a3s_box.guest.build import build_guest_init
+    from a3s_box.guest.build import build_guest_init, source_hash
 
+    init = home.cache / f"guest-init-{source_hash()}" / "init"
+    if not build and not init.is_file():
+        return HostSupport(name, False, "", "libkrun found; not probed until the guest init "
+                           "is built (run `box setup`)")
+    try:
         init = build_guest_init(home.cache)
     except BoxError as e:
         return HostSupport(name, False, "", f"libkrun found, but {e}")

@@ -89,5 +89,5 @@ def describe_exit(status: int) -> str:
             name = f"signal {sig}"
         return f"VMM killed by {name}"
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
-    name = EXIT_NAMES.get(code)
-    return f"exited {code}: {name}" if name else f"exited {code}"
+    known = EXIT_NAMES.get(code)
+    return f"exited {code}: {known}" if known else f"exited {code}"

@@ -73,7 +73,7 @@ def exit_record(status: int, config_error: str) -> dict[str, object]:
     return {"status": code, "reason": describe_exit(status)}
 
 
-def supervise(rundir: Path) -> int:
+def supervise(rundir: Path, ready_fd: int = -1) -> int:
     spec = KrunSpec.from_json((rundir / "launch.json").read_text())
     (rundir / "config-error.txt").unlink(missing_ok=True)
     child = os.fork()
@@ -88,7 +88,12 @@ def supervise(rundir: Path) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, stop)
-    (rundir / "supervisor.pid").write_text(str(os.getpid()))
+    tmp = rundir / ".supervisor.pid"
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, rundir / "supervisor.pid")
+    if ready_fd >= 0:
+        os.write(ready_fd, b"1")  # the starter may exit now: our pid is on disk
+        os.close(ready_fd)
     _, status = os.waitpid(child, 0)
     try:
         err = (rundir / "config-error.txt").read_text()
@@ -105,10 +110,21 @@ def supervise(rundir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m a3s_box.drivers.krun.supervisor RUNDIR", file=sys.stderr)
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--detach"]):
+        print("usage: python -m a3s_box.drivers.krun.supervisor RUNDIR [--detach]",
+              file=sys.stderr)
         return 2
-    return supervise(Path(argv[1]))
+    if argv[2:] != ["--detach"]:
+        return supervise(Path(argv[1]))
+    # --detach: the supervisor is orphaned to init (no zombie in a long-lived `box`),
+    # and the starter exits only once supervisor.pid is written
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        ok = os.read(r, 1) == b"1"
+        os._exit(0 if ok else 1)
+    os.close(r)
+    return supervise(Path(argv[1]), w)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,245 @@
+"""The libkrun driver: one detached supervisor per box (supervisor.py), guest protocol
+over vsock (libkrun maps guest port 1024 to RUNDIR/guest.sock; each host connection is
+its own guest connection, so unlike QEMU there is no multiplexing shim).
+
+start() copies the image's root folder for the box (once), installs our guest init,
+writes RUNDIR/launch.json, starts the supervisor, waits for libkrun to create the
+socket and the guest to answer HELLO, and sends CONFIG. Any failure, timeout or Ctrl-C
+kills the supervisor's process group and removes the socket; libkrun and supervisor
+failures become DriverError, guest silence GuestError, each naming the box.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation, VmState
+from a3s_box.drivers.krun import probe
+from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
+from a3s_box.drivers.krun.spec import box_spec
+from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.guest.client import GuestClient
+from a3s_box.home import Home
+
+GUEST_SOCK = "guest.sock"
+CONSOLE = "console.log"
+RUNTIME_FILES = (GUEST_SOCK, "supervisor.pid", "exit.json", "config-error.txt")
+SUPERVISOR = "a3s_box.drivers.krun.supervisor"
+
+
+def log_tail(rundir: Path, lines: int = 12) -> str:
+    """The end of the guest console and of libkrun's log, for error messages."""
+    out = []
+    for name in (CONSOLE, "vmm.log", "supervisor.log"):
+        try:
+            text = (rundir / name).read_bytes()[-8192:].decode("utf-8", "replace")
+        except OSError:
+            continue
+        tail = [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()][-lines:]
+        if tail:
+            out.append(f"{name}:\n" + "\n".join("  | " + ln for ln in tail))
+    return "\n".join(out) or "(no output from the VM)"
+
+
+def pid_is_supervisor(pid: int, rundir: str) -> bool:
+    """Alive, not a zombie, and really this box's supervisor (pids get reused)."""
+    if sys.platform != "linux":
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        return False
+    return SUPERVISOR.encode() in cmdline and rundir.encode() in cmdline
+
+
+def read_exit(rundir: Path) -> str:
+    try:
+        return str(json.loads((rundir / "exit.json").read_text()).get("reason") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _signal(pid: int, sig: signal.Signals, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pid: int, rundir: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_is_supervisor(pid, rundir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def remove_runtime_files(rundir: Path) -> None:
+    for name in RUNTIME_FILES:
+        (rundir / name).unlink(missing_ok=True)
+
+
+class KrunDriver:
+    name = "libkrun"
+
+    def __init__(self, home: Home, init_binary: Path | None = None,
+                 check_host: bool = True) -> None:
+        self.home = home
+        self.init_binary = init_binary  # None: the cached build of our guest init
+        # False skips the probe verdict (tests and benches that exercise a VMM which
+        # cannot finish booting here: timeouts, kills); a real start always checks
+        self.check_host = check_host
+
+    def host_support(self) -> HostSupport:
+        return probe.host_support(self.home)
+
+    # --- start ---------------------------------------------------------------------
+    def start(self, launch: BoxLaunch, timeout: float) -> VmHandle:
+        accel = probe.host_accel()
+        if self.check_host:
+            support = self.host_support()
+            if not support.usable:
+                raise HostUnsupported(self.name, support.detail)
+        rundir = launch.rundir
+        if launch.rootfs_dir is None:
+            raise DriverError(launch.box_id, "libkrun boots from the image's unpacked root "
+                              "folder, and this box has none")
+        rundir.mkdir(parents=True, exist_ok=True)
+        remove_runtime_files(rundir)
+        root = rundir / "root"
+        copy_root(launch.box_id, launch.rootfs_dir, root)
+        if self.init_binary is None:
+            from a3s_box.guest.build import build_guest_init
+
+            self.init_binary = build_guest_init(self.home.cache)
+        spec = box_spec(launch.box_id, launch.vcpus, launch.memory_mib, str(root),
+                        str(rundir / GUEST_SOCK), str(rundir / CONSOLE))
+        install_guest_files(launch.box_id, root, self.init_binary, spec)
+        tmp = rundir / ".launch.json"
+        tmp.write_text(spec.to_json())
+        os.replace(tmp, rundir / "launch.json")
+        with open(rundir / "supervisor.log", "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            log.flush()
+            try:
+                starter = subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(rundir),
+                                            "--detach"], stdin=subprocess.DEVNULL,
+                                           stdout=log, stderr=log, start_new_session=True,
+                                           close_fds=True)
+            except OSError as e:
+                raise DriverError(launch.box_id, f"cannot start the supervisor: {e}") from e
+        pgid = starter.pid  # session leader; the supervisor and the VM stay in its group
+        handle: VmHandle | None = None
+        try:
+            if starter.wait() != 0:
+                raise DriverError(launch.box_id, f"the supervisor did not start\n"
+                                  f"{log_tail(rundir)}")
+            handle = VmHandle(driver=self.name, box_id=launch.box_id,
+                              pid=int((rundir / "supervisor.pid").read_text()),
+                              channel=spec.socket, console_log=spec.console, accel=accel,
+                              extra={"rundir": str(rundir), "pgid": str(pgid)})
+            deadline = time.monotonic() + timeout
+            client = self._wait_hello(handle, deadline)
+            with client:
+                client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
+            return handle
+        except BaseException as e:
+            # Ctrl-C included: nothing of this VM may outlive a failed start
+            _signal(pgid, signal.SIGKILL, group=True)
+            if handle is not None:
+                _wait_gone(handle.pid, str(rundir), 5.0)
+            (rundir / GUEST_SOCK).unlink(missing_ok=True)
+            (rundir / "supervisor.pid").unlink(missing_ok=True)
+            if isinstance(e, (OSError, ValueError)):
+                raise DriverError(launch.box_id, f"start failed: {e}\n"
+                                  f"{log_tail(rundir)}") from e
+            raise
+
+    def _wait_hello(self, handle: VmHandle, deadline: float) -> GuestClient:
+        """A client that has exchanged HELLO. libkrun creates the socket only once the
+        guest's vsock is up, and may accept before the guest listens: poll, retry."""
+        rundir = Path(handle.extra["rundir"])
+        last = "libkrun did not create the guest socket"
+        while True:
+            if not pid_is_supervisor(handle.pid, str(rundir)):
+                reason = read_exit(rundir) or "the supervisor died (see supervisor.log)"
+                raise DriverError(handle.box_id, f"VM stopped before the guest answered: "
+                                  f"{reason}\n{log_tail(rundir)}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestError(handle.box_id, f"the guest init did not answer on vsock in "
+                                 f"time ({last})\n{log_tail(rundir)}")
+            if os.path.exists(handle.channel):
+                try:
+                    client = GuestClient(self.connect(handle, min(left, 2.0)),
+                                         box=handle.box_id)
+                except GuestError as e:
+                    last = str(e)
+                else:
+                    try:
+                        client.hello(min(left, 2.0))
+                        return client
+                    except GuestError as e:
+                        client.close()
+                        last = str(e)
+            time.sleep(0.05)
+
+    # --- running VMs ------------------------------------------------------------------
+    def observe(self, handle: VmHandle) -> VmObservation:
+        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
+        if pid_is_supervisor(handle.pid, str(rundir)):
+            return VmObservation(VmState.RUNNING)
+        # a dead VM's socket is garbage: a supervisor killed -9 could not remove it
+        Path(handle.channel).unlink(missing_ok=True)
+        reason = read_exit(rundir)
+        if reason:
+            return VmObservation(VmState.EXITED, reason)
+        if rundir.exists():
+            return VmObservation(VmState.EXITED, "the supervisor is gone without a word "
+                                 "(killed?)")
+        return VmObservation(VmState.MISSING)
+
+    def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(handle.channel)
+        except OSError as e:
+            s.close()
+            raise GuestError(handle.box_id, f"cannot reach the guest at {handle.channel}: "
+                             f"{e.strerror or errno.errorcode.get(e.errno or 0, e)}") from e
+        s.settimeout(None)
+        return s
+
+    def stop(self, handle: VmHandle, timeout: float) -> None:
+        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
+        deadline = time.monotonic() + timeout
+        if pid_is_supervisor(handle.pid, str(rundir)):
+            try:
+                with GuestClient(self.connect(handle, 2.0), box=handle.box_id) as c:
+                    c.hello(min(timeout, 5.0))
+                    c.shutdown(timeout=min(timeout, 5.0))
+            except BoxError:
+                pass  # a guest that cannot answer is stopped the hard way below
+            if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
+                _signal(handle.pid, signal.SIGTERM)  # the supervisor kills the VM, reports
+                if not _wait_gone(handle.pid, str(rundir), 3.0):
+                    _signal(handle.pid, signal.SIGKILL)  # the VM follows (PDEATHSIG)
+                    _wait_gone(handle.pid, str(rundir), 3.0)
+        (rundir / GUEST_SOCK).unlink(missing_ok=True)
+        (rundir / "supervisor.pid").unlink(missing_ok=True)
