@@ -11,15 +11,18 @@ from a3s_box.drivers.base import Driver
 from a3s_box.errors import HostUnsupported
 from a3s_box.home import Home
 
-DRIVERS = ("qemu",)  # libkrun goes here once it lands (and into "auto" below)
+DRIVERS = ("qemu", "libkrun")
 
 
 def get_driver(name: str, home: Home) -> Driver:
+    if name == "libkrun" or name == "auto":
+        from a3s_box.drivers.krun import KrunDriver, host_support
+
+        # "auto": libkrun only where its (cached) probe boot says it runs guests
+        if name == "libkrun" or host_support(home).usable:
+            return KrunDriver(home)
     if name in ("qemu", "auto"):
-        # "auto" will prefer libkrun when its host_support() is usable; QEMU for now
         from a3s_box.drivers.qemu import QemuDriver
 
         return QemuDriver(home)
-    if name == "libkrun":
-        raise HostUnsupported("libkrun", "not yet supported: use driver: qemu")
     raise HostUnsupported(name, f"unknown driver (known: auto, {', '.join(DRIVERS)})")

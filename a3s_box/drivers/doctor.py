@@ -80,6 +80,8 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
         checks.append(Check("kvm", False, f"/dev/kvm {kvm}; not probed (needs qemu, kernel "
                                           "and guest init)", essential=False))
         checks.append(Check("accelerator", False, "none until the checks above pass"))
-    checks.append(Check("libkrun", False, "not yet supported (use the qemu driver)",
-                        essential=False))
+    from a3s_box.drivers.krun import host_support as krun_support
+
+    krun = krun_support(home, refresh=refresh, build=False)
+    checks.append(Check("libkrun", krun.usable, krun.detail, essential=False))
     return checks
