@@ -1,0 +1,171 @@
+/* CONFIG and the agent: namespaces, cgroups, start, restart with backoff; STATUS;
+ * and what happens when a child of init dies. */
+#include "server.h"
+
+struct agent A = {.state = "not-configured"};
+
+char nsx_env[600]; /* A3S_NSEXEC_SOCK=..., for agent processes */
+
+void agent_start(void)
+{
+	int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	char **env = env_merge(A.env, NULL, NULL, nsx_env);
+	struct spawn_req r = {.argv = A.argv, .env = env, .workdir = A.workdir, .ns = &A.agent_ns,
+			      .fd_in = nul, .fd_out = g_console, .fd_err = g_console, .setsid = 1};
+	int err = 0;
+	char msg[256];
+	pid_t pid = spawn(&r, &err, msg, sizeof msg);
+	free(env);
+	close(nul);
+	if (pid < 0) {
+		logmsg("agent not started: %s", msg);
+		snprintf(A.last_exit, sizeof A.last_exit, "not-started:%d", err);
+		A.pid = 0;
+		A.started_at = now_ms();
+		return;
+	}
+	A.pid = pid;
+	A.started_at = now_ms();
+	A.state = "running";
+	logmsg("agent started: pid %d", (int)pid);
+}
+
+/* Decide what follows an agent exit (or a failed start): backoff, or stay exited. */
+void agent_after_exit(int failed)
+{
+	int again = A.restart == 2 || (A.restart == 1 && failed);
+	if (!again || stopping) {
+		A.state = "exited";
+		return;
+	}
+	/* a run that lasted a while resets the crash-loop backoff */
+	if (now_ms() - A.started_at > 10000)
+		A.backoff_ms = 0;
+	A.backoff_ms = A.backoff_ms ? A.backoff_ms * 2 : 100;
+	if (A.backoff_ms > 30000)
+		A.backoff_ms = 30000;
+	A.next_start = now_ms() + A.backoff_ms;
+	A.state = "backoff";
+	dbg("agent restarts in %d ms", A.backoff_ms);
+}
+
+void agent_launch(void)
+{
+	agent_start();
+	if (!A.pid)
+		agent_after_exit(1);
+}
+
+void reaped(pid_t pid, int st)
+{
+	for (int i = 0; i < nsess; i++) {
+		struct sess *s = sess[i];
+		if (s->pid == pid && !s->reaped) {
+			s->reaped = 1, s->wstatus = st;
+			if (s->dropped)
+				sess_free(s);
+			else
+				sess_exited(s);
+			return;
+		}
+	}
+	if (A.pid && pid == A.pid) {
+		A.pid = 0;
+		if (WIFSIGNALED(st))
+			snprintf(A.last_exit, sizeof A.last_exit, "signaled:%d", WTERMSIG(st));
+		else
+			snprintf(A.last_exit, sizeof A.last_exit, "exited:%d", WEXITSTATUS(st));
+		logmsg("agent %s", A.last_exit);
+		agent_after_exit(!(WIFEXITED(st) && WEXITSTATUS(st) == 0));
+		return;
+	}
+	if (pid == A.agent_ns.holder || pid == A.business_ns.holder) {
+		struct nsset *n = pid == A.agent_ns.holder ? &A.agent_ns : &A.business_ns;
+		n->holder = 0;
+		if (!stopping)
+			logmsg("%s namespace holder died", n == &A.agent_ns ? "agent" : "business");
+		ns_close(n);
+	}
+}
+
+void reap_all(void)
+{
+	int st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+		reaped(pid, st);
+}
+
+void on_config(struct conn *c, struct rd *r)
+{
+	if (A.configured) {
+		send_result(c, 0, EBUSY, "already configured");
+		return;
+	}
+	char *host = r_str(r);
+	char **env = r_strlist(r);
+	char **argv = r_strlist(r);
+	char *wd = r_str(r);
+	unsigned aiso = r_u32(r), biso = r_u32(r);
+	int restart = r_u8(r);
+	uint64_t mem = r_u64(r);
+	uint32_t pids = r_u32(r);
+	if (r_end(r) < 0 || restart > 2) {
+		free(host), free(wd), strv_free(env), strv_free(argv);
+		send_error(c, 0, EINVAL, "bad CONFIG payload");
+		return;
+	}
+	A.configured = 1;
+	A.hostname = host, A.env = env, A.argv = argv, A.workdir = wd;
+	A.agent_iso = aiso, A.business_iso = biso, A.restart = restart;
+	A.state = "starting";
+	if (O->pid1 && *host)
+		sethostname(host, strlen(host));
+	char cg_agent[512] = "", cg_bus[512] = "";
+	if (O->cgroup_root && *O->cgroup_root) {
+		/* a missing controller costs the limit, not the box: cgroup_setup logs it */
+		if (cgroup_setup(O->cgroup_root, mem, pids) < 0)
+			logmsg("cgroup limits incomplete under %s", O->cgroup_root);
+		snprintf(cg_agent, sizeof cg_agent, "%s/agent/main", O->cgroup_root);
+		snprintf(cg_bus, sizeof cg_bus, "%s/agent/business", O->cgroup_root);
+	}
+	int rc = ns_create(&A.agent_ns, NULL, aiso, host, cg_agent);
+	if (rc < 0) {
+		A.state = "exited";
+		char m[200];
+		snprintf(m, sizeof m, "agent namespaces: %s", strerror(-rc));
+		logmsg("%s", m);
+		send_result(c, 0, -rc, m);
+		return;
+	}
+	if (biso) {
+		rc = ns_create(&A.business_ns, &A.agent_ns, biso, host, cg_bus);
+		if (rc < 0) {
+			A.state = "exited";
+			char m[200];
+			snprintf(m, sizeof m, "business namespaces: %s", strerror(-rc));
+			logmsg("%s", m);
+			send_result(c, 0, -rc, m);
+			return;
+		}
+	}
+	if (argv[0])
+		agent_launch();
+	else
+		A.state = "exited";
+	send_result(c, 0, 0, "");
+}
+
+void on_status(struct conn *c, uint32_t id)
+{
+	char t[512];
+	snprintf(t, sizeof t,
+		 "agent_state=%s\nagent_pid=%d\nrestarts=%d\nlast_exit=%s\nuptime_ms=%lld\n"
+		 "business=%d\nsessions=%d\n",
+		 A.state, (int)A.pid, A.restarts, A.last_exit, now_ms() - t0,
+		 A.business_ns.ok ? 1 : 0, nsess);
+	struct buf b = {0};
+	w_cstr(&b, t);
+	send_frame(c, M_STATUS_REPLY, id, b.p, b.len);
+	buf_free(&b);
+}
