@@ -106,6 +106,7 @@ class Vm:
     proc: subprocess.Popen[bytes]
     client: GuestClient
     console: Path
+    client_path: str
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +141,11 @@ def vm(kernel: Path, guest_binary: Path, tmp_path_factory: pytest.TempPathFactor
                 pytest.fail(f"qemu exited: {proc.stderr.read().decode() if proc.stderr else ''}")
             time.sleep(0.05)
     client = GuestClient(sock, "vmtest")
-    v = Vm(proc, client, console)
+    v = Vm(proc, client, console, str(sock_path))
     try:
         yield v
     finally:
-        client.close()
+        v.client.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -218,6 +219,24 @@ def test_missing_command_in_the_image(vm: Vm) -> None:
     r = vm.client.run(["python3", "-V"])
     assert (r.exit.kind, r.exit.value) == (ExitKind.NOT_STARTED, 2)
     assert "python3: No such file or directory" in r.exit.message
+
+
+def test_memory_limit_holds_in_the_agent(vm: Vm) -> None:
+    # dd fills a 160 MiB buffer: past memory.max (96 MiB) the kernel OOM-kills it
+    r = vm.client.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=160M", "count=1"], timeout=60)
+    assert (r.exit.kind, r.exit.value) == (ExitKind.SIGNALED, 9), r
+    r = vm.client.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"], timeout=60)
+    assert r.exit.code == 0, r
+
+
+def test_a_new_connection_finds_the_box_as_it_was(vm: Vm) -> None:
+    vm.client.close()  # the shim's connection going away and coming back
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(vm.client_path)
+    vm.client = GuestClient(sock, "vmtest")
+    assert vm.client.hello(30)["hostname"] == "vmbox"
+    st = vm.client.status()
+    assert st.agent_state == "running" and st.restarts == 0
 
 
 def test_shutdown_powers_the_vm_off(vm: Vm) -> None:
