@@ -23,7 +23,7 @@ from pathlib import Path
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation, VmState
 from a3s_box.drivers.krun import probe
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
-from a3s_box.drivers.krun.spec import box_spec
+from a3s_box.drivers.krun.spec import KrunSpec, box_spec
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
@@ -94,6 +94,38 @@ def remove_runtime_files(rundir: Path) -> None:
         (rundir / name).unlink(missing_ok=True)
 
 
+def spawn_supervisor(box_id: str, rundir: Path, spec: KrunSpec,
+                     accel: str) -> tuple[VmHandle, int]:
+    """Write launch.json, start the detached supervisor; its handle and process group.
+
+    On failure nothing is left running: the caller owns the VM only once this returns."""
+    tmp = rundir / ".launch.json"
+    tmp.write_text(spec.to_json())
+    os.replace(tmp, rundir / "launch.json")
+    with open(rundir / "supervisor.log", "ab") as log:
+        log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        log.flush()
+        try:
+            starter = subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(rundir),
+                                        "--detach"], stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=log, start_new_session=True, close_fds=True)
+        except OSError as e:
+            raise DriverError(box_id, f"cannot start the supervisor: {e}") from e
+    pgid = starter.pid  # session leader; the supervisor and the VM stay in its group
+    try:
+        if starter.wait() != 0:
+            raise DriverError(box_id, f"the supervisor did not start\n{log_tail(rundir)}")
+        pid = int((rundir / "supervisor.pid").read_text())
+    except BaseException as e:
+        _signal(pgid, signal.SIGKILL, group=True)
+        if isinstance(e, (OSError, ValueError)):
+            raise DriverError(box_id, f"the supervisor did not start: {e}") from e
+        raise
+    return VmHandle(driver="libkrun", box_id=box_id, pid=pid, channel=spec.socket,
+                    console_log=spec.console, accel=accel,
+                    extra={"rundir": str(rundir), "pgid": str(pgid)}), pgid
+
+
 class KrunDriver:
     name = "libkrun"
 
@@ -130,29 +162,8 @@ class KrunDriver:
         spec = box_spec(launch.box_id, launch.vcpus, launch.memory_mib, str(root),
                         str(rundir / GUEST_SOCK), str(rundir / CONSOLE))
         install_guest_files(launch.box_id, root, self.init_binary, spec)
-        tmp = rundir / ".launch.json"
-        tmp.write_text(spec.to_json())
-        os.replace(tmp, rundir / "launch.json")
-        with open(rundir / "supervisor.log", "ab") as log:
-            log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
-            log.flush()
-            try:
-                starter = subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(rundir),
-                                            "--detach"], stdin=subprocess.DEVNULL,
-                                           stdout=log, stderr=log, start_new_session=True,
-                                           close_fds=True)
-            except OSError as e:
-                raise DriverError(launch.box_id, f"cannot start the supervisor: {e}") from e
-        pgid = starter.pid  # session leader; the supervisor and the VM stay in its group
-        handle: VmHandle | None = None
+        handle, pgid = spawn_supervisor(launch.box_id, rundir, spec, accel)
         try:
-            if starter.wait() != 0:
-                raise DriverError(launch.box_id, f"the supervisor did not start\n"
-                                  f"{log_tail(rundir)}")
-            handle = VmHandle(driver=self.name, box_id=launch.box_id,
-                              pid=int((rundir / "supervisor.pid").read_text()),
-                              channel=spec.socket, console_log=spec.console, accel=accel,
-                              extra={"rundir": str(rundir), "pgid": str(pgid)})
             deadline = time.monotonic() + timeout
             client = self._wait_hello(handle, deadline)
             with client:
@@ -161,8 +172,7 @@ class KrunDriver:
         except BaseException as e:
             # Ctrl-C included: nothing of this VM may outlive a failed start
             _signal(pgid, signal.SIGKILL, group=True)
-            if handle is not None:
-                _wait_gone(handle.pid, str(rundir), 5.0)
+            _wait_gone(handle.pid, str(rundir), 5.0)
             (rundir / GUEST_SOCK).unlink(missing_ok=True)
             (rundir / "supervisor.pid").unlink(missing_ok=True)
             if isinstance(e, (OSError, ValueError)):

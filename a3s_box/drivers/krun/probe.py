@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class ProbeVerdict:
     usable: bool
     detail: str
     cached: bool = False
+    seconds: float = 0.0  # the probe boot, start to power-off (bench/boot.py's baseline)
 
 
 def host_accel() -> str:
@@ -81,7 +83,7 @@ def probe_key(paths: LibraryPaths, init_binary: Path) -> dict[str, str]:
 
 
 def verdict_from(exit_record: dict[str, object] | None, vmm_log: str,
-                 timeout: float) -> ProbeVerdict:
+                 timeout: float, seconds: float = 0.0) -> ProbeVerdict:
     """The verdict from what the probe left behind (pure): its exit record, libkrun's log."""
     if KVM_ERROR in vmm_log:
         return ProbeVerdict(False, f"{CANNOT} ({KVM_ERROR}); {FALLBACK}")
@@ -94,11 +96,13 @@ def verdict_from(exit_record: dict[str, object] | None, vmm_log: str,
     if not isinstance(status, int) or status < 0 or status in EXIT_NAMES:
         return ProbeVerdict(False, f"libkrun could not run the probe guest ({reason}); "
                             f"{FALLBACK}")
-    return ProbeVerdict(True, f"libkrun runs guests: using libkrun/{host_accel()}")
+    return ProbeVerdict(True, f"libkrun runs guests: using libkrun/{host_accel()}",
+                        seconds=seconds)
 
 
 def boot_probe(init_binary: Path, timeout: float = PROBE_TIMEOUT) -> ProbeVerdict:
-    """Boot our guest init under a real supervisor, kill it after `timeout`."""
+    """Boot our guest init under a real supervisor, kill it after `timeout`. Also the
+    raw libkrun boot-to-power-off time for bench/boot.py (`.seconds`, 0 if unusable)."""
     with tempfile.TemporaryDirectory(prefix="a3s-krun-probe-") as tmp:
         rundir = Path(tmp)
         root = rundir / "root"
@@ -108,15 +112,18 @@ def boot_probe(init_binary: Path, timeout: float = PROBE_TIMEOUT) -> ProbeVerdic
                            "boot_args": ("a3s.root=none", "a3s.channel=none")})
         install_guest_files("krun-probe", root, init_binary, spec)
         (rundir / "launch.json").write_text(spec.to_json())
+        t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "a3s_box.drivers.krun.supervisor",
                                  str(rundir)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
             proc.wait(timeout)
+            seconds = time.perf_counter() - t0
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # still alive: the group is ours
             proc.wait()
+            seconds = 0.0
         record: dict[str, object] | None = None
         try:
             loaded = json.loads((rundir / "exit.json").read_text())
@@ -128,7 +135,7 @@ def boot_probe(init_binary: Path, timeout: float = PROBE_TIMEOUT) -> ProbeVerdic
             log = (rundir / "vmm.log").read_text(errors="replace")
         except OSError:
             log = ""
-        return verdict_from(record, log, timeout)
+        return verdict_from(record, log, timeout, seconds)
 
 
 def cached_probe(home: Home, paths: LibraryPaths, init_binary: Path,
