@@ -98,12 +98,14 @@ def issue_from(err: ErrorDetails, root: type[BaseModel]) -> Issue:
         if not hint and allowed:
             hint = f" (allowed: {', '.join(allowed)})"
         return Issue(tuple(path), f"unknown key '{key}'{hint}", at_key=True)
-    if kind == "missing":
-        return Issue(tuple(path[:-1]), f"missing required key '{path[-1]}'")
+    if kind == "missing":  # placed at the key of the mapping that lacks it
+        return Issue(tuple(path[:-1]), f"missing required key '{path[-1]}'", at_key=True)
     if kind in _TYPE_WORDS:
         return Issue(tuple(path), _TYPE_WORDS[kind] + _got(err))
     if kind in ("literal_error", "enum"):
         expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        if "," not in expected:
+            return Issue(tuple(path), f"must be {expected}" + _got(err))
         return Issue(tuple(path), f"must be one of: {expected}" + _got(err))
     if kind == "string_pattern_mismatch":
         return Issue(tuple(path), f"'{err['input']}' is not a valid name: lowercase letters, digits "
@@ -127,6 +129,9 @@ def issue_from(err: ErrorDetails, root: type[BaseModel]) -> Issue:
 
 
 def _name_message(name: str, err: ErrorDetails) -> str:
+    if err["type"] == "string_pattern_mismatch" and "_" in str((err.get("ctx") or {}).get("pattern")):
+        return (f"'{name}' is not a valid environment variable name: letters, digits and '_', "
+                "not starting with a digit")
     if err["type"] == "string_pattern_mismatch":
         return (f"'{name}' is not a valid name: lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit")

@@ -84,7 +84,11 @@ class _Model(BaseModel):
 class ImageDef(_Model):
     """Where an image comes from: exactly one of `ref` and `path`."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["ref"]}, {"required": ["path"]}]})
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        # A key given as null counts as absent, as it does for the loader.
+        {"required": ["ref"], "properties": {"ref": {"type": "string"}}},
+        {"required": ["path"], "properties": {"path": {"type": "string"}}},
+    ]})
 
     ref: str | None = Field(None, min_length=1, description=(
         "An OCI image reference: `host[:port]/repo:tag`, `repo@sha256:...`, or a Docker Hub "
@@ -105,7 +109,8 @@ class Resources(_Model):
     """The VM's size."""
 
     vcpus: int = Field(1, ge=1, le=64, description="Virtual CPUs of the box's VM.", examples=[1, 2])
-    memory: Annotated[Size, AfterValidator(_min_memory)] = Field(
+    memory: Annotated[Size, AfterValidator(_min_memory), WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": MIN_MEMORY}, {"type": "string", "pattern": SIZE_PATTERN}]})] = Field(
         "256Mi", validate_default=True, description="Memory of the box's VM: a number of bytes or a size with "
         "Ki/Mi/Gi (or K/M/G). At least 64Mi.", examples=["128Mi", "1Gi"])
 
@@ -133,8 +138,10 @@ class BusinessNamespace(_Model):
     """Where code launched by the agent runs: nested inside the agent's namespaces,
     unable to see or signal the agent's processes (`nsexec -- CMD` inside the box)."""
 
-    parent: str = Field("agent", min_length=1, description="The namespace this one nests in.",
-                        examples=["agent"])
+    # A str, not a Literal, so that a wrong parent gets the "unknown namespace" check's
+    # message; the schema still lists the one choice there is.
+    parent: str = Field("agent", min_length=1, description="The namespace this one nests in "
+                        "(only `agent` for now).", examples=["agent"], json_schema_extra={"enum": ["agent"]})
     isolate: Annotated[Isolate, AfterValidator(_unique)] = Field(
         default_factory=_business_isolation,
         json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts", "net"]},
@@ -146,7 +153,9 @@ class Namespaces(_Model):
     """The Linux namespaces inside the box's VM."""
 
     agent: AgentNamespace = Field(default_factory=lambda: AgentNamespace.model_validate({}),
-                                  description="The agent process and its isolation.")
+                                  description="The agent process and its isolation.",
+                                  examples=[{"command": ["/bin/sh", "-c", "exec sleep 3600"],
+                                             "isolate": ["mount", "pid", "ipc", "uts"]}])
     business: BusinessNamespace | None = Field(
         None, description="A further isolated namespace for code the agent launches.",
         examples=[{"parent": "agent", "isolate": ["mount", "pid", "ipc", "uts", "net"]}])
@@ -161,8 +170,9 @@ class Dependency(_Model):
 
 
 def _depends_on_canonical(v: Any) -> Any:
-    if isinstance(v, list):
-        return {name: {} for name in v} if all(isinstance(n, str) for n in v) else v
+    """The short form (a list of names) becomes the long form (name -> condition)."""
+    if isinstance(v, list) and all(isinstance(n, str) for n in v):
+        return {name: {} for name in _unique(v)}
     return v
 
 
@@ -212,18 +222,24 @@ class BoxDef(_Model):
     env: Env = Field(default_factory=dict, description="Environment of every process in the box "
                      "(over the image's Env).", examples=[{"LOG_LEVEL": "info"}])
     namespaces: Namespaces = Field(default_factory=lambda: Namespaces.model_validate({}),
-                                   description="The agent and business namespaces.")
+                                   description="The agent and business namespaces.",
+                                   examples=[{"agent": {"command": ["/bin/sh", "-c", "exec sleep 3600"]},
+                                              "business": {"parent": "agent"}}])
     depends_on: DependsOn = Field(default_factory=dict, description=(
         "Boxes that must be up first: a list of names, or a mapping of name to "
         "`{condition: started|healthy|completed}`."), examples=[["db"], {"db": {"condition": "healthy"}}])
-    healthcheck: Healthcheck | None = Field(None, description="How to tell the box is healthy.")
-    lifetime: Lifetime | None = Field(None, description="Lifetime limits of leased pool boxes.")
+    healthcheck: Healthcheck | None = Field(None, description="How to tell the box is healthy.",
+                                            examples=[{"command": ["/bin/sh", "-c", "test -e /tmp/ready"],
+                                                       "interval": "5s", "retries": 3}])
+    lifetime: Lifetime | None = Field(None, description="Lifetime limits of leased pool boxes.",
+                                      examples=[{"idle_timeout": "10m", "max_duration": "1h"}])
     driver: Literal["auto", "qemu", "libkrun"] = Field(
         "auto", description="The VMM: `auto` picks libkrun where the host can run it, else QEMU.",
         examples=["qemu"])
     hostname: Name | None = Field(None, description="The guest's hostname (default: the box name).",
                                   examples=["coder"])
-    timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}), description="Waits, each with its limit.")
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}),
+                               description="Waits, each with its limit.", examples=[{"ready": "60s"}])
 
 
 class PoolDef(_Model):
@@ -258,7 +274,8 @@ class Boxfile(_Model):
         examples=["demo"])
     images: dict[Name, ImageDef] = Field(default_factory=dict, description="Images by name.",
                                          examples=[{"base": {"ref": "localhost:5000/a3s/busybox:1.35"}}])
-    boxes: dict[Name, BoxDef] = Field(default_factory=dict, description="Boxes (microVMs) by name.")
+    boxes: dict[Name, BoxDef] = Field(default_factory=dict, description="Boxes (microVMs) by name.",
+                                      examples=[{"db": {"image": "base", "resources": {"memory": "128Mi"}}}])
     pools: dict[Name, PoolDef] = Field(default_factory=dict, description="Warm pools by name.",
                                        examples=[{"coders": {"box": "coder", "min_ready": 2, "max": 8}}])
     files: SkipJsonSchema[tuple[Path, ...]] = Field(default=(), exclude=True)

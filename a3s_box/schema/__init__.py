@@ -15,11 +15,22 @@ SCHEMA_ID = "https://a3s.dev/schema/boxfile.schema.json"
 def boxfile_schema() -> dict[str, Any]:
     from a3s_box.boxfile.model import Boxfile
 
-    schema = Boxfile.model_json_schema(by_alias=True, mode="validation")
-    _close_named_maps(schema)
+    # draft-07 with `definitions`: what yaml-language-server and ajv's default class
+    # both read without extra setup.
+    schema = Boxfile.model_json_schema(by_alias=True, mode="validation",
+                                       ref_template="#/definitions/{model}")
+    schema["definitions"] = schema.pop("$defs")
     _factory_defaults(schema)
+    _close_named_maps(schema)
     _allow_extensions(schema)
-    schema["properties"]["apiVersion"]["const"] = "box.a3s.dev/v1"
+    props = schema["properties"]
+    props["apiVersion"]["const"] = "box.a3s.dev/v1"
+    for key in ("images", "boxes", "pools"):  # `boxes:` left empty is no boxes
+        props[key]["type"] = ["object", "null"]
+    depends_on = schema["definitions"]["BoxDef"]["properties"]["depends_on"]
+    for branch in depends_on["anyOf"]:
+        if branch.get("type") == "array":
+            branch["uniqueItems"] = True
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
@@ -30,12 +41,14 @@ def boxfile_schema() -> dict[str, Any]:
 
 def _close_named_maps(node: Any) -> None:
     """Maps keyed by names (images, boxes, pools, depends_on): a key that breaks the
-    name rule is an error in the schema too, not an unchecked extra property."""
+    name rule is an error in the schema too, not an unchecked extra property. Names
+    never start with `x-`: those keys are extensions, ignored like everywhere else."""
     if isinstance(node, dict):
         pats = node.get("patternProperties")
         if isinstance(pats, dict) and len(pats) == 1 and "additionalProperties" not in node:
-            (pattern,) = pats
-            node.setdefault("propertyNames", {})["pattern"] = pattern
+            ((pattern, value),) = pats.items()
+            node["patternProperties"] = {"^(?!x-)" + pattern.lstrip("^"): value}
+            node.pop("propertyNames", None)
             node["additionalProperties"] = False
         for v in node.values():
             _close_named_maps(v)
@@ -53,7 +66,7 @@ def _factory_defaults(schema: dict[str, Any]) -> None:
 
     classes = {c.__name__: c for c in vars(m).values()
                if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == m.__name__}
-    targets = [("Boxfile", schema)] + list(schema.get("$defs", {}).items())
+    targets = [("Boxfile", schema)] + list(schema.get("definitions", {}).items())
     for name, node in targets:
         cls = classes.get(name)
         if cls is None:

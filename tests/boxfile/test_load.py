@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from a3s_box.boxfile import load
 from a3s_box.errors import BoxfileError
@@ -101,3 +102,48 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BoxfileError) as e:
         load([tmp_path / "nope.yaml"], {})
     assert str(e.value) == f"{tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_scalars_are_read_as_yaml_1_2_like_editors_do(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "boxes:\n  a:\n    image: 'x:1'\n"
+              "    env: {A: yes, B: off, C: 1:30, D: 2024-01-01, E: 0o17, F: 010, G: true}\n")
+    assert load([f], {}).boxes["a"].env == {
+        "A": "yes", "B": "off", "C": "1:30", "D": "2024-01-01", "E": "15", "F": "10", "G": "true"}
+
+
+def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "x-box: &box {image: 'x:1', resources: {vcpus: 2}}\n"
+              "boxes:\n  x-template: &t {image: 'y:1'}\n  a:\n    <<: [*box, *t]\n    resources: {vcpus: 4}\n")
+    a = load([f], {}).boxes["a"]
+    assert (a.image, a.resources.vcpus) == ("x:1", 4)  # the first merged mapping wins, keys here win
+
+
+def test_image_paths_are_relative_to_the_file_that_sets_them_after_interpolation(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    base = write(tmp_path, HEAD + "images:\n  a: {path: ./a}\n  b: {path: ./b}\n", "base.yaml")
+    over = write(tmp_path, "images:\n  b: {path: '${DIR}/b'}\n", "sub/over.yaml")
+    bf = load([base, over], {"DIR": "imgs"})
+    assert bf.images["a"].path == tmp_path / "a"
+    assert bf.images["b"].path == tmp_path / "sub/imgs/b"
+
+    # Boxes name their image; a direct reference gets a synthetic ImageDef.
+    f = write(tmp_path, HEAD + "images:\n  base: {ref: 'r/x:1'}\nboxes:\n  a: {image: base}\n  b: {image: 'r/y:2'}\n")
+    bf = load([f], {})
+    assert bf.image_of("a") == ("base", bf.images["base"])
+    assert bf.image_of("b")[0] is None and bf.image_of("b")[1].ref == "r/y:2"
+
+
+def test_aliases_nesting_deeper_than_allowed_are_refused(tmp_path: Path) -> None:
+    lines = [HEAD, "x-0: &l0 [1]\n"]
+    for i in range(1, 40):
+        lines.append(f"x-{i}: &l{i} [[[*l{i - 1}]]]\n")  # each level 3 deeper than the last
+    f = write(tmp_path, "".join(lines))
+    with pytest.raises(BoxfileError) as e:
+        load([f], {})
+    assert str(e.value) == f"{f}: nested more than 64 levels deep through aliases; refused"
+
+
+def test_the_model_is_frozen(tmp_path: Path) -> None:
+    bf = load([write(tmp_path, HEAD + "boxes:\n  a: {image: 'x:1'}\n")], {})
+    with pytest.raises(ValidationError):
+        bf.boxes["a"].resources.vcpus = 3  # type: ignore[misc]
