@@ -24,7 +24,9 @@ def test_the_reference_example_loads() -> None:
     assert sorted(bf.boxes) == ["coder", "db"]
     assert bf.boxes["coder"].depends_on["db"].condition == "started"
     assert bf.boxes["coder"].resources.memory == 512 << 20
-    assert bf.boxes["db"].resources.memory == 128 << 20  # from the x- anchor via <<
+    assert bf.boxes["db"].resources.memory == 128 << 20
+    assert bf.boxes["coder"].env == {"LOG_LEVEL": "info"}
+    assert bf.boxes["db"].namespaces.agent.command == ["/bin/sh", "-c", "exec sleep 3600"]
     assert bf.images["tools"].path == ROOT / "examples/reference/images/tools"
     assert bf.pools["coders"].min_ready == 2 and bf.pools["coders"].max == 8
     biz = bf.boxes["coder"].namespaces.business
