@@ -146,7 +146,7 @@ class KrunDriver:
         if self.check_host:
             support = self.host_support()
             if not support.usable:
-                raise HostUnsupported(self.name, support.detail)
+                raise HostUnsupported(self.name, support.detail.removesuffix(" [cached]"))
         rundir = launch.rundir
         if launch.rootfs_dir is None:
             raise DriverError(launch.box_id, "libkrun boots from the image's unpacked root "
