@@ -61,6 +61,7 @@ def raw_qemu(home: Home, tmp: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -78,8 +79,11 @@ def main() -> None:
             raw.append(raw_qemu(shared, tmp))
             t0 = time.perf_counter()
             box(home, "apply", "-q", "-f", str(boxfile))
+            t1 = time.perf_counter()
             box(home, "exec", "one", "--", "true")
             ours.append(time.perf_counter() - t0)
+            if args.verbose:
+                print(f"  round: raw {raw[-1]:.2f} s, apply {t1 - t0:.2f} s, exec {ours[-1] - (t1 - t0):.2f} s")
             if _ != args.rounds - 1:
                 box(home, "delete", "-f", str(boxfile))
         from a3s_box import Host
