@@ -39,6 +39,15 @@ Duration = Annotated[
     WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
                               {"type": "string", "pattern": DURATION_PATTERN}]}),
 ]
+def _not_bool(v: Any) -> Any:
+    # pydantic reads true as 1; in a Boxfile that is a mistake, not a count. Strings of
+    # digits stay accepted: that is what `vcpus: ${CPUS}` becomes.
+    if isinstance(v, bool):
+        raise ValueError(f"must be a whole number, not {str(v).lower()}")
+    return v
+
+
+Whole = Annotated[int, BeforeValidator(_not_bool)]
 Command = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 Isolate = list[Literal["mount", "pid", "ipc", "uts", "net"]]
 
@@ -108,7 +117,7 @@ class ImageDef(_Model):
 class Resources(_Model):
     """The VM's size."""
 
-    vcpus: int = Field(1, ge=1, le=64, description="Virtual CPUs of the box's VM.", examples=[1, 2])
+    vcpus: Whole = Field(1, ge=1, le=64, description="Virtual CPUs of the box's VM.", examples=[1, 2])
     memory: Annotated[Size, AfterValidator(_min_memory), WithJsonSchema({"anyOf": [
         {"type": "integer", "minimum": MIN_MEMORY}, {"type": "string", "pattern": SIZE_PATTERN}]})] = Field(
         "256Mi", validate_default=True, description="Memory of the box's VM: a number of bytes or a size with "
@@ -189,7 +198,7 @@ class Healthcheck(_Model):
                              examples=[["/bin/sh", "-c", "test -e /tmp/ready"]])
     interval: Duration = Field("5s", validate_default=True, description="Time between checks.", examples=["5s"])
     timeout: Duration = Field("5s", validate_default=True, description="A check running longer fails.", examples=["3s"])
-    retries: int = Field(3, ge=1, description="Failures in a row that make the box unhealthy.",
+    retries: Whole = Field(3, ge=1, description="Failures in a row that make the box unhealthy.",
                          examples=[3])
     start_period: Duration = Field("0s", validate_default=True, description="Failures in this first period do not count.",
                                    examples=["10s"])
@@ -246,9 +255,9 @@ class PoolDef(_Model):
     """A warm pool: booted, idle boxes of a template, handed out with `box pool acquire`."""
 
     box: Name = Field(description="The template: a name from `boxes:`.", examples=["coder"])
-    min_ready: int = Field(1, ge=0, description="Idle, booted boxes to keep ready (0 scales to zero).",
+    min_ready: Whole = Field(1, ge=0, description="Idle, booted boxes to keep ready (0 scales to zero).",
                            examples=[2])
-    max: int = Field(4, ge=1, description="Most boxes of this pool at once, leased ones included.",
+    max: Whole = Field(4, ge=1, description="Most boxes of this pool at once, leased ones included.",
                      examples=[8])
     update: Literal["recreate", "on_replenish"] = Field(
         "recreate", description="When the template changes: replace idle boxes now (`recreate`) "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?$"
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|[0-9]+(\.[0-9]+)?)$"  # bare: seconds
 
 _SIZE = re.compile(SIZE_PATTERN)
 _FACTORS = {None: 1, "K": 1000, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -41,4 +41,5 @@ def parse_duration(value: object) -> float:
         return float(value)
     if not isinstance(value, str) or not _DURATION.match(value.strip()):
         raise ValueError(f"{value!r} is not a duration: use e.g. 500ms, 30s, 5m, 1h30m")
-    return sum(float(n) * _SECONDS[u] for n, u in _DURATION_PART.findall(value.strip()))
+    parts = _DURATION_PART.findall(value.strip())
+    return sum(float(n) * _SECONDS[u] for n, u in parts) if parts else float(value)

@@ -149,3 +149,10 @@ def test_the_model_is_frozen(tmp_path: Path) -> None:
     bf = load([write(tmp_path, HEAD + "boxes:\n  a: {image: 'x:1'}\n")], {})
     with pytest.raises(ValidationError):
         bf.boxes["a"].resources.vcpus = 3  # type: ignore[misc]
+
+
+def test_interpolated_numbers_and_durations(tmp_path: Path) -> None:
+    f = write(tmp_path, HEAD + "boxes:\n  a:\n    image: 'x:1'\n"
+              "    resources: {vcpus: '${CPUS}', memory: '${MEM:-1Gi}'}\n    timeouts: {ready: '${READY:-90}'}\n")
+    a = load([f], {"CPUS": "2"}).boxes["a"]
+    assert (a.resources.vcpus, a.resources.memory, a.timeouts.ready) == (2, 1 << 30, 90.0)
