@@ -87,7 +87,7 @@ class BoxRuntime:
         except BaseException:
             # Ctrl-C included: take down what this call made, then re-raise.
             if handle is not None:
-                _quietly(lambda: driver.stop(handle, STOP_TIMEOUT))  # type: ignore[arg-type]
+                _quietly(lambda: driver.stop(handle, STOP_TIMEOUT))
             _quietly(lambda: self._remove_files(launch.rundir, images))
             _quietly(lambda: self.store.delete_box(row.id))
             raise
