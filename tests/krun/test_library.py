@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from a3s_box.drivers.krun import library
-from a3s_box.drivers.krun.library import CDEF, Krun, describe_errno, locate
+from a3s_box.drivers.krun.library import CDEF, Krun, LibraryPaths, describe_errno, locate
 from a3s_box.errors import DriverError, HostUnsupported
 
 
@@ -63,3 +63,28 @@ def test_a_negative_return_becomes_a_driver_error_from_oserror(krun: Krun) -> No
 
 def test_the_loader_is_loaded_once(krun: Krun) -> None:
     assert library.load() is krun
+
+
+def test_a_library_without_our_functions_is_too_old_by_name(krun: Krun,
+                                                            tmp_path: Path) -> None:
+    # a real shared library that is not libkrun: every function we need is missing
+    from a3s_box.drivers.krun.probe import host_support
+    from a3s_box.home import Home
+
+    other = Krun(LibraryPaths("libz.so.1", krun.paths.firmware, (), "test"))
+    got = host_support(Home(tmp_path), krun=other)
+    assert not got.usable
+    assert got.detail == ("libz.so.1 is too old: it lacks krun_create_ctx, "
+                          "krun_set_vm_config, krun_set_workdir, krun_set_env, "
+                          "krun_add_vsock_port2, krun_start_enter, krun_set_root; "
+                          "upgrade libkrun")
+
+
+def test_libkrunfw_missing_is_said_plainly(krun: Krun, tmp_path: Path) -> None:
+    from a3s_box.drivers.krun.probe import host_support
+    from a3s_box.home import Home
+
+    bare = Krun(LibraryPaths(krun.paths.libkrun, "", krun.paths.preload, "test"))
+    got = host_support(Home(tmp_path), krun=bare)
+    assert (got.usable, got.detail) == (False, "libkrun found, but not libkrunfw (its guest "
+                                               "kernel): install libkrunfw")

@@ -159,13 +159,15 @@ def cached_probe(home: Home, paths: LibraryPaths, init_binary: Path,
     return verdict
 
 
-def host_support(home: Home, refresh: bool = False, build: bool = True) -> HostSupport:
+def host_support(home: Home, refresh: bool = False, build: bool = True,
+                 krun: Krun | None = None) -> HostSupport:
     """libkrun's line in `box doctor`, and what `driver: auto` decides on.
 
-    build=False (doctor) uses only an already built guest init and says so if none."""
+    build=False (doctor) uses only an already built guest init and says so if none.
+    `krun`: the library to judge (default: the one this process would use)."""
     name = "libkrun"
     try:
-        krun = load()
+        krun = krun or load()
     except BoxError as e:
         return HostSupport(name, False, "", str(e).removeprefix("libkrun: "))
     if not krun.paths.firmware:

@@ -49,6 +49,10 @@ def run_vm(rundir: Path, spec: KrunSpec) -> None:
         _die_with_parent()
         _redirect(1, Path(spec.console))  # the implicit console when it cannot be a file
         _redirect(2, rundir / "vmm.log")
+        from a3s_box.drivers.krun.isolate import isolate
+
+        for step in isolate():
+            print(f"a3s-box supervisor: {step}", file=sys.stderr, flush=True)
         from a3s_box.drivers.krun.configure import Context, configure
         from a3s_box.drivers.krun.library import load
 
