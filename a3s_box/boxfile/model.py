@@ -18,11 +18,14 @@ API_VERSION = "box.a3s.dev/v1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 NAMESPACE_KINDS = ("mount", "pid", "ipc", "uts", "net")
 MIN_MEMORY = 64 << 20
+MAX_MEMORY = 1 << 40  # a typo guard (1Ti), far above any host this runs on
 
 
 def _min_memory(v: int) -> int:
     if v < MIN_MEMORY:
         raise ValueError("must be at least 64Mi (the guest kernel and init need it)")
+    if v > MAX_MEMORY:
+        raise ValueError("must be at most 1Ti")
     return v
 
 
@@ -119,7 +122,7 @@ class Resources(_Model):
 
     vcpus: Whole = Field(1, ge=1, le=64, description="Virtual CPUs of the box's VM.", examples=[1, 2])
     memory: Annotated[Size, AfterValidator(_min_memory), WithJsonSchema({"anyOf": [
-        {"type": "integer", "minimum": MIN_MEMORY}, {"type": "string", "pattern": SIZE_PATTERN}]})] = Field(
+        {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_MEMORY}, {"type": "string", "pattern": SIZE_PATTERN}]})] = Field(
         "256Mi", validate_default=True, description="Memory of the box's VM: a number of bytes or a size with "
         "Ki/Mi/Gi (or K/M/G). At least 64Mi.", examples=["128Mi", "1Gi"])
 
