@@ -9,7 +9,7 @@ import pytest
 
 from a3s_box.drivers.krun.configure import Context, check_spec, configure
 from a3s_box.drivers.krun.library import Krun, LibraryPaths
-from a3s_box.drivers.krun.spec import KrunSpec, box_spec
+from a3s_box.drivers.krun.spec import KrunSpec, box_spec, rlimit_words
 from a3s_box.errors import DriverError, HostUnsupported
 
 
@@ -21,7 +21,8 @@ def spec(tmp_path: Path) -> KrunSpec:
 
 
 def test_a_whole_box_configures(krun: Krun, spec: KrunSpec) -> None:
-    spec = replace(spec, rlimits=("RLIMIT_NOFILE=1024:4096",), workdir="/srv")
+    spec = replace(spec, rlimits=rlimit_words({"nofile": (1024, 4096), "nproc": (64, 64)}),
+                   workdir="/srv")
     with Context(krun, spec.box_id) as ctx:
         assert ctx.id >= 0
         configure(ctx, spec)

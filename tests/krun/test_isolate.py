@@ -12,7 +12,8 @@ import pytest
 def test_the_vm_process_gets_its_own_uts_and_ipc_and_no_new_privs() -> None:
     code = ("import os; from a3s_box.drivers.krun.isolate import isolate; s = isolate(); "
             "print(os.readlink('/proc/self/ns/uts'), os.readlink('/proc/self/ns/ipc')); "
-            "print([l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0].strip());"
+            "print([ln for ln in open('/proc/self/status')"
+            " if ln.startswith('NoNewPrivs')][0].strip());"
             "print(s)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.splitlines()

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from a3s_box.drivers.krun.probe import verdict_from
-from a3s_box.drivers.krun.spec import KrunSpec, box_spec, describe_exit, krun_config
+from a3s_box.drivers.krun.spec import KrunSpec, box_spec, describe_exit, krun_config, rlimit_words
 from a3s_box.drivers.krun.supervisor import CONFIG_FAILED, exit_record
 
 
@@ -65,3 +65,13 @@ def test_verdicts() -> None:
     assert not fault.usable and "SIGBUS" in fault.detail
     ok = verdict_from({"status": 0, "reason": "exited 0"}, "", 5.0, 0.12)
     assert ok.usable and ok.seconds == 0.12 and ok.detail.startswith("libkrun runs guests")
+
+
+def test_rlimits_use_the_guest_linux_numbers() -> None:
+    assert rlimit_words({"nproc": (64, 128), "nofile": (1024, 4096)}) == ("7=1024:4096",
+                                                                          "6=64:128")
+    assert box_spec("b", 1, 128, "/r", "", "/c").rlimits == ("7=65536:65536",)
+    with pytest.raises(ValueError, match="unknown rlimit 'files'"):
+        rlimit_words({"files": (1, 1)})
+    with pytest.raises(ValueError, match="rlimit nofile: soft 9 must be between 0 and hard 8"):
+        rlimit_words({"nofile": (9, 8)})

@@ -44,7 +44,7 @@ class KrunSpec:
     env: tuple[str, ...] = ()  # the program's environment (in /.krun_config.json)
     boot_args: tuple[str, ...] = ()  # `key=value` words for the kernel command line
     workdir: str = "/"
-    rlimits: tuple[str, ...] = ()  # "RESOURCE=CUR:MAX", e.g. "RLIMIT_NOFILE=1024:4096"
+    rlimits: tuple[str, ...] = ()  # libkrun's "ID=CUR:MAX" words, see rlimit_words()
     port: int = GUEST_PORT
     log_level: int = 1  # libkrun's: 1 = errors only (the probe reads them)
     extra: dict[str, str] = field(default_factory=dict)
@@ -62,6 +62,23 @@ class KrunSpec:
         return cls(**d)
 
 
+# The guest is Linux whatever the host is, so its numbers, not the host's `resource` ones.
+LINUX_RLIMITS = {"core": 4, "nproc": 6, "nofile": 7, "memlock": 8, "stack": 3}
+BOX_RLIMITS = {"nofile": (65536, 65536)}  # the kernel's 1024 is too few for agents
+
+
+def rlimit_words(limits: dict[str, tuple[int, int]]) -> tuple[str, ...]:
+    """{"nofile": (1024, 4096)} -> ("7=1024:4096",), what libkrun's init parses."""
+    words = []
+    for name, (cur, hard) in sorted(limits.items()):
+        if name not in LINUX_RLIMITS:
+            raise ValueError(f"unknown rlimit {name!r} (known: {', '.join(sorted(LINUX_RLIMITS))})")
+        if not 0 <= cur <= hard:
+            raise ValueError(f"rlimit {name}: soft {cur} must be between 0 and hard {hard}")
+        words.append(f"{LINUX_RLIMITS[name]}={cur}:{hard}")
+    return tuple(words)
+
+
 def box_spec(box_id: str, vcpus: int, memory_mib: int, root: str, socket: str,
              console: str, debug: bool = False) -> KrunSpec:
     """The spec that boots our guest init serving the guest protocol on vsock."""
@@ -71,7 +88,7 @@ def box_spec(box_id: str, vcpus: int, memory_mib: int, root: str, socket: str,
                     socket=socket, console=console, argv=(GUEST_INIT_PATH,),
                     env=("KRUN_INIT_PID1=1",
                          "PATH=/.a3s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-                    boot_args=tuple(boot))
+                    boot_args=tuple(boot), rlimits=rlimit_words(BOX_RLIMITS))
 
 
 def krun_config(spec: KrunSpec) -> dict[str, object]:
