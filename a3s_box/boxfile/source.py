@@ -115,26 +115,60 @@ _OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
-def _check_depth(src: Source) -> None:
-    """Refuse deep nesting before building anything: libyaml's event parser keeps its
-    own stack, but the composer after it recurses on the C stack (and would crash)."""
-    depth = 0
+def _check_shape(src: Source) -> None:
+    """Refuse deep nesting and alias bombs from the event stream, before anything is
+    built: libyaml's parser keeps its own stack, but the composer after it recurses on
+    the C stack (and would crash). Each anchor's expanded size and height is recorded
+    when its node ends, so an alias costs O(1) to measure and the problem is placed at
+    the alias that crosses the limit."""
+    anchored: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) once expanded
+    stack: list[list[Any]] = []  # open collections: [values, height of tallest child, anchor]
+    total = 0
+
+    def refuse(event: Any, message: str) -> SourceProblem:
+        mark = event.start_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        return SourceProblem(Problem(str(src.path), line, col, "", message))
+
     for event in yaml.parse(src.text, Loader=_FastLoader):
-        if isinstance(event, _OPEN):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark = event.start_mark
-                line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-                raise SourceProblem(Problem(str(src.path), line, col, "",
-                                            f"nested more than {MAX_DEPTH} levels deep; refused"))
+        if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+            values, height = (1, 0) if isinstance(event, yaml.ScalarEvent) \
+                else anchored.get(event.anchor or "", (1, 0))
+            if isinstance(event, yaml.ScalarEvent) and event.anchor:
+                anchored[event.anchor] = (1, 0)
+            if len(stack) + height > MAX_DEPTH:
+                raise refuse(event, f"nested more than {MAX_DEPTH} levels deep through aliases; refused")
+        elif isinstance(event, _OPEN):
+            stack.append([1, 0, event.anchor])
+            if len(stack) > MAX_DEPTH:
+                raise refuse(event, f"nested more than {MAX_DEPTH} levels deep; refused")
+            values = 1
+            total += 1
+            continue
         elif isinstance(event, _CLOSE):
-            depth -= 1
+            values, child_height, anchor = stack.pop()
+            height = child_height + 1
+            if anchor:
+                anchored[anchor] = (values, height)
+            if stack:
+                stack[-1][0] += values
+                stack[-1][1] = max(stack[-1][1], height)
+            continue
+        else:
+            continue
+        total += values
+        if stack:
+            stack[-1][0] += values
+            stack[-1][1] = max(stack[-1][1], height)
+        if total > MAX_NODES:
+            raise refuse(event, f"expands to more than {MAX_NODES} values through aliases "
+                                "(a YAML bomb?); refused")
 
 
 def parse_fast(src: Source) -> Any:
     """Plain data, or SourceProblem for syntax errors and duplicate keys (already placed)."""
     try:
-        _check_depth(src)
+        _check_shape(src)
         data = yaml.load(src.text, Loader=_FastLoader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -145,36 +179,7 @@ def parse_fast(src: Source) -> Any:
         raise SourceProblem(Problem(str(src.path), line, col, "", f"YAML: {message}")) from e
     except yaml.YAMLError as e:
         raise SourceProblem(Problem(str(src.path), 0, 0, "", f"YAML: {e}")) from e
-    _check_size(data, src)
     return data
-
-
-def _check_size(data: Any, src: Source) -> None:
-    """Count values as if aliases were expanded, and the nesting depth they expand to
-    (memoised per shared node, so measuring a bomb costs little)."""
-    seen: dict[int, tuple[int, int]] = {}  # id -> (values, height)
-
-    def measure(node: Any) -> tuple[int, int]:
-        if not isinstance(node, (dict, list)):
-            return 1, 0
-        key = id(node)
-        if key not in seen:
-            total, height = 1, 0
-            for child in (node.values() if isinstance(node, dict) else node):
-                n, h = measure(child)
-                total, height = total + n, max(height, h + 1)
-                if total > MAX_NODES or height > MAX_DEPTH:
-                    break
-            seen[key] = (total, height)
-        return seen[key]
-
-    total, height = measure(data)
-    if height > MAX_DEPTH:
-        raise SourceProblem(Problem(str(src.path), 0, 0, "", (
-            f"nested more than {MAX_DEPTH} levels deep through aliases; refused")))
-    if total > MAX_NODES:
-        raise SourceProblem(Problem(str(src.path), 0, 0, "", (
-            f"expands to more than {MAX_NODES} values through aliases (a YAML bomb?); refused")))
 
 
 def parse_positions(src: Source) -> Any:

@@ -142,7 +142,7 @@ def test_aliases_nesting_deeper_than_allowed_are_refused(tmp_path: Path) -> None
     f = write(tmp_path, "".join(lines))
     with pytest.raises(BoxfileError) as e:
         load([f], {})
-    assert str(e.value) == f"{f}: nested more than 64 levels deep through aliases; refused"
+    assert str(e.value) == f"{f}:23:15: nested more than 64 levels deep through aliases; refused"
 
 
 def test_the_model_is_frozen(tmp_path: Path) -> None:
