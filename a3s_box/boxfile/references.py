@@ -47,9 +47,10 @@ def check_references(raw: dict[str, Any]) -> list[Issue]:
                 "business nests in 'agent'")))
     cycle = find_cycle(deps)
     if cycle is not None:
-        first, second = cycle[0], cycle[1]
-        raw_deps = _mapping(boxes.get(first)).get("depends_on")
-        issues.append(Issue(_dep_path(first, second, raw_deps),
+        # Placed at the entry that closes the cycle (its last edge, back to the start).
+        last, start = cycle[-2], cycle[-1]
+        raw_deps = _mapping(boxes.get(last)).get("depends_on")
+        issues.append(Issue(_dep_path(last, start, raw_deps),
                             f"dependency cycle: {' -> '.join(cycle)}", at_key=True))
     for name, pool in sorted(_mapping(raw.get("pools")).items(), key=lambda kv: str(kv[0])):
         box_name = _mapping(pool).get("box")
