@@ -77,7 +77,7 @@ Env = Annotated[
     WithJsonSchema({
         "type": "object",
         "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
-        "additionalProperties": {"type": ["string", "number", "boolean"]},
+        "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
     }),
 ]
 

@@ -26,7 +26,10 @@ def boxfile_schema() -> dict[str, Any]:
     props = schema["properties"]
     props["apiVersion"]["const"] = "box.a3s.dev/v1"
     for key in ("images", "boxes", "pools"):  # `boxes:` left empty is no boxes
-        props[key]["type"] = ["object", "null"]
+        prop = props[key]
+        shape = {k: prop.pop(k) for k in ("type", "patternProperties", "additionalProperties")}
+        prop["anyOf"] = [shape, {"type": "null"}]
+    _drop_formats(schema)
     depends_on = schema["definitions"]["BoxDef"]["properties"]["depends_on"]
     for branch in depends_on["anyOf"]:
         if branch.get("type") == "array":
@@ -77,6 +80,18 @@ def _factory_defaults(schema: dict[str, Any]) -> None:
                 continue
             value = field.default_factory()  # type: ignore[call-arg]
             prop["default"] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _drop_formats(node: Any) -> None:
+    """pydantic marks paths `format: path`, which no validator knows (ajv refuses it)."""
+    if isinstance(node, dict):
+        if node.get("format") == "path":
+            del node["format"]
+        for v in node.values():
+            _drop_formats(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_formats(v)
 
 
 def _allow_extensions(node: Any) -> None:

@@ -137,7 +137,7 @@ const addFormats = require(path.join(process.argv[2], 'node_modules', 'ajv-forma
 const fs = require('fs');
 const schema = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'));
 const docs = JSON.parse(fs.readFileSync(process.argv[4], 'utf8'));
-const ajv = new Ajv({allErrors: true, strict: false});
+const ajv = new Ajv({allErrors: true, strict: true});  // strict: unknown keywords, formats and loose types fail
 addFormats(ajv);
 const validate = ajv.compile(schema);
 const out = {};
