@@ -110,21 +110,41 @@ class Vm:
 
 
 @pytest.fixture(scope="module")
-def vm(kernel: Path, guest_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+def images(kernel: Path, guest_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for tool in ("qemu-system-x86_64", "mkfs.ext4", "cpio"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
     out = tmp_path_factory.mktemp("vm")
-    cpio = _initramfs(kernel, guest_binary, out)
-    disk = _root_disk(out)
-    sock_path, console = out / "a3s.sock", out / "console.log"
+    _initramfs(kernel, guest_binary, out)
+    _root_disk(out)
+    return out
+
+
+def _qemu(kernel: Path, images: Path, console: Path, append: str) -> list[str]:
     vmlinuz = next(kernel.glob("boot/vmlinuz-*"))
-    proc = subprocess.Popen([
-        "qemu-system-x86_64", "-accel", "tcg", "-M", "microvm,x-option-roms=off,rtc=on",
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-m", "256",
-        "-kernel", str(vmlinuz), "-initrd", str(cpio),
-        "-append", "console=ttyS0 reboot=t panic=-1 quiet a3s.debug=1" + _tsc_khz(),
-        "-serial", f"file:{console}",
+    return ["qemu-system-x86_64", "-accel", "tcg", "-M", "microvm,x-option-roms=off,rtc=on",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-m", "256",
+            "-kernel", str(vmlinuz), "-initrd", str(images / "initrd.cpio"),
+            "-append", "console=ttyS0 reboot=t panic=-1 quiet " + append + _tsc_khz(),
+            "-serial", f"file:{console}"]
+
+
+def test_channel_none_powers_off_at_once(kernel: Path, images: Path, tmp_path: Path) -> None:
+    """What the drivers' probes boot: no root disk, no channel."""
+    console = tmp_path / "console.log"
+    proc = subprocess.run(_qemu(kernel, images, console, "a3s.root=none a3s.channel=none"),
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    log = console.read_text(errors="replace")
+    assert "a3s-init: channel none: powering off" in log and "reboot: Power down" in log
+
+
+@pytest.fixture(scope="module")
+def vm(kernel: Path, images: Path) -> Iterator[Vm]:
+    out = images
+    disk = out / "disk.img"
+    sock_path, console = out / "a3s.sock", out / "console.log"
+    proc = subprocess.Popen(_qemu(kernel, images, console, "a3s.debug=1") + [
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=a3s,path={sock_path},server=on,wait=off",
         "-device", "virtserialport,chardev=a3s,name=a3s.0",

@@ -197,6 +197,10 @@ static void install_self(const char *self, const char *dir)
 int boot_switch_root(const struct bootcfg *c, const char *self)
 {
 	if (!strcmp(c->root, "none")) {
+		/* a tmpfs: under libkrun / is the host's folder, which must not get our files */
+		mkdir("/.a3s", 0755);
+		if (mount("a3s", "/.a3s", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+			logmsg("mount /.a3s: %s", strerror(errno));
 		install_self(self, "/.a3s");
 		return 0;
 	}
