@@ -146,17 +146,25 @@ console.log(JSON.stringify(out));
 """
 
 
-def test_ajv_agrees(tmp_path: Path) -> None:
-    """A second, independent validator (what many editors and CI linters run)."""
+def _node_packages(env_var: str, default: Path, packages: list[str]) -> tuple[str, Path]:
+    """node, and a folder with these npm packages (installed on first use; scripts/setup.sh
+    --test installs ajv there too). Skips only when node itself is absent."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (scripts/setup.sh --test installs it)")
-    ajv_dir = Path(os.environ.get("A3S_BOX_AJV_DIR", ROOT / ".cache/ajv"))
-    if not (ajv_dir / "node_modules/ajv").is_dir():  # scripts/setup.sh --test does this too
+    where = Path(os.environ.get(env_var, default))
+    names = [p.rsplit("@", 1)[0] if not p.startswith("@") or p.count("@") > 1 else p for p in packages]
+    if not all((where / "node_modules" / n).is_dir() for n in names):
         npm = shutil.which("npm")
-        assert npm is not None, "node without npm: install npm, or ajv into A3S_BOX_AJV_DIR"
-        subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(ajv_dir),
-                        "ajv@8", "ajv-formats@3"], check=True, capture_output=True, timeout=300)
+        assert npm is not None, f"node without npm: install npm, or {' '.join(packages)} into {env_var}"
+        subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(where),
+                        *packages], check=True, capture_output=True, timeout=300)
+    return node, where
+
+
+def test_ajv_agrees(tmp_path: Path) -> None:
+    """A second, independent validator (what many editors and CI linters run)."""
+    node, ajv_dir = _node_packages("A3S_BOX_AJV_DIR", ROOT / ".cache/ajv", ["ajv@8", "ajv-formats@3"])
     docs = {f"good:{k}": _yaml(v) for k, v in GOOD.items()}
     docs.update({f"bad:{k}": v for k, v in BAD.items()})
     (tmp_path / "docs.json").write_text(json.dumps(docs))
@@ -167,3 +175,54 @@ def test_ajv_agrees(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     verdicts = json.loads(r.stdout)
     assert {k: v for k, v in verdicts.items() if v != k.startswith("good:")} == {}
+
+
+YLS_SCRIPT = r"""
+// Diagnostics from yaml-language-server's own validation service (what VS Code's YAML
+// extension, Neovim and Helix show), for documents at given file URIs.
+const path = require('path');
+const fs = require('fs');
+const mods = path.join(process.argv[2], 'node_modules');
+const { getLanguageService } = require(path.join(mods, 'yaml-language-server'));
+const { TextDocument } = require(path.join(mods, 'vscode-languageserver-textdocument'));
+const docs = JSON.parse(fs.readFileSync(process.argv[4], 'utf8'));
+const ls = getLanguageService({
+  schemaRequestService: async (uri) => fs.readFileSync(new URL(uri), 'utf8'),
+  workspaceContext: { resolveRelativePath: (rel, res) => new URL(rel, res).toString() },
+});
+// Documents without a modeline get the schema the way a `yaml.schemas` setting gives it.
+ls.configure({ validate: true, schemas: [{ uri: 'file://' + process.argv[3], fileMatch: ['*.yaml'] }] });
+(async () => {
+  const out = {};
+  for (const [uri, text] of Object.entries(docs)) {
+    const diags = await ls.doValidation(TextDocument.create(uri, 'yaml', 1, text), false);
+    out[uri] = diags.map(d => `${d.range.start.line + 1}:${d.range.start.character + 1}: ${d.message}`);
+  }
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+def test_yaml_language_server_flags_what_box_validate_does(tmp_path: Path) -> None:
+    """The editor's view: yaml-language-server's validation service, loading the schema
+    through the reference example's modeline, and through settings for the rest."""
+    node, yls_dir = _node_packages("A3S_BOX_YLS_DIR", ROOT / ".cache/yaml-language-server",
+                                   ["yaml-language-server@1", "vscode-languageserver-textdocument@1"])
+    examples = [ROOT / "examples/reference/Boxfile.yaml", ROOT / "examples/hello/Boxfile.yaml"]
+    docs = {f.as_uri(): f.read_text() for f in examples}  # at their place: their modelines resolve
+    docs.update({(tmp_path / f"good-{i}.yaml").as_uri(): text
+                 for i, text in enumerate(GOOD.values()) if text not in docs.values()})
+    # An empty file has no document to validate: editors show nothing, box validate says so.
+    docs.update({(BAD_DIR / f"{k}.yaml").as_uri(): (BAD_DIR / f"{k}.yaml").read_text()
+                 for k in sorted(BAD) if k != "empty"})
+    (tmp_path / "docs.json").write_text(json.dumps(docs))
+    (tmp_path / "check.js").write_text(YLS_SCRIPT)
+    r = subprocess.run([node, str(tmp_path / "check.js"), str(yls_dir), str(ROOT / "schema/boxfile.schema.json"),
+                        str(tmp_path / "docs.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    diagnostics = json.loads(r.stdout)
+    assert {uri: d for uri, d in diagnostics.items() if "/bad/" not in uri and d} == {}
+    assert [uri for uri, d in diagnostics.items() if "/bad/" in uri and not d] == []
+    # Placed where box validate places it (tests/boxfile/bad/unknown-key-with-a-hint.expected).
+    assert diagnostics[(BAD_DIR / "unknown-key-with-a-hint.yaml").as_uri()] == [
+        "5:5: Property resorces is not allowed."]
