@@ -137,6 +137,8 @@ def _name_message(name: str, err: ErrorDetails) -> str:
                 "starting and ending with a letter or digit")
     if err["type"] == "string_too_long":
         return f"'{name}' is too long: names have at most 63 characters"
+    if err["type"] == "string_type":
+        return f"the key {name} must be a name, not {'nothing' if name == 'None' else 'a number'}"
     return f"'{name}': {err['msg']}"
 
 

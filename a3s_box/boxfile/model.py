@@ -183,7 +183,9 @@ class Dependency(_Model):
 
 def _depends_on_canonical(v: Any) -> Any:
     """The short form (a list of names) becomes the long form (name -> condition)."""
-    if isinstance(v, list) and all(isinstance(n, str) for n in v):
+    if isinstance(v, list):
+        if not all(isinstance(n, str) for n in v):
+            raise ValueError("must be a list of box names, or a mapping of box name to {condition: ...}")
         return {name: {} for name in _unique(v)}
     return v
 

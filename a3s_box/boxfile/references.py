@@ -18,7 +18,8 @@ def check_references(raw: dict[str, Any]) -> list[Issue]:
     boxes = _mapping(raw.get("boxes"))
     names = sorted(str(b) for b in boxes)
     deps: dict[str, list[str]] = {}
-    for name, box in sorted(boxes.items(), key=lambda kv: str(kv[0])):
+    for key, box in sorted(boxes.items(), key=lambda kv: str(kv[0])):
+        name = str(key)  # a non-string key is reported by the model check; go on with its text
         box = _mapping(box)
         image = box.get("image")
         if isinstance(image, str) and image and image not in images and not is_direct_reference(image):
@@ -27,16 +28,16 @@ def check_references(raw: dict[str, Any]) -> list[Issue]:
                 "a direct reference needs a tag or registry, e.g. busybox:latest")))
         raw_deps = box.get("depends_on")
         conditions = _conditions(raw_deps)
-        deps[name] = [d for d in conditions if d in boxes and d != name]
+        deps[name] = [d for d in conditions if d in names and d != name]
         for dep, cond in conditions.items():
             where = _dep_path(name, dep, raw_deps)
             if dep == name:
                 issues.append(Issue(where, f"box {name} depends on itself", at_key=True))
-            elif dep not in boxes:
+            elif dep not in names:
                 others = [b for b in names if b != name]
                 issues.append(Issue(where, f"unknown box '{dep}'{did_you_mean(dep, others)}",
                                     at_key=True))
-            elif cond == "healthy" and not _mapping(boxes[dep]).get("healthcheck"):
+            elif cond == "healthy" and not _mapping(boxes.get(dep)).get("healthcheck"):
                 issues.append(Issue(where, f"waits for box {dep} to be healthy, but {dep} "
                                            "declares no healthcheck", at_key=True))
         business = _mapping(_mapping(box.get("namespaces")).get("business"))
@@ -54,7 +55,7 @@ def check_references(raw: dict[str, Any]) -> list[Issue]:
                             f"dependency cycle: {' -> '.join(cycle)}", at_key=True))
     for name, pool in sorted(_mapping(raw.get("pools")).items(), key=lambda kv: str(kv[0])):
         box_name = _mapping(pool).get("box")
-        if isinstance(box_name, str) and box_name not in boxes:
+        if isinstance(box_name, str) and box_name not in names:
             issues.append(Issue(("pools", name, "box"),
                                 f"unknown box '{box_name}'{did_you_mean(box_name, names)}"))
     return issues

@@ -1,6 +1,7 @@
 """Sizes ("512Mi", "1G", 1048576) and durations ("500ms", "1h30m", 30) in a Boxfile."""
 from __future__ import annotations
 
+import math
 import re
 
 SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?$"
@@ -36,6 +37,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration like 30s or 5m, not a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)

@@ -64,16 +64,18 @@ NOT_IN_SCHEMA = {
     "binary", "not-utf-8", "tab-indentation", "duplicate-key", "syntax-error", "yaml-bomb",
     "deep-nesting", "unknown-image", "unknown-depends-on", "unknown-pool-box", "dependency-cycle",
     "depends-on-itself", "healthy-without-healthcheck", "min-ready-above-max", "too-little-memory",
-    "unset-variable", "required-variable-with-message", "invalid-interpolation",
+    "unset-variable", "required-variable-with-message", "invalid-interpolation", "infinite-duration",
 }
-# Not YAML data, or data no validator should be handed (the bomb, 5,000 levels deep).
+# Not YAML data, not JSON data (.inf), or data no validator should be handed (the bomb,
+# 5,000 levels deep).
 UNPARSABLE = {"binary", "not-utf-8", "tab-indentation", "duplicate-key", "syntax-error", "yaml-bomb",
-              "deep-nesting"}
+              "deep-nesting", "infinite-duration"}
 
 
 def _yaml(text: str) -> Any:
-    """YAML 1.2, as editors read it (ruamel's safe loader: independent of box's own)."""
-    return YAML(typ="safe", pure=True).load(text)
+    """YAML 1.2 as editors read it (ruamel's safe loader: independent of box's own), then
+    seen as JSON (keys become strings), as validators see it."""
+    return json.loads(json.dumps(YAML(typ="safe", pure=True).load(text)))
 
 
 def _bad_docs() -> dict[str, Any]:
