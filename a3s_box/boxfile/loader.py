@@ -141,4 +141,3 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-__all__ = ["load", "Boxfile", "ImageDef"]
