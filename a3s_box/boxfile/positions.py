@@ -25,6 +25,9 @@ class Located:
 def _step(node: Any, item: PathItem) -> tuple[Any, tuple[int, int] | None, tuple[int, int] | None]:
     """(child, key position, value position) or (None, ...) when absent."""
     lc = getattr(node, "lc", None)
+    if isinstance(node, dict) and item not in node:
+        # Paths carry keys as text; the source may have them as numbers, null or booleans.
+        item = next((k for k in node if str(k) == str(item)), item)
     if isinstance(node, dict) and item in node:
         key_pos = val_pos = None
         if lc is not None:
