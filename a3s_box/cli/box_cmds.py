@@ -43,7 +43,15 @@ def _say(ctx: CliContext, msg: str) -> None:
         click.echo(msg, err=True)
 
 
-def _outcome_line(o: Outcome) -> str:
+def _report(ctx: CliContext, machine: bool, o: "Outcome") -> None:
+    """Progress lines on stderr; with -q only what went wrong."""
+    if machine:
+        return
+    if not ctx.quiet or o.status in ("failed", "skipped"):
+        click.echo(_outcome_line(o), err=True)
+
+
+def _outcome_line(o: "Outcome") -> str:
     a = o.action
     mark = {"ok": "✓", "unchanged": "·", "failed": "✗", "skipped": "-"}[o.status]
     verb = {"pull": "pulled", "import": "imported", "create": "created", "recreate": "recreated",
@@ -130,7 +138,7 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
             progress = not ctx.quiet and not machine and sys.stderr.isatty()
             result = host.apply(
                 bf, project, prune,
-                report=(lambda o: None) if (ctx.quiet or machine) else (lambda o: _say(ctx, _outcome_line(o))),
+                report=lambda o: _report(ctx, machine, o),
                 progress=progress,
                 before_boxes=lambda p: None if (ctx.quiet or machine or not p.has_changes)
                 else _say(ctx, p.text().rstrip("\n")),

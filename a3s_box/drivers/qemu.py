@@ -85,6 +85,10 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+# Measured: the Debian cloud kernel and our initramfs power off during boot below this.
+QEMU_MIN_MEMORY_MIB = 80
+
+
 class QemuDriver:
     name = "qemu"
 
@@ -152,7 +156,15 @@ class QemuDriver:
                               extra={"pgid": str(pgid), "rundir": str(rundir),
                                      "qmp": str(rundir / "qmp.sock")})
             deadline = time.monotonic() + timeout
-            self._wait_ready(handle, deadline)
+            try:
+                self._wait_ready(handle, deadline)
+            except DriverError as e:
+                if launch.memory_mib < QEMU_MIN_MEMORY_MIB:
+                    said = str(e).removeprefix(f"box {launch.box_id}: ")
+                    raise DriverError(launch.box_id, f"{said}\nhint: the Debian guest kernel needs about "
+                                      f"{QEMU_MIN_MEMORY_MIB}Mi to boot; this box has "
+                                      f"{launch.memory_mib}Mi") from e
+                raise
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
                 client.hello(max(deadline - time.monotonic(), 1.0))
                 client.configure(launch.config, max(deadline - time.monotonic(), 1.0))

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from a3s_box.errors import BoxError
+from a3s_box.errors import BoxError, DriverError, GuestError
 
 if TYPE_CHECKING:
     from a3s_box.image import ImageStore
@@ -28,6 +28,8 @@ from a3s_box.orchestrator.readiness import wait_for
 from a3s_box.orchestrator.state import BoxRow, ImageBinding, PoolRow, box_id
 
 DEFAULT_READY_TIMEOUT = 120.0
+BOOT_ATTEMPTS = 3
+BOOT_BACKOFF = 1.0  # seconds before the second attempt, doubling after
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,16 @@ class Executor:
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
                      spec=want.spec, image=record.digest, driver=want.definition.driver,
                      handle=None, status="creating")
-        self.runtime.create(new, launch, self.images, record, timeout)
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            try:
+                self.runtime.create(new, launch, self.images, record, timeout)
+                return
+            except (DriverError, GuestError) as e:
+                # A boot can fail for passing reasons (a loaded host, a slow disk): the
+                # create undid itself, so trying again starts clean. Then report it.
+                if attempt == BOOT_ATTEMPTS:
+                    raise BoxError(f"{e} (after {attempt} attempts)") from e
+                time.sleep(BOOT_BACKOFF * 2 ** (attempt - 1))
 
 
 def _source(source: str, is_path: bool) -> Any:

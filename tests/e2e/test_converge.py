@@ -129,3 +129,23 @@ boxes:
     names = {b["name"]: b["status"] for b in box("ps", "-o", "json", check=True).json()}
     assert names == {"sick": "running", "free": "running"}
     box("delete", "-f", str(f), check=True)
+
+
+def test_a_vm_that_cannot_boot_is_retried_then_reported(box: BoxCli, hello_image: Path,
+                                                        tmp_path: Path) -> None:
+    """64Mi is valid for the Boxfile (other kernels boot in it) but too small for the
+    Debian guest kernel under QEMU: a real boot failure, every time."""
+    f = boxfile(tmp_path, hello_image, """project: crash
+boxes:
+  tiny:
+    image: hello
+    resources: {memory: 64Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 100000"]}}
+""")
+    r = box("apply", "-f", str(f))
+    assert r.code == 1
+    assert "box tiny: create failed: box crash.tiny: VM stopped before the guest answered" in r.err
+    assert "hint: the Debian guest kernel needs about 80Mi" in r.err
+    assert "(after 3 attempts)" in r.err
+    assert box("ps", "-o", "json", check=True).json() == []
+    assert_nothing_leaked(box)
