@@ -21,7 +21,7 @@ sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- system packages ---------------------------------------------------------------
 pkgs=(qemu-system-x86 qemu-utils e2fsprogs busybox-static musl-tools cpio)
-[ "$want_test" -eq 1 ] && pkgs+=(docker-registry skopeo umoci)
+[ "$want_test" -eq 1 ] && pkgs+=(docker-registry skopeo umoci libvirglrenderer1)
 command -v node >/dev/null 2>&1 || { [ "$want_test" -eq 1 ] && pkgs+=(nodejs npm); }
 missing=()
 for p in "${pkgs[@]}"; do
@@ -41,6 +41,12 @@ if ! "$PY" -c 'import a3s_box, sys; sys.exit(0)' 2>/dev/null || [ "$want_test" -
   "$PY" -m pip install -q --disable-pip-version-check -e "$extra" 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi
 
+# --- a real libkrun for the libkrun driver tests (Debian 12 packages none) ----------
+if [ "$want_test" -eq 1 ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("smolmachines") is None)' 2>/dev/null; then
+  say "installing smolmachines (ships libkrun + libkrunfw) with pip"
+  "$PY" -m pip install -q --disable-pip-version-check smolmachines 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
 # --- node's ajv, a second JSON Schema validator for the schema tests ----------------
 if [ "$want_test" -eq 1 ]; then
   AJV_DIR=${A3S_BOX_AJV_DIR:-$PWD/.cache/ajv}
@@ -48,6 +54,13 @@ if [ "$want_test" -eq 1 ]; then
     say "installing ajv (npm) into $AJV_DIR"
     mkdir -p "$AJV_DIR"
     npm install --silent --no-audit --no-fund --prefix "$AJV_DIR" ajv@8 ajv-formats@3 >/dev/null
+  fi
+  YLS_DIR=${A3S_BOX_YLS_DIR:-$PWD/.cache/yaml-language-server}
+  if [ ! -d "$YLS_DIR/node_modules/yaml-language-server" ]; then
+    say "installing yaml-language-server (npm) into $YLS_DIR, for the editor tests"
+    mkdir -p "$YLS_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$YLS_DIR" yaml-language-server@1 \
+      vscode-languageserver-textdocument@1 >/dev/null
   fi
 fi
 

@@ -109,11 +109,14 @@ def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune
               help="Boxes booted at once (default: the host's cores).")
 @click.option("--watch", is_flag=True, help="Re-converge on every save of the Boxfile; keep pools filled.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="Only the summary (and errors).")
+@click.option("--driver", type=click.Choice(["auto", "qemu", "libkrun"]), default=None,
+              envvar="A3S_BOX_DRIVER", help="VMM for boxes whose Boxfile says `driver: auto` "
+              "[env A3S_BOX_DRIVER].")
 @output_option
 @pass_cli
 def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune: bool,
               dry_run: bool, no_wait: bool, parallel: int | None, watch: bool, quiet: bool,
-              output: str | None) -> None:
+              driver: str | None, output: str | None) -> None:
     """Converge this host to the Boxfile: pull images, create/recreate/start boxes, fill pools."""
     if quiet:
         ctx = replace(ctx, quiet=True)
@@ -122,7 +125,7 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
     if watch:
         if dry_run or machine:
             raise click.UsageError("--watch cannot be combined with --dry-run or -o json|yaml")
-        _apply_watch(ctx, _files_or_default(files), project, prune, parallel)
+        _apply_watch(ctx, _files_or_default(files), project, prune, parallel, driver)
         return
     with Host(ctx.home) as host:
         bf = host.load(_files_or_default(files))
@@ -142,7 +145,7 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
                 progress=progress,
                 before_boxes=lambda p: None if (ctx.quiet or machine or not p.has_changes)
                 else _say(ctx, p.text().rstrip("\n")),
-                parallel=parallel,
+                parallel=parallel, driver=driver,
             )
     if machine:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
@@ -161,7 +164,7 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
 
 
 def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: bool,
-                 parallel: int | None) -> None:
+                 parallel: int | None, driver: str | None) -> None:
     from a3s_box.orchestrator.watch import file_changes, watch_loop
 
     with Host(ctx.home) as host:
@@ -171,7 +174,7 @@ def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: 
             bf = host.load(files)
             with host.locked(on_wait=lambda: _say(ctx, "waiting for another box command...")):
                 result = host.apply(bf, project, prune, report=lambda o: _say(ctx, _outcome_line(o)),
-                                    parallel=parallel)
+                                    parallel=parallel, driver=driver)
             state["bf"] = bf
             state["project"] = result.plan.project
             changed = sum(1 for o in result.outcomes if o.status == "ok")

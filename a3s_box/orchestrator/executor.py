@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from a3s_box.errors import BoxError, DriverError, GuestError
+from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 
 if TYPE_CHECKING:
     from a3s_box.image import ImageStore
@@ -49,8 +49,10 @@ Report = Callable[[Outcome], None]
 
 class Executor:
     def __init__(self, runtime: BoxRuntime, images: ImageStore, report: Report,
-                 progress: bool = False, parallel: int | None = None) -> None:
+                 progress: bool = False, parallel: int | None = None,
+                 driver: str | None = None) -> None:
         self.parallel = parallel or os.cpu_count() or 1
+        self.default_driver = driver  # --driver / A3S_BOX_DRIVER: for boxes that say `auto`
         self.runtime = runtime
         self.store = runtime.store
         self.images = images
@@ -150,6 +152,9 @@ class Executor:
             return Outcome(action, "failed", str(e), time.monotonic() - t0)
         return Outcome(action, "ok", "", time.monotonic() - t0)
 
+    def _driver(self, declared: str) -> str:
+        return self.default_driver if declared == "auto" and self.default_driver else declared
+
     def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:
         """Before touching a box, its depends_on must have reached their conditions."""
         for dep, condition in desired.boxes[name].depends_on.items():
@@ -187,7 +192,7 @@ class Executor:
         lifetime = box.definition.lifetime
         template = {
             "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
-            "driver": box.definition.driver,
+            "driver": self._driver(box.definition.driver),
             "lifetime": {"max_duration": lifetime.max_duration, "idle_timeout": lifetime.idle_timeout}
             if lifetime is not None else {},
         }
@@ -218,12 +223,14 @@ class Executor:
         launch = box_launch(bid, want.name, want.definition, record.config, rundir,
                             disk=rundir / "disk.qcow2")
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
-                     spec=want.spec, image=record.digest, driver=want.definition.driver,
+                     spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver),
                      handle=None, status="creating")
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             try:
                 self.runtime.create(new, launch, self.images, record, timeout)
                 return
+            except HostUnsupported:
+                raise  # no point in trying again: this host cannot run that driver
             except (DriverError, GuestError) as e:
                 # A boot can fail for passing reasons (a loaded host, a slow disk): the
                 # create undid itself, so trying again starts clean. Then report it.

@@ -133,7 +133,7 @@ class Host:
     def apply(self, bf: "Boxfile", project: str | None = None, prune: bool = False,
               report: "Report" = lambda o: None, progress: bool = False,
               before_boxes: "Callable[[Plan], None]" = lambda p: None,
-              parallel: int | None = None) -> ApplyResult:
+              parallel: int | None = None, driver: str | None = None) -> ApplyResult:
         """Converge the host to the Boxfile. Caller holds the lock (see `locked`)."""
         from a3s_box.orchestrator.desired import desired_state
         from a3s_box.orchestrator.executor import Executor
@@ -141,7 +141,7 @@ class Host:
         from a3s_box.orchestrator.plan import make_plan
 
         self.runtime.recover(self.images)
-        executor = Executor(self.runtime, self.images, report, progress, parallel)
+        executor = Executor(self.runtime, self.images, report, progress, parallel, driver)
         desired = self.desired(bf, project)
         digests, image_outcomes = executor.ensure_images(desired)
         desired = desired_state(bf, desired.project, {**{n: i.digest for n, i in desired.images.items()}, **digests})
