@@ -42,7 +42,7 @@ if ! "$PY" -c 'import a3s_box, sys; sys.exit(0)' 2>/dev/null || [ "$want_test" -
 fi
 
 # --- a real libkrun for the libkrun driver tests (Debian 12 packages none) ----------
-if [ "$want_test" -eq 1 ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("smolmachines") is None)' 2>/dev/null; then
+if [ "$want_test" -eq 1 ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("smol") is None)' 2>/dev/null; then
   say "installing smolmachines (ships libkrun + libkrunfw) with pip"
   "$PY" -m pip install -q --disable-pip-version-check smolmachines 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi
