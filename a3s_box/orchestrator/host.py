@@ -144,12 +144,29 @@ class Host:
         executor = Executor(self.runtime, self.images, report, progress, parallel, driver)
         desired = self.desired(bf, project)
         digests, image_outcomes = executor.ensure_images(desired)
+        self._enforce_image_cap(set(digests.values()))
         desired = desired_state(bf, desired.project, {**{n: i.digest for n, i in desired.images.items()}, **digests})
         plan = make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
         before_boxes(plan)
         failed = {o.action.node for o in image_outcomes if o.status == "failed"}
         outcomes = list(image_outcomes) + executor.run(plan, desired, failed)
         return ApplyResult(plan, tuple(outcomes))
+
+    def _enforce_image_cap(self, wanted: set[str]) -> None:
+        """$A3S_BOX_IMAGE_CAP (e.g. 20Gi): evict least recently used images down to it,
+        never one a box uses or this Boxfile wants."""
+        import os
+
+        raw = os.environ.get("A3S_BOX_IMAGE_CAP")
+        if not raw:
+            return
+        from a3s_box.boxfile.units import parse_size
+
+        try:
+            cap = parse_size(raw)
+        except ValueError as e:
+            raise BoxError(f"A3S_BOX_IMAGE_CAP: {e}") from e
+        self.images.evict_to(cap, self.store.images_in_use() | wanted)
 
     # --- boxes -----------------------------------------------------------------
     def find(self, name: str) -> BoxRow:

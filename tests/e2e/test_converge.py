@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -149,3 +150,46 @@ boxes:
     assert "(after 3 attempts)" in r.err
     assert box("ps", "-o", "json", check=True).json() == []
     assert_nothing_leaked(box)
+
+
+def test_a_crash_looping_agent_shows_in_ps(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    f = boxfile(tmp_path, hello_image, """project: crash
+boxes:
+  loop:
+    image: hello
+    resources: {memory: 128Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "echo dying; exit 3"]}}
+""")
+    box("apply", "-f", str(f), check=True)  # the VM is up; its agent keeps failing
+    deadline = time.monotonic() + 30
+    detail = ""
+    while time.monotonic() < deadline:
+        detail = box("ps", "-o", "json", check=True).json()[0]["detail"]
+        if "restarts" in detail and "last exited:3" in detail:
+            break
+        time.sleep(0.5)
+    assert "restarts" in detail and "last exited:3" in detail, detail
+    assert box("logs", "loop", check=True).out.count("dying") >= 2
+    box("delete", "-f", str(f), check=True)
+
+
+def test_a_full_disk_during_apply_is_a_clear_error_and_state_stays_intact(
+        box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    """A real full disk: the home on a small tmpfs (we are root in these tests)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    home = tmp_path / "tinyhome"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(home)], check=True)
+    try:
+        (home / "cache").symlink_to(box.home / "cache")
+        tiny = BoxCli(home)
+        f = boxfile(tmp_path, hello_image, TWO_BOXES.format(mem="128Mi"))
+        r = tiny("apply", "-f", str(f))
+        assert r.code != 0
+        assert "No space left on device" in r.err and "Traceback" not in r.err
+        assert tiny("ps", "-o", "json", check=True).json() == []
+        assert tiny.vm_processes() == []
+        assert tiny("image", "ls", "-o", "json").code == 0
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
