@@ -117,7 +117,8 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
                  "-chardev", f"socket,id=a3s,path={_opt(spec.channel)}",
                  "-device", f"virtserialport,chardev=a3s,name={CHANNEL_NAME}"]
     if spec.disk is not None:
-        argv += ["-drive", f"id=root,if=none,format=qcow2,discard=unmap,file={_opt(spec.disk)}",
+        argv += ["-drive", f"id=root,if=none,format=qcow2,discard=unmap,werror=report,"
+                 f"rerror=report,file={_opt(spec.disk)}",  # the guest sees I/O errors; QEMU must not freeze
                  "-device", "virtio-blk-device,drive=root"]
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]

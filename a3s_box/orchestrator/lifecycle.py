@@ -77,6 +77,7 @@ class BoxRuntime:
         try:
             self.store.put_box(_with(row, status="creating", handle=None))
             launch.rundir.mkdir(parents=True, exist_ok=True)
+            _check_free_space(row.name, launch.rundir)
             if launch.disk is not None:
                 images.create_box_disk(record, launch.disk)
             _write_json(launch.rundir / "box.json", launch_to_json(launch))
@@ -167,6 +168,18 @@ class BoxRuntime:
         if images is not None and disk.exists():
             images.remove_box_disk(disk)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+# A box's overlay grows as its guest writes; below this the guest would soon hit a full
+# disk, and QEMU stalls a VM whose disk write fails, so refuse up front.
+MIN_FREE_BYTES = 64 << 20
+
+
+def _check_free_space(name: str, rundir: Path) -> None:
+    free = shutil.disk_usage(rundir).free
+    if free < MIN_FREE_BYTES:
+        raise DriverError(name, f"No space left on device: {free >> 20} MiB free under "
+                                f"{rundir.parent}, a new box needs at least {MIN_FREE_BYTES >> 20} MiB")
 
 
 def _with(row: BoxRow, **changes: Any) -> BoxRow:

@@ -21,7 +21,7 @@ def test_full_box_argv() -> None:
         " -chardev file,id=con,path=/run/b/console.log,append=on -serial chardev:con"
         " -device virtio-serial-device -chardev socket,id=a3s,path=/run/b/channel.sock"
         " -device virtserialport,chardev=a3s,name=a3s.0"
-        " -drive id=root,if=none,format=qcow2,discard=unmap,file=/run/b/disk.qcow2"
+        " -drive id=root,if=none,format=qcow2,discard=unmap,werror=report,rerror=report,file=/run/b/disk.qcow2"
         " -device virtio-blk-device,drive=root"
         " -qmp unix:/run/b/qmp.sock,server=on,wait=off")
 
@@ -48,7 +48,7 @@ def test_commas_in_paths_are_escaped_for_qemu() -> None:
     from dataclasses import replace
 
     argv = qemu_argv(replace(SPEC, disk=Path("/a,b/disk.qcow2")))
-    assert "id=root,if=none,format=qcow2,discard=unmap,file=/a,,b/disk.qcow2" in argv
+    assert "id=root,if=none,format=qcow2,discard=unmap,werror=report,rerror=report,file=/a,,b/disk.qcow2" in argv
 
 
 def test_snapshot_restore_plugs_in_as_incoming() -> None:
