@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -24,6 +23,8 @@ from a3s_box.drivers.base import (BoxLaunch, HostSupport, VmHandle, VmObservatio
 from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.drivers.supervision import (ask_guest_to_power_off, connect_unix, exit_reason,
+                                         is_supervisor, send_signal, tail, wait_gone)
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 
@@ -33,49 +34,19 @@ RUNTIME_FILES = ("guest.sock", "channel.sock", "qmp.sock", "shim.pid", "launch.j
                  ".guest.sock.tmp")
 
 
+SHIM = "a3s_box.drivers.shim"
+
+
 def console_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_bytes()[-8192:].decode("utf-8", "replace")
-    except OSError:
-        return "(no console output)"
-    tail = [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()][-lines:]
-    return "\n".join("  | " + ln for ln in tail) or "(no console output)"
+    return "\n".join("  | " + ln for ln in tail(path, lines)) or "(no console output)"
 
 
 def _pid_is_shim(pid: int, rundir: str) -> bool:
-    """Alive, not a zombie, and really our shim (pids get reused)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-        return False
-    return b"a3s_box.drivers.shim" in cmdline and rundir.encode() in cmdline
+    return is_supervisor(pid, rundir, SHIM)
 
 
 def _wait_gone(pid: int, rundir: str, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return True
-    try:
-        deadline = time.monotonic() + timeout
-        while _pid_is_shim(pid, rundir):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([fd], [], [], min(left, 0.2))  # zombies stay readable: re-check
-        return True
-    finally:
-        os.close(fd)
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    return wait_gone(pid, rundir, SHIM, timeout)
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
@@ -185,7 +156,7 @@ class QemuDriver:
         while not Path(handle.channel).exists():
             exit_file = rundir / "exit.json"
             if exit_file.exists() or not _pid_is_shim(handle.pid, str(rundir)):
-                reason = _read_exit(exit_file) or "the shim died (see shim.log)"
+                reason = exit_reason(rundir) or "the shim died (see shim.log)"
                 raise DriverError(handle.box_id, f"VM stopped before the guest answered: "
                                   f"{reason}\nconsole:\n{console_tail(Path(handle.console_log))}")
             if time.monotonic() >= deadline:
@@ -198,7 +169,7 @@ class QemuDriver:
         rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
         if _pid_is_shim(handle.pid, str(rundir)):
             return VmObservation(VmState.RUNNING)
-        reason = _read_exit(rundir / "exit.json")
+        reason = exit_reason(rundir)
         if reason:
             return VmObservation(VmState.EXITED, reason)
         if rundir.exists():
@@ -206,41 +177,20 @@ class QemuDriver:
         return VmObservation(VmState.MISSING)
 
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(handle.channel)
-        except OSError as e:
-            s.close()
-            raise GuestError(handle.box_id, f"cannot reach the guest at {handle.channel}: "
-                             f"{e.strerror or e}") from e
-        s.settimeout(None)
-        return s
+        return connect_unix(handle.box_id, handle.channel, timeout)
 
     def stop(self, handle: VmHandle, timeout: float) -> None:
         rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
         deadline = time.monotonic() + timeout
         if _pid_is_shim(handle.pid, str(rundir)):
-            try:
-                with GuestClient(self.connect(handle, 2.0), box=handle.box_id) as c:
-                    c.hello(min(timeout, 5.0))
-                    c.shutdown(timeout=min(timeout, 5.0))
-            except GuestError:
-                pass  # a guest that cannot answer is stopped the hard way below
+            ask_guest_to_power_off(handle, self.connect, timeout)  # else the hard way below
             if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
-                _kill(handle.pid, signal.SIGTERM)  # the shim ends QEMU and reports
+                send_signal(handle.pid, signal.SIGTERM)  # the shim ends QEMU and reports
                 if not _wait_gone(handle.pid, str(rundir), 3.0):
-                    _kill(handle.pid, signal.SIGKILL)  # QEMU follows (PDEATHSIG)
+                    send_signal(handle.pid, signal.SIGKILL)  # QEMU follows (PDEATHSIG)
                     _wait_gone(handle.pid, str(rundir), 3.0)
         # no killpg here: once its leader is long gone a process group id may be reused
         _remove_runtime_files(rundir)
-
-
-def _read_exit(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_text()).get("reason") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def _remove_runtime_files(rundir: Path) -> None:

@@ -10,7 +10,6 @@ failures become DriverError, guest silence GuestError, each naming the box.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -24,7 +23,9 @@ from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.krun import probe
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
 from a3s_box.drivers.krun.spec import KrunSpec, box_spec
-from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.errors import DriverError, GuestError, HostUnsupported
+from a3s_box.drivers.supervision import (ask_guest_to_power_off, connect_unix, exit_reason,
+                                         is_supervisor, send_signal, wait_gone)
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 
@@ -49,44 +50,19 @@ def log_tail(rundir: Path, lines: int = 12) -> str:
 
 
 def pid_is_supervisor(pid: int, rundir: str) -> bool:
-    """Alive, not a zombie, and really this box's supervisor (pids get reused)."""
-    if sys.platform != "linux":
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-        return False
-    return SUPERVISOR.encode() in cmdline and rundir.encode() in cmdline
+    return is_supervisor(pid, rundir, SUPERVISOR)
 
 
 def read_exit(rundir: Path) -> str:
-    try:
-        return str(json.loads((rundir / "exit.json").read_text()).get("reason") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    return exit_reason(rundir)
 
 
 def _signal(pid: int, sig: signal.Signals, group: bool = False) -> None:
-    try:
-        (os.killpg if group else os.kill)(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    send_signal(pid, sig, group)
 
 
 def _wait_gone(pid: int, rundir: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_is_supervisor(pid, rundir):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return wait_gone(pid, rundir, SUPERVISOR, timeout)
 
 
 def remove_runtime_files(rundir: Path) -> None:
@@ -225,27 +201,13 @@ class KrunDriver:
         return VmObservation(VmState.MISSING)
 
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(handle.channel)
-        except OSError as e:
-            s.close()
-            raise GuestError(handle.box_id, f"cannot reach the guest at {handle.channel}: "
-                             f"{e.strerror or errno.errorcode.get(e.errno or 0, e)}") from e
-        s.settimeout(None)
-        return s
+        return connect_unix(handle.box_id, handle.channel, timeout)
 
     def stop(self, handle: VmHandle, timeout: float) -> None:
         rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
         deadline = time.monotonic() + timeout
         if pid_is_supervisor(handle.pid, str(rundir)):
-            try:
-                with GuestClient(self.connect(handle, 2.0), box=handle.box_id) as c:
-                    c.hello(min(timeout, 5.0))
-                    c.shutdown(timeout=min(timeout, 5.0))
-            except BoxError:
-                pass  # a guest that cannot answer is stopped the hard way below
+            ask_guest_to_power_off(handle, self.connect, timeout)  # else the hard way below
             if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
                 _signal(handle.pid, signal.SIGTERM)  # the supervisor kills the VM, reports
                 if not _wait_gone(handle.pid, str(rundir), 3.0):

@@ -1,0 +1,107 @@
+"""What every driver does with its per-box supervisor process (QEMU's shim, libkrun's
+worker): recognise it, wait for it to go, signal it, read why it ended, reach the guest
+through its socket, and ask the guest to power off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from a3s_box.drivers.base import VmHandle
+from a3s_box.errors import BoxError, GuestError
+from a3s_box.guest.client import GuestClient
+
+
+def tail(path: Path, lines: int = 15) -> list[str]:
+    """The last non-empty lines of a log, for error messages."""
+    try:
+        text = path.read_bytes()[-8192:].decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()][-lines:]
+
+
+def is_supervisor(pid: int, rundir: str, module: str) -> bool:
+    """Alive, not a zombie, and really this box's supervisor (pids get reused)."""
+    if sys.platform != "linux":
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        return False
+    return module.encode() in cmdline and rundir.encode() in cmdline
+
+
+def wait_gone(pid: int, rundir: str, module: str, timeout: float) -> bool:
+    """Wait for the supervisor to end; False if it still runs after `timeout`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        fd = -1
+    try:
+        deadline = time.monotonic() + timeout
+        while is_supervisor(pid, rundir, module):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if fd >= 0:
+                select.select([fd], [], [], min(left, 0.2))  # zombies stay readable: re-check
+            else:
+                time.sleep(min(left, 0.02))
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def send_signal(pid: int, sig: signal.Signals, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def exit_reason(rundir: Path) -> str:
+    """What the supervisor wrote in exit.json when its VM ended ("" if nothing)."""
+    try:
+        return str(json.loads((rundir / "exit.json").read_text()).get("reason") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def connect_unix(box_id: str, path: str, timeout: float) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError as e:
+        s.close()
+        raise GuestError(box_id, f"cannot reach the guest at {path}: {e.strerror or e}") from e
+    s.settimeout(None)
+    return s
+
+
+def ask_guest_to_power_off(handle: VmHandle, connect: Callable[[VmHandle, float], socket.socket],
+                           timeout: float) -> None:
+    """SHUTDOWN through the guest protocol; a guest that cannot answer is left to the
+    caller's harder means."""
+    try:
+        with GuestClient(connect(handle, 2.0), box=handle.box_id) as c:
+            c.hello(min(timeout, 5.0))
+            c.shutdown(timeout=min(timeout, 5.0))
+    except BoxError:
+        pass
