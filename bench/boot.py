@@ -1,53 +1,41 @@
 """Boot benchmark: from `box apply` (image cached) to the first `box exec ... true`
 answering, as a ratio to raw QEMU booting the same kernel with a minimal busybox
-initramfs that powers off, on the same accelerator, in the same run.
-Also: exec round trip for `true` on a running box (Python API and CLI).
+initramfs that powers off, on the same accelerator, in the same run. Also: the exec
+round trip for `true` on a running box (Python API and CLI), and libkrun against QEMU
+where this host can boot libkrun.
 
-    python3 bench/boot.py [--rounds 3]        (goal now: ratio <= 1.5)
+    python3 bench/boot.py [--rounds 3] [-v]        (goal now: ratio <= 1.5)
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scratch import Scratch
 
-from a3s_box.drivers.artifacts import ensure_guest_artifacts  # noqa: E402
-from a3s_box.drivers.cpio import Entry, gzip_newc  # noqa: E402
-from a3s_box.drivers.probe import probe_accelerators  # noqa: E402
-from a3s_box.drivers.qemu_argv import QemuSpec, qemu_argv, read_host_tsc_khz  # noqa: E402
-from a3s_box.home import Home  # noqa: E402
+from a3s_box.drivers.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.cpio import Entry, gzip_newc
+from a3s_box.drivers.probe import probe_accelerators
+from a3s_box.drivers.qemu_argv import QemuSpec, qemu_argv, read_host_tsc_khz
+from a3s_box.home import Home
 
-BOXFILE = """apiVersion: box.a3s.dev/v1
-project: bench
-images:
-  hello: {{path: {image}}}
+ONE = """project: bench
 boxes:
   one:
     image: hello
-    resources: {{memory: 256Mi}}
-    namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 100000"]}}}}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 100000"]}}
 """
-
-
-def box(home: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "a3s_box.cli", *args], check=True,
-                   env={**os.environ, "A3S_BOX_HOME": str(home)}, stdout=subprocess.DEVNULL)
 
 
 def raw_qemu(home: Home, tmp: Path) -> float:
     art = ensure_guest_artifacts(home)
     accel = probe_accelerators(home, "qemu-system-x86_64", art).accel
-    init = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"
-    entries = [Entry("bin", 0o040755), Entry("bin/busybox", 0o100755, Path("/bin/busybox").read_bytes()),
-               Entry("init", 0o100755, init), Entry("dev", 0o040755)]
+    entries = [Entry.dir("bin"), Entry.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755),
+               Entry.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755),
+               Entry.dir("dev")]
     initrd = tmp / "poweroff.cpio.gz"
     initrd.write_bytes(gzip_newc(entries))
     spec = QemuSpec(binary="qemu-system-x86_64", accel=accel, vcpus=1, memory_mib=256,
@@ -58,51 +46,42 @@ def raw_qemu(home: Home, tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
+def apply_to_exec(s: Scratch, boxfile: Path, *flags: str) -> float:
+    t0 = time.perf_counter()
+    s.box("apply", "-q", *flags, "-f", str(boxfile))
+    s.box("exec", "one", "--", "true")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        shared = Home(Path(os.environ.get("A3S_BOX_TEST_HOME", Path.home() / ".cache/a3s-box-test"))).ensure()
-        home = tmp / "home"
-        home.mkdir()
-        (home / "cache").symlink_to(shared.cache)
-        subprocess.run([sys.executable, str(ROOT / "examples/hello/make_image.py"), str(tmp / "image")],
-                       check=True, stdout=subprocess.DEVNULL)
-        boxfile = tmp / "Boxfile.yaml"
-        boxfile.write_text(BOXFILE.format(image=tmp / "image"))
-        box(home, "image", "import", str(tmp / "image"))  # "image cached"
+    with Scratch() as s:
+        boxfile = s.boxfile("Boxfile.yaml", ONE)
+        s.box("apply", "-q", "-f", str(boxfile))  # "image cached": imported, base disk built
+        s.box("delete", "-f", str(boxfile))
+        home = Home(s.home)
         raw, ours = [], []
-        for _ in range(args.rounds):
-            raw.append(raw_qemu(shared, tmp))
-            t0 = time.perf_counter()
-            box(home, "apply", "-q", "-f", str(boxfile))
-            t1 = time.perf_counter()
-            box(home, "exec", "one", "--", "true")
-            ours.append(time.perf_counter() - t0)
+        for i in range(args.rounds):
+            raw.append(raw_qemu(home, s.dir))
+            ours.append(apply_to_exec(s, boxfile))
             if args.verbose:
-                print(f"  round: raw {raw[-1]:.2f} s, apply {t1 - t0:.2f} s, exec {ours[-1] - (t1 - t0):.2f} s")
-            if _ != args.rounds - 1:
-                box(home, "delete", "-f", str(boxfile))
-        from a3s_box import Host
+                print(f"  round {i}: raw qemu {raw[-1]:.2f} s, apply -> exec {ours[-1]:.2f} s")
+            if i != args.rounds - 1:
+                s.box("delete", "-f", str(boxfile))
+        import a3s_box
 
-        with Host(home) as host:
-            row = host.find("one")
-            with host.client(row) as c:
+        with a3s_box.Host(s.home) as host, host.client(host.find("one")) as c:
+            c.run(["true"])
+            t0 = time.perf_counter()
+            for _ in range(30):
                 c.run(["true"])
-                n = 30
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    c.run(["true"])
-                api_rtt = (time.perf_counter() - t0) / n
-        t0 = time.perf_counter()
-        for _ in range(5):
-            box(home, "exec", "one", "--", "true")
-        cli_rtt = (time.perf_counter() - t0) / 5
-        box(home, "delete", "-f", str(boxfile))
-        krun_line = libkrun_vs_qemu(home, boxfile, statistics.median(ours), args.rounds)
+            api_rtt = (time.perf_counter() - t0) / 30
+        cli_rtt = statistics.median(s.box("exec", "one", "--", "true") for _ in range(5))
+        s.box("delete", "-f", str(boxfile))
+        krun_line = libkrun_vs_qemu(s, boxfile, statistics.median(ours), args.rounds)
     r, o = statistics.median(raw), statistics.median(ours)
     print(f"raw qemu boot to power-off (baseline): {r:6.2f} s (median of {args.rounds})")
     print(f"box apply -> first exec true:          {o:6.2f} s")
@@ -111,20 +90,17 @@ def main() -> None:
     print(krun_line)
 
 
-def libkrun_vs_qemu(home: Path, boxfile: Path, qemu_seconds: float, rounds: int) -> str:
+def libkrun_vs_qemu(s: Scratch, boxfile: Path, qemu_seconds: float, rounds: int) -> str:
     """The same apply -> exec with --driver libkrun, where this host can boot it."""
     from a3s_box.drivers.krun import host_support
 
-    support = host_support(Home(home))
+    support = host_support(Home(s.home))
     if not support.usable:
         return f"libkrun: not measured here: {support.detail}"
     times = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        box(home, "apply", "-q", "--driver", "libkrun", "-f", str(boxfile))
-        box(home, "exec", "one", "--", "true")
-        times.append(time.perf_counter() - t0)
-        box(home, "delete", "-f", str(boxfile))
+        times.append(apply_to_exec(s, boxfile, "--driver", "libkrun"))
+        s.box("delete", "-f", str(boxfile))
     k = statistics.median(times)
     return f"libkrun cold start: {k:.2f} s; ratio libkrun / qemu: {k / qemu_seconds:.2f} (goal <= 0.5 on KVM)"
 
