@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx  # type: ignore[import-untyped,unused-ignore]  # types-networkx is optional
-
 from a3s_box.boxfile.messages import Issue, did_you_mean
 from a3s_box.boxfile.model import is_direct_reference
 
@@ -82,6 +80,10 @@ def _dep_path(box: str, dep: str, raw_deps: Any) -> tuple[str | int, ...]:
 
 def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
     """The first dependency cycle in name order, as [a, b, a], or None."""
+    if _acyclic(deps):
+        return None
+    import networkx as nx  # only now: ~0.1 s to import, and most Boxfiles have no cycle
+
     g: Any = nx.DiGraph()  # typed loosely: the stubs are optional
     for box in sorted(deps):
         g.add_node(box)
@@ -107,3 +109,22 @@ def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
                 parent[nxt] = node
                 queue.append(nxt)
     return None
+
+
+def _acyclic(deps: dict[str, list[str]]) -> bool:
+    """Kahn's algorithm: True when every box can be ordered."""
+    waiting = {box: len(set(ds)) for box, ds in deps.items()}
+    dependants: dict[str, list[str]] = {}
+    for box, ds in deps.items():
+        for d in set(ds):
+            dependants.setdefault(d, []).append(box)
+    ready = [b for b, n in waiting.items() if n == 0]
+    done = 0
+    while ready:
+        box = ready.pop()
+        done += 1
+        for later in dependants.get(box, ()):
+            waiting[later] -= 1
+            if waiting[later] == 0:
+                ready.append(later)
+    return done == len(waiting)

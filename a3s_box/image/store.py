@@ -35,7 +35,6 @@ from a3s_box.image.manifest import LAYER_TYPES, Manifest, choose_platform, parse
 from a3s_box.image.progress import layer_progress
 from a3s_box.image.records import ImageRecord, RecordIndex
 from a3s_box.image.reference import Reference, is_digest, parse_reference
-from a3s_box.image.registry import RegistryClient, insecure_from_env
 from a3s_box.image.rootfs import build_ext4, create_overlay
 from a3s_box.image.unpack import RootWriter
 
@@ -49,7 +48,7 @@ class ImageStore:
         self.root = home.images
         self.blobs = BlobStore(self.root)
         self.index = RecordIndex(self.root)
-        self.insecure = insecure_from_env() if insecure is None else insecure
+        self.insecure = insecure  # None: A3S_BOX_INSECURE_REGISTRIES, read when pulling
         self.retries = retries
         self.backoff = backoff
         self.parallel = parallel
@@ -86,7 +85,11 @@ class ImageStore:
 
     def _pull(self, r: Reference, progress: bool) -> ImageRecord:
         name = str(r)
-        with RegistryClient(r, insecure=self.insecure, retries=self.retries, backoff=self.backoff,
+        # on use: httpx costs ~0.1 s to import, and most applies pull nothing
+        from a3s_box.image.registry import RegistryClient, insecure_from_env
+
+        insecure = insecure_from_env() if self.insecure is None else self.insecure
+        with RegistryClient(r, insecure=insecure, retries=self.retries, backoff=self.backoff,
                             docker_config=self.docker_config) as c:
             data, ctype, digest = c.manifest(r.reference)
             m = parse_manifest(data, name, ctype)
@@ -357,3 +360,4 @@ def _rmtree(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
         p.unlink()
+
