@@ -26,7 +26,10 @@ class Scratch:
         self.image = self.dir / "image"
         subprocess.run([sys.executable, str(ROOT / "examples/hello/make_image.py"), str(self.image)],
                        check=True, stdout=subprocess.DEVNULL)
-        self.env = {**os.environ, "A3S_BOX_HOME": str(self.home)}
+        # As on a user's machine, Python may cache bytecode (this workplace sets
+        # PYTHONDONTWRITEBYTECODE, which makes every `box` recompile its modules).
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env["A3S_BOX_HOME"] = str(self.home)
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
