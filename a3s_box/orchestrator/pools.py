@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -210,27 +211,35 @@ def release(runtime: BoxRuntime, images: ImageBackend, row: BoxRow, keep: bool =
 
 
 _fillers: list[int] = []
+_fillers_lock = threading.Lock()
 
 
 def spawn_filler(home: Path, project: str, pool: str) -> None:
     """Start a detached `fill` for the pool; it exits at once if one already runs.
 
-    posix_spawn (no Popen object): it costs well under a millisecond, and a long-lived
-    Python API user reaps the fillers it started on its next call instead of keeping
-    Popen objects around."""
-    for pid in list(_fillers):
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
+    Spawning a Python process costs ~15 ms here (exec), too much for `acquire`'s hot
+    path, so it happens on a (non-daemon, so never lost at exit) thread. posix_spawn, no
+    Popen object: a long-lived API user reaps its fillers on later calls."""
+    threading.Thread(target=_spawn_filler, args=(home, project, pool),
+                     name=f"a3s-fill-{pool}").start()
+
+
+def _spawn_filler(home: Path, project: str, pool: str) -> None:
+    with _fillers_lock:
+        for pid in list(_fillers):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    _fillers.remove(pid)
+            except ChildProcessError:
                 _fillers.remove(pid)
-        except ChildProcessError:
-            _fillers.remove(pid)
     devnull = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
     pid = os.posix_spawn(
         sys.executable,
         [sys.executable, "-m", "a3s_box.orchestrator.pool_filler", str(home), project, pool],
         os.environ, file_actions=devnull, setsid=True,
     )
-    _fillers.append(pid)
+    with _fillers_lock:
+        _fillers.append(pid)
 
 
 @contextmanager
