@@ -193,3 +193,26 @@ def test_a_full_disk_during_apply_is_a_clear_error_and_state_stays_intact(
         assert tiny("image", "ls", "-o", "json").code == 0
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_prune_deletes_only_this_projects_leftovers(box: BoxCli, hello_image: Path,
+                                                    tmp_path: Path) -> None:
+    one = boxfile(tmp_path, hello_image, TWO_BOXES.format(mem="128Mi"), "one.yaml")
+    other = boxfile(tmp_path, hello_image, TWO_BOXES.format(mem="128Mi").replace(
+        "project: crash", "project: other").replace("    depends_on: [a]\n", ""), "other.yaml")
+    box("apply", "-f", str(one), check=True)
+    box("apply", "-f", str(other), check=True)
+    only_a = boxfile(tmp_path, hello_image, TWO_BOXES.format(mem="128Mi").split("  b:\n")[0],
+                     "only_a.yaml")
+    plan = box("plan", "-f", str(only_a), check=True).out
+    assert "! box b" in plan and "apply --prune deletes it" in plan
+    box("apply", "-f", str(only_a), check=True)  # without --prune, b stays
+    assert {(b["project"], b["name"]) for b in box("ps", "-o", "json", check=True).json()} == {
+        ("crash", "a"), ("crash", "b"), ("other", "a"), ("other", "b")}
+    r = box("apply", "-f", str(only_a), "--prune", check=True)
+    assert "box b: deleted" in r.err
+    assert {(b["project"], b["name"]) for b in box("ps", "-o", "json", check=True).json()} == {
+        ("crash", "a"), ("other", "a"), ("other", "b")}
+    box("delete", "-f", str(only_a), check=True)
+    box("delete", "-f", str(other), check=True)
+    assert box.vm_processes() == []
