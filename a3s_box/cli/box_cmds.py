@@ -79,11 +79,9 @@ def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune
     try:
         with Host(ctx.home) as host:
             plan = host.plan(host.load(_files_or_default(files)), project, prune)
-    except BoxfileError:
-        raise
     except BoxError as e:
-        if detailed_exitcode:
-            click.echo(f"error: {e}", err=True)
+        if detailed_exitcode:  # 2 means "changes" here, so every error is 1, as terraform does
+            click.echo(str(e) if isinstance(e, BoxfileError) else f"error: {e}", err=True)
             sys.exit(1)
         raise
     fmt = _fmt(ctx, output)

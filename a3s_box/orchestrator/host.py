@@ -5,6 +5,7 @@ lock held by anything that changes the host.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -155,8 +156,6 @@ class Host:
     def _enforce_image_cap(self, wanted: set[str]) -> None:
         """$A3S_BOX_IMAGE_CAP (e.g. 20Gi): evict least recently used images down to it,
         never one a box uses or this Boxfile wants."""
-        import os
-
         raw = os.environ.get("A3S_BOX_IMAGE_CAP")
         if not raw:
             return
