@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -77,23 +78,20 @@ class BlobStore:
 
     def put_stream(self, chunks: Iterable[bytes], expect: str, ref: str = "") -> str:
         """Store a stream under `expect`; nothing is kept when the bytes hash to something else."""
-        self._mkdirs()
-        h = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for c in chunks:
-                    h.update(c)
-                    f.write(c)
-                f.flush()
-                os.fsync(f.fileno())
-            self.commit(Path(tmp), "sha256:" + h.hexdigest(), expect, ref)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with self._spooled(chunks) as (tmp, digest):
+            self.commit(tmp, digest, expect, ref)
         return expect
 
     def ingest(self, chunks: Iterable[bytes]) -> str:
         """Store a stream whose digest is not known beforehand; returns it."""
+        with self._spooled(chunks) as (tmp, digest):
+            os.replace(tmp, self.path(digest))
+        return digest
+
+    @contextmanager
+    def _spooled(self, chunks: Iterable[bytes]) -> Iterator[tuple[Path, str]]:
+        """The stream written and synced to a temp file in the store, with its digest;
+        the temp file is gone afterwards, whatever happened."""
         self._mkdirs()
         h = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
@@ -104,11 +102,9 @@ class BlobStore:
                     f.write(c)
                 f.flush()
                 os.fsync(f.fileno())
-            digest = "sha256:" + h.hexdigest()
-            os.replace(tmp, self.path(digest))
+            yield Path(tmp), "sha256:" + h.hexdigest()
         finally:
             Path(tmp).unlink(missing_ok=True)
-        return digest
 
     def put_file(self, src: IO[bytes], expect: str, ref: str = "") -> str:
         return self.put_stream(iter(lambda: src.read(CHUNK), b""), expect, ref)
