@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
-from a3s_box.drivers.base import (BoxLaunch, HostSupport, VmHandle, VmObservation, VmState)
+from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
-from a3s_box.drivers.supervision import (ask_guest_to_power_off, connect_unix, exit_reason,
-                                         is_supervisor, send_signal, tail, wait_gone)
+from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
+                                         observe_supervised, rundir_of, stop_supervised, tail,
+                                         wait_gone)
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 
@@ -166,31 +167,15 @@ class QemuDriver:
 
     # --- running VMs ----------------------------------------------------------------------
     def observe(self, handle: VmHandle) -> VmObservation:
-        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
-        if _pid_is_shim(handle.pid, str(rundir)):
-            return VmObservation(VmState.RUNNING)
-        reason = exit_reason(rundir)
-        if reason:
-            return VmObservation(VmState.EXITED, reason)
-        if rundir.exists():
-            return VmObservation(VmState.EXITED, "the shim is gone without a word (killed?)")
-        return VmObservation(VmState.MISSING)
+        return observe_supervised(handle, SHIM, "shim")
 
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
         return connect_unix(handle.box_id, handle.channel, timeout)
 
     def stop(self, handle: VmHandle, timeout: float) -> None:
-        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
-        deadline = time.monotonic() + timeout
-        if _pid_is_shim(handle.pid, str(rundir)):
-            ask_guest_to_power_off(handle, self.connect, timeout)  # else the hard way below
-            if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
-                send_signal(handle.pid, signal.SIGTERM)  # the shim ends QEMU and reports
-                if not _wait_gone(handle.pid, str(rundir), 3.0):
-                    send_signal(handle.pid, signal.SIGKILL)  # QEMU follows (PDEATHSIG)
-                    _wait_gone(handle.pid, str(rundir), 3.0)
+        stop_supervised(handle, SHIM, self.connect, timeout)
         # no killpg here: once its leader is long gone a process group id may be reused
-        _remove_runtime_files(rundir)
+        _remove_runtime_files(rundir_of(handle))
 
 
 def _remove_runtime_files(rundir: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from a3s_box.drivers.base import VmHandle
+from a3s_box.drivers.base import VmHandle, VmObservation, VmState
 from a3s_box.errors import BoxError, GuestError
 from a3s_box.guest.client import GuestClient
 
@@ -105,3 +105,37 @@ def ask_guest_to_power_off(handle: VmHandle, connect: Callable[[VmHandle, float]
             c.shutdown(timeout=min(timeout, 5.0))
     except BoxError:
         pass
+
+
+def rundir_of(handle: VmHandle) -> Path:
+    return Path(handle.extra.get("rundir") or Path(handle.channel).parent)
+
+
+def observe_supervised(handle: VmHandle, module: str, what: str) -> VmObservation:
+    """RUNNING while the supervisor lives; else why it ended, as far as anyone knows."""
+    rundir = rundir_of(handle)
+    if is_supervisor(handle.pid, str(rundir), module):
+        return VmObservation(VmState.RUNNING)
+    reason = exit_reason(rundir)
+    if reason:
+        return VmObservation(VmState.EXITED, reason)
+    if rundir.exists():
+        return VmObservation(VmState.EXITED, f"the {what} is gone without a word (killed?)")
+    return VmObservation(VmState.MISSING)
+
+
+def stop_supervised(handle: VmHandle, module: str,
+                    connect: Callable[[VmHandle, float], socket.socket], timeout: float) -> None:
+    """Power off through the guest, then SIGTERM the supervisor (it ends the VM and
+    reports), then SIGKILL (the VM follows by PDEATHSIG). Idempotent."""
+    rundir = str(rundir_of(handle))
+    if not is_supervisor(handle.pid, rundir, module):
+        return
+    deadline = time.monotonic() + timeout
+    ask_guest_to_power_off(handle, connect, timeout)
+    if wait_gone(handle.pid, rundir, module, max(deadline - time.monotonic(), 0.1)):
+        return
+    send_signal(handle.pid, signal.SIGTERM)
+    if not wait_gone(handle.pid, rundir, module, 3.0):
+        send_signal(handle.pid, signal.SIGKILL)
+        wait_gone(handle.pid, rundir, module, 3.0)

@@ -24,8 +24,9 @@ from a3s_box.drivers.krun import probe
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
 from a3s_box.drivers.krun.spec import KrunSpec, box_spec
 from a3s_box.errors import DriverError, GuestError, HostUnsupported
-from a3s_box.drivers.supervision import (ask_guest_to_power_off, connect_unix, exit_reason,
-                                         is_supervisor, send_signal, wait_gone)
+from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
+                                         observe_supervised, rundir_of, send_signal,
+                                         stop_supervised, wait_gone)
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 
@@ -187,31 +188,17 @@ class KrunDriver:
 
     # --- running VMs ------------------------------------------------------------------
     def observe(self, handle: VmHandle) -> VmObservation:
-        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
-        if pid_is_supervisor(handle.pid, str(rundir)):
-            return VmObservation(VmState.RUNNING)
-        # a dead VM's socket is garbage: a supervisor killed -9 could not remove it
-        Path(handle.channel).unlink(missing_ok=True)
-        reason = read_exit(rundir)
-        if reason:
-            return VmObservation(VmState.EXITED, reason)
-        if rundir.exists():
-            return VmObservation(VmState.EXITED, "the supervisor is gone without a word "
-                                 "(killed?)")
-        return VmObservation(VmState.MISSING)
+        seen = observe_supervised(handle, SUPERVISOR, "supervisor")
+        if seen.state is not VmState.RUNNING:
+            # a dead VM's socket is garbage: a supervisor killed -9 could not remove it
+            Path(handle.channel).unlink(missing_ok=True)
+        return seen
 
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
         return connect_unix(handle.box_id, handle.channel, timeout)
 
     def stop(self, handle: VmHandle, timeout: float) -> None:
-        rundir = Path(handle.extra.get("rundir") or Path(handle.channel).parent)
-        deadline = time.monotonic() + timeout
-        if pid_is_supervisor(handle.pid, str(rundir)):
-            ask_guest_to_power_off(handle, self.connect, timeout)  # else the hard way below
-            if not _wait_gone(handle.pid, str(rundir), max(deadline - time.monotonic(), 0.1)):
-                _signal(handle.pid, signal.SIGTERM)  # the supervisor kills the VM, reports
-                if not _wait_gone(handle.pid, str(rundir), 3.0):
-                    _signal(handle.pid, signal.SIGKILL)  # the VM follows (PDEATHSIG)
-                    _wait_gone(handle.pid, str(rundir), 3.0)
+        stop_supervised(handle, SUPERVISOR, self.connect, timeout)
+        rundir = rundir_of(handle)
         (rundir / GUEST_SOCK).unlink(missing_ok=True)
         (rundir / "supervisor.pid").unlink(missing_ok=True)
