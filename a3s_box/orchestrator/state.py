@@ -134,14 +134,16 @@ class StateStore:
 
     # --- schema --------------------------------------------------------------
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"state store {self.path} has schema version {version}, newer than this "
-                f"a3s-box understands ({SCHEMA_VERSION}); upgrade a3s-box"
-            )
-        for v in range(version, SCHEMA_VERSION):
-            with self.transaction():
+        # Read the version inside the write transaction: two `box` processes opening a
+        # new home at once must not both create the tables.
+        with self.transaction():
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"state store {self.path} has schema version {version}, newer than this "
+                    f"a3s-box understands ({SCHEMA_VERSION}); upgrade a3s-box"
+                )
+            for v in range(version, SCHEMA_VERSION):
                 for stmt in _statements(MIGRATIONS[v]):
                     self._db.execute(stmt)
                 self._db.execute(f"PRAGMA user_version={v + 1}")

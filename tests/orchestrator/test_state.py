@@ -90,3 +90,23 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     assert len(StateStore(Path(path)).boxes("p")) == 100
+
+
+def _opener(path: str, barrier_path: str) -> None:
+    while not Path(barrier_path).exists():  # start together
+        pass
+    StateStore(Path(path)).boxes()
+
+
+def test_processes_opening_a_new_home_at_once_all_succeed(tmp_path: Path) -> None:
+    """Found by the watch test: `box ps` and `box apply` racing to create the tables."""
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(5):
+        path, go = str(tmp_path / f"s{round_}.db"), str(tmp_path / f"go{round_}")
+        procs = [ctx.Process(target=_opener, args=(path, go)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        Path(go).touch()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
