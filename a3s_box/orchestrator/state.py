@@ -118,16 +118,29 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         # One connection shared by the executor's worker threads, used under this lock.
         self._lock = threading.RLock()
-        try:
-            self._db = _Locked(sqlite3.connect(path, timeout=30, isolation_level=None,
-                                               check_same_thread=False), self._lock)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StateError(f"state store {path} is unreadable: {e}") from e
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.OperationalError as e:
+                # Switching a new file to WAL does not wait for a busy handler: another
+                # process creating the same home at this moment makes it fail at once.
+                self._db.close()
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise StateError(f"state store {path} is unreadable: {e}") from e
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"state store {path} is unreadable: {e}") from e
+
+    def _open(self) -> None:
+        self._db = _Locked(sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                           check_same_thread=False), self._lock)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
 
     def close(self) -> None:
         self._db.close()
