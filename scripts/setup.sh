@@ -66,6 +66,12 @@ fi
 
 # --- guest kernel, guest init, accelerator probe -------------------------------------
 if [ "$want_guest" -eq 1 ]; then
+  # box setup fetches Debian's cloud kernel with apt-get download: it needs package lists
+  if [ -z "${A3S_BOX_KERNEL:-}" ] && command -v apt-cache >/dev/null \
+     && ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    say "refreshing apt package lists (for the guest kernel)"
+    sudo_ apt-get update -q >/dev/null
+  fi
   say "provisioning the guest kernel and guest init (box setup)"
   "$PY" -m a3s_box.cli setup
 fi
