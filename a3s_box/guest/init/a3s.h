@@ -24,6 +24,7 @@ enum exit_kind { EXIT_EXITED = 0, EXIT_SIGNALED = 1, EXIT_NOT_STARTED = 2 };
 
 /* --- growable byte buffer ------------------------------------------------ */
 struct buf { unsigned char *p; size_t len, cap; };
+void lo_up(void); /* spawn.c */
 void buf_put(struct buf *b, const void *d, size_t n);
 void buf_drop(struct buf *b, size_t n); /* remove n bytes from the front */
 void buf_free(struct buf *b);

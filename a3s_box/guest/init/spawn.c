@@ -140,7 +140,8 @@ pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
 	return pid; /* exec succeeded: the CLOEXEC pipe closed with nothing in it */
 }
 
-static void lo_up(void)
+/* Bring up the loopback of the current network namespace (a new one starts down). */
+void lo_up(void)
 {
 	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct ifreq ifr = {0};
