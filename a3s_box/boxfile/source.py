@@ -104,8 +104,31 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark) from None
         seen.add(key)
-    loader.flatten_mapping(node)
+    _flatten_merges(node)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+def _flatten_merges(node: yaml.MappingNode) -> None:
+    """Resolve `<<` merge keys in place, as the YAML merge-key spec says: keys written in
+    the mapping win, then the merged mappings in the order listed (the first wins).
+    Done here rather than with PyYAML's flatten_mapping, whose precedence changed
+    between releases. The merged pairs go first, so later assignments override them."""
+    own: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for key_node, value_node in node.value:
+        if key_node.tag != "tag:yaml.org,2002:merge":
+            own.append((key_node, value_node))
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for sub in reversed(sources):
+            if not isinstance(sub, yaml.MappingNode):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"a merge key (<<) takes a mapping or a list of mappings, not {sub.id}",
+                    sub.start_mark)
+            _flatten_merges(sub)
+            merged.extend(sub.value)
+    node.value = merged + own
 
 
 _FastLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -115,7 +138,7 @@ _OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
-def _check_shape(src: Source) -> None:
+def _check_shape(src: Source, loader: type[Any] = _FastLoader) -> None:
     """Refuse deep nesting and alias bombs from the event stream, before anything is
     built: libyaml's parser keeps its own stack, but the composer after it recurses on
     the C stack (and would crash). Each anchor's expanded size and height is recorded
@@ -130,7 +153,7 @@ def _check_shape(src: Source) -> None:
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         return SourceProblem(Problem(str(src.path), line, col, "", message))
 
-    for event in yaml.parse(src.text, Loader=_FastLoader):
+    for event in yaml.parse(src.text, Loader=loader):
         if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
             values, height = (1, 0) if isinstance(event, yaml.ScalarEvent) \
                 else anchored.get(event.anchor or "", (1, 0))
@@ -168,7 +191,16 @@ def _check_shape(src: Source) -> None:
 def parse_fast(src: Source) -> Any:
     """Plain data, or SourceProblem for syntax errors and duplicate keys (already placed)."""
     try:
-        _check_shape(src)
+        try:
+            _check_shape(src)
+        except yaml.MarkedYAMLError as e:
+            # Newer libyaml refuses deep flow nesting itself, while scanning ahead of the
+            # events we count; the pure-Python parser does not, so it places the problem
+            # where our own limit is crossed.
+            if "nesting depth" not in str(e.problem):
+                raise
+            _check_shape(src, yaml.SafeLoader)
+            raise
         data = yaml.load(src.text, Loader=_FastLoader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
