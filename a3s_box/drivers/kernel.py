@@ -29,8 +29,9 @@ from a3s_box.drivers.modinfo import ModuleError, canonical, load_order, parse_mo
 from a3s_box.errors import BoxError
 
 # virtio-mmio transport, the console port, the root disk; vsock for libkrun-style boots
+# and virtio_net for boxes with a network (its probe costs nothing without a device)
 WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio_blk", "vsock",
-                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
+                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "virtio_net")
 ENV_KERNEL = "A3S_BOX_KERNEL"
 ENV_MODULES = "A3S_BOX_KERNEL_MODULES"
 _META_PACKAGE = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-cloud-arm64"}
@@ -125,6 +126,8 @@ def cached_kernel(cache: Path) -> Kernel | None:
                      for n in names)
     except OSError:
         return None
+    if not {canonical(w) for w in WANTED_MODULES} <= {m.name for m in mods}:
+        return None  # provisioned before a module was wanted: provision again
     vmlinuz = root / "vmlinuz"
     return Kernel(vmlinuz, release, mods) if vmlinuz.is_file() else None
 

@@ -88,13 +88,14 @@ int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max);
 
 /* --- boot as PID 1 (boot.c) -------------------------------------------------- */
 struct bootcfg {
-	char root[256], rootfstype[32], channel[128];
+	char root[256], rootfstype[32], channel[128], net[128];
 };
 void boot_cmdline(struct bootcfg *c);
 void boot_early(void);
 int boot_modules(const char *dir);
 int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
+int net_up(const char *spec); /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */
 int boot_open_channel(const char *spec, int *listen_fd);
 void boot_poweroff(int reboot) __attribute__((noreturn));
 

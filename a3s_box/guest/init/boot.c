@@ -89,9 +89,11 @@ void boot_cmdline(struct bootcfg *c)
 	snprintf(c->root, sizeof c->root, "/dev/vda");
 	snprintf(c->rootfstype, sizeof c->rootfstype, "ext4");
 	snprintf(c->channel, sizeof c->channel, "virtio-serial:a3s.0");
+	c->net[0] = 0;
 	opt(line, "a3s.root", c->root, sizeof c->root);
 	opt(line, "a3s.rootfstype", c->rootfstype, sizeof c->rootfstype);
 	opt(line, "a3s.channel", c->channel, sizeof c->channel);
+	opt(line, "a3s.net", c->net, sizeof c->net);
 	opt(line, "a3s.debug", dbgv, sizeof dbgv);
 	g_debug = dbgv[0] == '1';
 }

@@ -33,6 +33,8 @@ static int pid1(char *self)
 		boot_poweroff(0);
 	}
 	boot_late();
+	if (bc.net[0] && net_up(bc.net) < 0)
+		logmsg("the network is not configured: the box runs without one");
 	int lfd;
 	int fd = boot_open_channel(bc.channel, &lfd);
 	if (fd < 0 && lfd < 0) {
