@@ -20,7 +20,7 @@ from a3s_box.boxfile.interpolate import interpolate
 from a3s_box.boxfile.messages import Issue, issue_from
 from a3s_box.boxfile.model import Boxfile, ImageDef
 from a3s_box.boxfile.positions import locate
-from a3s_box.boxfile.references import check_references
+from a3s_box.boxfile.references import check_references, check_secrets
 from a3s_box.boxfile.source import Source, SourceProblem, parse_fast, parse_positions, read
 from a3s_box.errors import BoxfileError, Problem
 
@@ -28,7 +28,9 @@ from a3s_box.errors import BoxfileError, Problem
 _DATA_MAPS = {"env"}
 
 
-def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> Boxfile:
+def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
+         for_apply: bool = False) -> Boxfile:
+    """FOR_APPLY: also check what must hold when boxes are created (secret variables set)."""
     paths = [Path(f) for f in files] or [Path("Boxfile.yaml")]
     env = os.environ if environ is None else environ
     sources: list[Source] = []
@@ -69,6 +71,8 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None) 
         issues += [_place_model_error(issue_from(err, Boxfile)) for err in e.errors(include_url=False)]
     if isinstance(data, dict):
         issues += check_references(data)
+    if model is not None:
+        issues += check_secrets(model, env if for_apply else None)
     if issues:
         raise BoxfileError(_place(issues, sources))
     assert model is not None

@@ -13,6 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.json_schema import SkipJsonSchema
 
 from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+from a3s_box.network.policy import RuleError, parse_destination, parse_host_ip, parse_published
 
 API_VERSION = "box.a3s.dev/v1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -225,6 +226,107 @@ class Timeouts(_Model):
                             "condition wait).", examples=["60s"])
 
 
+def _checked(parse: Any) -> Any:
+    def check(v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                parse(v)
+            except RuleError as e:
+                raise ValueError(str(e)) from None
+        return v
+    return check
+
+
+Destination = Annotated[str, Field(min_length=1), AfterValidator(_checked(parse_destination))]
+PublishedPort = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+                          Field(min_length=1), AfterValidator(_checked(parse_published))]
+HostAddress = Annotated[str, AfterValidator(_checked(parse_host_ip))]
+
+
+class Network(_Model):
+    """What the box's network reaches. Everything goes through a proxy on the host that
+    decides per connection; the box never gets more network than declared."""
+
+    mode: Literal["none", "allowlist", "public"] = Field(
+        "none", description="`none`: no network at all; `allowlist`: only `egress`; "
+        "`public`: the internet minus `deny`, never private, loopback or link-local addresses.",
+        examples=["allowlist"])
+    egress: list[Destination] = Field(default_factory=list, description=(
+        "allowlist: the only destinations, each `HOST[:PORT]`: a name, `*.domain` (its "
+        "subdomains), an IPv4 address or CIDR; PORT a number or `*` (default: 443 and 80)."),
+        examples=[["api.openai.com", "*.pypi.org", "github.com:22", "203.0.113.0/24:5432"]])
+    deny: list[Destination] = Field(default_factory=list, description=(
+        "Destinations refused in any mode (checked before `egress`), same form as `egress`."),
+        examples=[["169.254.169.254", "*.internal.example.com"]])
+    hosts: dict[str, HostAddress] = Field(default_factory=dict, description=(
+        "Name overrides (compose's extra_hosts): the proxy dials this IPv4 address for the "
+        "name, even a private one. The name must still be allowed."),
+        examples=[{"registry.internal": "10.1.2.3"}])
+    ports: list[PublishedPort] = Field(default_factory=list, description=(
+        "Box TCP ports published on the host: `[HOST_IP:]HOST_PORT:BOX_PORT` "
+        "(HOST_IP defaults to 127.0.0.1)."), examples=[["127.0.0.1:8080:80", "9000:9000"]])
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            try:
+                rule = parse_destination(name)
+            except RuleError as e:
+                raise ValueError(str(e)) from None
+            if rule.wildcard or rule.network is not None or ":" in name:
+                raise ValueError(f"{name!r}: a hosts: key is one host name (no wildcard, address or port)")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Network":
+        if self.mode != "allowlist" and self.egress:
+            raise ValueError(f"egress lists destinations, but mode is {self.mode}: "
+                             "use mode: allowlist (or drop egress)")
+        if self.mode == "none" and (self.ports or self.hosts or self.deny):
+            raise ValueError("mode none has no network: ports, hosts and deny need "
+                             "mode allowlist or public")
+        return self
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, v: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        for p in v:
+            pub = parse_published(p)
+            key = f"{pub.host_ip}:{pub.host_port}"
+            if key in seen:
+                raise ValueError(f"{seen[key]!r} and {p!r} both publish {key}")
+            seen[key] = p
+        return v
+
+
+class SecretDef(_Model):
+    """A secret the box uses without holding it: its environment has a placeholder, and
+    the host's proxy puts the value into requests to `hosts` only (over TLS)."""
+
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(description=(
+        "The host environment variable holding the value, read when the box is created "
+        "(`box apply` fails if it is unset)."), examples=["OPENAI_API_KEY"])
+    hosts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description=(
+        "`HOST[:PORT]` (port default 443): the TLS destinations whose HTTP requests get the "
+        "value in place of the placeholder (in header values and the request target). "
+        "Each must be allowed by the box's network."), examples=[["api.openai.com"]])
+
+    @field_validator("hosts")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for h in v:
+            try:
+                rule = parse_destination(h)
+            except RuleError as e:
+                raise ValueError(str(e)) from None
+            if rule.wildcard or rule.network is not None or 0 in rule.ports:
+                raise ValueError(f"{h!r}: a secret's host is one host name with an optional port "
+                                 "(no wildcard, address or *)")
+        return v
+
+
 class BoxDef(_Model):
     """One microVM: an image, its size, its environment, and the namespaces inside it."""
 
@@ -254,6 +356,15 @@ class BoxDef(_Model):
                                   examples=["coder"])
     timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}),
                                description="Waits, each with its limit.", examples=[{"ready": "60s"}])
+    network: Network = Field(default_factory=lambda: Network.model_validate({}), description=(
+        "What the box's network reaches (default: no network)."),
+        examples=[{"mode": "allowlist", "egress": ["api.openai.com", "*.pypi.org"],
+                   "ports": ["127.0.0.1:8080:80"]}])
+    secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], SecretDef] = Field(
+        default_factory=dict, description=(
+            "Secrets by the environment variable name the box sees: it holds a placeholder, "
+            "never the value."), examples=[{"OPENAI_API_KEY": {"env": "OPENAI_API_KEY",
+                                                               "hosts": ["api.openai.com"]}}])
 
 
 class PoolDef(_Model):

@@ -2,6 +2,7 @@
 namespace parents and dependency cycles. Pure; returns every problem found."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from a3s_box.boxfile.messages import Issue, did_you_mean
@@ -128,3 +129,25 @@ def _acyclic(deps: dict[str, list[str]]) -> bool:
             if waiting[later] == 0:
                 ready.append(later)
     return done == len(waiting)
+
+
+def check_secrets(model: Any, environ: Mapping[str, str] | None) -> list[Issue]:
+    """Each secret's hosts must be reachable on 443 under the box's own policy; with
+    ENVIRON (at apply), each secret's variable must be set there."""
+    from a3s_box.network.policy import NetworkPolicy
+    from a3s_box.network.secrets import secret_endpoint
+
+    issues: list[Issue] = []
+    for name, box in sorted(model.boxes.items()):
+        policy = NetworkPolicy.from_json(box.network.model_dump())
+        for sname, secret in sorted(box.secrets.items()):
+            for i, (host, port) in enumerate(secret_endpoint(h) for h in secret.hosts):
+                if not policy.allows_name(host, port):
+                    issues.append(Issue(("boxes", name, "secrets", sname, "hosts", i), (
+                        f"{host} is not reachable on port {port} under this box's network "
+                        f"(mode {box.network.mode}): allow it in network.egress")))
+            if environ is not None and secret.env not in environ:
+                issues.append(Issue(("boxes", name, "secrets", sname, "env"), (
+                    f"environment variable {secret.env} is not set: box {name} needs it for "
+                    f"secret {sname}")))
+    return issues

@@ -195,7 +195,7 @@ def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: 
 
 _PS_COLUMNS = (("name", "NAME"), ("project", "PROJECT"), ("status", "STATUS"),
                ("driver", "DRIVER"), ("accel", "ACCEL"), ("pid", "PID"), ("image", "IMAGE"),
-               ("detail", "DETAIL"))
+               ("network", "NETWORK"), ("detail", "DETAIL"))
 
 
 @click.command("ps")
@@ -259,27 +259,39 @@ def _terminal_size() -> tuple[int, int]:
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--network", "network", is_flag=True,
+              help="The box's network log instead: one line per connection and DNS answer.")
+@output_option
 @pass_cli
-def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None) -> None:
-    """Print a box's console log: kernel, guest init and agent output."""
+def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, network: bool,
+             output: str | None) -> None:
+    """Print a box's console log (kernel, guest init and agent output), or with
+    --network every connection its egress proxy allowed or denied."""
     with Host(ctx.home) as host:
         row = host.find(name)
-        path = host.home.box_dir(row.id) / "console.log"
-        if row.handle is not None:
-            path = Path(str(row.handle.get("console_log") or path))
+        if network:
+            path = host.home.box_dir(row.id) / "network.log"
+            if not row.spec.get("network"):
+                raise BoxError(f"box {row.name}: has no network (mode none), so no network log")
+        else:
+            path = host.home.box_dir(row.id) / "console.log"
+            if row.handle is not None:
+                path = Path(str(row.handle.get("console_log") or path))
         if not path.exists():
-            raise BoxError(f"box {row.name}: no console log yet ({path})")
+            what = "network" if network else "console"
+            raise BoxError(f"box {row.name}: no {what} log yet ({path})")
+        show = _network_line_printer(_fmt(ctx, output)) if network else None
         out = sys.stdout.buffer
         with open(path, "rb") as f:
             data = f.read()
             if tail is not None:
                 data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
-            out.write(data)
+            out.write(show(data) if show else data)
             out.flush()
             while follow:
                 chunk = f.read()
                 if chunk:
-                    out.write(chunk)
+                    out.write(show(chunk) if show else chunk)
                     out.flush()
                     continue
                 fresh = host.store.box(row.id)
@@ -287,6 +299,45 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None) -> None
                 if seen is None or seen.state is not VmState.RUNNING:
                     break
                 time.sleep(0.2)
+
+
+def _network_line_printer(fmt: str) -> Any:
+    """JSON lines as they are for -o json; a readable line each otherwise."""
+    import json
+
+    def show(data: bytes) -> bytes:
+        if fmt == "json":
+            return data
+        lines = []
+        for raw in data.splitlines():
+            try:
+                r = json.loads(raw)
+            except ValueError:
+                continue
+            sizes = f" sent={r['sent']} received={r['received']}" if "sent" in r else ""
+            via = f" via {r['ip']}" if r.get("ip") else ""
+            lines.append(f"{r.get('time', '')} {r.get('verdict', '?'):<5} {r.get('proto', ''):<4} "
+                         f"{r.get('dst', '')}{via}: {r.get('reason', '')}{sizes}\n")
+        return "".join(lines).encode()
+    return show
+
+
+@click.command("inspect")
+@click.argument("name")
+@output_option
+@pass_cli
+def inspect_cmd(ctx: CliContext, name: str, output: str | None) -> None:
+    """Everything about one box: spec, VM, network policy, logs (secret values never)."""
+    import json
+
+    from a3s_box.cli.output import emit_yaml
+
+    with Host(ctx.home) as host:
+        data = host.inspect(name)
+    if _fmt(ctx, output) == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        emit_yaml(data)
 
 
 @click.command("stop")
@@ -325,7 +376,7 @@ def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None,
     with Host(ctx.home) as host:
         with host.locked():
             if files:
-                bf = host.load(list(files))
+                bf = host.load(list(files), for_apply=False)
                 gone = host.delete_project(bf, project)
             else:
                 gone = []
@@ -423,7 +474,7 @@ def pool_fill(ctx: CliContext, project: str) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, stop_cmd, start_cmd, delete_cmd,
+    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, start_cmd, delete_cmd,
                 diff_cmd, pool_group):
         cli.add_command(cmd)
 

@@ -14,9 +14,21 @@ import enum
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from a3s_box.guest.protocol import BoxConfig
+
+
+@dataclass(frozen=True)
+class BoxNetwork:
+    """What the box's network reaches and the secrets its proxy puts into requests."""
+
+    policy: dict[str, Any]  # a3s_box.network.policy.NetworkPolicy.to_json()
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> placeholder, value, hosts
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.policy.get("mode", "none") != "none")
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class BoxLaunch:
     config: BoxConfig  # handed to the guest init once it answers
     disk: Path | None = None  # copy-on-write root disk (qcow2 over the image's ext4)
     rootfs_dir: Path | None = None  # unpacked root folder (virtio-fs drivers)
+    network: BoxNetwork | None = None  # None: no network device at all
 
 
 @dataclass(frozen=True)

@@ -84,4 +84,9 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
 
     krun = krun_support(home, refresh=refresh, build=False)
     checks.append(Check("libkrun", krun.usable, krun.detail, essential=False))
+    from a3s_box.drivers.boxnet import network_support
+
+    net_ok, net_detail = network_support()
+    checks.append(Check("network", net_ok, f"qemu: {net_detail}; libkrun: mode none only "
+                        "(an empty network namespace, no TSI)", essential=False))
     return checks

@@ -21,6 +21,7 @@ from pathlib import Path
 from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.probe import probe_accelerators
+from a3s_box.drivers.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
@@ -32,7 +33,7 @@ from a3s_box.home import Home
 CONSOLE = "console.log"
 GUEST_SOCK = "guest.sock"
 RUNTIME_FILES = ("guest.sock", "channel.sock", "qmp.sock", "shim.pid", "launch.json",
-                 ".guest.sock.tmp")
+                 ".guest.sock.tmp", "network.json")
 
 
 SHIM = "a3s_box.drivers.shim"
@@ -96,16 +97,18 @@ class QemuDriver:
         rundir.mkdir(parents=True, exist_ok=True)
         _remove_runtime_files(rundir)
         (rundir / "exit.json").unlink(missing_ok=True)
+        forwards = prepare_network(launch) if launch.network and launch.network.enabled else None
         spec = QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
                         memory_mib=launch.memory_mib, kernel=art.kernel,
                         initramfs=art.initramfs, console_log=rundir / CONSOLE,
                         channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
-                        tsc_khz=read_host_tsc_khz())
+                        tsc_khz=read_host_tsc_khz(), forwards=forwards)
         tmp = rundir / ".launch.json"
         tmp.write_text(json.dumps({"box_id": launch.box_id, "argv": qemu_argv(spec),
                                    "channel": str(rundir / "channel.sock"),
-                                   "guest_socket": str(rundir / GUEST_SOCK)}, indent=1))
+                                   "guest_socket": str(rundir / GUEST_SOCK),
+                                   "network": forwards is not None}, indent=1))
         os.replace(tmp, rundir / "launch.json")
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -139,6 +142,8 @@ class QemuDriver:
                 raise
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
                 client.hello(max(deadline - time.monotonic(), 1.0))
+                if launch.network is not None and launch.network.secrets:
+                    install_box_ca(client, rundir)
                 client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
             return handle
         except BaseException as e:

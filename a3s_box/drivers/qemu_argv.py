@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHANNEL_NAME = "a3s.0"
+# The guest's side of user-mode networking: its address, the gateway (which also
+# answers DNS: the namespace's 127.0.0.1:53, where the box's DNS listens).
+GUEST_NET = "10.0.2.0/24"
+GUEST_NET_ARG = "a3s.net=10.0.2.15/24,10.0.2.2,10.0.2.2"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class QemuSpec:
     boot_args: tuple[str, ...] = ()  # extra a3s.* kernel arguments
     incoming: str | None = None  # "file:/path": restore a saved VM instead of booting
     tsc_khz: int = 0  # the host's TSC rate, handed to a TCG guest (0: let it calibrate)
+    # A virtio-net NIC on user-mode networking (run inside the box's network namespace,
+    # where the egress proxy decides every flow), with (namespace port, box port) TCP
+    # forwards for published ports. None: no NIC at all.
+    forwards: tuple[tuple[int, int], ...] | None = None
     extra: tuple[str, ...] = field(default=())
 
 
@@ -67,6 +75,8 @@ def kernel_cmdline(spec: QemuSpec) -> str:
         # it then has no clocksource and hangs at 0.000000. The guest TSC is the host's,
         # so tell it the rate and skip the (noisy) watchdog.
         args += [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"]
+    if spec.forwards is not None:
+        args.append(GUEST_NET_ARG)
     args.extend(spec.boot_args)
     return " ".join(args)
 
@@ -120,6 +130,10 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         argv += ["-drive", f"id=root,if=none,format=qcow2,discard=unmap,werror=report,"
                  f"rerror=report,file={_opt(spec.disk)}",  # the guest sees I/O errors; QEMU must not freeze
                  "-device", "virtio-blk-device,drive=root"]
+    if spec.forwards is not None:
+        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
+        argv += ["-netdev", f"user,id=net0,ipv6=off,net={GUEST_NET}{fwd}",
+                 "-device", "virtio-net-device,netdev=net0"]
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
     if spec.incoming is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -29,10 +30,12 @@ from pathlib import Path
 
 from a3s_box.drivers.mux import GUEST, Mux, Out
 from a3s_box.guest import protocol as p
+from a3s_box.network import netns
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
 
 CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
 GUEST_BUFFER_HIGH = 4 << 20  # stop reading clients while the guest is this far behind
+HELPER_TIMEOUT = 20.0  # the network helper's namespace, rules and listeners
 
 
 def _die_with_parent() -> None:
@@ -74,6 +77,8 @@ class Shim:
         self.argv = [str(a) for a in launch["argv"]]
         self.channel_path = Path(launch["channel"])
         self.guest_path = Path(launch["guest_socket"])
+        self.with_network = bool(launch.get("network"))
+        self.helper: subprocess.Popen[bytes] | None = None
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, _Conn] = {}
         self.guest: _Conn | None = None
@@ -94,8 +99,21 @@ class Shim:
         chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan.bind(str(self.channel_path))
         chan.listen(1)
+        preexec = _die_with_parent
+        if self.with_network:
+            try:
+                netns_fd = self._start_network()
+            except RuntimeError as e:
+                self.log(str(e))
+                write_json_atomic(self.rundir / "exit.json",
+                                  {"status": None, "signal": 0, "reason": str(e)})
+                return 1
+
+            def preexec() -> None:
+                _die_with_parent()
+                netns.enter(netns_fd)  # QEMU's user-mode network: only through the proxy
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=preexec)
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
         pidfd = os.pidfd_open(self.qemu.pid)
         self.sel.register(pidfd, selectors.EVENT_READ, "qemu")
@@ -117,6 +135,12 @@ class Shim:
             raise
         finally:
             status = self.qemu.wait()
+            if self.helper is not None:
+                self.helper.terminate()
+                try:
+                    self.helper.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.helper.kill()
             result = exit_reason(status)
             if self.stopping:
                 result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
@@ -126,6 +150,26 @@ class Shim:
                 path.unlink(missing_ok=True)
             write_json_atomic(self.rundir / "exit.json", result)
         return 0
+
+    def _start_network(self) -> int:
+        """Start the box's network helper (its namespace, proxy and DNS) and return an fd
+        of that namespace, once the helper says it is serving."""
+        self.helper = subprocess.Popen([sys.executable, "-m", "a3s_box.network.helper", str(self.rundir)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       close_fds=True, preexec_fn=_die_with_parent)
+        assert self.helper.stdout is not None
+        ready, _, _ = select.select([self.helper.stdout], [], [], HELPER_TIMEOUT)
+        line = self.helper.stdout.readline() if ready else b""
+        self.helper.stdout.close()
+        try:
+            said = json.loads(line) if line else {"ok": False, "error": "the network helper did not answer"}
+        except ValueError:
+            said = {"ok": False, "error": f"the network helper said {line[:200]!r}"}
+        if not said.get("ok"):
+            self.helper.kill()
+            raise RuntimeError(f"network: {said.get('error')}")
+        self.log(f"network helper pid {self.helper.pid}")
+        return os.open(str(said["netns"]), os.O_RDONLY | os.O_CLOEXEC)
 
     def _on_signal(self, signo: int, _frame: object) -> None:
         self.stopping = f"{signal.Signals(signo).name} to the shim"

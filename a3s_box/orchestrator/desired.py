@@ -82,7 +82,7 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
     timeouts are deliberately left out: changing them never needs a reboot."""
     agent = box.namespaces.agent
     business = box.namespaces.business
-    return {
+    spec: dict[str, Any] = {
         "image": image_identity,
         "driver": box.driver,
         "hostname": box.hostname,
@@ -101,6 +101,15 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
             else {"parent": business.parent, "isolate": sorted(business.isolate)},
         },
     }
+    # Only where used, so that boxes made before networking existed keep their hash.
+    if box.network.mode != "none":
+        net = box.network
+        spec["network"] = {"mode": net.mode, "egress": list(net.egress), "deny": list(net.deny),
+                           "hosts": dict(sorted(net.hosts.items())), "ports": list(net.ports)}
+    if box.secrets:
+        # names, variables and hosts: the values are never part of the spec (or the state)
+        spec["secrets"] = {n: {"env": s.env, "hosts": list(s.hosts)} for n, s in sorted(box.secrets.items())}
+    return spec
 
 
 def desired_state(

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from a3s_box.image import ImageStore
 from a3s_box.orchestrator.desired import DesiredState
 from a3s_box.orchestrator.graph import Node, build_graph, dependants
-from a3s_box.orchestrator.launch import box_launch, launch_to_json
+from a3s_box.orchestrator.launch import box_launch, box_network, launch_to_json
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.plan import Action, Op, Plan
 from a3s_box.orchestrator.pools import PoolKeeper, members_of
@@ -152,8 +152,12 @@ class Executor:
             return Outcome(action, "failed", str(e), time.monotonic() - t0)
         return Outcome(action, "ok", "", time.monotonic() - t0)
 
-    def _driver(self, declared: str) -> str:
-        return self.default_driver if declared == "auto" and self.default_driver else declared
+    def _driver(self, declared: str, box: Any = None) -> str:
+        if declared == "auto" and self.default_driver:
+            return self.default_driver
+        if declared == "auto" and box is not None and box.network.mode != "none":
+            return "qemu"  # the one driver with networking; libkrun boxes have none
+        return declared
 
     def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:
         """Before touching a box, its depends_on must have reached their conditions."""
@@ -188,11 +192,12 @@ class Executor:
         if record is None:
             raise BoxError(f"pool {p.name}: image {box.image} is not in the local store")
         launch = box_launch("template", box.name, box.definition, record.config,
-                            Path("/nonexistent"), disk=None)
+                            Path("/nonexistent"), disk=None,
+                            network=box_network(box.name, box.definition, os.environ))
         lifetime = box.definition.lifetime
         template = {
             "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
-            "driver": self._driver(box.definition.driver),
+            "driver": self._driver(box.definition.driver, box.definition),
             "lifetime": {"max_duration": lifetime.max_duration, "idle_timeout": lifetime.idle_timeout}
             if lifetime is not None else {},
         }
@@ -221,9 +226,10 @@ class Executor:
             raise BoxError(f"box {want.name}: image {want.image} is not in the local store")
         rundir = self.runtime.home.box_dir(bid)
         launch = box_launch(bid, want.name, want.definition, record.config, rundir,
-                            disk=rundir / "disk.qcow2")
+                            disk=rundir / "disk.qcow2",
+                            network=box_network(want.name, want.definition, os.environ))
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
-                     spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver),
+                     spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver, want.definition),
                      handle=None, status="creating")
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             try:

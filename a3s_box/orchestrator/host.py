@@ -41,6 +41,13 @@ class ApplyResult:
                 "outcomes": [o.to_json() for o in self.outcomes]}
 
 
+def network_summary(spec: dict[str, Any]) -> str:
+    from a3s_box.network.policy import NetworkPolicy
+
+    net = spec.get("network")
+    return NetworkPolicy.from_json(net).summary() if net else "none"
+
+
 @dataclass(frozen=True)
 class BoxInfo:
     """One line of `box ps`."""
@@ -54,6 +61,7 @@ class BoxInfo:
     image: str
     pid: int | None
     detail: str
+    network: str = "none"  # the policy in one line (NetworkPolicy.summary)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,10 +117,12 @@ class Host:
             yield
 
     # --- plan / apply ----------------------------------------------------------
-    def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> "Boxfile":
+    def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
+             for_apply: bool = True) -> "Boxfile":
+        """FOR_APPLY (plan, apply, diff): the variables of declared secrets must be set."""
         from a3s_box.boxfile import load
 
-        return load(files, environ)
+        return load(files, environ, for_apply=for_apply)
 
     def desired(self, bf: "Boxfile", project: str | None = None) -> "DesiredState":
         from a3s_box.orchestrator.desired import desired_state, project_name
@@ -194,8 +204,20 @@ class Host:
                 elif status == "running":
                     detail = self._agent_detail(row)
             out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
-                               row.image[:19], pid, detail))
+                               row.image[:19], pid, detail, network_summary(row.spec)))
         return out
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """Everything known of one box: its spec (secrets by name, never their values),
+        where its VM runs, its network policy."""
+        row = self.find(name)
+        info = next(b for b in self.ps(row.project) if b.id == row.id)
+        rundir = self.home.box_dir(row.id)
+        return {**info.to_json(), "spec": row.spec, "spec_hash": row.spec_hash,
+                "pool": row.pool, "lease": row.lease, "rundir": str(rundir),
+                "logs": {"console": str(rundir / "console.log"),
+                         "network": str(rundir / "network.log")},
+                "secrets": sorted((row.spec.get("secrets") or {}).keys())}
 
     def _agent_detail(self, row: BoxRow) -> str:
         try:

@@ -5,13 +5,16 @@ defaults to the image's Entrypoint + Cmd, its workdir to the image's WorkingDir.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from a3s_box.drivers.base import BoxLaunch
+from a3s_box.drivers.base import BoxLaunch, BoxNetwork
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
+from a3s_box.network.ca import GUEST_CA_BUNDLE, GUEST_CA_CERT
+from a3s_box.network.policy import NetworkPolicy
+from a3s_box.network.secrets import new_placeholder
 
 if TYPE_CHECKING:
     from a3s_box.boxfile.model import BoxDef
@@ -42,11 +45,34 @@ def _env_map(env: Any) -> dict[str, str]:
     return out
 
 
-def agent_config(name: str, box: BoxDef, image_config: Any) -> BoxConfig:
+def box_network(name: str, box: BoxDef, environ: Mapping[str, str],
+                placeholder: Callable[[str], str] = new_placeholder) -> BoxNetwork | None:
+    """The box's network and its secrets: values read from ENVIRON now (the Boxfile
+    loader already said which are missing), each with a fresh placeholder."""
+    if box.network.mode == "none" and not box.secrets:
+        return None
+    policy = NetworkPolicy.from_json(box.network.model_dump()).to_json()
+    secrets: dict[str, dict[str, Any]] = {}
+    for sname, s in sorted(box.secrets.items()):
+        if s.env not in environ:
+            raise DriverError(name, f"secret {sname}: environment variable {s.env} is not set")
+        secrets[sname] = {"placeholder": placeholder(sname), "value": environ[s.env],
+                          "hosts": list(s.hosts)}
+    return BoxNetwork(policy, secrets)
+
+
+def agent_config(name: str, box: BoxDef, image_config: Any,
+                 network: BoxNetwork | None = None) -> BoxConfig:
     agent = box.namespaces.agent
     env = _env_map(getattr(image_config, "env", None))
     env.update(box.env)
     env.update(agent.env)
+    if network is not None and network.secrets:
+        # The box sees placeholders only; its TLS clients trust the box's CA (its
+        # proxy terminates TLS to the secrets' hosts, and only those).
+        env.update({n: str(s["placeholder"]) for n, s in network.secrets.items()})
+        env.update({"SSL_CERT_FILE": GUEST_CA_BUNDLE, "REQUESTS_CA_BUNDLE": GUEST_CA_BUNDLE,
+                    "CURL_CA_BUNDLE": GUEST_CA_BUNDLE, "NODE_EXTRA_CA_CERTS": GUEST_CA_CERT})
     # The guest init puts `nsexec` in /.a3s: keep it reachable whatever PATH the image sets.
     if "PATH" in env and "/.a3s" not in env["PATH"].split(":"):
         env["PATH"] += ":/.a3s"
@@ -75,15 +101,17 @@ def agent_config(name: str, box: BoxDef, image_config: Any) -> BoxConfig:
 
 
 def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: Path,
-               disk: Path | None, rootfs_dir: Path | None = None) -> BoxLaunch:
+               disk: Path | None, rootfs_dir: Path | None = None,
+               network: BoxNetwork | None = None) -> BoxLaunch:
     return BoxLaunch(
         box_id=box_id,
         rundir=rundir,
         vcpus=box.resources.vcpus,
         memory_mib=box.resources.memory >> 20,
-        config=agent_config(name, box, image_config),
+        config=agent_config(name, box, image_config, network),
         disk=disk,
         rootfs_dir=rootfs_dir,
+        network=network,
     )
 
 
@@ -97,6 +125,8 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "memory_mib": launch.memory_mib,
         "disk": str(launch.disk) if launch.disk else None,
         "rootfs_dir": str(launch.rootfs_dir) if launch.rootfs_dir else None,
+        "network": {"policy": launch.network.policy, "secrets": launch.network.secrets}
+        if launch.network is not None else None,
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -115,6 +145,8 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         memory_mib=int(data["memory_mib"]),
         disk=Path(data["disk"]) if data.get("disk") else None,
         rootfs_dir=Path(data["rootfs_dir"]) if data.get("rootfs_dir") else None,
+        network=BoxNetwork(data["network"]["policy"], data["network"].get("secrets") or {})
+        if data.get("network") else None,
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

@@ -6,6 +6,7 @@ failure or Ctrl-C, so an interrupted create never leaves a half-made box behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -189,8 +190,11 @@ def _with(row: BoxRow, **changes: Any) -> BoxRow:
 
 
 def _write_json(path: Path, data: object) -> None:
+    # 0600: a box's launch record holds the values of its secrets
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
 
 

@@ -169,8 +169,12 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
         return Action(Op.NOOP, "box", name, f"template of pool {pools}")
     if have is None:
         res = want.spec["resources"]
+        net = want.spec.get("network")
+        extra = f", network {net['mode']}" if net else ""
+        if want.spec.get("secrets"):
+            extra += f", {len(want.spec['secrets'])} secret{'s' if len(want.spec['secrets']) > 1 else ''}"
         return Action(Op.CREATE, "box", name,
-                      f"image {want.image}, {res['vcpus']} vcpu, {res['memory']}")
+                      f"image {want.image}, {res['vcpus']} vcpu, {res['memory']}{extra}")
     if have.spec_hash != want.spec_hash:
         changes = tuple(diff_specs(have.spec, want.spec))
         if changes:

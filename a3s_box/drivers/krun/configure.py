@@ -13,7 +13,7 @@ from a3s_box.drivers.krun.library import ROOT_TAG, Krun
 from a3s_box.drivers.krun.spec import KrunSpec
 from a3s_box.errors import DriverError, HostUnsupported
 
-TSI_HIJACK_INET = 1  # keep the guest's network (libkrun's transparent socket impersonation)
+NO_TSI = 0  # no transparent socket impersonation: a libkrun box's network is none
 MAX_VCPUS = 255  # krun_set_vm_config takes a uint8_t
 MAX_MEMORY_MIB = 2**32 - 1
 
@@ -89,7 +89,7 @@ def configure(ctx: Context, spec: KrunSpec) -> None:
             # newer builds: an explicit vsock device (the fork requires one for ports)
             if krun.has("krun_disable_implicit_vsock"):
                 ctx.call("krun_disable_implicit_vsock", what="vsock")
-            ctx.call("krun_add_vsock", TSI_HIJACK_INET, what="vsock")
+            ctx.call("krun_add_vsock", NO_TSI, what="vsock")
         ctx.call("krun_add_vsock_port2", spec.port, spec.socket.encode(), True,
                  what=f"vsock port {spec.port} <-> {spec.socket}")
     if krun.has("krun_set_console_output"):

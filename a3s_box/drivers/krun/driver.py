@@ -125,6 +125,10 @@ class KrunDriver:
             if not support.usable:
                 raise HostUnsupported(self.name, support.detail.removesuffix(" [cached]"))
         rundir = launch.rundir
+        if launch.network is not None and launch.network.enabled:
+            raise HostUnsupported(self.name, f"box {launch.box_id}: network mode "
+                                  f"{launch.network.policy.get('mode')} is not available with libkrun yet "
+                                  "(its boxes have no network); use driver: qemu or driver: auto")
         if launch.rootfs_dir is None:
             raise DriverError(launch.box_id, "libkrun boots from the image's unpacked root "
                               "folder, and this box has none")

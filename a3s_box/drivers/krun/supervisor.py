@@ -63,6 +63,8 @@ def run_vm(rundir: Path, spec: KrunSpec) -> None:
         ctx.call("krun_start_enter", what="start the VM")  # returns only on failure
     except BoxError as e:
         (rundir / "config-error.txt").write_text(str(e))
+    except RuntimeError as e:  # isolate.NoEmptyNetwork
+        (rundir / "config-error.txt").write_text(str(e))
     except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
         (rundir / "config-error.txt").write_text(f"supervisor bug: {e!r}")
     finally:

@@ -1,0 +1,70 @@
+"""What a driver does for a box's network: hand its policy to the network helper that
+the supervisor starts (a3s_box.network.helper), and put the box's CA into the guest.
+The decisions themselves are all in a3s_box.network."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from a3s_box.drivers.base import BoxLaunch
+from a3s_box.errors import HostUnsupported
+from a3s_box.network.ca import GUEST_CA_BUNDLE, GUEST_CA_CERT, GUEST_TRUST_STORE, ensure_ca
+from a3s_box.network.netns import missing_tools
+from a3s_box.network.policy import NetworkPolicy
+
+NETWORK_JSON = "network.json"
+FORWARD_BASE = 20000  # published port i is forwarded from the namespace's 127.0.0.1:20000+i
+
+
+def network_support() -> tuple[bool, str]:
+    """For `box doctor` and for refusing boxes: can this host give a box its own netns?"""
+    missing = missing_tools()
+    if missing:
+        return False, (f"{', '.join(missing)} not found (apt install iproute2 iptables): boxes with "
+                       "network mode allowlist or public cannot start")
+    if os.geteuid() != 0:
+        return False, "needs root for a per-box network namespace with netfilter rules"
+    return True, ("per-box network namespace, transparent egress proxy with its own DNS "
+                  "(every TCP port, UDP only for DNS)")
+
+
+def prepare_network(launch: BoxLaunch) -> tuple[tuple[int, int], ...]:
+    """Write RUNDIR/network.json for the helper; the (namespace port, box port) forwards."""
+    assert launch.network is not None
+    ok, why = network_support()
+    if not ok:
+        raise HostUnsupported("qemu", f"box {launch.box_id}: network mode "
+                              f"{launch.network.policy.get('mode')}: {why}")
+    policy = NetworkPolicy.from_json(launch.network.policy)
+    forwards = tuple((FORWARD_BASE + i, p.box_port) for i, p in enumerate(policy.ports))
+    ca_dir = None
+    if launch.network.secrets:
+        ensure_ca(launch.rundir, launch.box_id)
+        ca_dir = str(launch.rundir)
+    conf: dict[str, Any] = {"box_id": launch.box_id, "policy": launch.network.policy,
+                            "secrets": launch.network.secrets, "ca_dir": ca_dir,
+                            "forwards": [[i, inner] for i, (inner, _) in enumerate(forwards)]}
+    path = launch.rundir / NETWORK_JSON
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(conf, f)
+    os.replace(tmp, path)
+    return forwards
+
+
+def install_box_ca(client: Any, rundir: Path) -> None:
+    """The box's CA into the guest, before the agent starts: alone, in a bundle with the
+    image's own trust store, and appended to that store where the image has one."""
+    ca = (rundir / "ca.pem").read_bytes()
+    try:
+        store = client.get(GUEST_TRUST_STORE)
+    except Exception:  # noqa: BLE001 - no trust store in this image: the bundle is the CA alone
+        store = None
+    client.put(GUEST_CA_CERT, ca)
+    bundle = (store.rstrip(b"\n") + b"\n" if store else b"") + ca
+    client.put(GUEST_CA_BUNDLE, bundle)
+    if store is not None:
+        client.put(GUEST_TRUST_STORE, bundle)
