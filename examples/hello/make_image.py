@@ -79,12 +79,13 @@ def app_layer(tar: tarfile.TarFile) -> None:
     _entry(tar, "etc/motd", data=b"Welcome to an a3s-box microVM.\n", mode=0o644)
 
 
-def build(out: Path) -> str:
+def build(out: Path, extra_layers=()) -> str:  # type: ignore[no-untyped-def]
+    """The image; EXTRA_LAYERS (functions filling a tarfile) go on top (tests add tools)."""
     if out.exists():
         shutil.rmtree(out)
     (out / "blobs" / "sha256").mkdir(parents=True)
     layers, diff_ids = [], []
-    for build_layer in (base_layer, app_layer):
+    for build_layer in (base_layer, app_layer, *extra_layers):
         tar = _layer(build_layer)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
         gz = gzip.compress(tar, mtime=0)
@@ -97,7 +98,8 @@ def build(out: Path) -> str:
                    "Entrypoint": ["/bin/sh"], "Cmd": ["/app/agent.sh"], "WorkingDir": "/app",
                    "Labels": {"org.a3s.box.example": "hello"}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": "busybox-static"}, {"created_by": "agent"}],
+        "history": [{"created_by": "busybox-static"}, {"created_by": "agent"}]
+        + [{"created_by": getattr(f, "__name__", "extra")} for f in extra_layers],
     }, sort_keys=True).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

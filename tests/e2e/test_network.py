@@ -1,0 +1,193 @@
+"""Box networking on real microVMs, attacked from inside the guest (root there).
+
+"The internet" is an HTTP and an HTTPS server on the host's 127.0.0.1 (tests reach no
+other address), with a test CA that the host side trusts through SSL_CERT_FILE; names
+point at it with `hosts:`. Two boxes boot once for the whole module: `net`
+(allowlist, a published port, a secret) and `sealed` (mode none).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BoxCli, boxfile
+from tests.network.conftest import Internet, internet  # noqa: F401 - the fixture
+from tests.network.tools_image import build_tools_image
+
+pytestmark = pytest.mark.vm
+TOKEN = "sk-live-4242-never-in-the-guest"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _host_address() -> str | None:
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return next((a for a in out if "." in a and not a.startswith("127.")), None)
+
+
+@pytest.fixture(scope="module")
+def tools_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tools_image(tmp_path_factory.mktemp("tools") / "image")
+
+
+@pytest.fixture(scope="module")
+def net(box: BoxCli, tools_image: Path, internet: Internet,  # noqa: F811
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    box.env["SSL_CERT_FILE"] = str(internet.ca)  # the host side trusts "the internet"
+    box.env["A3S_TEST_TOKEN"] = TOKEN
+    pub = _free_port()
+    h, s = internet.http_port, internet.https_port
+    folder = tmp_path_factory.mktemp("net")
+    f = boxfile(folder, tools_image, f"""boxes:
+  net:
+    image: hello
+    resources: {{memory: 160Mi}}
+    namespaces:
+      agent: {{command: ["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"]}}
+    network:
+      mode: allowlist
+      egress: ["api.test:{h}", "api.test:{s}", "other.test:{s}"]
+      hosts: {{api.test: 127.0.0.1, other.test: 127.0.0.1}}
+      ports: ["127.0.0.1:{pub}:80"]
+    secrets:
+      TOKEN: {{env: A3S_TEST_TOKEN, hosts: ["api.test:{s}"]}}
+  sealed:
+    image: hello
+    resources: {{memory: 128Mi}}
+    namespaces:
+      agent: {{command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+""")
+    r = box("apply", "-f", str(f))
+    assert r.code == 0, r.out + r.err
+    yield {"file": f, "pub": pub, "http": h, "https": s}
+    box("delete", "-f", str(f))
+
+
+def _sh(box: BoxCli, script: str, name: str = "net") -> tuple[int, str, str]:
+    r = box("exec", name, "--", "sh", "-c", script, timeout=120)
+    return r.code, r.out, r.err
+
+
+def test_an_allowed_name_is_reachable_and_the_policy_is_shown(box: BoxCli, net: dict[str, object],
+                                                              internet: Internet) -> None:  # noqa: F811
+    code, out, err = _sh(box, f"curl -sS -m 10 http://api.test:{net['http']}/hello")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "/hello"
+    ps = {b["name"]: b for b in box("ps", "-o", "json", check=True).json()}
+    assert ps["net"]["network"].startswith("allowlist; api.test:") and ps["sealed"]["network"] == "none"
+    inspect = box("inspect", "net", "-o", "json", check=True).json()
+    assert inspect["secrets"] == ["TOKEN"] and TOKEN not in json.dumps(inspect)
+    logs = box("logs", "--network", "net", check=True).out
+    assert f"allow tcp  api.test:{net['http']} via 127.0.0.1" in logs
+
+
+def test_other_names_raw_addresses_and_the_host_are_not_reachable(box: BoxCli, net: dict[str, object],
+                                                                  internet: Internet) -> None:  # noqa: F811
+    h = net["http"]
+    before = len(internet.requests)
+    code, out, _ = _sh(box, f"curl -sS -m 5 http://evil.test:{h}/x; echo rc=$?")
+    assert "rc=6" in out  # our DNS does not resolve it
+    code, out, _ = _sh(box, f"curl -fsS -m 5 http://10.0.2.2:{h}/x; echo rc=$?")
+    assert "rc=0" not in out  # the gateway is the namespace's own loopback: nothing there
+    host_ip = _host_address()
+    if host_ip:
+        code, out, _ = _sh(box, f"curl -fsS -m 5 http://{host_ip}:{h}/x; echo rc=$?")
+        assert "rc=0" not in out
+        denied = [json.loads(x) for x in (box.home / "boxes" / _box_id(box, "net") / "network.log")
+                  .read_text().splitlines() if host_ip in x]
+        assert denied and all(d["verdict"] == "deny" for d in denied)
+    code, out, _ = _sh(box, f"curl -sS -m 5 http://other.test:{h}/x; echo rc=$?")
+    assert "not in the allow-list" in out  # an allowed name, but not on that port
+    assert len(internet.requests) == before  # nothing of it reached "the internet"
+
+
+def test_mode_none_has_no_network_at_all(box: BoxCli, net: dict[str, object]) -> None:
+    code, out, err = _sh(box, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; "
+                              f"curl -fsS -m 5 http://api.test:{net['http']}/; echo rc=$?", name="sealed")
+    lines = out.split()
+    assert lines[0] == "lo" and "eth0" not in lines and "rc=0" not in out
+
+
+def test_a_secret_never_enters_the_guest_but_reaches_its_host(box: BoxCli, net: dict[str, object],
+                                                              internet: Internet) -> None:  # noqa: F811
+    s = net["https"]
+    # the environment holds a placeholder; no file or process in the guest holds the value
+    code, out, _ = _sh(box, f"echo $TOKEN; env | grep -c '{TOKEN}'; "
+                            f"grep -rl '{TOKEN}' /etc /.a3s /root /tmp /app 2>/dev/null | wc -l; "
+                            f"cat /proc/*/environ 2>/dev/null | grep -c '{TOKEN}'")
+    placeholder, in_env, in_files, in_procs = out.split()
+    assert placeholder.startswith("a3s-secret-token-") and (in_env, in_files, in_procs) == ("0", "0", "0")
+    # TLS to the secret's host is verified against the box's CA (in the guest's trust
+    # bundle), two requests on one connection, the placeholder replaced in both
+    url = f"https://api.test:{s}"
+    code, out, err = _sh(box, f'curl -sS -m 10 -H "Authorization: Bearer $TOKEN" {url}/k1 {url}/k2')
+    assert code == 0, err
+    assert internet.last("/k1")["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert internet.last("/k2")["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert "a3s-secret" not in json.dumps(internet.requests[-2:])
+    # the reply the guest saw came back through the proxy: it contains the value the
+    # upstream echoed, which is the one way a guest can learn it (it asked that host)
+
+
+def test_a_placeholder_sent_elsewhere_is_refused(box: BoxCli, net: dict[str, object],
+                                                 internet: Internet) -> None:  # noqa: F811
+    before = len(internet.requests)
+    code, out, _ = _sh(box, f'curl -sS -m 10 -H "X-Key: $TOKEN" http://api.test:{net["http"]}/leak')
+    assert "placeholder of secret TOKEN in a plain HTTP request" in out
+    assert len(internet.requests) == before
+
+
+def test_tls_to_a_host_without_secrets_passes_through_untouched(box: BoxCli, net: dict[str, object],
+                                                                internet: Internet) -> None:  # noqa: F811
+    code, out, err = _sh(box, f"curl -sSk -m 10 -v https://other.test:{net['https']}/through 2>&1")
+    assert code == 0, out + err
+    assert "a3s-box test internet CA" in out  # the upstream's own certificate, end to end
+    assert internet.last("/through")["scheme"] == "https"
+
+
+def test_a_spoofed_dns_answer_or_sni_does_not_redirect_the_dial(box: BoxCli, net: dict[str, object],
+                                                                internet: Internet) -> None:  # noqa: F811
+    s = net["https"]
+    code, out, _ = _sh(box, f"curl -sS -m 5 -o /dev/null -w '%{{remote_ip}}' http://api.test:{net['http']}/ip")
+    api_ip = out.strip().split()[0]
+    assert api_ip.startswith("198.18.")  # an address of ours, not the real one
+    before = len(internet.requests)
+    # the guest claims evil.test lives at api.test's address: the stream says evil.test
+    code, out, _ = _sh(box, f"curl -sSk -m 10 --resolve evil.test:{s}:{api_ip} https://evil.test:{s}/spoof; "
+                            f"echo; curl -sSk -m 10 --resolve evil.test:{s}:127.0.0.1 https://evil.test:{s}/spoof2; "
+                            "echo rc=$?")
+    assert "does not match 'api.test'" in out and "rc=0" not in out.split("\n")[-2:]
+    assert not any(r["path"].startswith("/spoof") for r in internet.requests[before:])
+
+
+def test_a_published_port_is_reachable_on_loopback_only(box: BoxCli, net: dict[str, object]) -> None:
+    pub = int(str(net["pub"]))
+    r = subprocess.run(["curl", "-sS", "-m", "10", f"http://127.0.0.1:{pub}/motd"], capture_output=True, text=True)
+    assert r.stdout == "Welcome to an a3s-box microVM.\n", r.stderr
+    host_ip = _host_address()
+    if host_ip:
+        r = subprocess.run(["curl", "-sS", "-m", "5", f"http://{host_ip}:{pub}/motd"], capture_output=True, text=True)
+        assert r.returncode != 0
+
+
+def test_a_changed_policy_recreates_the_box(box: BoxCli, net: dict[str, object]) -> None:
+    override = Path(str(net["file"])).parent / "override.yaml"
+    h, s = net["http"], net["https"]
+    override.write_text(f'boxes:\n  net:\n    network:\n      egress: ["api.test:{h}", "api.test:{s}", '
+                        f'"other.test:{s}", "new.test"]\n')
+    r = box("plan", "-f", str(net["file"]), "-f", str(override))
+    assert "~ box net" in r.out and "network.egress" in r.out
+    override.unlink()
+
+
+def _box_id(box: BoxCli, name: str) -> str:
+    return next(b["id"] for b in box("ps", "-o", "json", check=True).json() if b["name"] == name)
