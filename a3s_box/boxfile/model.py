@@ -238,8 +238,7 @@ def _checked(parse: Any) -> Any:
 
 
 Destination = Annotated[str, Field(min_length=1), AfterValidator(_checked(parse_destination))]
-PublishedPort = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
-                          Field(min_length=1), AfterValidator(_checked(parse_published))]
+PublishedPort = Annotated[str, Field(min_length=1), AfterValidator(_checked(parse_published))]
 HostAddress = Annotated[str, AfterValidator(_checked(parse_host_ip))]
 
 

@@ -134,7 +134,7 @@ def parse_published(text: str) -> Published:
         ip = ipaddress.IPv4Address(parts[0])
     except ValueError:
         raise RuleError(f"{raw!r}: {parts[0]!r} is not an IPv4 address of this host") from None
-    hp, bp = _port(parts[1], "host port"), _port(parts[2], "box port")
+    hp, bp = _port(parts[1], f"in {raw!r}, host port"), _port(parts[2], f"in {raw!r}, box port")
     if ANY_PORT in (hp, bp):
         raise RuleError(f"{raw!r}: a published port must be a number")
     return Published(str(ip), hp, bp)

@@ -62,3 +62,32 @@ def test_the_cli_prints_problems_and_exits_2_without_a_traceback(tmp_path: Path)
     assert r.stdout == ""
     assert r.stderr.startswith(f"{f}:3:14: boxes.a.image: unknown image 'nope'")
     assert "Traceback" not in r.stderr
+
+
+NET = HEAD + """boxes:
+  coder:
+    image: x:1
+    network:
+      mode: allowlist
+      egress: [api.openai.com]
+      ports: ["127.0.0.1:8080:80", "8080:81"]
+"""
+
+
+def test_two_ports_publishing_one_host_port_are_located(tmp_path: Path) -> None:
+    assert problems(tmp_path, NET) == [
+        "Boxfile.yaml:8:14: boxes.coder.network.ports: '127.0.0.1:8080:80' and '8080:81' both "
+        "publish 127.0.0.1:8080"]
+
+
+def test_a_secret_whose_variable_is_unset_is_an_error_at_apply_only(tmp_path: Path) -> None:
+    f = tmp_path / "Boxfile.yaml"
+    f.write_text(HEAD + "boxes:\n  coder:\n    image: x:1\n    network: {mode: allowlist, egress: [api.openai.com]}\n"
+                 "    secrets:\n      KEY: {env: OPENAI_API_KEY, hosts: [api.openai.com]}\n")
+    assert load([f], {}).boxes["coder"].secrets["KEY"].env == "OPENAI_API_KEY"  # box validate: fine
+    with pytest.raises(BoxfileError) as e:
+        load([f], {}, for_apply=True)
+    assert [str(p).replace(str(tmp_path) + "/", "") for p in e.value.problems] == [
+        "Boxfile.yaml:7:18: boxes.coder.secrets.KEY.env: environment variable OPENAI_API_KEY is not "
+        "set: box coder needs it for secret KEY"]
+    assert load([f], {"OPENAI_API_KEY": "sk-1"}, for_apply=True).boxes["coder"].secrets

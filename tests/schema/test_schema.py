@@ -65,6 +65,8 @@ NOT_IN_SCHEMA = {
     "deep-nesting", "unknown-image", "unknown-depends-on", "unknown-pool-box", "dependency-cycle",
     "depends-on-itself", "healthy-without-healthcheck", "min-ready-above-max", "too-little-memory",
     "unset-variable", "required-variable-with-message", "invalid-interpolation", "infinite-duration",
+    "network-bad-destination", "network-egress-needs-allowlist", "network-bad-port",
+    "network-bad-host-override", "secret-host-not-allowed", "secret-bad-host",
 }
 # Not YAML data, not JSON data (.inf), or data no validator should be handed (the bomb,
 # 5,000 levels deep).
