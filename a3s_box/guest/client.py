@@ -255,6 +255,15 @@ class GuestClient:
         if res.errno:
             raise GuestError(self.box, f"configure: {res.message or os.strerror(res.errno)}")
 
+    def mount(self, fstype: str, source: str, target: str, read_only: bool = False,
+              data: str = "", timeout: float = 30.0) -> None:
+        """Mount a volume in the guest's root (before configure: the agent's namespaces
+        copy what is mounted then)."""
+        res = self._ctl_request(p.mount_frame(fstype, source, target, read_only, data), timeout,
+                                f"mount {target}")
+        if res.errno:
+            raise GuestError(self.box, f"volume on {target}: {res.message or os.strerror(res.errno)}")
+
     def ping(self, timeout: float = 5.0) -> float:
         """Round trip of one PING, in seconds."""
         sid, q = self._open()

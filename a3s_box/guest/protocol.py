@@ -24,6 +24,7 @@ class MsgType(enum.IntEnum):
     PONG = 0x03
     CONFIG = 0x04
     SHUTDOWN = 0x05
+    MOUNT = 0x06
     RESULT = 0x0F
     EXEC = 0x10
     STARTED = 0x11
@@ -361,6 +362,14 @@ def hello() -> bytes:
 
 def exec_frame(stream: int, req: ExecRequest) -> bytes:
     return encode(MsgType.EXEC, stream, req.encode())
+
+
+MOUNT_READ_ONLY = 1
+
+
+def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "") -> bytes:
+    return encode(MsgType.MOUNT, 0, Writer().str(fstype).str(source).str(target)
+                  .u32(MOUNT_READ_ONLY if read_only else 0).str(data).bytes())
 
 
 def put_frame(stream: int, path: str, mode: int, ns: Namespace = Namespace.ROOT) -> bytes:

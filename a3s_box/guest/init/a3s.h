@@ -13,7 +13,7 @@
 #define HDR 11
 
 enum msg {
-	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05,
+	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06,
 	M_RESULT = 0x0F, M_EXEC = 0x10, M_STARTED = 0x11, M_STDIN = 0x12, M_STDOUT = 0x13,
 	M_STDERR = 0x14, M_EXIT = 0x15, M_SIGNAL = 0x16, M_RESIZE = 0x17, M_PUT = 0x20,
 	M_GET = 0x21, M_DATA = 0x22, M_STATUS = 0x30, M_STATUS_REPLY = 0x31, M_ERROR = 0x7F,
@@ -95,7 +95,8 @@ void boot_early(void);
 int boot_modules(const char *dir);
 int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
-int net_up(const char *spec); /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */
+int net_up(const char *spec);
+int tar_main(int argc, char **argv); /* tar.c: /.a3s/tar for box cp */ /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */
 int boot_open_channel(const char *spec, int *listen_fd);
 void boot_poweroff(int reboot) __attribute__((noreturn));
 

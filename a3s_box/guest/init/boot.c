@@ -194,6 +194,8 @@ static void install_self(const char *self, const char *dir)
 	copy_file(self, p, 0755);
 	snprintf(p, sizeof p, "%s/nsexec", dir);
 	copy_file(self, p, 0755);
+	snprintf(p, sizeof p, "%s/tar", dir);
+	copy_file(self, p, 0755);
 }
 
 int boot_switch_root(const struct bootcfg *c, const char *self)

@@ -54,6 +54,8 @@ int main(int argc, char **argv)
 	char *name = basename(argv[0] ? argv[0] : "init");
 	if (!strcmp(name, "nsexec"))
 		return nsexec_main(argc, argv);
+	if (!strcmp(name, "tar"))
+		return tar_main(argc, argv);
 	if (getpid() == 1)
 		return pid1("/init");
 	int serve = 0;

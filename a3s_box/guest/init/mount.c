@@ -1,0 +1,61 @@
+/* MOUNT: the box's volumes, mounted in the guest's root before the agent exists (its
+ * namespaces copy them). The host decides what each is; the kernel enforces the rest
+ * (a read-only bind is also read-only on the host side, where the guest cannot reach). */
+#include "server.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#define MOUNT_READ_ONLY 1u
+
+/* mkdir -p inside the guest's root, refusing to follow a symlink the image put there. */
+static int make_dirs(const char *path)
+{
+	char buf[4096];
+	if (strlen(path) >= sizeof buf)
+		return errno = ENAMETOOLONG, -1;
+	snprintf(buf, sizeof buf, "%s", path);
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || *p == 0) {
+			char was = *p;
+			*p = 0;
+			struct stat st;
+			if (lstat(buf, &st) == 0) {
+				if (!S_ISDIR(st.st_mode))
+					return errno = ENOTDIR, -1;
+			} else if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
+				return -1;
+			}
+			*p = was;
+			if (!was)
+				return 0;
+		}
+	}
+}
+
+void on_mount(struct conn *c, struct rd *r)
+{
+	char *fstype = r_str(r), *source = r_str(r), *target = r_str(r);
+	uint32_t flags = r_u32(r);
+	char *data = r_str(r);
+	char msg[600];
+	if (r_end(r) < 0 || target[0] != '/' || strstr(target, "/..")) {
+		send_result(c, 0, EINVAL, "bad MOUNT payload");
+	} else if (A.configured) {
+		send_result(c, 0, EBUSY, "volumes are mounted before CONFIG");
+	} else if (make_dirs(target) < 0) {
+		snprintf(msg, sizeof msg, "mkdir %s: %s", target, strerror(errno));
+		send_result(c, 0, errno, msg);
+	} else if (mount(source, target, fstype,
+			 MS_NOSUID | MS_NODEV | ((flags & MOUNT_READ_ONLY) ? MS_RDONLY : 0),
+			 *data ? data : NULL) < 0) {
+		int e = errno;
+		snprintf(msg, sizeof msg, "mount %s %s on %s: %s", fstype, source, target, strerror(e));
+		send_result(c, 0, e, msg);
+	} else {
+		logmsg("mounted %s %s on %s%s", fstype, source, target,
+		       (flags & MOUNT_READ_ONLY) ? " (read-only)" : "");
+		send_result(c, 0, 0, "");
+	}
+	free(fstype), free(source), free(target), free(data);
+}
