@@ -10,6 +10,9 @@ The public Python API (the `box` CLI is built on it):
             host.apply(bf)
         with host.leased("coders") as box:        # a warm-pool box, released after
             print(box.run(["echo", "hi"]).stdout)
+        box = host.box("coder")                   # any box: run, and files in and out
+        box.files.upload("./src", "/workspace")
+        print(box.files.read("/workspace/src/main.py"))
 
 Names are imported lazily so that `box --help` does not pay for pydantic and friends.
 """
@@ -25,6 +28,8 @@ _EXPORTS = {
     "ApplyResult": "a3s_box.orchestrator.host",
     "BoxInfo": "a3s_box.orchestrator.host",
     "LeasedBox": "a3s_box.orchestrator.host",
+    "BoxHandle": "a3s_box.orchestrator.host",
+    "FilesError": "a3s_box.files",
     "Plan": "a3s_box.orchestrator.plan",
     "Action": "a3s_box.orchestrator.plan",
     "Home": "a3s_box.home",
@@ -61,5 +66,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from a3s_box.errors import (BoxError, BoxfileError, DriverError, GuestError, HostUnsupported,
                                 ImageError, Problem, RegistryError, StateError)
     from a3s_box.home import Home
-    from a3s_box.orchestrator.host import ApplyResult, BoxInfo, Host, LeasedBox
+    from a3s_box.files import FilesError
+    from a3s_box.orchestrator.host import ApplyResult, BoxHandle, BoxInfo, Host, LeasedBox
     from a3s_box.orchestrator.plan import Action, Plan

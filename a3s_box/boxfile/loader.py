@@ -20,7 +20,7 @@ from a3s_box.boxfile.interpolate import interpolate
 from a3s_box.boxfile.messages import Issue, issue_from
 from a3s_box.boxfile.model import Boxfile, ImageDef
 from a3s_box.boxfile.positions import locate
-from a3s_box.boxfile.references import check_references, check_secrets
+from a3s_box.boxfile.references import check_references, check_secrets, check_volumes
 from a3s_box.boxfile.source import Source, SourceProblem, parse_fast, parse_positions, read
 from a3s_box.errors import BoxfileError, Problem
 
@@ -37,6 +37,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
     docs: list[Any] = []
     problems: list[Problem] = []
     bases: dict[str, Path] = {}  # image name -> folder of the file that last set its path
+    volume_bases: dict[str, Path] = {}  # box name -> folder of the file that last set its volumes
     for path in paths:
         try:
             src = read(path)
@@ -55,6 +56,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
         sources.append(src)
         docs.append(_strip_extensions(data))
         bases.update(_image_path_bases(data, path.parent))
+        volume_bases.update(_volume_bases(data, path.parent))
     if problems:
         raise BoxfileError(problems)
 
@@ -63,6 +65,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
         merged = _merge(merged, d)
     data, interp_errors = interpolate(merged, env)
     _resolve_paths(data, bases)
+    _resolve_bind_sources(data, volume_bases)
     issues = [Issue(e.path, e.message) for e in interp_errors]
     model: Boxfile | None = None
     try:
@@ -73,6 +76,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
         issues += check_references(data)
     if model is not None:
         issues += check_secrets(model, env if for_apply else None)
+        issues += check_volumes(model, for_apply)
     if issues:
         raise BoxfileError(_place(issues, sources))
     assert model is not None
@@ -122,6 +126,35 @@ def _image_path_bases(doc: dict[Any, Any], base: Path) -> dict[str, Path]:
     if not isinstance(images, dict):
         return {}
     return {str(name): base for name, img in images.items() if isinstance(img, dict) and "path" in img}
+
+
+def _volume_bases(doc: dict[Any, Any], base: Path) -> dict[str, Path]:
+    boxes = doc.get("boxes")
+    if not isinstance(boxes, dict):
+        return {}
+    return {str(name): base for name, box in boxes.items() if isinstance(box, dict) and "volumes" in box}
+
+
+def _resolve_bind_sources(data: Any, bases: dict[str, Path]) -> None:
+    """Bind sources (`./src`, `~/x`) are relative to the Boxfile that lists them."""
+    boxes = data.get("boxes") if isinstance(data, dict) else None
+    if not isinstance(boxes, dict):
+        return
+    for name, box in boxes.items():
+        vols = box.get("volumes") if isinstance(box, dict) else None
+        if not isinstance(vols, list) or str(name) not in bases:
+            continue
+        for i, v in enumerate(vols):
+            if isinstance(v, str) and v.startswith((".", "~")) and ":" in v:
+                src, rest = v.split(":", 1)
+                vols[i] = f"{_host_path(src, bases[str(name)])}:{rest}"
+            elif isinstance(v, dict) and v.get("type") == "bind" and isinstance(v.get("source"), str) \
+                    and v["source"].startswith((".", "~")):
+                v["source"] = _host_path(v["source"], bases[str(name)])
+
+
+def _host_path(src: str, base: Path) -> str:
+    return str(Path(src).expanduser() if src.startswith("~") else (base / src).absolute())
 
 
 def _resolve_paths(data: Any, bases: dict[str, Path]) -> None:

@@ -5,6 +5,7 @@ editor (through schema/boxfile.schema.json) and in docs/boxfile-reference.md.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -326,6 +327,91 @@ class SecretDef(_Model):
         return v
 
 
+_VOLUME_KINDS = ("bind", "volume", "tmpfs")
+_RESERVED_TARGETS = ("/proc", "/sys", "/dev", "/.a3s")
+
+
+def _volume_canonical(v: Any) -> Any:
+    """Compose's short form `SOURCE:TARGET[:ro|rw]` becomes the long form: a SOURCE that
+    starts with `.`, `/` or `~` is a host folder (bind), anything else a named volume."""
+    if not isinstance(v, str):
+        return v
+    parts = v.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ValueError(f"{v!r}: want SOURCE:TARGET[:ro], e.g. ./src:/workspace or cache:/root/.cache")
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ValueError(f"{v!r}: the mode after the target is ro or rw, not {mode!r}")
+    kind = "bind" if parts[0].startswith((".", "/", "~")) else "volume"
+    return {"type": kind, "source": parts[0], "target": parts[1], "read_only": mode == "ro"}
+
+
+class VolumeMount(_Model):
+    """A folder, named volume or tmpfs mounted into the box (compose's long form)."""
+
+    type: Literal["bind", "volume", "tmpfs"] = Field(description=(
+        "`bind`: a host folder (virtio-fs); `volume`: a named volume from `volumes:` (its own "
+        "disk, kept across recreate); `tmpfs`: memory, gone with the VM."), examples=["bind"])
+    source: str | None = Field(None, min_length=1, description=(
+        "bind: the host folder, relative to the Boxfile's folder; volume: the volume's name; "
+        "tmpfs: none."), examples=["./src", "cache"])
+    target: str = Field(min_length=1, description="Where it appears in the box: an absolute path.",
+                        examples=["/workspace"])
+    read_only: bool = Field(False, description=(
+        "Mounted read-only; for binds enforced on the host (the guest cannot write through "
+        "it even as root)."), examples=[True])
+    size: Size | None = Field(None, description="tmpfs: its size limit (default: half the box's memory).",
+                              examples=["256Mi"])
+
+    @field_validator("target")
+    @classmethod
+    def _absolute_target(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r}: a target must be an absolute path in the box, e.g. /workspace")
+        norm = "/" + "/".join(p for p in v.split("/") if p and p != ".")
+        if ".." in norm.split("/"):
+            raise ValueError(f"{v!r}: a target may not contain '..'")
+        if norm == "/":
+            raise ValueError("a volume cannot be mounted on / (the box's own root)")
+        if any(norm == r or norm.startswith(r + "/") for r in _RESERVED_TARGETS):
+            raise ValueError(f"{v!r}: {', '.join(_RESERVED_TARGETS)} belong to the guest system")
+        return norm
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> "VolumeMount":
+        if self.type == "tmpfs" and self.source is not None:
+            raise ValueError("a tmpfs has no source")
+        if self.type != "tmpfs" and self.source is None:
+            raise ValueError(f"a {self.type} volume needs a source")
+        if self.type != "tmpfs" and self.size is not None:
+            raise ValueError("size is for tmpfs; a named volume's size is set under volumes:")
+        if self.type == "volume" and self.source is not None and not re.fullmatch(NAME_PATTERN, self.source):
+            raise ValueError(f"{self.source!r} is not a volume name (a host folder starts with ./ or /)")
+        return self
+
+
+Volumes = Annotated[
+    list[Annotated[VolumeMount, BeforeValidator(_volume_canonical,
+                                                json_schema_input_type=str | VolumeMount)]],
+    Field(description="Mounted volumes."),
+]
+
+
+def _min_volume(v: int) -> int:
+    if v < 16 << 20:
+        raise ValueError("must be at least 16Mi (an ext4 file system needs room)")
+    return v
+
+
+class VolumeDef(_Model):
+    """A named volume: a disk of its own in the a3s-box home, kept across recreate and
+    delete until `box volume rm` (or `box delete --volumes`)."""
+
+    size: Annotated[Size, AfterValidator(_min_volume)] = Field(
+        "1Gi", validate_default=True, description="Its capacity (the disk is sparse: it uses what is written).",
+        examples=["2Gi"])
+
+
 class BoxDef(_Model):
     """One microVM: an image, its size, its environment, and the namespaces inside it."""
 
@@ -359,6 +445,10 @@ class BoxDef(_Model):
         "What the box's network reaches (default: no network)."),
         examples=[{"mode": "allowlist", "egress": ["api.openai.com", "*.pypi.org"],
                    "ports": ["127.0.0.1:8080:80"]}])
+    volumes: Volumes = Field(default_factory=list, description=(
+        "Host folders, named volumes and tmpfs mounted into the box: compose's short form "
+        "`SOURCE:TARGET[:ro]` or the long form."), examples=[["./src:/workspace", "cache:/root/.cache",
+                                                           {"type": "tmpfs", "target": "/scratch", "size": "256Mi"}]])
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], SecretDef] = Field(
         default_factory=dict, description=(
             "Secrets by the environment variable name the box sees: it holds a placeholder, "
@@ -400,11 +490,13 @@ class Boxfile(_Model):
                                          examples=[{"base": {"ref": "localhost:5000/a3s/busybox:1.35"}}])
     boxes: dict[Name, BoxDef] = Field(default_factory=dict, description="Boxes (microVMs) by name.",
                                       examples=[{"db": {"image": "base", "resources": {"memory": "128Mi"}}}])
+    volumes: dict[Name, VolumeDef] = Field(default_factory=dict, description=(
+        "Named volumes by name: disks kept across recreate and delete."), examples=[{"cache": {"size": "2Gi"}}])
     pools: dict[Name, PoolDef] = Field(default_factory=dict, description="Warm pools by name.",
                                        examples=[{"coders": {"box": "coder", "min_ready": 2, "max": 8}}])
     files: SkipJsonSchema[tuple[Path, ...]] = Field(default=(), exclude=True)
 
-    @field_validator("images", "boxes", "pools", mode="before")
+    @field_validator("images", "boxes", "pools", "volumes", mode="before")
     @classmethod
     def _null_is_empty(cls, v: Any) -> Any:
         return {} if v is None else v

@@ -3,6 +3,7 @@ namespace parents and dependency cycles. Pure; returns every problem found."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from a3s_box.boxfile.messages import Issue, did_you_mean
@@ -150,4 +151,28 @@ def check_secrets(model: Any, environ: Mapping[str, str] | None) -> list[Issue]:
                 issues.append(Issue(("boxes", name, "secrets", sname, "env"), (
                     f"environment variable {secret.env} is not set: box {name} needs it for "
                     f"secret {sname}")))
+    return issues
+
+
+def check_volumes(model: Any, for_apply: bool) -> list[Issue]:
+    """Named volumes must be declared; at apply, a bind's host folder must exist."""
+    issues: list[Issue] = []
+    declared = sorted(model.volumes)
+    for name, box in sorted(model.boxes.items()):
+        seen: dict[str, int] = {}
+        for i, v in enumerate(box.volumes):
+            if v.target in seen:
+                issues.append(Issue(("boxes", name, "volumes", i),
+                                    f"{v.target} is already the target of volumes.{seen[v.target]}"))
+            seen.setdefault(v.target, i)
+            if v.type == "volume" and v.source not in model.volumes:
+                issues.append(Issue(("boxes", name, "volumes", i), (
+                    f"unknown volume '{v.source}'{did_you_mean(str(v.source), declared)}: declare it "
+                    "under the top-level volumes:, or write a host folder as ./path")))
+            elif v.type == "bind" and for_apply:
+                src = Path(str(v.source))
+                if not src.is_dir():
+                    what = "is not a folder" if src.exists() else "does not exist"
+                    issues.append(Issue(("boxes", name, "volumes", i),
+                                        f"bind source {src} {what} (box {name})"))
     return issues

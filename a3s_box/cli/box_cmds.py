@@ -366,11 +366,16 @@ def start_cmd(ctx: CliContext, names: tuple[str, ...], timeout: float) -> None:
 @click.command("delete")
 @_files
 @_project
+@click.option("--volumes", "with_volumes", is_flag=True,
+              help="With -f: also remove the project's named volumes and their data.")
 @click.argument("names", nargs=-1)
 @pass_cli
-def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None,
+def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, with_volumes: bool,
                names: tuple[str, ...]) -> None:
-    """Delete boxes by NAME, or every box of a Boxfile's project with -f."""
+    """Delete boxes by NAME, or every box of a Boxfile's project with -f (named volumes
+    are kept unless --volumes)."""
+    if with_volumes and not files:
+        raise click.UsageError("--volumes goes with -f FILE (the project's volumes)")
     if bool(files) == bool(names):
         raise click.UsageError("give either -f FILE or box NAMEs")
     with Host(ctx.home) as host:
@@ -378,6 +383,14 @@ def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None,
             if files:
                 bf = host.load(list(files), for_apply=False)
                 gone = host.delete_project(bf, project)
+                if with_volumes:
+                    from a3s_box.orchestrator.desired import project_name
+                    from a3s_box.volumes import VolumeStore
+
+                    vstore = VolumeStore(host.home)
+                    for v in vstore.list(project_name(bf, project)):
+                        vstore.remove(v.project, v.name)
+                        click.echo(f"volume {v.name}: removed")
             else:
                 gone = []
                 for n in names:

@@ -32,6 +32,21 @@ class BoxNetwork:
 
 
 @dataclass(frozen=True)
+class BoxVolume:
+    """One volume of a box, as the driver mounts it."""
+
+    kind: str  # "bind" (a host folder over virtio-fs), "volume" (a disk), "tmpfs"
+    target: str  # absolute path in the guest
+    read_only: bool = False
+    source: str = ""  # bind: the host folder; volume: its disk file
+    size: int = 0  # tmpfs: bytes (0: the guest's default)
+    name: str = ""  # volume: its name
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class BoxLaunch:
     box_id: str  # unique on the host: "<project>.<box>" (or a pool member id)
     rundir: Path  # private folder for this box: sockets, pid files, console.log
@@ -41,6 +56,7 @@ class BoxLaunch:
     disk: Path | None = None  # copy-on-write root disk (qcow2 over the image's ext4)
     rootfs_dir: Path | None = None  # unpacked root folder (virtio-fs drivers)
     network: BoxNetwork | None = None  # None: no network device at all
+    volumes: tuple[BoxVolume, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.boxnet import install_box_ca, prepare_network
+from a3s_box.drivers.boxvol import mount_volumes, volume_devices
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
@@ -98,17 +99,20 @@ class QemuDriver:
         _remove_runtime_files(rundir)
         (rundir / "exit.json").unlink(missing_ok=True)
         forwards = prepare_network(launch) if launch.network and launch.network.enabled else None
+        shares, volume_disks, virtiofsd = volume_devices(launch)
         spec = QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
                         memory_mib=launch.memory_mib, kernel=art.kernel,
                         initramfs=art.initramfs, console_log=rundir / CONSOLE,
                         channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
-                        tsc_khz=read_host_tsc_khz(), forwards=forwards)
+                        tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
+                        volume_disks=volume_disks)
         tmp = rundir / ".launch.json"
         tmp.write_text(json.dumps({"box_id": launch.box_id, "argv": qemu_argv(spec),
                                    "channel": str(rundir / "channel.sock"),
                                    "guest_socket": str(rundir / GUEST_SOCK),
-                                   "network": forwards is not None}, indent=1))
+                                   "network": forwards is not None,
+                                   "virtiofsd": virtiofsd}, indent=1))
         os.replace(tmp, rundir / "launch.json")
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -144,6 +148,7 @@ class QemuDriver:
                 client.hello(max(deadline - time.monotonic(), 1.0))
                 if launch.network is not None and launch.network.secrets:
                     install_box_ca(client, rundir)
+                mount_volumes(client, launch)
                 client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
             return handle
         except BaseException as e:
@@ -186,3 +191,5 @@ class QemuDriver:
 def _remove_runtime_files(rundir: Path) -> None:
     for name in RUNTIME_FILES:
         (rundir / name).unlink(missing_ok=True)
+    for sock in rundir.glob("vfs*.sock*"):
+        sock.unlink(missing_ok=True)

@@ -58,6 +58,10 @@ class QemuSpec:
     # where the egress proxy decides every flow), with (namespace port, box port) TCP
     # forwards for published ports. None: no NIC at all.
     forwards: tuple[tuple[int, int], ...] | None = None
+    # virtio-fs shares (vhost-user socket, tag); they need the guest's RAM shared with
+    # the virtiofsd processes (a memfd backend)
+    shares: tuple[tuple[Path, str], ...] = ()
+    volume_disks: tuple[Path, ...] = ()  # named volumes: /dev/vdb, /dev/vdc, ... in order
     extra: tuple[str, ...] = field(default=())
 
 
@@ -111,7 +115,7 @@ def _opt(path: Path) -> str:
 def qemu_argv(spec: QemuSpec) -> list[str]:
     argv = [spec.binary,
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-M", spec.machine,
+            "-M", spec.machine + (",memory-backend=mem" if spec.shares else ""),
             "-accel", spec.accel,
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M",
@@ -122,6 +126,10 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
             "-serial", "chardev:con"]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
+    if spec.shares:
+        # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by default
+        argv += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
+                 "-global", "virtio-mmio.force-legacy=false"]
     if spec.channel is not None:
         argv += ["-device", "virtio-serial-device",
                  "-chardev", f"socket,id=a3s,path={_opt(spec.channel)}",
@@ -130,6 +138,12 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         argv += ["-drive", f"id=root,if=none,format=qcow2,discard=unmap,werror=report,"
                  f"rerror=report,file={_opt(spec.disk)}",  # the guest sees I/O errors; QEMU must not freeze
                  "-device", "virtio-blk-device,drive=root"]
+    for i, disk in enumerate(spec.volume_disks):
+        argv += ["-drive", f"id=vol{i},if=none,format=raw,discard=unmap,werror=report,rerror=report,"
+                 f"file={_opt(disk)}", "-device", f"virtio-blk-device,drive=vol{i}"]
+    for i, (sock, tag) in enumerate(spec.shares):
+        argv += ["-chardev", f"socket,id=vfs{i},path={_opt(sock)}",
+                 "-device", f"vhost-user-fs-device,chardev=vfs{i},tag={tag}"]
     if spec.forwards is not None:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
         argv += ["-netdev", f"user,id=net0,ipv6=off,net={GUEST_NET}{fwd}",

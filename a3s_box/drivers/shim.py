@@ -44,6 +44,21 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
+def _read_only_view(source: str) -> None:
+    """In virtiofsd's child, before exec: a mount namespace of its own where SOURCE is a
+    read-only bind mount. The guest's writes fail on the host's side of the share."""
+    _die_with_parent()
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = 1, 32, 4096, 16384, 1 << 18
+    clone_newns = 0x00020000
+    src = source.encode()
+    if (libc.unshare(clone_newns) != 0
+            or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
+            or libc.mount(src, src, None, ms_bind | ms_rec, None) != 0
+            or libc.mount(None, src, None, ms_remount | ms_bind | ms_rdonly, None) != 0):
+        os._exit(126)  # never serve a read-only volume writable
+
+
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
@@ -79,6 +94,8 @@ class Shim:
         self.guest_path = Path(launch["guest_socket"])
         self.with_network = bool(launch.get("network"))
         self.helper: subprocess.Popen[bytes] | None = None
+        self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
+        self.virtiofsd: list[subprocess.Popen[bytes]] = []
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, _Conn] = {}
         self.guest: _Conn | None = None
@@ -100,11 +117,19 @@ class Shim:
         chan.bind(str(self.channel_path))
         chan.listen(1)
         preexec = _die_with_parent
+        try:
+            self._start_virtiofsd()
+        except RuntimeError as e:
+            self.log(str(e))
+            self._stop_helpers()
+            write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": str(e)})
+            return 1
         if self.with_network:
             try:
                 netns_fd = self._start_network()
             except RuntimeError as e:
                 self.log(str(e))
+                self._stop_helpers()
                 write_json_atomic(self.rundir / "exit.json",
                                   {"status": None, "signal": 0, "reason": str(e)})
                 return 1
@@ -135,12 +160,7 @@ class Shim:
             raise
         finally:
             status = self.qemu.wait()
-            if self.helper is not None:
-                self.helper.terminate()
-                try:
-                    self.helper.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.helper.kill()
+            self._stop_helpers()
             result = exit_reason(status)
             if self.stopping:
                 result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
@@ -150,6 +170,40 @@ class Shim:
                 path.unlink(missing_ok=True)
             write_json_atomic(self.rundir / "exit.json", result)
         return 0
+
+    def _stop_helpers(self) -> None:
+        for proc in ([self.helper] if self.helper else []) + self.virtiofsd:
+            proc.terminate()
+        for proc in ([self.helper] if self.helper else []) + self.virtiofsd:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def _start_virtiofsd(self) -> None:
+        """One virtiofsd per bind volume, each ready (its socket listening) before QEMU."""
+        for spec in self.virtiofsd_specs:
+            sock, source = Path(str(spec["socket"])), str(spec["source"])
+            sock.unlink(missing_ok=True)
+            if not Path(source).is_dir():
+                raise RuntimeError(f"volume {spec['target']}: bind source {source} is not a folder")
+            read_only = bool(spec["read_only"])
+            proc = subprocess.Popen(
+                [str(spec["binary"]), f"--socket-path={sock}", "-o", f"source={source}",
+                 "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock",
+                 "-o", "xattr" if not read_only else "no_xattr"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
+                preexec_fn=(lambda: _read_only_view(source)) if read_only else _die_with_parent)
+            self.virtiofsd.append(proc)
+            for _ in range(500):
+                if sock.exists() or proc.poll() is not None:
+                    break
+                select.select([], [], [], 0.01)
+            if not sock.exists():
+                raise RuntimeError(f"volume {spec['target']}: virtiofsd for {source} did not start "
+                                   f"(exit {proc.poll()}; see shim.log)")
+            self.log(f"virtiofsd pid {proc.pid}: {source} -> {spec['target']}"
+                     f"{' (read-only)' if read_only else ''}")
 
     def _start_network(self) -> int:
         """Start the box's network helper (its namespace, proxy and DNS) and return an fd

@@ -52,6 +52,7 @@ class DesiredState:
     images: dict[str, DesiredImage] = field(default_factory=dict)
     boxes: dict[str, DesiredBox] = field(default_factory=dict)
     pools: dict[str, DesiredPool] = field(default_factory=dict)
+    volumes: dict[str, int] = field(default_factory=dict)  # named volume -> size (bytes)
 
 
 def project_name(boxfile: Boxfile, explicit: str | None = None) -> str:
@@ -106,6 +107,10 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
         net = box.network
         spec["network"] = {"mode": net.mode, "egress": list(net.egress), "deny": list(net.deny),
                            "hosts": dict(sorted(net.hosts.items())), "ports": list(net.ports)}
+    if box.volumes:
+        spec["volumes"] = [{"type": v.type, "source": v.source, "target": v.target,
+                            "read_only": v.read_only, "size": human_size(v.size) if v.size else None}
+                           for v in box.volumes]
     if box.secrets:
         # names, variables and hosts: the values are never part of the spec (or the state)
         spec["secrets"] = {n: {"env": s.env, "hosts": list(s.hosts)} for n, s in sorted(box.secrets.items())}
@@ -150,7 +155,8 @@ def desired_state(
             "idle_timeout": pool.idle_timeout,
         }
         pools[name] = DesiredPool(name, pool.box, spec, spec_hash(spec), pool)
-    return DesiredState(project=project, images=images, boxes=boxes, pools=pools)
+    return DesiredState(project=project, images=images, boxes=boxes, pools=pools,
+                        volumes={n: v.size for n, v in sorted(boxfile.volumes.items())})
 
 
 def _desired_image(

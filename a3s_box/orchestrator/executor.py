@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from a3s_box.image import ImageStore
 from a3s_box.orchestrator.desired import DesiredState
 from a3s_box.orchestrator.graph import Node, build_graph, dependants
-from a3s_box.orchestrator.launch import box_launch, box_network, launch_to_json
+from a3s_box.orchestrator.launch import box_launch, box_network, box_volumes, launch_to_json
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.plan import Action, Op, Plan
 from a3s_box.orchestrator.pools import PoolKeeper, members_of
@@ -155,8 +155,8 @@ class Executor:
     def _driver(self, declared: str, box: Any = None) -> str:
         if declared == "auto" and self.default_driver:
             return self.default_driver
-        if declared == "auto" and box is not None and box.network.mode != "none":
-            return "qemu"  # the one driver with networking; libkrun boxes have none
+        if declared == "auto" and box is not None and (box.network.mode != "none" or box.volumes):
+            return "qemu"  # the one driver with networking and volumes for now
         return declared
 
     def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:
@@ -193,7 +193,9 @@ class Executor:
             raise BoxError(f"pool {p.name}: image {box.image} is not in the local store")
         launch = box_launch("template", box.name, box.definition, record.config,
                             Path("/nonexistent"), disk=None,
-                            network=box_network(box.name, box.definition, os.environ))
+                            network=box_network(box.name, box.definition, os.environ),
+                            volumes=box_volumes(box.definition,
+                                                lambda v: self._volume_disk(project, box.name, v, desired)))
         lifetime = box.definition.lifetime
         template = {
             "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
@@ -206,6 +208,19 @@ class Executor:
                   for step, out in keeper.converge(project, p.name) if out != "ok"]
         if failed:
             raise BoxError(f"pool {p.name}: " + "; ".join(failed))
+
+    def _volume_disk(self, project: str, box: str, volume: str, desired: DesiredState) -> Path:
+        """A named volume's disk, made on first use; refused while another running box
+        of the project mounts it (ext4 is not a shared file system)."""
+        from a3s_box.volumes import VolumeStore
+
+        for row in self.store.boxes(project):
+            if row.name != box and row.status == "running" and any(
+                    v.get("type") == "volume" and v.get("source") == volume
+                    for v in row.spec.get("volumes") or ()):
+                raise BoxError(f"box {box}: volume {volume} is in use by running box {row.name} "
+                               "(ext4 is not a shared file system: one running box per named volume)")
+        return VolumeStore(self.runtime.home).ensure(project, volume, desired.volumes[volume])
 
     def _box(self, action: Action, project: str, desired: DesiredState) -> None:
         bid = box_id(project, action.name)
@@ -225,9 +240,11 @@ class Executor:
         if record is None:
             raise BoxError(f"box {want.name}: image {want.image} is not in the local store")
         rundir = self.runtime.home.box_dir(bid)
+        volumes = box_volumes(want.definition, lambda v: self._volume_disk(project, want.name, v, desired))
         launch = box_launch(bid, want.name, want.definition, record.config, rundir,
                             disk=rundir / "disk.qcow2",
-                            network=box_network(want.name, want.definition, os.environ))
+                            network=box_network(want.name, want.definition, os.environ),
+                            volumes=volumes)
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
                      spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver, want.definition),
                      handle=None, status="creating")

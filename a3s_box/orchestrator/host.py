@@ -67,9 +67,40 @@ class BoxInfo:
         return dict(self.__dict__)
 
 
+class BoxFilesHandle:
+    """`box.files`: each call opens its own channel to the box (see a3s_box.files)."""
+
+    def __init__(self, host: "Host", row: BoxRow) -> None:
+        self._host, self._row = host, row
+
+    def _call(self, op: str, *args: Any) -> Any:
+        from a3s_box.files import BoxFiles
+
+        with self._host.client(self._row) as c:
+            return getattr(BoxFiles(c, self._row.name), op)(*args)
+
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        self._call("write", path, data, mode)
+
+    def read(self, path: str) -> bytes:
+        return bytes(self._call("read", path))
+
+    def upload(self, local: str | Path, remote: str) -> str:
+        return str(self._call("upload", local, remote))
+
+    def download(self, remote: str, local: str | Path) -> Path:
+        return Path(self._call("download", remote, local))
+
+    def list(self, path: str) -> list[Any]:
+        return list(self._call("list", path))
+
+    def remove(self, path: str) -> None:
+        self._call("remove", path)
+
+
 @dataclass(frozen=True)
-class LeasedBox:
-    """A box handed over by a pool, for the duration of a `with host.leased(...)`."""
+class BoxHandle:
+    """A box of the host, to run commands in and move files in and out of."""
 
     host: "Host"
     row: BoxRow
@@ -84,6 +115,15 @@ class LeasedBox:
 
         with self.host.client(self.row) as c:
             return c.run(list(argv), ns=Namespace[ns.upper()], stdin=stdin, timeout=timeout)
+
+    @property
+    def files(self) -> BoxFilesHandle:
+        return BoxFilesHandle(self.host, self.row)
+
+
+@dataclass(frozen=True)
+class LeasedBox(BoxHandle):
+    """A box handed over by a pool, for the duration of a `with host.leased(...)`."""
 
 
 class Host:
@@ -232,6 +272,10 @@ class Host:
         if last and st.agent_state != "running":
             detail += f", last {last}"
         return detail
+
+    def box(self, name: str) -> BoxHandle:
+        """A handle on box NAME (id "project.name", or a name unique on the host)."""
+        return BoxHandle(self, self.find(name))
 
     def client(self, row: BoxRow, timeout: float = 10.0) -> AbstractContextManager[Any]:
         """A connected, greeted GuestClient for a running box (a context manager)."""

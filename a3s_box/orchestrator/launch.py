@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from a3s_box.drivers.base import BoxLaunch, BoxNetwork
+from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
 from a3s_box.network.ca import GUEST_CA_BUNDLE, GUEST_CA_CERT
@@ -100,9 +100,23 @@ def agent_config(name: str, box: BoxDef, image_config: Any,
     )
 
 
+def box_volumes(box: BoxDef, disk_of: Callable[[str], Path]) -> tuple[BoxVolume, ...]:
+    """The box's volumes for its driver; DISK_OF gives a named volume's disk file."""
+    out = []
+    for v in box.volumes:
+        if v.type == "bind":
+            out.append(BoxVolume("bind", v.target, v.read_only, source=str(v.source)))
+        elif v.type == "volume":
+            out.append(BoxVolume("volume", v.target, v.read_only, source=str(disk_of(str(v.source))),
+                                 name=str(v.source)))
+        else:
+            out.append(BoxVolume("tmpfs", v.target, v.read_only, size=v.size or 0))
+    return tuple(out)
+
+
 def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: Path,
                disk: Path | None, rootfs_dir: Path | None = None,
-               network: BoxNetwork | None = None) -> BoxLaunch:
+               network: BoxNetwork | None = None, volumes: tuple[BoxVolume, ...] = ()) -> BoxLaunch:
     return BoxLaunch(
         box_id=box_id,
         rundir=rundir,
@@ -112,6 +126,7 @@ def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: P
         disk=disk,
         rootfs_dir=rootfs_dir,
         network=network,
+        volumes=volumes,
     )
 
 
@@ -127,6 +142,7 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "rootfs_dir": str(launch.rootfs_dir) if launch.rootfs_dir else None,
         "network": {"policy": launch.network.policy, "secrets": launch.network.secrets}
         if launch.network is not None else None,
+        "volumes": [v.to_json() for v in launch.volumes],
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -147,6 +163,7 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         rootfs_dir=Path(data["rootfs_dir"]) if data.get("rootfs_dir") else None,
         network=BoxNetwork(data["network"]["policy"], data["network"].get("secrets") or {})
         if data.get("network") else None,
+        volumes=tuple(BoxVolume(**v) for v in data.get("volumes") or ()),
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

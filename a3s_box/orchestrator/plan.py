@@ -171,6 +171,9 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
         res = want.spec["resources"]
         net = want.spec.get("network")
         extra = f", network {net['mode']}" if net else ""
+        if want.spec.get("volumes"):
+            n = len(want.spec["volumes"])
+            extra += f", {n} volume{'s' if n > 1 else ''}"
         if want.spec.get("secrets"):
             extra += f", {len(want.spec['secrets'])} secret{'s' if len(want.spec['secrets']) > 1 else ''}"
         return Action(Op.CREATE, "box", name,
@@ -218,6 +221,9 @@ def diff_specs(old: Any, new: Any, prefix: str = "") -> list[Change]:
             else:
                 out += diff_specs(old[key], new[key], path)
         return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) \
+            and all(isinstance(x, dict) for x in old + new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in diff_specs(a, b, f"{prefix}[{i}]")]
     return [] if old == new else [Change(prefix, old, new)]
 
 

@@ -129,6 +129,9 @@ class KrunDriver:
             raise HostUnsupported(self.name, f"box {launch.box_id}: network mode "
                                   f"{launch.network.policy.get('mode')} is not available with libkrun yet "
                                   "(its boxes have no network); use driver: qemu or driver: auto")
+        if launch.volumes:
+            raise HostUnsupported(self.name, f"box {launch.box_id}: volumes are not available "
+                                  "with libkrun yet; use driver: qemu or driver: auto")
         if launch.rootfs_dir is None:
             raise DriverError(launch.box_id, "libkrun boots from the image's unpacked root "
                               "folder, and this box has none")

@@ -1,0 +1,213 @@
+"""Files of a running box, through its guest init: single files with PUT/GET, trees as
+tar streams through /.a3s/tar (the guest init's own, so any image works). Paths are
+as the box's agent sees them (its mount namespace: the image's root and its volumes).
+
+The names (write, read, upload, download, list, remove) are the ones the HTTP API and
+the TypeScript SDK mirror.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from a3s_box.errors import BoxError
+from a3s_box.files.tarstream import QueueReader, TarError, extract_tar, run_in_thread, write_tar
+from a3s_box.guest.protocol import ExecRequest, Namespace
+
+GUEST_TAR = "/.a3s/tar"
+NO_TIMEOUT = None
+
+
+class FilesError(BoxError):
+    """A copy into or out of a box failed: names the box and the path."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    kind: str  # "file", "dir", "symlink", "other"
+    size: int
+    mode: int
+    mtime: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_KINDS = {"f": "file", "d": "dir", "l": "symlink", "o": "other"}
+
+
+def _split(path: str) -> tuple[str, str]:
+    path = posixpath.normpath(path)
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r}: a path in the box must be absolute")
+    parent, name = posixpath.split(path)
+    return parent or "/", name
+
+
+class BoxFiles:
+    def __init__(self, client: Any, box: str, ns: Namespace = Namespace.AGENT) -> None:
+        self.client = client
+        self.box = box
+        self.ns = ns
+
+    def _fail(self, path: str, why: str) -> FilesError:
+        return FilesError(f"box {self.box}: {path}: {why.strip() or 'failed'}")
+
+    def _tar(self, args: list[str], stdin: Any = None, on_stdout: Any = None,
+             timeout: float | None = NO_TIMEOUT) -> tuple[int, bytes]:
+        err: list[bytes] = []
+        out: list[bytes] = []
+        req = ExecRequest(argv=(GUEST_TAR, *args), ns=self.ns, stdin=stdin is not None)
+        s = self.client.start(req, on_stdout or out.append, err.append)
+        if stdin is not None:
+            try:
+                for chunk in stdin:
+                    s.write(chunk)
+            finally:
+                s.close_stdin()
+        status = s.wait(timeout)
+        if on_stdout is None and status.code == 0:
+            return 0, b"".join(out)
+        return status.code, b"".join(err)
+
+    # --- single files --------------------------------------------------------------
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        """Write a whole file (atomically: it appears whole or not at all)."""
+        _split(path)
+        try:
+            self.client.put(path, data.encode() if isinstance(data, str) else data, mode, ns=self.ns)
+        except BoxError as e:
+            raise self._fail(path, str(e).split(": ", 1)[-1]) from e
+
+    def read(self, path: str) -> bytes:
+        _split(path)
+        try:
+            return bytes(self.client.get(path, ns=self.ns))
+        except BoxError as e:
+            raise self._fail(path, str(e).split(": ", 1)[-1]) from e
+
+    def list(self, path: str) -> list[FileEntry]:
+        """The entries of a folder (or the entry of a file)."""
+        parent, name = _split(path)
+        code, out = self._tar(["l", "-C", parent, name or "."], timeout=60)
+        if code != 0:
+            raise self._fail(path, out.decode(errors="replace").split(": ", 1)[-1])
+        entries = []
+        for line in out.decode(errors="replace").splitlines():
+            kind, mode, size, mtime, n = line.split("\t", 4)
+            entries.append(FileEntry(n, _KINDS.get(kind, "other"), int(size), int(mode, 8), int(mtime)))
+        return entries
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            first = self.list(path)[:1]
+        except FilesError:
+            return False
+        return bool(first) and first[0].name == "." and first[0].kind == "dir"
+
+    def remove(self, path: str) -> None:
+        """Remove a file or a whole tree (symlinks are removed, never followed)."""
+        parent, name = _split(path)
+        if not name:
+            raise self._fail(path, "refusing to remove /")
+        code, err = self._tar(["r", "-C", parent, name], timeout=300)
+        if code != 0:
+            raise self._fail(path, err.decode(errors="replace").split(": ", 1)[-1])
+
+    # --- trees -------------------------------------------------------------------
+    def upload(self, local: Path | str, remote: str) -> str:
+        """Copy a host file or tree into the box, as `docker cp` does: into REMOTE when it
+        is an existing folder, else as REMOTE. Returns the path it now has in the box."""
+        local = Path(local)
+        if not local.exists() and not local.is_symlink():
+            raise FilesError(f"{local}: no such file or folder on the host")
+        if self.is_dir(remote):
+            parent, name = posixpath.normpath(remote), local.name
+        else:
+            parent, name = _split(remote)
+        chunks: QueueReader = QueueReader()
+
+        def produce() -> None:
+            try:
+                write_tar(local, name, chunks.feed)
+            finally:
+                chunks.close_feed()
+        t, errors = run_in_thread(produce)
+
+        def feed() -> Any:
+            while True:
+                item = chunks.q.get()
+                if item is None:
+                    return
+                yield item
+        try:
+            code, err = self._tar(["x", "-C", parent], stdin=feed())
+        finally:
+            t.join()
+        if errors:
+            raise FilesError(f"{local}: {errors[0]}") from errors[0]
+        if code != 0:
+            raise self._fail(posixpath.join(parent, name), err.decode(errors="replace").replace("tar: ", ""))
+        return posixpath.join(parent, name)
+
+    def upload_tar(self, stream: IO[bytes], remote_dir: str) -> None:
+        """A tar stream (`box cp - BOX:DIR`) extracted into a folder of the box."""
+        def feed() -> Any:
+            while chunk := stream.read(1 << 20):
+                yield chunk
+        code, err = self._tar(["x", "-C", posixpath.normpath(remote_dir)], stdin=feed())
+        if code != 0:
+            raise self._fail(remote_dir, err.decode(errors="replace").replace("tar: ", ""))
+
+    def download_tar(self, remote: str, sink: IO[bytes]) -> None:
+        """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`)."""
+        parent, name = _split(remote)
+        code, err = self._tar(["c", "-C", parent, name], on_stdout=sink.write)
+        if code != 0:
+            raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
+
+    def download(self, remote: str, local: Path | str) -> Path:
+        """Copy a file or tree out of the box: into LOCAL when it is an existing folder,
+        else as LOCAL. Nothing appears there unless the whole copy succeeded."""
+        local = Path(local)
+        parent, name = _split(remote)
+        final = local / name if local.is_dir() else local
+        if not final.parent.is_dir():
+            raise FilesError(f"{final.parent}: no such folder on the host")
+        stage = Path(tempfile.mkdtemp(prefix=".a3s-cp.", dir=final.parent))
+        reader = QueueReader()
+        result: list[list[str]] = []
+        t, errors = run_in_thread(lambda: result.append(extract_tar(reader, stage)))
+        try:
+            code, err = self._tar(["c", "-C", parent, name], on_stdout=reader.feed)
+        finally:
+            reader.close_feed()
+            t.join()
+        try:
+            if code != 0:
+                raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
+            if errors:
+                e = errors[0]
+                if isinstance(e, OSError):
+                    raise FilesError(f"{final}: {e.strerror or e}") from e
+                if isinstance(e, TarError):
+                    raise FilesError(f"box {self.box}: {remote}: {e}") from e
+                raise e
+            got = stage / name
+            if final.is_dir() and not final.is_symlink() and got.is_dir():
+                shutil.rmtree(final)
+            os.replace(got, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return final
+
+
+def stdout_sink() -> IO[bytes]:
+    return sys.stdout.buffer
