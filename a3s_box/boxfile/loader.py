@@ -145,9 +145,10 @@ def _resolve_bind_sources(data: Any, bases: dict[str, Path]) -> None:
         if not isinstance(vols, list) or str(name) not in bases:
             continue
         for i, v in enumerate(vols):
-            if isinstance(v, str) and v.startswith((".", "~")) and ":" in v:
-                src, rest = v.split(":", 1)
-                vols[i] = f"{_host_path(src, bases[str(name)])}:{rest}"
+            parts = v.split(":") if isinstance(v, str) else []
+            if parts and parts[0].startswith((".", "~")) and len(parts) in (2, 3) \
+                    and (len(parts) == 2 or parts[2] in ("ro", "rw")):  # bad ones keep their text
+                vols[i] = ":".join([_host_path(parts[0], bases[str(name)]), *parts[1:]])
             elif isinstance(v, dict) and v.get("type") == "bind" and isinstance(v.get("source"), str) \
                     and v["source"].startswith((".", "~")):
                 v["source"] = _host_path(v["source"], bases[str(name)])

@@ -67,6 +67,7 @@ NOT_IN_SCHEMA = {
     "unset-variable", "required-variable-with-message", "invalid-interpolation", "infinite-duration",
     "network-bad-destination", "network-egress-needs-allowlist", "network-bad-port",
     "network-bad-host-override", "secret-host-not-allowed", "secret-bad-host",
+    "volume-unknown", "volume-bad-target", "volume-two-on-one-target",
 }
 # Not YAML data, not JSON data (.inf), or data no validator should be handed (the bomb,
 # 5,000 levels deep).
