@@ -187,5 +187,10 @@ def test_a_named_volume_survives_recreate_and_delete(box: BoxCli, vol: dict[str,
     assert r.code != 0 and "volume cache is in use by running box v" in r.out + r.err
     r = box("volume", "rm", "cache")
     assert r.code == 1 and "in use by box v" in r.err
+    r = box("delete", "--volumes", *files)
+    assert r.code == 0 and "volume cache: removed" in r.out
+    assert box("volume", "ls", "-o", "json", check=True).json() == []
+    assert box("apply", *files).code == 0  # the fixture's box again, with a fresh volume
+    assert _sh(box, "cat /root/.cache/note 2>&1 || echo gone")[1].strip().endswith("gone")
     override.unlink()
     second.unlink()

@@ -56,32 +56,32 @@ static void octal(char *f, size_t w, unsigned long long v)
 }
 
 static int header(int out, const char *name, const char *link, char type, mode_t mode,
+		  unsigned long long size, long long mtime);
+
+/* A GNU 'L' (name) or 'K' (link) record: a header, then TEXT padded to whole blocks. */
+static int long_record(int out, char type, const char *text, size_t len)
+{
+	if (header(out, "././@LongLink", NULL, type, 0, len + 1, 0) < 0)
+		return -1;
+	size_t pad = (len + 1 + BLK - 1) / BLK * BLK;
+	char *b = calloc(1, pad);
+	if (!b)
+		return -1;
+	memcpy(b, text, len);
+	int r = full_write(out, b, pad);
+	free(b);
+	return r;
+}
+
+static int header(int out, const char *name, const char *link, char type, mode_t mode,
 		  unsigned long long size, long long mtime)
 {
 	unsigned char h[BLK];
 	size_t nl = strlen(name), ll = link ? strlen(link) : 0;
-	if (nl >= 100) { /* GNU long name first */
-		if (header(out, "././@LongLink", NULL, 'L', 0, nl + 1, 0) < 0)
-			return -1;
-		size_t pad = (nl + 1 + BLK - 1) / BLK * BLK;
-		char *b = calloc(1, pad);
-		memcpy(b, name, nl);
-		int r = full_write(out, b, pad);
-		free(b);
-		if (r < 0)
-			return -1;
-	}
-	if (ll >= 100) {
-		if (header(out, "././@LongLink", NULL, 'K', 0, ll + 1, 0) < 0)
-			return -1;
-		size_t pad = (ll + 1 + BLK - 1) / BLK * BLK;
-		char *b = calloc(1, pad);
-		memcpy(b, link, ll);
-		int r = full_write(out, b, pad);
-		free(b);
-		if (r < 0)
-			return -1;
-	}
+	/* GNU long name / long link records first */
+	if ((nl >= 100 && long_record(out, 'L', name, nl) < 0) ||
+	    (ll >= 100 && long_record(out, 'K', link, ll) < 0))
+		return -1;
 	memset(h, 0, sizeof h);
 	memcpy(h, name, nl < 100 ? nl : 99);
 	octal((char *)h + 100, 8, mode & 07777);
