@@ -3,7 +3,7 @@
 Pure: frames in, (destination, frame) out; no sockets. Each client speaks the guest
 protocol as if alone. The mux gives every client session a guest-wide stream id and
 rewrites ids both ways; answers HELLO itself from what the guest said at boot; hands
-stream-0 replies (RESULT to CONFIG/MOUNT/SHUTDOWN, PONG to a PING on 0) to the clients that
+stream-0 replies (RESULT to CONFIG/MOUNT/SEED/SHUTDOWN, PONG to a PING on 0) to the clients that
 asked, in order; and kills what a client started when it goes away.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Mux:
         if f.stream == 0:
             if f.type == MsgType.HELLO:
                 return [Out(cid, self._hello)]  # the guest said hello once, at boot
-            if f.type in (MsgType.CONFIG, MsgType.MOUNT, MsgType.SHUTDOWN, MsgType.PING):
+            if f.type in (MsgType.CONFIG, MsgType.MOUNT, MsgType.SEED, MsgType.SHUTDOWN, MsgType.PING):
                 self._ctl_waiting.append(cid)
             return [Out(GUEST, p.encode_frame(f))]
         key = (cid, f.stream)

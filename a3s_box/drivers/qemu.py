@@ -146,6 +146,7 @@ class QemuDriver:
                 raise
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
                 client.hello(max(deadline - time.monotonic(), 1.0))
+                client.seed()  # before anything random happens in the guest
                 if launch.network is not None and launch.network.secrets:
                     install_box_ca(client, rundir)
                 mount_volumes(client, launch)

@@ -25,6 +25,7 @@ class MsgType(enum.IntEnum):
     CONFIG = 0x04
     SHUTDOWN = 0x05
     MOUNT = 0x06
+    SEED = 0x07
     RESULT = 0x0F
     EXEC = 0x10
     STARTED = 0x11
@@ -365,6 +366,10 @@ def exec_frame(stream: int, req: ExecRequest) -> bytes:
 
 
 MOUNT_READ_ONLY = 1
+
+
+def seed_frame(entropy: bytes, now_ns: int) -> bytes:
+    return encode(MsgType.SEED, 0, Writer().str(entropy).u64(now_ns).bytes())
 
 
 def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "") -> bytes:

@@ -139,6 +139,16 @@ def test_stop_and_start(box: BoxCli, demo: Path) -> None:
     assert box("exec", "db", "--", "cat", "/root/note", check=True).out == "kept\n"
 
 
+def test_the_guest_crng_is_seeded_and_its_clock_is_the_hosts(box: BoxCli, demo: Path) -> None:
+    """The host seeds the guest's CRNG at boot (a cold TCG guest's is uninitialized for
+    seconds otherwise, so getrandom() would block) and sets its clock."""
+    r = box("exec", "db", "--", "sh", "-c", "cat /proc/sys/kernel/random/entropy_avail; date +%s",
+            check=True)
+    entropy, guest_now = r.out.split()
+    assert int(entropy) >= 256  # the CRNG is ready
+    assert abs(int(guest_now) - time.time()) < 3
+
+
 def test_delete_removes_vms_disks_and_state(box: BoxCli, demo: Path) -> None:
     override = demo.parent / "override.yaml"
     r = box("delete", "-f", str(demo), check=True)
@@ -148,3 +158,4 @@ def test_delete_removes_vms_disks_and_state(box: BoxCli, demo: Path) -> None:
     assert box.vm_processes() == []
     if override.exists():
         override.unlink()
+

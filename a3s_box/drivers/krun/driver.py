@@ -151,6 +151,7 @@ class KrunDriver:
             deadline = time.monotonic() + timeout
             client = self._wait_hello(handle, deadline)
             with client:
+                client.seed()
                 client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
             return handle
         except BaseException as e:

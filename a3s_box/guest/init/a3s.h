@@ -13,7 +13,7 @@
 #define HDR 11
 
 enum msg {
-	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06,
+	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06, M_SEED = 0x07,
 	M_RESULT = 0x0F, M_EXEC = 0x10, M_STARTED = 0x11, M_STDIN = 0x12, M_STDOUT = 0x13,
 	M_STDERR = 0x14, M_EXIT = 0x15, M_SIGNAL = 0x16, M_RESIZE = 0x17, M_PUT = 0x20,
 	M_GET = 0x21, M_DATA = 0x22, M_STATUS = 0x30, M_STATUS_REPLY = 0x31, M_ERROR = 0x7F,
@@ -42,6 +42,7 @@ uint8_t r_u8(struct rd *r);
 uint16_t r_u16(struct rd *r);
 uint32_t r_u32(struct rd *r);
 uint64_t r_u64(struct rd *r);
+const unsigned char *r_take(struct rd *r, size_t n); /* N raw bytes, NULL (and bad) if short */
 /* A NUL-terminated malloc'd copy; NULL (and r->bad) on short input or embedded NUL. */
 char *r_str(struct rd *r);
 /* A NULL-terminated malloc'd vector of strings. */

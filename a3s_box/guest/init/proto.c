@@ -107,6 +107,10 @@ uint32_t r_u32(struct rd *r)
 	const unsigned char *p = take(r, 4);
 	return p ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
 }
+const unsigned char *r_take(struct rd *r, size_t n)
+{
+	return take(r, n);
+}
 uint64_t r_u64(struct rd *r)
 {
 	uint64_t hi = r_u32(r);

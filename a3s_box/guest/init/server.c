@@ -104,6 +104,12 @@ void dispatch(struct conn *c, int type, uint32_t id, const unsigned char *p, siz
 			return;
 		}
 		break;
+	case M_SEED:
+		if (id == 0) {
+			on_seed(c, &r);
+			return;
+		}
+		break;
 	case M_MOUNT:
 		if (id == 0) {
 			on_mount(c, &r);

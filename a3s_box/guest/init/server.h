@@ -112,6 +112,7 @@ void reap_all(void);
 void on_hello(struct conn *c, uint32_t id, struct rd *r);
 void on_config(struct conn *c, struct rd *r);
 void on_mount(struct conn *c, struct rd *r); /* mount.c */
+void on_seed(struct conn *c, struct rd *r); /* seed.c */
 void on_exec(struct conn *c, uint32_t id, struct rd *r);
 int ns_open(int ns, const char *path, int flags, mode_t mode, int *err, const char **why);
 void on_put(struct conn *c, uint32_t id, struct rd *r);
