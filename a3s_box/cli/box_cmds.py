@@ -351,6 +351,26 @@ def stop_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
             click.echo(f"{row.name}: stopped")
 
 
+@click.command("pause")
+@click.argument("names", nargs=-1, required=True)
+@pass_cli
+def pause_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
+    """Pause boxes: their VMs stop using CPU; processes, memory and open files are kept."""
+    with Host(ctx.home) as host, host.locked():
+        for n in names:
+            click.echo(f"{host.pause(n).name}: paused")
+
+
+@click.command("resume")
+@click.argument("names", nargs=-1, required=True)
+@pass_cli
+def resume_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
+    """Resume paused boxes where they were."""
+    with Host(ctx.home) as host, host.locked():
+        for n in names:
+            click.echo(f"{host.resume(n).name}: running")
+
+
 @click.command("start")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the guest.")
@@ -487,7 +507,7 @@ def pool_fill(ctx: CliContext, project: str) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, start_cmd, delete_cmd,
+    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd, start_cmd, delete_cmd,
                 diff_cmd, pool_group):
         cli.add_command(cmd)
 

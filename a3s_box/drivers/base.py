@@ -143,3 +143,10 @@ class Driver(Protocol):
         """Shut the guest down cleanly, kill it after `timeout`; idempotent. Removes
         the VM's sockets and pid files but not the disk (the caller owns it)."""
         ...
+
+    def pause(self, handle: VmHandle) -> None:
+        """Stop the VM's vCPUs (memory, processes and open files are kept)."""
+        ...
+
+    def resume(self, handle: VmHandle) -> None:
+        ...

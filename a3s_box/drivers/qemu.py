@@ -23,6 +23,7 @@ from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.boxvol import mount_volumes, volume_devices
+from a3s_box.drivers.qmp import Qmp, QmpError
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
@@ -183,7 +184,19 @@ class QemuDriver:
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
         return connect_unix(handle.box_id, handle.channel, timeout)
 
+    def pause(self, handle: VmHandle) -> None:
+        with Qmp(handle.extra["qmp"], handle.box_id) as q:
+            q.command("stop")
+
+    def resume(self, handle: VmHandle) -> None:
+        with Qmp(handle.extra["qmp"], handle.box_id) as q:
+            q.command("cont")
+
     def stop(self, handle: VmHandle, timeout: float) -> None:
+        try:
+            self.resume(handle)  # a paused guest cannot shut down cleanly
+        except (QmpError, KeyError):
+            pass
         stop_supervised(handle, SHIM, self.connect, timeout)
         # no killpg here: once its leader is long gone a process group id may be reused
         _remove_runtime_files(rundir_of(handle))

@@ -284,6 +284,12 @@ class Host:
     def stop(self, name: str) -> BoxRow:
         return self.runtime.stop(self.find(name))
 
+    def pause(self, name: str) -> BoxRow:
+        return self.runtime.pause(self.find(name))
+
+    def resume(self, name: str) -> BoxRow:
+        return self.runtime.resume(self.find(name))
+
     def start(self, name: str, timeout: float = 120.0) -> BoxRow:
         row = self.find(name)
         if row.status == "running":

@@ -47,6 +47,8 @@ class BoxRuntime:
         return self.driver(handle.driver).observe(handle)
 
     def connect(self, row: BoxRow, timeout: float = 10.0) -> socket.socket:
+        if row.status == "paused":
+            raise GuestError(row.name, f"is paused (resume it with `box resume {row.name}`)")
         if row.status != "running" or row.handle is None:
             raise GuestError(row.name, f"is {row.status}, not running (start it with `box start {row.name}`)")
         handle = VmHandle.from_json(row.handle)
@@ -112,6 +114,24 @@ class BoxRuntime:
             return
         handle = VmHandle.from_json(row.handle)
         self.driver(handle.driver).stop(handle, STOP_TIMEOUT)
+
+    def pause(self, row: BoxRow) -> BoxRow:
+        if row.status != "running" or row.handle is None:
+            raise GuestError(row.name, f"is {row.status}: only a running box can be paused")
+        handle = VmHandle.from_json(row.handle)
+        self.driver(handle.driver).pause(handle)
+        done = _with(row, status="paused")
+        self.store.put_box(done)
+        return done
+
+    def resume(self, row: BoxRow) -> BoxRow:
+        if row.status != "paused" or row.handle is None:
+            raise GuestError(row.name, f"is {row.status}, not paused")
+        handle = VmHandle.from_json(row.handle)
+        self.driver(handle.driver).resume(handle)
+        done = _with(row, status="running")
+        self.store.put_box(done)
+        return done
 
     def stop(self, row: BoxRow) -> BoxRow:
         self.stop_vm(row)

@@ -149,6 +149,34 @@ def test_the_guest_crng_is_seeded_and_its_clock_is_the_hosts(box: BoxCli, demo: 
     assert abs(int(guest_now) - time.time()) < 3
 
 
+def test_pause_stops_a_busy_loop_and_resume_continues_it(box: BoxCli, demo: Path) -> None:
+    loop = box.popen("exec", "db", "--", "sh", "-c",
+                     "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; done")
+    try:
+        time.sleep(1)
+        qemu = next(p for p in box.vm_processes()
+                    if b"qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes() and b"hello.db" in
+                    Path(f"/proc/{p}/cmdline").read_bytes())
+
+        def cpu_ticks() -> int:
+            fields = Path(f"/proc/{qemu}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        box("pause", "db", check=True)
+        assert _ps(box)["db"]["status"] == "paused"
+        r = box("exec", "db", "--", "true")
+        assert r.code == 1 and "is paused (resume it with `box resume db`)" in r.err
+        before = cpu_ticks()
+        time.sleep(1.5)
+        assert cpu_ticks() - before < 30  # a busy guest burns ~150 ticks in that time
+        box("resume", "db", check=True)
+        first = int(box("exec", "db", "--", "cat", "/tmp/count", check=True).out)
+        time.sleep(0.5)
+        assert int(box("exec", "db", "--", "cat", "/tmp/count", check=True).out) > first  # it goes on
+    finally:
+        loop.kill()
+        loop.communicate()
+
+
 def test_delete_removes_vms_disks_and_state(box: BoxCli, demo: Path) -> None:
     override = demo.parent / "override.yaml"
     r = box("delete", "-f", str(demo), check=True)

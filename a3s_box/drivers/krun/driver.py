@@ -205,6 +205,12 @@ class KrunDriver:
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
         return connect_unix(handle.box_id, handle.channel, timeout)
 
+    def pause(self, handle: VmHandle) -> None:
+        raise HostUnsupported(self.name, f"box {handle.box_id}: pause is not available with libkrun")
+
+    def resume(self, handle: VmHandle) -> None:
+        raise HostUnsupported(self.name, f"box {handle.box_id}: resume is not available with libkrun")
+
     def stop(self, handle: VmHandle, timeout: float) -> None:
         stop_supervised(handle, SUPERVISOR, self.connect, timeout)
         rundir = rundir_of(handle)

@@ -1,0 +1,127 @@
+"""A small QMP client: the QEMU Machine Protocol over the box's qmp.sock.
+
+The protocol core is sans-IO (`QmpCodec`: bytes in, greeting/replies/events out); the
+thin `Qmp` class owns the socket. Used for pause/resume and snapshot save/restore.
+
+    with Qmp(path, box="demo.db") as q:
+        q.command("stop")
+        q.command("migrate-set-capabilities", capabilities=[...])
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from a3s_box.errors import DriverError
+
+MAX_LINE = 1 << 20  # QEMU's replies are small; a longer line is not QMP
+
+
+class QmpError(DriverError):
+    """QEMU refused a command, or its QMP socket misbehaved."""
+
+
+@dataclass
+class QmpCodec:
+    """Sans-IO: feed bytes, take JSON messages (one per line)."""
+
+    buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buf += data
+        out = []
+        while (nl := self.buf.find(b"\n")) >= 0:
+            line, self.buf = bytes(self.buf[:nl]), self.buf[nl + 1:]
+            if line.strip():
+                msg = json.loads(line)
+                if isinstance(msg, dict):
+                    out.append(msg)
+        if len(self.buf) > MAX_LINE:
+            raise ValueError("QMP line too long")
+        return out
+
+    @staticmethod
+    def encode(command: str, **arguments: Any) -> bytes:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        return json.dumps(msg).encode() + b"\n"
+
+
+class Qmp:
+    def __init__(self, path: Path | str, box: str, timeout: float = 10.0) -> None:
+        self.box = box
+        self.timeout = timeout
+        self.codec = QmpCodec()
+        self.events: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                self.sock.connect(str(path))
+                break
+            except OSError as e:
+                self.sock.close()
+                if time.monotonic() >= deadline:
+                    raise QmpError(box, f"cannot reach QEMU's QMP socket {path}: {e}") from e
+                time.sleep(0.01)
+        self.sock.settimeout(timeout)
+        greeting = self._next()
+        if "QMP" not in greeting:
+            raise QmpError(box, f"QMP: unexpected greeting {greeting}")
+        self.command("qmp_capabilities")
+
+    def _next(self) -> dict[str, Any]:
+        while not self.pending:
+            try:
+                data = self.sock.recv(65536)
+            except OSError as e:
+                raise QmpError(self.box, f"QMP: {e}") from e
+            if not data:
+                raise QmpError(self.box, "QMP: QEMU closed the connection")
+            try:
+                self.pending += self.codec.feed(data)
+            except ValueError as e:
+                raise QmpError(self.box, f"QMP: {e}") from e
+        return self.pending.pop(0)
+
+    def command(self, name: str, **arguments: Any) -> Any:
+        self.sock.sendall(QmpCodec.encode(name, **arguments))
+        while True:
+            msg = self._next()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            if "error" in msg:
+                err = msg["error"]
+                raise QmpError(self.box, f"QEMU refused {name}: {err.get('desc', err)}")
+            if "return" in msg:
+                return msg["return"]
+
+    def wait_status(self, done: tuple[str, ...], timeout: float, query: str = "query-migrate",
+                    key: str = "status") -> str:
+        """Poll QUERY until its KEY is one of DONE (or 'failed'); the status reached."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = str(self.command(query).get(key, ""))
+            if status in done:
+                return status
+            if status in ("failed", "cancelled"):
+                raise QmpError(self.box, f"{query}: {status}")
+            if time.monotonic() >= deadline:
+                raise QmpError(self.box, f"{query}: still {status or 'nothing'} after {timeout:.0f}s")
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Qmp":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
