@@ -445,6 +445,10 @@ class BoxDef(_Model):
         "What the box's network reaches (default: no network)."),
         examples=[{"mode": "allowlist", "egress": ["api.openai.com", "*.pypi.org"],
                    "ports": ["127.0.0.1:8080:80"]}])
+    boot: Literal["snapshot", "cold"] = Field("snapshot", description=(
+        "`snapshot`: start as a clone of a template VM booted once for the same image, size "
+        "and kernel (milliseconds instead of seconds; boxes with a network or volumes boot "
+        "cold for now); `cold`: always boot."), examples=["cold"])
     volumes: Volumes = Field(default_factory=list, description=(
         "Host folders, named volumes and tmpfs mounted into the box: compose's short form "
         "`SOURCE:TARGET[:ro]` or the long form."), examples=[["./src:/workspace", "cache:/root/.cache",

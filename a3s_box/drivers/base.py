@@ -57,6 +57,8 @@ class BoxLaunch:
     rootfs_dir: Path | None = None  # unpacked root folder (virtio-fs drivers)
     network: BoxNetwork | None = None  # None: no network device at all
     volumes: tuple[BoxVolume, ...] = ()
+    boot: str = "cold"  # "snapshot": from a template of its snapshot key where possible
+    image: str = ""  # the image digest (part of the snapshot key)
 
 
 @dataclass(frozen=True)

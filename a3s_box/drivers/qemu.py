@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
@@ -24,6 +26,7 @@ from a3s_box.drivers.probe import probe_accelerators
 from a3s_box.drivers.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.boxvol import mount_volumes, volume_devices
 from a3s_box.drivers.qmp import Qmp, QmpError
+from a3s_box.drivers.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
@@ -108,34 +111,68 @@ class QemuDriver:
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
                         tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
                         volume_disks=volume_disks)
+        boot = "cold"
+        if launch.boot == "snapshot":
+            why_not = snapshot_ineligible(launch)
+            if why_not:
+                boot = f"cold ({why_not})"
+            else:
+                try:
+                    return self._start_clone(launch, spec, timeout)
+                except SnapshotError as e:
+                    boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
+                    _note(rundir, boot)
+                    _remove_runtime_files(rundir)
+                    (rundir / "exit.json").unlink(missing_ok=True)
+        extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
+        handle, pgid = self._spawn(launch.box_id, rundir, spec, extra)
+        return self._finish(launch, handle, pgid, timeout, boot)
+
+    def _spawn(self, box_id: str, rundir: Path, spec: QemuSpec, extra: dict[str, object],
+               detach: bool = True) -> tuple[VmHandle, int]:
+        """Write RUNDIR/launch.json and start the shim (QEMU its child); the handle and the
+        process group to kill if anything goes wrong."""
         tmp = rundir / ".launch.json"
-        tmp.write_text(json.dumps({"box_id": launch.box_id, "argv": qemu_argv(spec),
+        tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec),
                                    "channel": str(rundir / "channel.sock"),
-                                   "guest_socket": str(rundir / GUEST_SOCK),
-                                   "network": forwards is not None,
-                                   "virtiofsd": virtiofsd}, indent=1))
+                                   "guest_socket": str(rundir / GUEST_SOCK), **extra}, indent=1))
         os.replace(tmp, rundir / "launch.json")
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
             log.flush()
             try:
                 starter = subprocess.Popen(
-                    [sys.executable, "-m", "a3s_box.drivers.shim", str(rundir), "--detach"],
+                    [sys.executable, "-m", "a3s_box.drivers.shim", str(rundir), *(["--detach"] if detach else [])],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                    close_fds=True)
+                    close_fds=True, preexec_fn=None if detach else _die_with_parent)
             except OSError as e:
-                raise DriverError(launch.box_id, f"cannot start the shim: {e}") from e
+                raise DriverError(box_id, f"cannot start the shim: {e}") from e
         pgid = starter.pid  # session leader; the shim and QEMU stay in its group
-        handle: VmHandle | None = None
         try:
-            starter.wait()
+            if detach:
+                starter.wait()
+            else:
+                for _ in range(500):
+                    if (rundir / "shim.pid").exists():
+                        break
+                    time.sleep(0.01)
             pid = int((rundir / "shim.pid").read_text())
-            handle = VmHandle(driver=self.name, box_id=launch.box_id, pid=pid,
-                              channel=str(rundir / GUEST_SOCK),
-                              console_log=str(rundir / CONSOLE), accel=accel,
-                              extra={"pgid": str(pgid), "rundir": str(rundir),
-                                     "qmp": str(rundir / "qmp.sock")})
+        except BaseException:
+            _killpg(pgid, signal.SIGKILL)
+            raise
+        return VmHandle(driver=self.name, box_id=box_id, pid=pid, channel=str(rundir / GUEST_SOCK),
+                        console_log=str(rundir / CONSOLE), accel=spec.accel,
+                        extra={"pgid": str(pgid), "rundir": str(rundir),
+                               "qmp": str(rundir / "qmp.sock")}), pgid
+
+    def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
+                boot: str, ready: Any = None) -> VmHandle:
+        """From a started shim to a configured guest; on any failure nothing is left."""
+        rundir = launch.rundir
+        try:
             deadline = time.monotonic() + timeout
+            if ready is not None:
+                ready(handle)
             try:
                 self._wait_ready(handle, deadline)
             except DriverError as e:
@@ -152,17 +189,98 @@ class QemuDriver:
                     install_box_ca(client, rundir)
                 mount_volumes(client, launch)
                 client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
-            return handle
+            return VmHandle(handle.driver, handle.box_id, handle.pid, handle.channel, handle.console_log,
+                            handle.accel, {**handle.extra, "boot": boot})
         except BaseException as e:
             # Ctrl-C included: nothing of this VM may outlive a failed start
             _killpg(pgid, signal.SIGKILL)
-            if handle is not None:
-                _wait_gone(handle.pid, str(rundir), 5.0)
+            _wait_gone(handle.pid, str(rundir), 5.0)
             _remove_runtime_files(rundir)
             if isinstance(e, (OSError, ValueError)):
                 raise DriverError(launch.box_id, f"start failed: {e}\nconsole:\n"
                                   f"{console_tail(rundir / CONSOLE)}") from e
             raise
+
+    # --- snapshots ---------------------------------------------------------------------
+    def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float) -> VmHandle:
+        probe = probe_accelerators(self.home, self.binary)
+        key = snapshot_key(spec, launch.image, probe.qemu_version,
+                           host_cpu_model() if spec.accel == "kvm" else "")
+        store = TemplateStore(self.home.cache)
+        template = store.get(key) or self._build_template(store, key, launch, spec, timeout)
+        assert launch.disk is not None
+        cold_disk = launch.disk.with_name(f".{launch.disk.name}.cold")
+        os.replace(launch.disk, cold_disk)  # kept until the clone answers: a cold boot needs it
+        try:
+            create_overlay_on(template.disk, launch.disk)
+            clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
+            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []})
+
+            def restore(h: VmHandle) -> None:
+                try:
+                    with Qmp(h.extra["qmp"], h.box_id, timeout=10.0) as q:
+                        q.command("migrate-set-capabilities",
+                                  capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                        q.command("migrate-incoming", uri=f"exec:cat {template.state}")
+                        # loaded when the VM leaves "inmigrate" (paused: store-global-state=off)
+                        state = q.wait_until_not("query-status", "inmigrate", 15.0)
+                        migrated = str(q.command("query-migrate").get("status", ""))
+                        if state not in ("paused", "running") or migrated == "failed":
+                            raise QmpError(h.box_id, f"the template did not load (VM {state}, "
+                                           f"migration {migrated or 'not started'})")
+                        if state == "paused":
+                            q.command("cont")
+                except QmpError as e:
+                    raise SnapshotError(launch.box_id, str(e).removeprefix(f"box {launch.box_id}: ")) from e
+            try:
+                done = self._finish(launch, handle, pgid, min(timeout, 30.0), f"snapshot {key[:12]}", restore)
+            except (DriverError, GuestError) as e:
+                store.remove(key)  # a template that does not restore is never used again
+                raise SnapshotError(launch.box_id, str(e).splitlines()[0].removeprefix(
+                    f"box {launch.box_id}: ")) from e
+            cold_disk.unlink(missing_ok=True)
+            return done
+        except BaseException:
+            os.replace(cold_disk, launch.disk)
+            raise
+
+    def _build_template(self, store: TemplateStore, key: str, launch: BoxLaunch, spec: QemuSpec,
+                        timeout: float) -> Template:
+        with store.locked(key):
+            found = store.get(key)
+            if found is not None:
+                return found
+            st = store.staging(key)
+            assert launch.disk is not None
+            shutil.copyfile(launch.disk, st / "disk.qcow2")  # a fresh overlay of the image
+            with open(st / "ram", "wb") as f:
+                f.truncate(launch.memory_mib << 20)
+            tspec = replace(spec, console_log=st / CONSOLE, channel=st / "channel.sock", qmp=st / "qmp.sock",
+                            disk=st / "disk.qcow2", memory_file=st / "ram", memory_shared=True)
+            handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
+                                       detach=False)
+            try:
+                self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
+                with Qmp(st / "qmp.sock", launch.box_id, timeout=10.0) as q:
+                    q.command("migrate-set-capabilities",
+                              capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                    q.command("stop")
+                    q.command("migrate", uri=f"exec:cat > {st / 'state'}")
+                    q.wait_status(("completed",), 60.0)
+                    try:
+                        q.command("quit")  # its image locks must be gone before a clone opens the disk
+                    except QmpError:
+                        pass
+                _wait_gone(handle.pid, str(st), 10.0)
+            except (DriverError, GuestError) as e:
+                raise SnapshotError(launch.box_id, f"making the template: {e}") from e
+            finally:
+                _killpg(pgid, signal.SIGKILL)
+                _wait_gone(handle.pid, str(st), 5.0)
+            for name in RUNTIME_FILES + ("exit.json",):
+                (st / name).unlink(missing_ok=True)
+            return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
+                                          "memory_mib": launch.memory_mib, "accel": spec.accel})
 
     def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
         rundir = Path(handle.extra["rundir"])
@@ -200,6 +318,38 @@ class QemuDriver:
         stop_supervised(handle, SHIM, self.connect, timeout)
         # no killpg here: once its leader is long gone a process group id may be reused
         _remove_runtime_files(rundir_of(handle))
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: a template dies with its builder
+
+
+def _note(rundir: Path, text: str) -> None:
+    with open(rundir / "shim.log", "a") as f:
+        f.write(f"a3s-box: {text}\n")
+
+
+def snapshot_ineligible(launch: BoxLaunch) -> str:
+    """Why this box cannot start from a snapshot ("" when it can)."""
+    if launch.network is not None and launch.network.enabled:
+        return "boxes with a network boot cold for now"
+    if any(v.kind == "bind" for v in launch.volumes):
+        return "bind volumes (virtio-fs) cannot be migrated in QEMU 7.2"
+    if launch.volumes:
+        return "boxes with volumes boot cold for now"
+    if launch.disk is None or not launch.image:
+        return "no disk image to snapshot"
+    return ""
+
+
+def create_overlay_on(backing: Path, dest: Path) -> None:
+    """A new qcow2 at DEST whose backing file is BACKING (a template's frozen disk)."""
+    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(dest)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise SnapshotError(dest.parent.name, f"qemu-img create: {r.stderr.strip()}")
 
 
 def _remove_runtime_files(rundir: Path) -> None:

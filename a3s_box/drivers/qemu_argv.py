@@ -5,7 +5,7 @@ One place decides every QEMU flag, so the shim, the probe and the tests agree:
     serial console appended to console.log (kept across restarts, for `box logs`)
     virtio-serial port `a3s.0` on a unix socket the shim listens on
     the root disk as virtio-blk over the box's qcow2 overlay
-    a QMP socket for clean control (and, later, snapshot/restore: `incoming`)
+    a QMP socket for clean control, pause/resume and snapshot save/restore (`incoming`)
 """
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ class QemuSpec:
     machine: str = ARCHES["x86_64"].machine
     console: str = ARCHES["x86_64"].console
     boot_args: tuple[str, ...] = ()  # extra a3s.* kernel arguments
-    incoming: str | None = None  # "file:/path": restore a saved VM instead of booting
+    incoming: str | None = None  # "defer": wait for QMP migrate-incoming (snapshot clones)
+    # Snapshot templates and clones: guest RAM in this file, shared with it (the template
+    # writes it) or mapped copy-on-write (clones); None: anonymous RAM
+    memory_file: Path | None = None
+    memory_shared: bool = False
     tsc_khz: int = 0  # the host's TSC rate, handed to a TCG guest (0: let it calibrate)
     # A virtio-net NIC on user-mode networking (run inside the box's network namespace,
     # where the egress proxy decides every flow), with (namespace port, box port) TCP
@@ -115,7 +119,7 @@ def _opt(path: Path) -> str:
 def qemu_argv(spec: QemuSpec) -> list[str]:
     argv = [spec.binary,
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-M", spec.machine + (",memory-backend=mem" if spec.shares else ""),
+            "-M", spec.machine + (",memory-backend=mem" if spec.shares or spec.memory_file else ""),
             "-accel", spec.accel,
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M",
@@ -126,6 +130,11 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
             "-serial", "chardev:con"]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
+    if spec.memory_file is not None:
+        argv += ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
+                 f"mem-path={_opt(spec.memory_file)},share={'on' if spec.memory_shared else 'off'}",
+                 # or a restored clone stays paused whatever the template's run state was
+                 "-global", "migration.store-global-state=off"]
     if spec.shares:
         # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by default
         argv += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",

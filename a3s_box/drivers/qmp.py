@@ -117,6 +117,17 @@ class Qmp:
                 raise QmpError(self.box, f"{query}: still {status or 'nothing'} after {timeout:.0f}s")
             time.sleep(0.005)
 
+    def wait_until_not(self, query: str, value: str, timeout: float, key: str = "status") -> str:
+        """Poll QUERY until its KEY is no longer VALUE; the new value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = str(self.command(query).get(key, ""))
+            if got != value:
+                return got
+            if time.monotonic() >= deadline:
+                raise QmpError(self.box, f"{query}: still {value} after {timeout:.0f}s")
+            time.sleep(0.005)
+
     def close(self) -> None:
         self.sock.close()
 

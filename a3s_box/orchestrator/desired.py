@@ -107,6 +107,8 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
         net = box.network
         spec["network"] = {"mode": net.mode, "egress": list(net.egress), "deny": list(net.deny),
                            "hosts": dict(sorted(net.hosts.items())), "ports": list(net.ports)}
+    if box.boot != "snapshot":
+        spec["boot"] = box.boot  # only when not the default: older boxes keep their hash
     if box.volumes:
         spec["volumes"] = [{"type": v.type, "source": v.source, "target": v.target,
                             "read_only": v.read_only, "size": human_size(v.size) if v.size else None}

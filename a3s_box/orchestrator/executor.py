@@ -195,7 +195,8 @@ class Executor:
                             Path("/nonexistent"), disk=None,
                             network=box_network(box.name, box.definition, os.environ),
                             volumes=box_volumes(box.definition,
-                                                lambda v: self._volume_disk(project, box.name, v, desired)))
+                                                lambda v: self._volume_disk(project, box.name, v, desired)),
+                            image=record.digest)
         lifetime = box.definition.lifetime
         template = {
             "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
@@ -244,7 +245,7 @@ class Executor:
         launch = box_launch(bid, want.name, want.definition, record.config, rundir,
                             disk=rundir / "disk.qcow2",
                             network=box_network(want.name, want.definition, os.environ),
-                            volumes=volumes)
+                            volumes=volumes, image=record.digest)
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
                      spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver, want.definition),
                      handle=None, status="creating")

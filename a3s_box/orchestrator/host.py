@@ -62,6 +62,7 @@ class BoxInfo:
     pid: int | None
     detail: str
     network: str = "none"  # the policy in one line (NetworkPolicy.summary)
+    boot: str = ""  # "snapshot KEY" (restored from a template) or "cold (why)"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -234,17 +235,17 @@ class Host:
     def ps(self, project: str | None = None) -> list[BoxInfo]:
         out: list[BoxInfo] = []
         for row in self.store.boxes(project):
-            status, detail, accel, pid = row.status, "", "", None
+            status, detail, accel, pid, boot = row.status, "", "", None, ""
             if row.handle is not None:
                 handle = VmHandle.from_json(row.handle)
-                accel, pid = handle.accel, handle.pid
+                accel, pid, boot = handle.accel, handle.pid, handle.extra.get("boot", "cold")
                 seen = self.runtime.observe(row)
                 if seen is not None and seen.state is not VmState.RUNNING:
                     status, detail = "exited", seen.exit_reason
                 elif status == "running":
                     detail = self._agent_detail(row)
             out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
-                               row.image[:19], pid, detail, network_summary(row.spec)))
+                               row.image[:19], pid, detail, network_summary(row.spec), boot))
         return out
 
     def inspect(self, name: str) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def box_volumes(box: BoxDef, disk_of: Callable[[str], Path]) -> tuple[BoxVolume,
 
 def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: Path,
                disk: Path | None, rootfs_dir: Path | None = None,
-               network: BoxNetwork | None = None, volumes: tuple[BoxVolume, ...] = ()) -> BoxLaunch:
+               network: BoxNetwork | None = None, volumes: tuple[BoxVolume, ...] = (),
+               image: str = "") -> BoxLaunch:
     return BoxLaunch(
         box_id=box_id,
         rundir=rundir,
@@ -127,6 +128,8 @@ def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: P
         rootfs_dir=rootfs_dir,
         network=network,
         volumes=volumes,
+        boot=box.boot,
+        image=image,
     )
 
 
@@ -143,6 +146,8 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "network": {"policy": launch.network.policy, "secrets": launch.network.secrets}
         if launch.network is not None else None,
         "volumes": [v.to_json() for v in launch.volumes],
+        "boot": launch.boot,
+        "image": launch.image,
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -164,6 +169,8 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         network=BoxNetwork(data["network"]["policy"], data["network"].get("secrets") or {})
         if data.get("network") else None,
         volumes=tuple(BoxVolume(**v) for v in data.get("volumes") or ()),
+        boot=str(data.get("boot") or "cold"),
+        image=str(data.get("image") or ""),
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

@@ -11,7 +11,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -143,7 +143,8 @@ class BoxRuntime:
         """Boot a stopped (or exited) box again from its own disk."""
         rundir = self.home.box_dir(row.id)
         try:
-            launch = launch_from_json(json.loads((rundir / "box.json").read_text()))
+            # its own disk has moved on from any template: a restart always boots cold
+            launch = replace(launch_from_json(json.loads((rundir / "box.json").read_text())), boot="cold")
         except (OSError, ValueError, KeyError) as e:
             raise DriverError(row.name, f"cannot start: its launch record is unreadable ({e}); "
                                         "delete it and apply again") from e
