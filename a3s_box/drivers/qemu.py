@@ -213,6 +213,11 @@ class QemuDriver:
         os.replace(launch.disk, cold_disk)  # kept until the clone answers: a cold boot needs it
         try:
             create_overlay_on(template.disk, launch.disk)
+            # the boot a clone did not repeat, so `box logs` still shows kernel and init
+            boot_log = template.folder / CONSOLE
+            if boot_log.is_file():
+                with open(launch.rundir / CONSOLE, "ab") as out:
+                    out.write(boot_log.read_bytes()[-(1 << 20):])
             clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
             handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []})
 

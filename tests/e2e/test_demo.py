@@ -151,7 +151,7 @@ def test_the_guest_crng_is_seeded_and_its_clock_is_the_hosts(box: BoxCli, demo: 
 
 def test_pause_stops_a_busy_loop_and_resume_continues_it(box: BoxCli, demo: Path) -> None:
     loop = box.popen("exec", "db", "--", "sh", "-c",
-                     "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; done")
+                     "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; done")
     try:
         time.sleep(1)
         qemu = next(p for p in box.vm_processes()
