@@ -116,20 +116,18 @@ class BoxRuntime:
         self.driver(handle.driver).stop(handle, STOP_TIMEOUT)
 
     def pause(self, row: BoxRow) -> BoxRow:
-        if row.status != "running" or row.handle is None:
-            raise GuestError(row.name, f"is {row.status}: only a running box can be paused")
-        handle = VmHandle.from_json(row.handle)
-        self.driver(handle.driver).pause(handle)
-        done = _with(row, status="paused")
-        self.store.put_box(done)
-        return done
+        return self._switch(row, "running", "paused", "pause")
 
     def resume(self, row: BoxRow) -> BoxRow:
-        if row.status != "paused" or row.handle is None:
-            raise GuestError(row.name, f"is {row.status}, not paused")
+        return self._switch(row, "paused", "running", "resume")
+
+    def _switch(self, row: BoxRow, want: str, becomes: str, op: str) -> BoxRow:
+        """Pause or resume the VM (its driver's OP) and record the new status."""
+        if row.status != want or row.handle is None:
+            raise GuestError(row.name, f"is {row.status}: only a {want} box can {op}")
         handle = VmHandle.from_json(row.handle)
-        self.driver(handle.driver).resume(handle)
-        done = _with(row, status="running")
+        getattr(self.driver(handle.driver), op)(handle)
+        done = _with(row, status=becomes)
         self.store.put_box(done)
         return done
 
