@@ -18,6 +18,7 @@ from pathlib import Path
 
 from a3s_box.drivers.artifacts import GuestArtifacts
 from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv
+from a3s_box.atomic import write_text_atomic
 from a3s_box.errors import HostUnsupported
 from a3s_box.home import Home
 
@@ -112,7 +113,6 @@ def probe_accelerators(home: Home, qemu_binary: str, artifacts: GuestArtifacts |
     ok, detail = _boot_under_kvm(qemu_binary, artifacts)
     result = ProbeResult("kvm" if ok else "tcg", ok, detail, version)
     home.cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".probe.json.{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "result": asdict(result)}, sort_keys=True, indent=1))
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps({"key": key, "result": asdict(result)},
+                                        sort_keys=True, indent=1))
     return result

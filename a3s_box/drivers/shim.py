@@ -28,6 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.mux import GUEST, Mux, Out
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
@@ -60,9 +61,7 @@ def _read_only_view(source: str) -> None:
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n")
 
 
 def exit_reason(status: int) -> dict[str, object]:

@@ -62,6 +62,6 @@ def test_a_broken_template_falls_back_to_a_cold_boot(box: BoxCli, hello_image: P
     state.write_bytes(b"\0" * 4096)  # corrupted
     box("apply", "-f", str(f), check=True)
     boots = _boot(box)
-    assert all(b.startswith("cold (snapshot restore failed") for b in boots.values()), boots
+    assert all(boots[n].startswith("cold (snapshot restore failed") for n in ("c1", "c3")), boots
     assert box("exec", "c1", "--", "true").code == 0
     box("delete", "-f", str(f), check=True)

@@ -23,6 +23,7 @@ from a3s_box.drivers.base import HostSupport
 from a3s_box.drivers.krun.library import Krun, LibraryPaths, load
 from a3s_box.drivers.krun.rootfs import install_guest_files
 from a3s_box.drivers.krun.spec import EXIT_NAMES, KrunSpec, box_spec
+from a3s_box.atomic import write_text_atomic
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 
@@ -152,10 +153,8 @@ def cached_probe(home: Home, paths: LibraryPaths, init_binary: Path,
             pass  # no or unreadable cache: probe again
     verdict = boot_probe(init_binary, timeout)
     home.cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".krun-probe.json.{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "result": asdict(verdict)}, sort_keys=True,
-                              indent=1))
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps({"key": key, "result": asdict(verdict)},
+                                        sort_keys=True, indent=1))
     return verdict
 
 
