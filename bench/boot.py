@@ -16,10 +16,10 @@ from pathlib import Path
 
 from scratch import Scratch
 
-from a3s_box.drivers.artifacts import ensure_guest_artifacts
-from a3s_box.drivers.cpio import Entry, gzip_newc
-from a3s_box.drivers.probe import probe_accelerators
-from a3s_box.drivers.qemu_argv import QemuSpec, qemu_argv, read_host_tsc_khz
+from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.common.cpio import Entry, gzip_newc
+from a3s_box.drivers.qemu.probe import probe_accelerators
+from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv, read_host_tsc_khz
 from a3s_box.home import Home
 
 ONE = """project: bench

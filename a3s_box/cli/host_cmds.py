@@ -37,7 +37,7 @@ def register(cli: click.Group) -> None:
         Idempotent: a second run only re-checks. Set A3S_BOX_KERNEL (and
         A3S_BOX_KERNEL_MODULES) to boot your own kernel instead of Debian's.
         """
-        from a3s_box.drivers.artifacts import ensure_guest_artifacts
+        from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 
         ensure_guest_artifacts(c.home, progress=not c.quiet)
         _show(host_checks(c.home), output or c.output)

@@ -27,7 +27,7 @@ def _users(c: CliContext) -> dict[str, list[str]]:
 
 
 def _templates(c: CliContext) -> Any:
-    from a3s_box.drivers.snapshot import TemplateStore
+    from a3s_box.drivers.qemu.snapshot import TemplateStore
 
     c.home.ensure()
     return TemplateStore(c.home.cache)

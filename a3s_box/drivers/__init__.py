@@ -22,7 +22,7 @@ def get_driver(name: str, home: Home) -> Driver:
         if name == "libkrun" or host_support(home).usable:
             return KrunDriver(home)
     if name in ("qemu", "auto"):
-        from a3s_box.drivers.qemu import QemuDriver
+        from a3s_box.drivers.qemu.driver import QemuDriver
 
         return QemuDriver(home)
     raise HostUnsupported(name, f"unknown driver (known: auto, {', '.join(DRIVERS)})")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 
-from a3s_box.drivers.artifacts import GuestArtifacts, build_initramfs, existing_guest_artifacts
-from a3s_box.drivers.kernel import cached_kernel
-from a3s_box.drivers.probe import KVM, probe_accelerators, qemu_version
-from a3s_box.drivers.qemu_argv import host_arch
+from a3s_box.drivers.common.artifacts import GuestArtifacts, build_initramfs, existing_guest_artifacts
+from a3s_box.drivers.common.kernel import cached_kernel
+from a3s_box.drivers.qemu.probe import KVM, probe_accelerators, qemu_version
+from a3s_box.drivers.qemu.argv import host_arch
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 
@@ -84,7 +84,7 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
 
     krun = krun_support(home, refresh=refresh, build=False)
     checks.append(Check("libkrun", krun.usable, krun.detail, essential=False))
-    from a3s_box.drivers.boxnet import network_support
+    from a3s_box.drivers.common.boxnet import network_support
 
     net_ok, net_detail = network_support()
     checks.append(Check("network", net_ok, f"qemu: {net_detail}; libkrun: mode none only "

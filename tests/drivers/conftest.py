@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
+from a3s_box.drivers.common.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 

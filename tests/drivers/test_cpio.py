@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from a3s_box.drivers.artifacts import GuestArtifacts, initramfs_entries, initramfs_key
-from a3s_box.drivers.cpio import Entry, gzip_newc, newc
-from a3s_box.drivers.kernel import GuestModule
+from a3s_box.drivers.common.artifacts import GuestArtifacts, initramfs_entries, initramfs_key
+from a3s_box.drivers.common.cpio import Entry, gzip_newc, newc
+from a3s_box.drivers.common.kernel import GuestModule
 
 ENTRIES = [Entry.dir("a3s"), Entry.dir("a3s/modules", 0o700),
            Entry.file("init", b"\x7fELF-ish\0binary", 0o755),

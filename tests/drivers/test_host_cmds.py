@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from a3s_box.cli.main import cli
-from a3s_box.drivers.artifacts import GuestArtifacts
+from a3s_box.drivers.common.artifacts import GuestArtifacts
 from a3s_box.drivers.krun import host_support as krun_support
 from a3s_box.home import Home
 
@@ -25,7 +25,7 @@ def test_doctor_on_a_provisioned_host(artifacts: GuestArtifacts, test_home: Home
     detail = str(checks["libkrun"].pop("detail")).removesuffix(" [cached]")
     assert checks["libkrun"] == {"name": "libkrun", "ok": krun.usable, "essential": False}
     assert detail == krun.detail.removesuffix(" [cached]")
-    from a3s_box.drivers.boxnet import network_support
+    from a3s_box.drivers.common.boxnet import network_support
 
     ok, why = network_support()
     assert checks["network"]["ok"] is ok and why in checks["network"]["detail"]

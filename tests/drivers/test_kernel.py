@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
-from a3s_box.drivers.kernel import (ENV_KERNEL, ENV_MODULES, KernelError, cached_kernel,
+from a3s_box.drivers.common.artifacts import GuestArtifacts, ensure_guest_artifacts
+from a3s_box.drivers.common.kernel import (ENV_KERNEL, ENV_MODULES, KernelError, cached_kernel,
                                     kernels_dir, versioned_package)
 from a3s_box.errors import BoxError
 from a3s_box.home import Home

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from a3s_box.drivers.artifacts import GuestArtifacts
-from a3s_box.drivers.kernel import cached_kernel, collect_modules
-from a3s_box.drivers.modinfo import ModuleError, load_order, parse_modinfo
+from a3s_box.drivers.common.artifacts import GuestArtifacts
+from a3s_box.drivers.common.kernel import cached_kernel, collect_modules
+from a3s_box.drivers.common.modinfo import ModuleError, load_order, parse_modinfo
 from a3s_box.home import Home
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import signal
 
-from a3s_box.drivers.mux import GUEST, Mux, Out
-from a3s_box.drivers.shim import exit_reason
+from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
+from a3s_box.drivers.qemu.shim import exit_reason
 from a3s_box.guest import protocol as p
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
 

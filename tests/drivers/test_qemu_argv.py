@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from a3s_box.drivers.qemu_argv import QemuSpec, host_tsc_khz, kernel_cmdline, qemu_argv
+from a3s_box.drivers.qemu.argv import QemuSpec, host_tsc_khz, kernel_cmdline, qemu_argv
 
 SPEC = QemuSpec(binary="qemu-system-x86_64", accel="tcg", vcpus=2, memory_mib=512,
                 kernel=Path("/c/vmlinuz"), initramfs=Path("/c/initrd.gz"),

@@ -20,10 +20,10 @@ import pytest
 from drivers_support import overlay, processes_mentioning
 
 from a3s_box.drivers import get_driver
-from a3s_box.drivers.artifacts import GuestArtifacts
+from a3s_box.drivers.common.artifacts import GuestArtifacts
 from a3s_box.drivers.base import BoxLaunch, VmHandle, VmState
-from a3s_box.drivers.cpio import Entry, gzip_newc
-from a3s_box.drivers.qemu import QemuDriver
+from a3s_box.drivers.common.cpio import Entry, gzip_newc
+from a3s_box.drivers.qemu.driver import QemuDriver
 from a3s_box.errors import DriverError, GuestError
 from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
@@ -228,9 +228,9 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from dataclasses import replace
-from a3s_box.drivers.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch
-from a3s_box.drivers.qemu import QemuDriver
+from a3s_box.drivers.qemu.driver import QemuDriver
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.home import Home
 home = Home(Path(sys.argv[1]))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from a3s_box.drivers.qmp import QmpCodec
+from a3s_box.drivers.qemu.qmp import QmpCodec
 
 
 def test_messages_come_out_whole_whatever_the_chunking() -> None:

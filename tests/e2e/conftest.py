@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from a3s_box.drivers.artifacts import ensure_guest_artifacts
+from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 

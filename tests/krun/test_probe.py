@@ -12,7 +12,7 @@ from a3s_box.drivers.base import BoxLaunch, HostSupport, VmState
 from a3s_box.drivers.krun import KrunDriver, host_support
 from a3s_box.drivers.krun.library import Krun
 from a3s_box.drivers.krun.probe import CANNOT, boot_probe, probe_key
-from a3s_box.drivers.qemu import QemuDriver
+from a3s_box.drivers.qemu.driver import QemuDriver
 from a3s_box.errors import HostUnsupported
 from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig

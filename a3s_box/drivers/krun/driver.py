@@ -24,7 +24,7 @@ from a3s_box.drivers.krun import probe
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
 from a3s_box.drivers.krun.spec import KrunSpec, box_spec
 from a3s_box.errors import DriverError, GuestError, HostUnsupported
-from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
+from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, send_signal,
                                          stop_supervised, wait_gone)
 from a3s_box.guest.client import GuestClient

@@ -1,6 +1,6 @@
 """The QEMU driver: one detached shim per box, which runs QEMU and serves guest.sock.
 
-start() writes RUNDIR/launch.json, starts `python -m a3s_box.drivers.shim RUNDIR
+start() writes RUNDIR/launch.json, starts `python -m a3s_box.drivers.qemu.shim RUNDIR
 --detach` in a new session, waits for guest.sock (the guest answered HELLO), and sends
 CONFIG. Any failure, timeout or Ctrl-C on the way kills the shim's whole process group
 (shim + QEMU) and removes its sockets, then raises naming the box with the end of
@@ -20,16 +20,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from a3s_box.drivers.artifacts import GuestArtifacts, ensure_guest_artifacts
+from a3s_box.drivers.common.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
-from a3s_box.drivers.probe import probe_accelerators
-from a3s_box.drivers.boxnet import install_box_ca, prepare_network
-from a3s_box.drivers.boxvol import mount_volumes, volume_devices
-from a3s_box.drivers.qmp import Qmp, QmpError
-from a3s_box.drivers.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
-from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
+from a3s_box.drivers.qemu.probe import probe_accelerators
+from a3s_box.drivers.common.boxnet import install_box_ca, prepare_network
+from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
+from a3s_box.drivers.qemu.qmp import Qmp, QmpError
+from a3s_box.drivers.qemu.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
+from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
-from a3s_box.drivers.supervision import (connect_unix, exit_reason, is_supervisor,
+from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, stop_supervised, tail,
                                          wait_gone)
 from a3s_box.guest.client import GuestClient
@@ -41,7 +41,7 @@ RUNTIME_FILES = ("guest.sock", "channel.sock", "qmp.sock", "shim.pid", "launch.j
                  ".guest.sock.tmp", "network.json")
 
 
-SHIM = "a3s_box.drivers.shim"
+SHIM = "a3s_box.drivers.qemu.shim"
 
 
 def console_tail(path: Path, lines: int = 15) -> str:
@@ -142,7 +142,7 @@ class QemuDriver:
             log.flush()
             try:
                 starter = subprocess.Popen(
-                    [sys.executable, "-m", "a3s_box.drivers.shim", str(rundir), *(["--detach"] if detach else [])],
+                    [sys.executable, "-m", "a3s_box.drivers.qemu.shim", str(rundir), *(["--detach"] if detach else [])],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                     close_fds=True, preexec_fn=None if detach else _die_with_parent)
             except OSError as e:

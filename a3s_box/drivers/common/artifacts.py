@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from a3s_box.drivers.cpio import Entry, gzip_newc
-from a3s_box.drivers.kernel import GuestModule, Kernel, cached_kernel, ensure_kernel
+from a3s_box.drivers.common.cpio import Entry, gzip_newc
+from a3s_box.drivers.common.kernel import GuestModule, Kernel, cached_kernel, ensure_kernel
 from a3s_box.errors import BoxError
 from a3s_box.guest.build import build_guest_init
 from a3s_box.home import Home

@@ -1,8 +1,8 @@
-"""The per-box supervisor: `python -m a3s_box.drivers.shim RUNDIR [--detach]`.
+"""The per-box supervisor: `python -m a3s_box.drivers.qemu.shim RUNDIR [--detach]`.
 
 Reads RUNDIR/launch.json, runs QEMU as its child, holds the guest's one virtio-serial
 connection and serves RUNDIR/guest.sock to any number of host clients (routing by
-a3s_box.drivers.mux). Files in RUNDIR:
+a3s_box.drivers.qemu.mux). Files in RUNDIR:
 
     launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket"}
     shim.pid      this process (written by the --detach parent before it exits)
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
-from a3s_box.drivers.mux import GUEST, Mux, Out
+from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
@@ -416,7 +416,7 @@ def _detach(rundir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--detach"):
-        print("usage: python -m a3s_box.drivers.shim RUNDIR [--detach]", file=sys.stderr)
+        print("usage: python -m a3s_box.drivers.qemu.shim RUNDIR [--detach]", file=sys.stderr)
         return 2
     rundir = Path(argv[0])
     if len(argv) == 2:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from a3s_box.drivers.qemu_argv import QemuSpec, qemu_argv
+from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
 
 KEY_VERSION = "a3s-snapshot-1"

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from a3s_box.drivers.modinfo import ModuleError, canonical, load_order, parse_modinfo
+from a3s_box.drivers.common.modinfo import ModuleError, canonical, load_order, parse_modinfo
 from a3s_box.errors import BoxError
 
 # virtio-mmio transport, the console port, the root disk; vsock for libkrun-style boots

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from a3s_box.drivers.artifacts import GuestArtifacts
-from a3s_box.drivers.qemu_argv import QemuSpec, host_arch, qemu_argv
+from a3s_box.drivers.common.artifacts import GuestArtifacts
+from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv
 from a3s_box.atomic import write_text_atomic
 from a3s_box.errors import HostUnsupported
 from a3s_box.home import Home
@@ -96,7 +96,7 @@ def probe_accelerators(home: Home, qemu_binary: str, artifacts: GuestArtifacts |
     if pre is not None:
         return ProbeResult("tcg", False, pre, version)
     if artifacts is None:
-        from a3s_box.drivers.artifacts import ensure_guest_artifacts
+        from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 
         artifacts = ensure_guest_artifacts(home)
     key = _probe_key(version, artifacts)
