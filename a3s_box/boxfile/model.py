@@ -474,6 +474,10 @@ class PoolDef(_Model):
         examples=["on_replenish"])
     idle_timeout: Duration | None = Field(None, description="Idle boxes beyond min_ready are "
                                           "reclaimed after this (default 5m).", examples=["5m"])
+    park: bool = Field(False, description=(
+        "Keep idle members loaded but paused: a member restored from a snapshot costs almost "
+        "no memory and no CPU until `acquire` resumes it and starts its agent (tens of "
+        "milliseconds). Members that boot cold are paused once booted."), examples=[True])
 
     @model_validator(mode="after")
     def _bounds(self) -> "PoolDef":

@@ -371,6 +371,22 @@ def resume_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
             click.echo(f"{host.resume(n).name}: running")
 
 
+@click.command("fork")
+@click.argument("name")
+@click.option("--name", "new_name", required=True, help="The new box's name (same project).")
+@click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the new box.")
+@pass_cli
+def fork_cmd(ctx: CliContext, name: str, new_name: str, timeout: float) -> None:
+    """A new box from a running box's memory and disk at this instant.
+
+    NAME pauses for as long as its memory takes to copy, then runs on unchanged; both
+    continue on new disk overlays over the frozen layer (`box snapshot ls`). The fork's
+    processes are NAME's, mid-run. No Boxfile manages it: `box delete NEW` removes it."""
+    with Host(ctx.home) as host, host.locked():
+        row = host.fork(name, new_name, timeout)
+        click.echo(f"{row.name}: forked from {name}")
+
+
 @click.command("start")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the guest.")
@@ -507,7 +523,7 @@ def pool_fill(ctx: CliContext, project: str) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd, start_cmd, delete_cmd,
+    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd, fork_cmd, start_cmd, delete_cmd,
                 diff_cmd, pool_group):
         cli.add_command(cmd)
 

@@ -59,6 +59,9 @@ class BoxLaunch:
     volumes: tuple[BoxVolume, ...] = ()
     boot: str = "cold"  # "snapshot": from a template of its snapshot key where possible
     image: str = ""  # the image digest (part of the snapshot key)
+    # Pool members kept loaded and paused: start() returns before the agent exists (a
+    # clone is restored but not resumed), unpark() resumes and configures it
+    park: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,4 +154,15 @@ class Driver(Protocol):
         ...
 
     def resume(self, handle: VmHandle) -> None:
+        ...
+
+    def unpark(self, handle: VmHandle, launch: BoxLaunch, timeout: float) -> VmHandle:
+        """Run a VM that start() left parked (launch.park) and start its agent; a handle
+        without `parked` in its extra is returned as it is."""
+        ...
+
+    def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,
+             timeout: float) -> VmHandle:
+        """A new VM (LAUNCH) from the running SOURCE's memory and disk at this instant;
+        SOURCE continues unchanged. On failure nothing of the new VM is left."""
         ...

@@ -89,4 +89,19 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
     net_ok, net_detail = network_support()
     checks.append(Check("network", net_ok, f"qemu: {net_detail}; libkrun: mode none only "
                         "(an empty network namespace, no TSI)", essential=False))
+    checks.append(snapshot_check(home))
     return checks
+
+
+def snapshot_check(home: Home) -> Check:
+    """Snapshot starts: what the store holds, and what boots cold regardless."""
+    from a3s_box.drivers.qemu.snapshot import TemplateStore
+
+    entries = TemplateStore(home.cache).entries()
+    usable = sum(1 for e in entries if e["kind"] == "template")
+    size = sum(int(e["disk_and_memory_bytes"]) for e in entries) >> 20
+    return Check("snapshots", True, f"qemu: boxes start as clones of templates ({usable} ready, "
+                 f"{len(entries)} in the store, {size} MiB; `box snapshot ls`); boxes with bind "
+                 "volumes boot cold (virtio-fs is not migratable in QEMU 7.2), as do boxes with a "
+                 "network or named volumes for now; libkrun: every box boots cold (libkrun has "
+                 "no API to save or restore a VM)", essential=False)

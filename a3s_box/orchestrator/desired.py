@@ -155,6 +155,7 @@ def desired_state(
             "max": pool.max,
             "update": pool.update,
             "idle_timeout": pool.idle_timeout,
+            **({"park": True} if pool.park else {}),  # absent when off: older hashes hold
         }
         pools[name] = DesiredPool(name, pool.box, spec, spec_hash(spec), pool)
     return DesiredState(project=project, images=images, boxes=boxes, pools=pools,

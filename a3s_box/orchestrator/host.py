@@ -24,7 +24,7 @@ from a3s_box.home import Home
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.lock import home_lock
 from a3s_box.orchestrator.pools import PoolKeeper, acquire, members_of, release
-from a3s_box.orchestrator.state import BoxRow, StateStore
+from a3s_box.orchestrator.state import LIVE_STATUSES, BoxRow, StateStore
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,8 @@ class Host:
                     status, detail = "exited", seen.exit_reason
                 elif status == "running":
                     detail = self._agent_detail(row)
+                elif status == "parked":
+                    detail = "loaded and paused; `box pool acquire` runs it"
             out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
                                row.image[:19], pid, detail, network_summary(row.spec), boot))
         return out
@@ -291,6 +293,17 @@ class Host:
     def resume(self, name: str) -> BoxRow:
         return self.runtime.resume(self.find(name))
 
+    def fork(self, name: str, new_name: str, timeout: float = 120.0) -> BoxRow:
+        """A new box NEW_NAME from box NAME's memory and disk at this instant."""
+        import re
+
+        from a3s_box.boxfile.model import NAME_PATTERN
+
+        if not re.match(NAME_PATTERN, new_name):
+            raise BoxError(f"box {new_name}: not a valid name (lower-case letters, digits and '-', "
+                           "at most 63)")
+        return self.runtime.fork(self.find(name), new_name, timeout)
+
     def start(self, name: str, timeout: float = 120.0) -> BoxRow:
         row = self.find(name)
         if row.status == "running":
@@ -318,7 +331,7 @@ class Host:
         out: list[dict[str, Any]] = []
         for p in self.store.pools(project):
             members = members_of(self.runtime, p.project, p.name)
-            ready = [m for m in members if m.lease is None and m.status == "running"
+            ready = [m for m in members if m.lease is None and m.status in LIVE_STATUSES
                      and m.spec_hash == p.spec.get("box_spec")]
             out.append({"project": p.project, "name": p.name, "box": p.spec.get("box"),
                         "ready": len(ready), "leased": sum(1 for m in members if m.lease),

@@ -148,6 +148,7 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "volumes": [v.to_json() for v in launch.volumes],
         "boot": launch.boot,
         "image": launch.image,
+        "park": launch.park,
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -171,6 +172,7 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         volumes=tuple(BoxVolume(**v) for v in data.get("volumes") or ()),
         boot=str(data.get("boot") or "cold"),
         image=str(data.get("image") or ""),
+        park=bool(data.get("park")),
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

@@ -49,6 +49,9 @@ class BoxRuntime:
     def connect(self, row: BoxRow, timeout: float = 10.0) -> socket.socket:
         if row.status == "paused":
             raise GuestError(row.name, f"is paused (resume it with `box resume {row.name}`)")
+        if row.status == "parked":
+            raise GuestError(row.name, f"is a parked member of pool {row.pool} "
+                                       f"(`box pool acquire {row.pool}` runs one)")
         if row.status != "running" or row.handle is None:
             raise GuestError(row.name, f"is {row.status}, not running (start it with `box start {row.name}`)")
         handle = VmHandle.from_json(row.handle)
@@ -85,7 +88,8 @@ class BoxRuntime:
                 images.create_box_disk(record, launch.disk)
             _write_json(launch.rundir / "box.json", launch_to_json(launch))
             handle = driver.start(launch, timeout)
-            done = _with(row, status="running", handle=handle.to_json(), driver=handle.driver)
+            status = "parked" if "parked" in handle.extra else "running"
+            done = _with(row, status=status, handle=handle.to_json(), driver=handle.driver)
             self.store.put_box(done)
             return done
         except BaseException:
@@ -94,6 +98,41 @@ class BoxRuntime:
                 _quietly(lambda: driver.stop(handle, STOP_TIMEOUT))
             _quietly(lambda: self._remove_files(launch.rundir, images))
             _quietly(lambda: self.store.delete_box(row.id))
+            raise
+        finally:
+            self.store.journal_end(entry)
+
+    def fork(self, source: BoxRow, name: str, timeout: float) -> BoxRow:
+        """A new box NAME in SOURCE's project from SOURCE's memory and disk at this
+        instant (SOURCE keeps running). No Boxfile manages it: `box delete` removes it.
+        All or nothing, like create."""
+        if source.status != "running" or source.handle is None:
+            raise GuestError(source.name, f"is {source.status}: only a running box can be forked")
+        new_id = f"{source.project}.{name}"
+        if self.store.box(new_id) is not None:
+            raise BoxError(f"box {name}: already exists in project {source.project}")
+        src_launch = self._launch(source)
+        rundir = self.home.box_dir(new_id)
+        # a restart of the fork boots cold from its own disk, under its own name
+        launch = replace(src_launch, box_id=new_id, rundir=rundir, disk=rundir / "disk.qcow2",
+                         boot="cold", park=False, config=replace(src_launch.config, hostname=name))
+        row = BoxRow(id=new_id, project=source.project, name=name, spec_hash=source.spec_hash,
+                     spec=source.spec, image=source.image, driver=source.driver, handle=None,
+                     status="creating", origin=f"fork:{source.id}")
+        entry = self.store.journal_begin(new_id, "create", _owner())
+        try:
+            self.store.put_box(row)
+            rundir.mkdir(parents=True, exist_ok=True)
+            _check_free_space(name, rundir)
+            _write_json(rundir / "box.json", launch_to_json(launch))
+            handle = self.driver(source.driver).fork(VmHandle.from_json(source.handle), src_launch,
+                                                     launch, timeout)
+            done = _with(row, status="running", handle=handle.to_json())
+            self.store.put_box(done)
+            return done
+        except BaseException:
+            _quietly(lambda: self._remove_files(rundir, None))
+            _quietly(lambda: self.store.delete_box(new_id))
             raise
         finally:
             self.store.journal_end(entry)
@@ -131,6 +170,25 @@ class BoxRuntime:
         self.store.put_box(done)
         return done
 
+    def unpark(self, row: BoxRow, timeout: float) -> BoxRow:
+        """Run a parked pool member and start its agent (on acquire)."""
+        if row.status != "parked" or row.handle is None:
+            raise GuestError(row.name, f"is {row.status}, not parked")
+        launch = self._launch(row)
+        handle = VmHandle.from_json(row.handle)
+        resumed = self.driver(handle.driver).unpark(handle, launch, timeout)
+        done = _with(row, status="running", handle=resumed.to_json())
+        self.store.put_box(done)
+        return done
+
+    def _launch(self, row: BoxRow) -> BoxLaunch:
+        """What the box was booted with, from its folder (`box start` needs no Boxfile)."""
+        try:
+            return launch_from_json(json.loads((self.home.box_dir(row.id) / "box.json").read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise DriverError(row.name, f"cannot start: its launch record is unreadable ({e}); "
+                                        "delete it and apply again") from e
+
     def stop(self, row: BoxRow) -> BoxRow:
         self.stop_vm(row)
         done = _with(row, status="stopped", handle=None)
@@ -139,13 +197,8 @@ class BoxRuntime:
 
     def start(self, row: BoxRow, timeout: float) -> BoxRow:
         """Boot a stopped (or exited) box again from its own disk."""
-        rundir = self.home.box_dir(row.id)
-        try:
-            # its own disk has moved on from any template: a restart always boots cold
-            launch = replace(launch_from_json(json.loads((rundir / "box.json").read_text())), boot="cold")
-        except (OSError, ValueError, KeyError) as e:
-            raise DriverError(row.name, f"cannot start: its launch record is unreadable ({e}); "
-                                        "delete it and apply again") from e
+        # its own disk has moved on from any template: a restart always boots cold
+        launch = replace(self._launch(row), boot="cold", park=False)
         if row.handle is not None:
             _quietly(lambda: self.stop_vm(row))
         handle = self.driver(row.driver).start(launch, timeout)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from a3s_box.drivers.base import VmObservation, VmState
-from a3s_box.orchestrator.state import BoxRow, ImageBinding, PoolRow, StateStore
+from a3s_box.orchestrator.state import LIVE_STATUSES, BoxRow, ImageBinding, PoolRow, StateStore
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,13 @@ def observe(store: StateStore, project: str, probe: VmProbe) -> ObservedState:
     for row in store.boxes(project):
         if row.pool is not None:  # pool members: only counted, the pool keeps them
             pool = pools.get(row.pool)
-            if (pool is not None and row.lease is None and row.status == "running"
+            if (pool is not None and row.lease is None and row.status in LIVE_STATUSES
                     and row.spec_hash == pool.spec.get("box_spec")):
                 seen = probe(row)
                 if seen is None or seen.state is VmState.RUNNING:
                     ready[row.pool] = ready.get(row.pool, 0) + 1
+            continue
+        if row.origin is not None:  # `box fork` made it; no Boxfile manages it
             continue
         status, reason = row.status, ""
         if row.status == "running":

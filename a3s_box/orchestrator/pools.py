@@ -23,7 +23,7 @@ from typing import Any
 from a3s_box.errors import BoxError
 from a3s_box.orchestrator.launch import launch_from_json
 from a3s_box.orchestrator.lifecycle import BoxRuntime, ImageBackend
-from a3s_box.orchestrator.state import BoxRow, PoolRow
+from a3s_box.orchestrator.state import LIVE_STATUSES, BoxRow, PoolRow
 
 DEFAULT_IDLE_TIMEOUT = 300.0  # surplus idle members beyond min_ready are reclaimed after this
 READY_TIMEOUT = 120.0
@@ -95,7 +95,7 @@ def members_of(runtime: BoxRuntime, project: str, pool: str) -> list[BoxRow]:
 
 
 def _as_member(runtime: BoxRuntime, row: BoxRow) -> Member:
-    status = row.status
+    status = "running" if row.status in LIVE_STATUSES else row.status
     if status == "running":
         seen = runtime.observe(row)
         if seen is not None and seen.state.value != "running":
@@ -154,7 +154,8 @@ class PoolKeeper:
         bid = f"{project}.{name}"
         rundir = self.runtime.home.box_dir(bid)
         launch = launch_from_json({**tmpl["launch"], "box_id": bid, "rundir": str(rundir),
-                                   "disk": str(rundir / "disk.qcow2")})
+                                   "disk": str(rundir / "disk.qcow2"),
+                                   "park": bool(row.spec.get("park"))})
         record = self.images_get(tmpl["image"])
         new = BoxRow(id=bid, project=project, name=name, spec_hash=row.spec["box_spec"],
                      spec=tmpl["spec"], image=tmpl["image"], driver=tmpl["driver"], handle=None,
@@ -184,7 +185,7 @@ def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = Non
         raise PoolError(pool, f"a box named {name} already exists in project {project}")
     with store.transaction():
         ready = [r for r in members_of(runtime, project, pool)
-                 if r.lease is None and r.status == "running" and r.spec_hash == current]
+                 if r.lease is None and r.status in LIVE_STATUSES and r.spec_hash == current]
         if not ready:
             total = len(members_of(runtime, project, pool))
             raise PoolError(pool, f"no ready box (0 of min_ready {prow.spec['min_ready']}, "
@@ -195,6 +196,12 @@ def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = Non
         store.put_box(leased)
     if refill:
         spawn_filler(runtime.home.root, project, pool)
+    if leased.status == "parked":
+        try:
+            leased = runtime.unpark(leased, READY_TIMEOUT)
+        except BoxError as e:
+            runtime.destroy(leased, None)  # never hand over a member that did not come up
+            raise PoolError(pool, f"the parked box {chosen.name} did not resume: {e}") from e
     return leased
 
 

@@ -62,6 +62,12 @@ MIGRATIONS: tuple[str, ...] = (
         started_at  REAL NOT NULL
     );
     """,
+    # v2: boxes made by `box fork` (which no Boxfile manages: apply leaves them alone) say
+    # so ("fork:<source box id>"); status gained parked (a pool member loaded and paused)
+    # and paused (box pause)
+    """
+    ALTER TABLE boxes ADD COLUMN origin TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -81,6 +87,11 @@ class BoxRow:
     lease: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    origin: str | None = None  # "fork:<source box id>" for `box fork` boxes
+
+
+# A VM that serves as soon as asked: running, or a pool member parked (loaded, paused)
+LIVE_STATUSES = frozenset({"running", "parked"})
 
 
 @dataclass(frozen=True)
@@ -191,16 +202,17 @@ class StateStore:
         now = time.time()
         self._db.execute(
             """INSERT INTO boxes (id, project, name, spec_hash, spec_json, image, driver,
-                   handle_json, status, pool, lease, created_at, updated_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   handle_json, status, pool, lease, created_at, updated_at, origin)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec_hash=excluded.spec_hash,
                    spec_json=excluded.spec_json, image=excluded.image, driver=excluded.driver,
                    handle_json=excluded.handle_json, status=excluded.status,
-                   pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at""",
+                   pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at,
+                   origin=excluded.origin""",
             (
                 row.id, row.project, row.name, row.spec_hash, _dump(row.spec), row.image,
                 row.driver, _dump(row.handle) if row.handle is not None else None, row.status,
-                row.pool, row.lease, row.created_at or now, now,
+                row.pool, row.lease, row.created_at or now, now, row.origin,
             ),
         )
 
@@ -321,5 +333,5 @@ def _box_row(r: sqlite3.Row) -> BoxRow:
         spec=json.loads(r["spec_json"]), image=r["image"], driver=r["driver"],
         handle=json.loads(r["handle_json"]) if r["handle_json"] else None,
         status=r["status"], pool=r["pool"], lease=r["lease"],
-        created_at=r["created_at"], updated_at=r["updated_at"],
+        created_at=r["created_at"], updated_at=r["updated_at"], origin=r["origin"],
     )

@@ -3,6 +3,8 @@ or files, a different size uses a different template, a broken template falls ba
 cold boot that says so, and a restart of a clone boots cold from its own disk."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -64,4 +66,129 @@ def test_a_broken_template_falls_back_to_a_cold_boot(box: BoxCli, hello_image: P
     boots = _boot(box)
     assert all(boots[n].startswith("cold (snapshot restore failed") for n in ("c1", "c3")), boots
     assert box("exec", "c1", "--", "true").code == 0
+    box("delete", "-f", str(f), check=True)
+
+
+COUNTER = """project: forks
+boxes:
+  src:
+    image: hello
+    namespaces:
+      agent:
+        command: ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.2; done"]
+"""
+
+
+def _count(box: BoxCli, name: str) -> int:
+    return int(box("exec", name, "--", "cat", "/tmp/n", check=True).out)
+
+
+def _rising(box: BoxCli, name: str) -> int:
+    first = _count(box, name)
+    deadline = time.monotonic() + 30
+    while (now := _count(box, name)) <= first and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert now > first, f"{name}: its counter stopped at {first}"
+    return now
+
+
+def test_fork_keeps_the_running_processes_and_splits_the_disk(box: BoxCli, hello_image: Path,
+                                                              tmp_path: Path) -> None:
+    f = boxfile(tmp_path, hello_image, COUNTER)
+    box("apply", "-f", str(f), check=True)
+    box("exec", "src", "--", "sh", "-c", "echo before > /root/before && sync", check=True)
+    _rising(box, "src")
+    at_fork = _count(box, "src")
+    r = box("fork", "src", "--name", "copy", check=True)
+    assert "copy: forked from src" in r.out
+    # the fork's agent is the source's, mid-run: its counter goes on from where it was
+    assert _count(box, "copy") >= at_fork
+    _rising(box, "copy")
+    _rising(box, "src")
+    boots = _boot(box)
+    assert boots["copy"] == "fork of forks.src", boots
+    # both see the disk as it was, then diverge
+    for n in ("src", "copy"):
+        assert box("exec", n, "--", "cat", "/root/before", check=True).out == "before\n"
+    box("exec", "src", "--", "sh", "-c", "echo s > /root/only-src && sync", check=True)
+    box("exec", "copy", "--", "sh", "-c", "echo c > /root/only-copy && sync", check=True)
+    assert box("exec", "copy", "--", "cat", "/root/only-src").code != 0
+    assert box("exec", "src", "--", "cat", "/root/only-copy").code != 0
+    rnd = [box("exec", n, "--", "sh", "-c", "head -c 32 /dev/urandom | md5sum", check=True).out
+           for n in ("src", "copy")]
+    assert rnd[0] != rnd[1]
+    # the frozen layer is listed with both boxes on it, and cannot be removed under them
+    # (the snapshot store is shared by the test homes: other tests' layers may be there)
+    layers = [s for s in box("snapshot", "ls", "-o", "json", check=True).json()
+              if s["kind"] == "fork" and s["boxes"]]
+    assert len(layers) == 1 and layers[0]["boxes"] == "copy, src", layers
+    r = box("snapshot", "rm", layers[0]["key"])
+    assert r.code != 0 and "sit on it" in r.err
+    # no Boxfile manages the fork: apply leaves it alone
+    r = box("apply", "-f", str(f), check=True)
+    assert "copy" not in r.out + r.err
+    # restarts boot cold from each box's own disk, which kept what it wrote
+    for n, own in (("src", "only-src"), ("copy", "only-copy")):
+        box("stop", n, check=True)
+        box("start", n, check=True)
+        assert box("exec", n, "--", "cat", f"/root/{own}", "/root/before", check=True).out.split()[-1] == "before"
+    box("delete", "copy", check=True)
+    box("delete", "-f", str(f), check=True)
+    r = box("snapshot", "prune", check=True)
+    assert layers[0]["key"][:12] in r.out
+    assert box("fork", "nosuch", "--name", "x").code != 0
+
+
+PARKED = """project: parked
+boxes:
+  agent:
+    image: hello
+    namespaces: {agent: {command: ["/bin/sh", "-c", "date +%s > /tmp/started; exec sleep 2147483647"]}}
+pools:
+  warm: {box: agent, min_ready: 2, max: 4, park: true}
+"""
+
+
+def test_a_parked_pool_hands_over_running_boxes(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    f = boxfile(tmp_path, hello_image, PARKED)
+    box("apply", "-f", str(f), check=True)
+    members = box("ps", "-o", "json", check=True).json()
+    assert sorted(m["status"] for m in members) == ["parked", "parked"], members
+    assert all(m["boot"].startswith("snapshot ") for m in members), members
+    r = box("exec", members[0]["name"], "--", "true")
+    assert r.code != 0 and "parked member of pool warm" in r.err
+    taken = []
+    for job in ("job1", "job2"):
+        got = box("pool", "acquire", "warm", "--name", job, "-o", "json", check=True).json()
+        taken.append(got["name"])
+        # the agent started on acquire, not at boot: it stamps the time it began
+        started = int(box("exec", job, "--", "cat", "/tmp/started", check=True).out)
+        assert abs(started - time.time()) < 5
+    rnd = [box("exec", n, "--", "sh", "-c", "head -c 32 /dev/urandom | md5sum", check=True).out for n in taken]
+    assert rnd[0] != rnd[1]
+    status = {m["name"]: m["status"] for m in box("ps", "-o", "json", check=True).json()}
+    assert status["job1"] == status["job2"] == "running"
+    box("delete", "-f", str(f), check=True)
+
+
+def test_kill_9_while_making_a_template_leaves_nothing_half_made(box: BoxCli, hello_image: Path,
+                                                                tmp_path: Path) -> None:
+    f = boxfile(tmp_path, hello_image, TWO.replace("snaps", "killed").replace(
+        "image: hello\n", "image: hello\n    resources: {memory: 272Mi}\n"))
+    snaps = box.home / "cache" / "snapshots"
+    before = {s["key"] for s in box("snapshot", "ls", "-o", "json", check=True).json()}
+    proc = box.popen("apply", "-f", str(f))
+    deadline = time.monotonic() + 120
+    while not list(snaps.glob(".tmp-*/console.log")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(snaps.glob(".tmp-*")), "the template was never started"
+    time.sleep(0.5)  # mid-boot
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    after = {s["key"] for s in box("snapshot", "ls", "-o", "json", check=True).json()}
+    assert after == before  # the staging folder is no template
+    box("apply", "-f", str(f), check=True)  # recovers, builds the template again
+    boots = _boot(box)
+    assert boots["c1"].startswith("snapshot ") and boots["c1"] == boots["c2"], boots
+    assert not [d for d in snaps.glob(".tmp-*")], "a dead builder's staging folder is left"
     box("delete", "-f", str(f), check=True)

@@ -211,6 +211,14 @@ class KrunDriver:
     def resume(self, handle: VmHandle) -> None:
         raise HostUnsupported(self.name, f"box {handle.box_id}: resume is not available with libkrun")
 
+    def unpark(self, handle: VmHandle, launch: BoxLaunch, timeout: float) -> VmHandle:
+        return handle  # libkrun cannot pause: its pool members are never parked
+
+    def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,
+             timeout: float) -> VmHandle:
+        raise HostUnsupported(self.name, f"box {source.box_id}: libkrun cannot snapshot a running VM, "
+                              "so it cannot be forked (use driver: qemu)")
+
     def stop(self, handle: VmHandle, timeout: float) -> None:
         stop_supervised(handle, SUPERVISOR, self.connect, timeout)
         rundir = rundir_of(handle)

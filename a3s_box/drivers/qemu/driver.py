@@ -104,13 +104,7 @@ class QemuDriver:
         (rundir / "exit.json").unlink(missing_ok=True)
         forwards = prepare_network(launch) if launch.network and launch.network.enabled else None
         shares, volume_disks, virtiofsd = volume_devices(launch)
-        spec = QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
-                        memory_mib=launch.memory_mib, kernel=art.kernel,
-                        initramfs=art.initramfs, console_log=rundir / CONSOLE,
-                        channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
-                        disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
-                        tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
-                        volume_disks=volume_disks)
+        spec = self._spec(launch, art, accel, forwards, shares, volume_disks)
         boot = "cold"
         if launch.boot == "snapshot":
             why_not = snapshot_ineligible(launch)
@@ -126,7 +120,36 @@ class QemuDriver:
                     (rundir / "exit.json").unlink(missing_ok=True)
         extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
         handle, pgid = self._spawn(launch.box_id, rundir, spec, extra)
-        return self._finish(launch, handle, pgid, timeout, boot)
+        done = self._finish(launch, handle, pgid, timeout, boot)
+        if launch.park:  # booted cold: all it can save is CPU
+            self.pause(done)
+            done = _with_extra(done, parked="paused")
+        return done
+
+    def unpark(self, handle: VmHandle, launch: BoxLaunch, timeout: float) -> VmHandle:
+        parked = handle.extra.get("parked")
+        extra = {k: v for k, v in handle.extra.items() if k != "parked"}
+        bare = replace(handle, extra=extra)
+        if parked == "paused":
+            self.resume(handle)
+        elif parked == "restored":
+            store = TemplateStore(self.home.cache)
+            key = handle.extra.get("template", "")
+            return self._finish(launch, bare, int(handle.extra["pgid"]), timeout, extra.get("boot", ""),
+                                lambda h: self.resume(h), _unique_randomness(store, key, launch.box_id))
+        return bare
+
+    def _spec(self, launch: BoxLaunch, art: GuestArtifacts, accel: str,
+              forwards: tuple[tuple[int, int], ...] | None, shares: tuple[tuple[Path, str], ...],
+              volume_disks: tuple[Path, ...]) -> QemuSpec:
+        rundir = launch.rundir
+        return QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
+                        memory_mib=launch.memory_mib, kernel=art.kernel,
+                        initramfs=art.initramfs, console_log=rundir / CONSOLE,
+                        channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
+                        disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
+                        tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
+                        volume_disks=volume_disks)
 
     def _spawn(self, box_id: str, rundir: Path, spec: QemuSpec, extra: dict[str, object],
                detach: bool = True) -> tuple[VmHandle, int]:
@@ -163,11 +186,14 @@ class QemuDriver:
         return VmHandle(driver=self.name, box_id=box_id, pid=pid, channel=str(rundir / GUEST_SOCK),
                         console_log=str(rundir / CONSOLE), accel=spec.accel,
                         extra={"pgid": str(pgid), "rundir": str(rundir),
-                               "qmp": str(rundir / "qmp.sock")}), pgid
+                               "qmp": str(rundir / "qmp.sock"),
+                               **({"memory_file": "1"} if spec.memory_file else {})}), pgid
 
     def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
-                boot: str, ready: Any = None) -> VmHandle:
-        """From a started shim to a configured guest; on any failure nothing is left."""
+                boot: str, ready: Any = None, fresh: Any = None, configure: bool = True) -> VmHandle:
+        """From a started shim to a configured guest; on any failure nothing is left.
+        `ready(handle)` runs first (a clone's restore); `fresh(random_hex)` checks the
+        guest's fresh random bytes after SEED."""
         rundir = launch.rundir
         try:
             deadline = time.monotonic() + timeout
@@ -184,13 +210,15 @@ class QemuDriver:
                 raise
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
                 client.hello(max(deadline - time.monotonic(), 1.0))
-                client.seed()  # before anything random happens in the guest
-                if launch.network is not None and launch.network.secrets:
-                    install_box_ca(client, rundir)
-                mount_volumes(client, launch)
-                client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
-            return VmHandle(handle.driver, handle.box_id, handle.pid, handle.channel, handle.console_log,
-                            handle.accel, {**handle.extra, "boot": boot})
+                random_hex = client.seed()  # before anything random happens in the guest
+                if fresh is not None:
+                    fresh(random_hex)
+                if configure:  # a fork's agent is already running
+                    if launch.network is not None and launch.network.secrets:
+                        install_box_ca(client, rundir)
+                    mount_volumes(client, launch)
+                    client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
+            return _with_extra(handle, boot=boot)
         except BaseException as e:
             # Ctrl-C included: nothing of this VM may outlive a failed start
             _killpg(pgid, signal.SIGKILL)
@@ -220,27 +248,23 @@ class QemuDriver:
                     out.write(boot_log.read_bytes()[-(1 << 20):])
             clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
             handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []})
-
-            def restore(h: VmHandle) -> None:
-                try:
-                    with Qmp(h.extra["qmp"], h.box_id, timeout=10.0) as q:
-                        q.command("migrate-set-capabilities",
-                                  capabilities=[{"capability": "x-ignore-shared", "state": True}])
-                        q.command("migrate-incoming", uri=f"exec:cat {template.state}")
-                        # loaded when the VM leaves "inmigrate" (paused: store-global-state=off)
-                        state = q.wait_until_not("query-status", "inmigrate", 15.0)
-                        migrated = str(q.command("query-migrate").get("status", ""))
-                        if state not in ("paused", "running") or migrated == "failed":
-                            raise QmpError(h.box_id, f"the template did not load (VM {state}, "
-                                           f"migration {migrated or 'not started'})")
-                        if state == "paused":
-                            q.command("cont")
-                except QmpError as e:
-                    raise SnapshotError(launch.box_id, str(e).removeprefix(f"box {launch.box_id}: ")) from e
+            boot = f"snapshot {key[:12]}"
+            fresh = _unique_randomness(store, key, launch.box_id)
             try:
-                done = self._finish(launch, handle, pgid, min(timeout, 30.0), f"snapshot {key[:12]}", restore)
+                if launch.park:
+                    try:
+                        self._restore(handle, template, resume=False)
+                    except BaseException:
+                        _killpg(pgid, signal.SIGKILL)
+                        _wait_gone(handle.pid, str(launch.rundir), 5.0)
+                        raise
+                    done = _with_extra(handle, boot=boot, parked="restored", template=key)
+                else:
+                    done = self._finish(launch, handle, pgid, min(timeout, 30.0), boot,
+                                        lambda h: self._restore(h, template, resume=True), fresh)
+                    done = _with_extra(done, template=key)
             except (DriverError, GuestError) as e:
-                store.remove(key)  # a template that does not restore is never used again
+                store.retire(key)  # a template that does not restore is never used again
                 raise SnapshotError(launch.box_id, str(e).splitlines()[0].removeprefix(
                     f"box {launch.box_id}: ")) from e
             cold_disk.unlink(missing_ok=True)
@@ -248,6 +272,25 @@ class QemuDriver:
         except BaseException:
             os.replace(cold_disk, launch.disk)
             raise
+
+    def _restore(self, handle: VmHandle, template: Template, resume: bool) -> None:
+        """Load the template's device state into a clone started with `-incoming defer`
+        (its RAM already maps the template's); then run it, or leave it paused (parked)."""
+        try:
+            with Qmp(handle.extra["qmp"], handle.box_id, timeout=10.0) as q:
+                q.command("migrate-set-capabilities",
+                          capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                q.command("migrate-incoming", uri=f"exec:cat {template.state}")
+                # loaded when the VM leaves "inmigrate" (paused: store-global-state=off)
+                state = q.wait_until_not("query-status", "inmigrate", 15.0)
+                migrated = str(q.command("query-migrate").get("status", ""))
+                if state not in ("paused", "running") or migrated == "failed":
+                    raise QmpError(handle.box_id, f"the template did not load (VM {state}, "
+                                   f"migration {migrated or 'not started'})")
+                if state == "paused" and resume:
+                    q.command("cont")
+        except QmpError as e:
+            raise SnapshotError(handle.box_id, str(e).removeprefix(f"box {handle.box_id}: ")) from e
 
     def _build_template(self, store: TemplateStore, key: str, launch: BoxLaunch, spec: QemuSpec,
                         timeout: float) -> Template:
@@ -286,6 +329,84 @@ class QemuDriver:
                 (st / name).unlink(missing_ok=True)
             return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
                                           "memory_mib": launch.memory_mib, "accel": spec.accel})
+
+    # --- fork ----------------------------------------------------------------------------
+    def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,
+             timeout: float) -> VmHandle:
+        """A new VM from SOURCE's memory and disk at this instant; SOURCE runs on unchanged.
+
+        The source pauses; its disk overlay is frozen as a layer in the snapshot store
+        (both boxes continue on new overlays over it); its RAM and device state migrate
+        straight into the new QEMU over a unix socket; the source resumes. The fork is
+        reseeded (entropy, clock) but not configured again: its agent is the source's,
+        mid-run."""
+        why_not = fork_ineligible(source_launch)
+        if why_not:
+            raise DriverError(source_launch.box_id, f"cannot fork: {why_not}")
+        if "parked" in source.extra:
+            raise DriverError(source_launch.box_id, "cannot fork a parked pool member")
+        assert launch.disk is not None and source_launch.disk is not None
+        art = self.artifacts or ensure_guest_artifacts(self.home)
+        rundir = launch.rundir
+        rundir.mkdir(parents=True, exist_ok=True)
+        _remove_runtime_files(rundir)
+        store = TemplateStore(self.home.cache)
+        spec = self._spec(launch, art, source.accel, None, (), ())
+        if source.extra.get("memory_file"):  # a clone (or its fork): RAM is the `mem` backend
+            ram = rundir / "ram"
+            with open(ram, "wb") as f:
+                f.truncate(launch.memory_mib << 20)  # sparse, mapped privately: no disk use
+            spec = replace(spec, memory_file=ram, memory_shared=False)
+        spec = replace(spec, incoming="defer")
+        with Qmp(source.extra["qmp"], source.box_id, timeout=10.0) as src:
+            # all of RAM goes (a clone's is a private mapping); a clone restored with
+            # x-ignore-shared would otherwise demand it of the fork too
+            src.command("migrate-set-capabilities",
+                        capabilities=[{"capability": "x-ignore-shared", "state": False}])
+            src.command("stop")
+            try:
+                layer = store.new_layer(source_launch.box_id)
+                self._freeze_disk(src, source_launch.disk, layer)
+                create_overlay_on(layer, launch.disk)
+                handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": False, "virtiofsd": []})
+
+                def migrate(h: VmHandle) -> None:
+                    sock = rundir / "migrate.sock"
+                    try:
+                        with Qmp(h.extra["qmp"], h.box_id, timeout=10.0) as dst:
+                            dst.command("migrate-incoming", uri=f"unix:{sock}")
+                            src.command("migrate", uri=f"unix:{sock}")
+                            src.wait_status(("completed",), 120.0)
+                            state = dst.wait_until_not("query-status", "inmigrate", 30.0)
+                            if state == "paused":
+                                dst.command("cont")
+                            elif state != "running":
+                                raise QmpError(h.box_id, f"the fork did not load (VM {state})")
+                    finally:
+                        sock.unlink(missing_ok=True)
+                return self._finish(launch, handle, pgid, timeout, f"fork of {source_launch.box_id}",
+                                    migrate, configure=False)
+            finally:
+                src.command("cont")  # the source runs on whatever happened to the fork
+
+    def _freeze_disk(self, q: Qmp, disk: Path, layer: Path) -> None:
+        """Make DISK's current content the read-only LAYER; the running VM continues on a
+        new overlay over it, at DISK's path (so a restart boots from what it wrote)."""
+        size = int(json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True,
+            check=True, timeout=30).stdout)["virtual-size"])
+        os.link(disk, layer)  # the same inode: what the VM wrote so far, now also the layer
+        nxt = disk.with_name(f".{disk.name}.next")
+        r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(layer),
+                            str(nxt), str(size)], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise DriverError(disk.parent.name, f"qemu-img create: {r.stderr.strip()}")
+        node = next(str(b["inserted"]["node-name"]) for b in q.command("query-block")
+                    if b.get("device") == "root")
+        q.command("blockdev-add", driver="qcow2", **{"node-name": "root-next"},
+                  file={"driver": "file", "filename": str(nxt)}, backing=None)
+        q.command("blockdev-snapshot", node=node, overlay="root-next")
+        os.replace(nxt, disk)  # QEMU keeps its open file; the path now names the overlay
 
     def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
         rundir = Path(handle.extra["rundir"])
@@ -331,6 +452,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: a template dies with its builder
 
 
+def _unique_randomness(store: TemplateStore, key: str, box_id: str) -> Any:
+    """The check of a clone's fresh random bytes (its SEED answer) against every other
+    clone of the template: the same bytes twice mean shared RNG state, never handed out."""
+    def check(random_hex: str) -> None:
+        if not store.record_seed(key, random_hex):
+            raise SnapshotError(box_id, "its random bytes after reseeding repeat another clone's")
+    return check
+
+
+def _with_extra(handle: VmHandle, **extra: str) -> VmHandle:
+    return replace(handle, extra={**handle.extra, **extra})
+
+
 def _note(rundir: Path, text: str) -> None:
     with open(rundir / "shim.log", "a") as f:
         f.write(f"a3s-box: {text}\n")
@@ -346,6 +480,17 @@ def snapshot_ineligible(launch: BoxLaunch) -> str:
         return "boxes with volumes boot cold for now"
     if launch.disk is None or not launch.image:
         return "no disk image to snapshot"
+    return ""
+
+
+def fork_ineligible(launch: BoxLaunch) -> str:
+    """Why a box cannot be forked ("" when it can)."""
+    if launch.network is not None and launch.network.enabled:
+        return "boxes with a network cannot be forked yet"
+    if launch.volumes:
+        return "boxes with volumes cannot be forked yet (virtio-fs is not migratable in QEMU 7.2)"
+    if launch.disk is None:
+        return "it has no disk"
     return ""
 
 

@@ -108,11 +108,13 @@ class Qmp:
         """Poll QUERY until its KEY is one of DONE (or 'failed'); the status reached."""
         deadline = time.monotonic() + timeout
         while True:
-            status = str(self.command(query).get(key, ""))
+            reply = self.command(query)
+            status = str(reply.get(key, ""))
             if status in done:
                 return status
             if status in ("failed", "cancelled"):
-                raise QmpError(self.box, f"{query}: {status}")
+                why = reply.get("error-desc")
+                raise QmpError(self.box, f"{query}: {status}" + (f" ({why})" if why else ""))
             if time.monotonic() >= deadline:
                 raise QmpError(self.box, f"{query}: still {status or 'nothing'} after {timeout:.0f}s")
             time.sleep(0.005)

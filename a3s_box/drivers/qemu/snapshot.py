@@ -13,7 +13,10 @@ box of that key as a clone of it (Kata's VM templating, on QEMU 7.2).
 
 HOME.cache/snapshots/<key>/ holds ram, state, disk.qcow2 and meta.json; it is built in
 a temporary folder and renamed into place, so a crash never leaves a half-made
-template that a box would use. The key covers everything a restore depends on: the
+template that a box would use. HOME.cache/snapshots/fork-<id>/ holds the frozen disk
+layer a `box fork` left under both boxes. Which boxes use a template or layer is read
+from the backing chains of their disks (a restarted clone still sits on its
+template's disk), never from how they last booted. The key covers everything a restore depends on: the
 QEMU binary and version, kernel and initramfs, accelerator and TSC rate, vCPUs,
 memory and the device set (QEMU silently accepts `-smp 2` over a 1-vCPU snapshot, so
 the argv is part of it), and the image. A template that fails to restore is removed,
@@ -33,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
 
@@ -96,6 +100,35 @@ def host_cpu_model() -> str:
     return ""
 
 
+def backing_file(image: Path) -> Path | None:
+    """The backing file named in a qcow2 header (pure read; None for raw or no backing)."""
+    try:
+        with open(image, "rb") as f:
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != b"QFI\xfb":
+                return None
+            offset, size = int.from_bytes(head[8:16], "big"), int.from_bytes(head[16:20], "big")
+            if not offset or not 0 < size <= 4096:
+                return None
+            f.seek(offset)
+            name = f.read(size).decode(errors="replace")
+    except OSError:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else image.parent / path
+
+
+def backing_chain(image: Path, limit: int = 64) -> list[Path]:
+    """IMAGE's backing files, nearest first."""
+    chain: list[Path] = []
+    current: Path | None = image
+    while current is not None and len(chain) < limit:
+        current = backing_file(current)
+        if current is not None:
+            chain.append(current)
+    return chain
+
+
 @dataclass(frozen=True)
 class Template:
     key: str
@@ -126,9 +159,12 @@ class TemplateStore:
         self.root = cache / "snapshots"
 
     def get(self, key: str) -> Template | None:
-        t = Template(key, self.root / key)
-        ok = all(p.is_file() for p in (t.ram, t.state, t.disk, t.folder / "meta.json"))
-        return t if ok else None
+        """The usable template of KEY: its folder `<key>.<build>` holds all four files."""
+        for folder in sorted(self.root.glob(f"{key}.*"), reverse=True):
+            t = Template(key, folder)
+            if all(p.is_file() for p in (t.ram, t.state, t.disk, folder / "meta.json")):
+                return t
+        return None
 
     def staging(self, key: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -141,32 +177,99 @@ class TemplateStore:
     def commit(self, key: str, staging: Path, meta: dict[str, Any]) -> Template:
         (staging / "meta.json").write_text(json.dumps({**meta, "key": key,
                                                         "created": time.time()}, sort_keys=True))
-        final = self.root / key
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
+        # a new folder per build: the disk of an earlier, retired build may still be
+        # under boxes' overlays
+        final = self.root / f"{key}.{time.strftime('%Y%m%d%H%M%S')}{os.urandom(2).hex()}"
         os.replace(staging, final)
         return Template(key, final)
 
-    def remove(self, key: str) -> None:
-        folder = self.root / key
-        trash = self.root / f".rm-{key}-{os.getpid()}"
+    def retire(self, key: str) -> None:
+        """Never start a box from KEY's template again (it failed to restore). Its disk
+        stays while boxes' overlays sit on it; `box snapshot prune` removes it after."""
+        t = self.get(key)
+        if t is not None:
+            t.state.unlink(missing_ok=True)
+            t.ram.unlink(missing_ok=True)  # running clones keep their mapping
+
+    def remove(self, name: str) -> None:
+        """Remove the folder NAME (a template build or a fork layer) at once."""
+        folder = self.root / name
+        trash = self.root / f".rm-{name}-{os.getpid()}"
         try:
             os.replace(folder, trash)
         except FileNotFoundError:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def list(self) -> list[dict[str, Any]]:
+    def new_layer(self, source: str) -> Path:
+        """A folder for the frozen disk layer of a fork of box SOURCE; where the layer goes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = self.root / f"fork-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
+        folder.mkdir()
+        write_text_atomic(folder / "meta.json", json.dumps(
+            {"kind": "fork", "source": source, "created": time.time()}, sort_keys=True))
+        return folder / "disk.qcow2"
+
+    def users(self, disks: dict[str, Path]) -> dict[str, list[str]]:
+        """Folder name (template key or fork-...) -> the boxes (of DISKS: name -> disk)
+        whose disks sit on it."""
+        out: dict[str, list[str]] = {}
+        root = self.root.resolve() if self.root.exists() else self.root
+        for name, disk in sorted(disks.items()):
+            for layer in backing_chain(disk):
+                try:
+                    rel = layer.resolve().relative_to(root)
+                except ValueError:
+                    continue
+                out.setdefault(rel.parts[0], []).append(name)
+        return out
+
+    def record_seed(self, key: str, random_hex: str, keep: int = 4096) -> bool:
+        """Remember a clone's fresh random bytes; False if another clone of KEY already
+        answered with the same (its RNG state was not reseeded)."""
+        t = self.get(key)
+        if t is None:
+            return True  # retired meanwhile: no other clone will be compared with this one
+        if not random_hex:
+            return False
+        path = t.folder / "seeds"
+        with self.locked(key):
+            try:
+                seen = path.read_text().split()
+            except FileNotFoundError:
+                seen = []
+            if random_hex in seen:
+                return False
+            if path.parent.is_dir():
+                write_text_atomic(path, "\n".join([*seen[-(keep - 1):], random_hex]) + "\n")
+        return True
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Templates and fork layers, with the bytes they hold on the host."""
         out: list[dict[str, Any]] = []
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
-            t = self.get(d.name) if not d.name.startswith(".") else None
-            if t is None:
+            if d.name.startswith(".") or not d.is_dir():
                 continue
+            t = Template(d.name.split(".")[0], d)
+            if not t.disk.is_file():
+                continue
+            kind = str(t.meta().get("kind") or "template")
+            if kind == "template" and not (t.ram.is_file() and t.state.is_file()):
+                kind = "retired"  # failed to restore: only the disk is left, for its boxes
             used = sum(p.stat().st_blocks * 512 for p in d.iterdir() if p.is_file())
-            out.append({**t.meta(), "key": t.key, "disk_and_memory_bytes": used, "path": str(d)})
+            out.append({**t.meta(), "kind": kind, "key": d.name, "disk_and_memory_bytes": used,
+                        "path": str(d)})
         return out
+
+    def unused(self, users: dict[str, list[str]]) -> list[str]:
+        """Folders no box sits on: every template and layer not in USERS, and what a
+        crashed fork left (a layer folder without its disk)."""
+        if not self.root.is_dir():
+            return []
+        return [d.name for d in sorted(self.root.iterdir())
+                if d.is_dir() and not d.name.startswith(".") and d.name not in users]
 
     def _reap(self) -> None:
         """Staging folders whose builder died (kill -9) are removed, never used."""
