@@ -20,10 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# Where the guest finds the box's CA: written by the driver before the agent starts.
-GUEST_CA_CERT = "/.a3s/box-ca.pem"  # the CA alone (NODE_EXTRA_CA_CERTS adds it to node's)
-GUEST_CA_BUNDLE = "/.a3s/ca-bundle.pem"  # the image's trust store plus the CA
-GUEST_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"  # Debian/Alpine's bundle, extended too
+from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT, GUEST_TRUST_STORE  # noqa: F401
 _BACKDATE = datetime.timedelta(days=1)
 _CA_LIFE = datetime.timedelta(days=3650)
 _LEAF_LIFE = datetime.timedelta(days=30)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
-from a3s_box.network.ca import GUEST_CA_BUNDLE, GUEST_CA_CERT
+from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT
 from a3s_box.network.policy import NetworkPolicy
 from a3s_box.network.secrets import new_placeholder
 

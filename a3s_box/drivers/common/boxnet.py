@@ -10,7 +10,7 @@ from typing import Any
 
 from a3s_box.drivers.base import BoxLaunch
 from a3s_box.errors import HostUnsupported
-from a3s_box.network.ca import GUEST_CA_BUNDLE, GUEST_CA_CERT, GUEST_TRUST_STORE, ensure_ca
+from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT, GUEST_TRUST_STORE
 from a3s_box.network.netns import missing_tools
 from a3s_box.network.policy import NetworkPolicy
 
@@ -41,6 +41,8 @@ def prepare_network(launch: BoxLaunch) -> tuple[tuple[int, int], ...]:
     forwards = tuple((FORWARD_BASE + i, p.box_port) for i, p in enumerate(policy.ports))
     ca_dir = None
     if launch.network.secrets:
+        from a3s_box.network.ca import ensure_ca  # cryptography: only for boxes with secrets
+
         ensure_ca(launch.rundir, launch.box_id)
         ca_dir = str(launch.rundir)
     conf: dict[str, Any] = {"box_id": launch.box_id, "policy": launch.network.policy,

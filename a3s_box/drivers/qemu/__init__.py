@@ -8,7 +8,7 @@ qmp.py      the QMP client (sans-IO codec + a thin socket loop)
 snapshot.py snapshot keys and the template store
 probe.py    which accelerator works here (KVM or TCG), cached
 virtiofs.py virtiofsd per bind volume
-"""
-from a3s_box.drivers.qemu.driver import QemuDriver
 
-__all__ = ["QemuDriver"]
+Nothing is imported here: the shim, started once per box, must not pay for the driver's
+imports (the egress proxy's CA pulls in cryptography).
+"""

@@ -22,7 +22,7 @@ from typing import Any
 
 from a3s_box.drivers.common.artifacts import GuestArtifacts, ensure_guest_artifacts
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
-from a3s_box.drivers.qemu.probe import probe_accelerators
+from a3s_box.drivers.qemu.probe import probe_accelerators, qemu_version
 from a3s_box.drivers.common.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
@@ -231,8 +231,7 @@ class QemuDriver:
 
     # --- snapshots ---------------------------------------------------------------------
     def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float) -> VmHandle:
-        probe = probe_accelerators(self.home, self.binary)
-        key = snapshot_key(spec, launch.image, probe.qemu_version,
+        key = snapshot_key(spec, launch.image, qemu_version(self.binary),
                            host_cpu_model() if spec.accel == "kvm" else "")
         store = TemplateStore(self.home.cache)
         template = store.get(key) or self._build_template(store, key, launch, spec, timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -37,7 +38,26 @@ class ProbeResult:
     cached: bool = False
 
 
+_VERSIONS: dict[str, str] = {}
+
+
 def qemu_version(binary: str) -> str:
+    """`binary --version`, asked once per binary file (a box start asks twice)."""
+    found = shutil.which(binary) or binary
+    try:
+        st = os.stat(found)
+        ident = f"{os.path.realpath(found)}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        ident = ""
+    if ident and ident in _VERSIONS:
+        return _VERSIONS[ident]
+    version = _ask_version(binary)
+    if ident:
+        _VERSIONS[ident] = version
+    return version
+
+
+def _ask_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True,
                              timeout=10).stdout

@@ -52,23 +52,23 @@ def _file_id(path: Path) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
+_HASHES: dict[str, str] = {}
+
+
 def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-_BINARY_HASHES: dict[str, str] = {}
+    """sha256 of a file, computed once per process for each (path, size, mtime)."""
+    ident = _file_id(path)
+    if ident not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _HASHES[ident] = h.hexdigest()
+    return _HASHES[ident]
 
 
 def binary_hash(binary: str) -> str:
-    path = Path(shutil.which(binary) or binary).resolve()
-    ident = _file_id(path)
-    if ident not in _BINARY_HASHES:
-        _BINARY_HASHES[ident] = _file_hash(path)
-    return _BINARY_HASHES[ident]
+    return _file_hash(Path(shutil.which(binary) or binary).resolve())
 
 
 def normalized_argv(spec: QemuSpec) -> list[str]:
