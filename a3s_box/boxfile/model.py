@@ -476,8 +476,9 @@ class PoolDef(_Model):
                                           "reclaimed after this (default 5m).", examples=["5m"])
     park: bool = Field(False, description=(
         "Keep idle members loaded but paused: a member restored from a snapshot costs almost "
-        "no memory and no CPU until `acquire` resumes it and starts its agent (tens of "
-        "milliseconds). Members that boot cold are paused once booted."), examples=[True])
+        "no memory and no CPU until `acquire` resumes it and starts its agent (slower to "
+        "acquire than an unparked member, which is already running). Members that boot "
+        "cold are paused once booted."), examples=[True])
 
     @model_validator(mode="after")
     def _bounds(self) -> "PoolDef":
