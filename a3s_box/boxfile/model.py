@@ -449,6 +449,12 @@ class BoxDef(_Model):
         "`snapshot`: start as a clone of a template VM booted once for the same image, size "
         "and kernel (milliseconds instead of seconds; boxes with a network or volumes boot "
         "cold for now); `cold`: always boot."), examples=["cold"])
+    security: Literal["strict", "relaxed"] = Field("strict", description=(
+        "How the box's VMM (QEMU) and helpers are confined on the host: `strict` runs them "
+        "as a uid of their own with no capabilities, in their own namespaces and root, under "
+        "seccomp and in a cgroup with the box's limits, and refuses the box where this host "
+        "lacks one of them (`box doctor` says which); `relaxed` runs with what the host "
+        "allows and `box ps` says what is missing."), examples=["relaxed"])
     volumes: Volumes = Field(default_factory=list, description=(
         "Host folders, named volumes and tmpfs mounted into the box: compose's short form "
         "`SOURCE:TARGET[:ro]` or the long form."), examples=[["./src:/workspace", "cache:/root/.cache",

@@ -1,9 +1,10 @@
 """VM drivers: `get_driver(name, home)` is the one way the rest of a3s-box gets one.
 
     base.py       the Driver protocol and its values (BoxLaunch, VmHandle, ...)
-    qemu.py       QEMU microVMs, one detached shim per box (shim.py, mux.py)
-    probe.py      can KVM really run a guest here? (cached)
-    artifacts.py  guest kernel + initramfs (kernel.py, modinfo.py, cpio.py)
+    qemu/         QEMU microVMs, one detached shim per box, snapshots, the KVM probe
+    krun/         libkrun microVMs, one supervisor process per box
+    common/       what both share: guest kernel + initramfs, supervision, the network helper
+    doctor.py     what this host can run, one check at a time
 """
 from __future__ import annotations
 

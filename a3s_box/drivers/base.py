@@ -62,6 +62,8 @@ class BoxLaunch:
     # Pool members kept loaded and paused: start() returns before the agent exists (a
     # clone is restored but not resumed), unpark() resumes and configures it
     park: bool = False
+    # "strict": the VMM confined as a3s_box.jail says, or no box; "relaxed": what the host allows
+    security: str = "strict"
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,8 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
                            "hosts": dict(sorted(net.hosts.items())), "ports": list(net.ports)}
     if box.boot != "snapshot":
         spec["boot"] = box.boot  # only when not the default: older boxes keep their hash
+    if box.security != "strict":
+        spec["security"] = box.security
     if box.volumes:
         spec["volumes"] = [{"type": v.type, "source": v.source, "target": v.target,
                             "read_only": v.read_only, "size": human_size(v.size) if v.size else None}

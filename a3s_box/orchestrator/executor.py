@@ -155,8 +155,9 @@ class Executor:
     def _driver(self, declared: str, box: Any = None) -> str:
         if declared == "auto" and self.default_driver:
             return self.default_driver
-        if declared == "auto" and box is not None and (box.network.mode != "none" or box.volumes):
-            return "qemu"  # the one driver with networking and volumes for now
+        if declared == "auto" and box is not None and (box.network.mode != "none" or box.volumes
+                                                       or box.security == "strict"):
+            return "qemu"  # the one driver with networking, volumes and a confined VMM for now
         return declared
 
     def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:

@@ -130,6 +130,7 @@ def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: P
         volumes=volumes,
         boot=box.boot,
         image=image,
+        security=box.security,
     )
 
 
@@ -149,6 +150,7 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "boot": launch.boot,
         "image": launch.image,
         "park": launch.park,
+        "security": launch.security,
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -173,6 +175,7 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         boot=str(data.get("boot") or "cold"),
         image=str(data.get("image") or ""),
         park=bool(data.get("park")),
+        security=str(data.get("security") or "strict"),
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

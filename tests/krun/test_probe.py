@@ -52,7 +52,7 @@ def test_start_is_refused_with_the_probe_reason(support: HostSupport, test_home:
     if support.usable:
         pytest.skip("this host runs libkrun guests")
     launch = BoxLaunch("t.no", tmp_path / "box", 1, 128, BoxConfig(hostname="no"),
-                       rootfs_dir=busybox_root)
+                       rootfs_dir=busybox_root, security="relaxed")
     with pytest.raises(HostUnsupported) as e:
         KrunDriver(test_home).start(launch, 10.0)
     assert str(e.value) == f"libkrun: {support.detail.removesuffix(' [cached]')}"
@@ -66,7 +66,7 @@ def test_a_box_boots_answers_and_stops(support: HostSupport, test_home: Home,
     driver = KrunDriver(test_home)
     launch = BoxLaunch("t.boot", tmp_path / "box", 1, 256,
                        BoxConfig(hostname="boot", argv=("/bin/sleep", "100000")),
-                       rootfs_dir=busybox_root)
+                       rootfs_dir=busybox_root, security="relaxed")
     handle = driver.start(launch, 30.0)
     try:
         assert driver.observe(handle).state == VmState.RUNNING

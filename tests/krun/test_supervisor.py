@@ -114,7 +114,7 @@ def test_a_guest_that_never_answers_times_out_and_nothing_is_left(
         test_home: Home) -> None:
     rundir = tmp_path / "box"
     launch = BoxLaunch("t.silent", rundir, 1, 128, BoxConfig(hostname="silent"),
-                       rootfs_dir=busybox_root)
+                       rootfs_dir=busybox_root, security="relaxed")
     # check_host=False: boot even where the probe said no, the guest is silent anyway
     with pytest.raises(GuestError) as e:
         KrunDriver(test_home, init_binary=sleeper, check_host=False).start(launch, 1.5)
@@ -128,7 +128,7 @@ def test_a_guest_that_never_answers_times_out_and_nothing_is_left(
 def test_a_vanished_root_folder_is_named_and_nothing_starts(
         tmp_path: Path, test_home: Home, sleeper: Path) -> None:
     launch = BoxLaunch("t.gone", tmp_path / "box", 1, 128, BoxConfig(hostname="gone"),
-                       rootfs_dir=tmp_path / "unpacked")
+                       rootfs_dir=tmp_path / "unpacked", security="relaxed")
     with pytest.raises(DriverError) as e:
         KrunDriver(test_home, init_binary=sleeper, check_host=False).start(launch, 5.0)
     assert str(e.value) == (f"box t.gone: root folder {tmp_path}/unpacked is gone (pull the "
@@ -138,7 +138,7 @@ def test_a_vanished_root_folder_is_named_and_nothing_starts(
 
 
 def test_a_box_without_a_root_folder_is_refused(tmp_path: Path, test_home: Home) -> None:
-    launch = BoxLaunch("t.disk", tmp_path / "box", 1, 128, BoxConfig(hostname="d"))
+    launch = BoxLaunch("t.disk", tmp_path / "box", 1, 128, BoxConfig(hostname="d"), security="relaxed")
     with pytest.raises(DriverError, match="box t.disk: libkrun boots from the image's "
                                           "unpacked root folder"):
         KrunDriver(test_home, check_host=False).start(launch, 5.0)
@@ -154,3 +154,11 @@ def test_spec_survives_the_supervisor_round_trip(vm: VmHandle) -> None:
     spec = KrunSpec.from_json((rundir / "launch.json").read_text())
     assert spec.socket == vm.channel and spec.box_id == "t.vm"
     assert json.loads((rundir / "root" / ".krun_config.json").read_text())["Cmd"] == ["/init"]
+
+
+def test_a_strict_box_is_refused_until_the_supervisor_is_confined(tmp_path: Path, test_home: Home) -> None:
+    launch = BoxLaunch("t.strict", tmp_path / "box", 1, 128, BoxConfig(hostname="s"),
+                       rootfs_dir=tmp_path)
+    with pytest.raises(HostUnsupported, match="security: strict needs a confined VMM"):
+        KrunDriver(test_home, check_host=False).start(launch, 5.0)
+    assert not (tmp_path / "box").exists()

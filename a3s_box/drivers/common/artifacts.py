@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from a3s_box.atomic import write_bytes_atomic
 from a3s_box.drivers.common.cpio import Entry, gzip_newc
 from a3s_box.drivers.common.kernel import GuestModule, Kernel, cached_kernel, ensure_kernel
 from a3s_box.errors import BoxError
@@ -51,14 +52,7 @@ def initramfs_key(init: bytes, modules: tuple[GuestModule, ...]) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)  # 0644: every box's confined QEMU reads it
 
 
 def build_initramfs(cache: Path, init_binary: Path, kernel: Kernel) -> Path:
@@ -66,6 +60,8 @@ def build_initramfs(cache: Path, init_binary: Path, kernel: Kernel) -> Path:
     path = cache / "initramfs" / f"{initramfs_key(init, kernel.modules)}.cpio.gz"
     if not path.is_file():
         _write_atomic(path, gzip_newc(initramfs_entries(init, kernel.modules)))
+    elif path.stat().st_mode & 0o044 != 0o044:
+        path.chmod(0o644)  # written private by an older a3s-box
     return path
 
 

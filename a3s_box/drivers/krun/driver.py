@@ -125,6 +125,10 @@ class KrunDriver:
             if not support.usable:
                 raise HostUnsupported(self.name, support.detail.removesuffix(" [cached]"))
         rundir = launch.rundir
+        if launch.security == "strict":
+            raise HostUnsupported(self.name, f"box {launch.box_id}: security: strict needs a confined VMM "
+                                  "(a uid of its own, a cgroup, seccomp), and libkrun's supervisor is not "
+                                  "confined yet: use driver: qemu, or security: relaxed")
         if launch.network is not None and launch.network.enabled:
             raise HostUnsupported(self.name, f"box {launch.box_id}: network mode "
                                   f"{launch.network.policy.get('mode')} is not available with libkrun yet "

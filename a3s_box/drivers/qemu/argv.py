@@ -66,6 +66,7 @@ class QemuSpec:
     # the virtiofsd processes (a memfd backend)
     shares: tuple[tuple[Path, str], ...] = ()
     volume_disks: tuple[Path, ...] = ()  # named volumes: /dev/vdb, /dev/vdc, ... in order
+    sandbox: str | None = None  # QEMU's seccomp filter (-sandbox VALUE); None: none
     extra: tuple[str, ...] = field(default=())
 
 
@@ -161,5 +162,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]
+    if spec.sandbox is not None:
+        argv += ["-sandbox", spec.sandbox]
     argv += list(spec.extra)
     return argv

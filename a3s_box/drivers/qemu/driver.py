@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
 from a3s_box.drivers.qemu.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
+from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
+from a3s_box.jail.ids import IdTable
+from a3s_box.jail.spec import JailSpec, box_limits
+from a3s_box.jail.support import QEMU_SANDBOX
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, stop_supervised, tail,
@@ -105,6 +109,9 @@ class QemuDriver:
         forwards = prepare_network(launch) if launch.network and launch.network.enabled else None
         shares, volume_disks, virtiofsd = volume_devices(launch)
         spec = self._spec(launch, art, accel, forwards, shares, volume_disks)
+        conf = _Confinement(*security_level(launch.box_id, launch.security, self.binary))
+        if conf.seccomp:
+            spec = replace(spec, sandbox=QEMU_SANDBOX)
         boot = "cold"
         if launch.boot == "snapshot":
             why_not = snapshot_ineligible(launch)
@@ -112,14 +119,16 @@ class QemuDriver:
                 boot = f"cold ({why_not})"
             else:
                 try:
-                    return self._start_clone(launch, spec, timeout)
+                    return self._start_clone(launch, spec, timeout, conf)
                 except SnapshotError as e:
                     boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
                     _note(rundir, boot)
                     _remove_runtime_files(rundir)
                     (rundir / "exit.json").unlink(missing_ok=True)
         extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
-        handle, pgid = self._spawn(launch.box_id, rundir, spec, extra)
+        jail = self._jail(launch.box_id, rundir, spec, conf, network=forwards is not None,
+                          helpers=(forwards is not None) + len(virtiofsd))
+        handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label)
         done = self._finish(launch, handle, pgid, timeout, boot)
         if launch.park:  # booted cold: all it can save is CPU
             self.pause(done)
@@ -146,19 +155,22 @@ class QemuDriver:
         return QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
                         memory_mib=launch.memory_mib, kernel=art.kernel,
                         initramfs=art.initramfs, console_log=rundir / CONSOLE,
-                        channel=rundir / "channel.sock", qmp=rundir / "qmp.sock",
+                        channel=rundir / "channel.sock", qmp=vmm_dir(rundir) / "qmp.sock",
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
                         tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
                         volume_disks=volume_disks)
 
     def _spawn(self, box_id: str, rundir: Path, spec: QemuSpec, extra: dict[str, object],
-               detach: bool = True) -> tuple[VmHandle, int]:
-        """Write RUNDIR/launch.json and start the shim (QEMU its child); the handle and the
-        process group to kill if anything goes wrong."""
+               detach: bool = True, jail: JailSpec | None = None,
+               label: str = "") -> tuple[VmHandle, int]:
+        """Write RUNDIR/launch.json and start the shim (QEMU its child, confined by JAIL);
+        the handle and the process group to kill if anything goes wrong."""
+        vmm_dir(rundir).mkdir(mode=0o700, exist_ok=True)
         tmp = rundir / ".launch.json"
         tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec),
                                    "channel": str(rundir / "channel.sock"),
-                                   "guest_socket": str(rundir / GUEST_SOCK), **extra}, indent=1))
+                                   "guest_socket": str(rundir / GUEST_SOCK),
+                                   "jail": jail.to_json() if jail else None, **extra}, indent=1))
         os.replace(tmp, rundir / "launch.json")
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -186,7 +198,8 @@ class QemuDriver:
         return VmHandle(driver=self.name, box_id=box_id, pid=pid, channel=str(rundir / GUEST_SOCK),
                         console_log=str(rundir / CONSOLE), accel=spec.accel,
                         extra={"pgid": str(pgid), "rundir": str(rundir),
-                               "qmp": str(rundir / "qmp.sock"),
+                               "qmp": str(spec.qmp), "security": label or "none",
+                               **({"uid": str(jail.uid)} if jail else {}),
                                **({"memory_file": "1"} if spec.memory_file else {})}), pgid
 
     def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
@@ -230,11 +243,12 @@ class QemuDriver:
             raise
 
     # --- snapshots ---------------------------------------------------------------------
-    def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float) -> VmHandle:
+    def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float,
+                     conf: "_Confinement") -> VmHandle:
         key = snapshot_key(spec, launch.image, qemu_version(self.binary),
                            host_cpu_model() if spec.accel == "kvm" else "")
         store = TemplateStore(self.home.cache)
-        template = store.get(key) or self._build_template(store, key, launch, spec, timeout)
+        template = store.get(key) or self._build_template(store, key, launch, spec, timeout, conf)
         assert launch.disk is not None
         cold_disk = launch.disk.with_name(f".{launch.disk.name}.cold")
         os.replace(launch.disk, cold_disk)  # kept until the clone answers: a cold boot needs it
@@ -246,7 +260,10 @@ class QemuDriver:
                 with open(launch.rundir / CONSOLE, "ab") as out:
                     out.write(boot_log.read_bytes()[-(1 << 20):])
             clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
-            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []})
+            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=False, helpers=0,
+                              groups=(self._template_gid(key),))
+            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []},
+                                       jail=jail, label=conf.label)
             boot = f"snapshot {key[:12]}"
             fresh = _unique_randomness(store, key, launch.box_id)
             try:
@@ -279,7 +296,9 @@ class QemuDriver:
             with Qmp(handle.extra["qmp"], handle.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
                           capabilities=[{"capability": "x-ignore-shared", "state": True}])
-                q.command("migrate-incoming", uri=f"exec:cat {template.state}")
+                with open(template.state, "rb") as state_file:  # a sandboxed QEMU spawns nothing
+                    q.pass_fd("state", state_file.fileno())
+                q.command("migrate-incoming", uri="fd:state")
                 # loaded when the VM leaves "inmigrate" (paused: store-global-state=off)
                 state = q.wait_until_not("query-status", "inmigrate", 15.0)
                 migrated = str(q.command("query-migrate").get("status", ""))
@@ -292,7 +311,7 @@ class QemuDriver:
             raise SnapshotError(handle.box_id, str(e).removeprefix(f"box {handle.box_id}: ")) from e
 
     def _build_template(self, store: TemplateStore, key: str, launch: BoxLaunch, spec: QemuSpec,
-                        timeout: float) -> Template:
+                        timeout: float, conf: "_Confinement") -> Template:
         with store.locked(key):
             found = store.get(key)
             if found is not None:
@@ -302,17 +321,24 @@ class QemuDriver:
             shutil.copyfile(launch.disk, st / "disk.qcow2")  # a fresh overlay of the image
             with open(st / "ram", "wb") as f:
                 f.truncate(launch.memory_mib << 20)
-            tspec = replace(spec, console_log=st / CONSOLE, channel=st / "channel.sock", qmp=st / "qmp.sock",
-                            disk=st / "disk.qcow2", memory_file=st / "ram", memory_shared=True)
+            tspec = replace(spec, console_log=st / CONSOLE, channel=st / "channel.sock",
+                            qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
+                            memory_shared=True)
+            gid = self._template_gid(key)
+            os.chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
+            os.chmod(st / "ram", 0o660)
+            jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
             handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
-                                       detach=False)
+                                       detach=False, jail=jail, label=conf.label)
             try:
                 self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
-                with Qmp(st / "qmp.sock", launch.box_id, timeout=10.0) as q:
+                with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                     q.command("migrate-set-capabilities",
                               capabilities=[{"capability": "x-ignore-shared", "state": True}])
                     q.command("stop")
-                    q.command("migrate", uri=f"exec:cat > {st / 'state'}")
+                    with open(st / "state", "wb") as state_file:
+                        q.pass_fd("state", state_file.fileno())
+                    q.command("migrate", uri="fd:state")
                     q.wait_status(("completed",), 60.0)
                     try:
                         q.command("quit")  # its image locks must be gone before a clone opens the disk
@@ -326,6 +352,14 @@ class QemuDriver:
                 _wait_gone(handle.pid, str(st), 5.0)
             for name in RUNTIME_FILES + ("exit.json",):
                 (st / name).unlink(missing_ok=True)
+            shutil.rmtree(vmm_dir(st), ignore_errors=True)
+            shutil.rmtree(st / "jail", ignore_errors=True)
+            for frozen in ("disk.qcow2", "state", CONSOLE):  # no VMM may change them again
+                if (st / frozen).exists():
+                    os.chown(st / frozen, 0, 0)
+                    os.chmod(st / frozen, 0o644)
+            if jail is not None:
+                self._ids().release(f"template-{key}")
             return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
                                           "memory_mib": launch.memory_mib, "accel": spec.accel})
 
@@ -351,6 +385,9 @@ class QemuDriver:
         _remove_runtime_files(rundir)
         store = TemplateStore(self.home.cache)
         spec = self._spec(launch, art, source.accel, None, (), ())
+        conf = _Confinement(*security_level(launch.box_id, launch.security, self.binary))
+        if conf.seccomp:
+            spec = replace(spec, sandbox=QEMU_SANDBOX)
         if source.extra.get("memory_file"):  # a clone (or its fork): RAM is the `mem` backend
             ram = rundir / "ram"
             with open(ram, "wb") as f:
@@ -365,16 +402,21 @@ class QemuDriver:
             src.command("stop")
             try:
                 layer = store.new_layer(source_launch.box_id)
-                self._freeze_disk(src, source_launch.disk, layer)
+                self._freeze_disk(src, source_launch.disk, layer, int(source.extra.get("uid", 0)))
                 create_overlay_on(layer, launch.disk)
-                handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": False, "virtiofsd": []})
+                jail = self._jail(launch.box_id, rundir, spec, conf, network=False, helpers=0)
+                handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": False, "virtiofsd": []},
+                                           jail=jail, label=conf.label)
 
                 def migrate(h: VmHandle) -> None:
-                    sock = rundir / "migrate.sock"
+                    # one socket pair, an end to each QEMU: neither can reach the other's files
+                    ours, theirs = socket.socketpair()
                     try:
                         with Qmp(h.extra["qmp"], h.box_id, timeout=10.0) as dst:
-                            dst.command("migrate-incoming", uri=f"unix:{sock}")
-                            src.command("migrate", uri=f"unix:{sock}")
+                            dst.pass_fd("fork", ours.fileno())
+                            src.pass_fd("fork", theirs.fileno())
+                            dst.command("migrate-incoming", uri="fd:fork")
+                            src.command("migrate", uri="fd:fork")
                             src.wait_status(("completed",), 120.0)
                             state = dst.wait_until_not("query-status", "inmigrate", 30.0)
                             if state == "paused":
@@ -382,19 +424,22 @@ class QemuDriver:
                             elif state != "running":
                                 raise QmpError(h.box_id, f"the fork did not load (VM {state})")
                     finally:
-                        sock.unlink(missing_ok=True)
+                        ours.close()
+                        theirs.close()
                 return self._finish(launch, handle, pgid, timeout, f"fork of {source_launch.box_id}",
                                     migrate, configure=False)
             finally:
                 src.command("cont")  # the source runs on whatever happened to the fork
 
-    def _freeze_disk(self, q: Qmp, disk: Path, layer: Path) -> None:
+    def _freeze_disk(self, q: Qmp, disk: Path, layer: Path, uid: int) -> None:
         """Make DISK's current content the read-only LAYER; the running VM continues on a
         new overlay over it, at DISK's path (so a restart boots from what it wrote)."""
         size = int(json.loads(subprocess.run(
             ["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True,
             check=True, timeout=30).stdout)["virtual-size"])
         os.link(disk, layer)  # the same inode: what the VM wrote so far, now also the layer
+        os.chown(layer, 0, 0)  # read-only to every VMM from now on, its old writer included
+        os.chmod(layer, 0o644)
         nxt = disk.with_name(f".{disk.name}.next")
         r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(layer),
                             str(nxt), str(size)], capture_output=True, text=True, timeout=60)
@@ -402,10 +447,43 @@ class QemuDriver:
             raise DriverError(disk.parent.name, f"qemu-img create: {r.stderr.strip()}")
         node = next(str(b["inserted"]["node-name"]) for b in q.command("query-block")
                     if b.get("device") == "root")
+        os.chown(nxt, uid, uid)
+        fd = os.open(nxt, os.O_RDWR | os.O_CLOEXEC)
+        try:  # handed over open: a confined QEMU cannot open host paths
+            fdset = q.add_fd(fd)
+        finally:
+            os.close(fd)
         q.command("blockdev-add", driver="qcow2", **{"node-name": "root-next"},
-                  file={"driver": "file", "filename": str(nxt)}, backing=None)
+                  file={"driver": "file", "filename": f"/dev/fdset/{fdset}"}, backing=None)
         q.command("blockdev-snapshot", node=node, overlay="root-next")
         os.replace(nxt, disk)  # QEMU keeps its open file; the path now names the overlay
+
+    # --- confinement ----------------------------------------------------------------------
+    def _ids(self) -> IdTable:
+        return IdTable(self.home.root / "jail-ids.json")
+
+    def _alive(self, name: str) -> bool:
+        """Whether the owner of an id is still there (a box's folder, a template build)."""
+        if name.startswith("template-"):
+            key = name.removeprefix("template-")
+            root = self.home.cache / "snapshots"
+            return any(root.glob(f"{key}.*")) or any(root.glob(f".tmp-{key}-*"))
+        return self.home.box_dir(name).exists()
+
+    def _template_gid(self, key: str) -> int:
+        return IdTable(self.home.root / "jail-gids.json").allocate(f"template-{key}", self._alive)
+
+    def _jail(self, name: str, rundir: Path, spec: QemuSpec, conf: "_Confinement", network: bool,
+              helpers: int, groups: tuple[int, ...] = ()) -> JailSpec | None:
+        """The jail of the QEMU for NAME (None where security: relaxed allows none), with its
+        files handed to its uid."""
+        if not conf.jail:
+            return None
+        uid = self._ids().allocate(name, self._alive)
+        limits = box_limits(spec.memory_mib, spec.vcpus, spec.accel, helpers) if conf.cgroup else None
+        jail = plan_jail(name, rundir, spec, uid, uid, groups, network, limits, kvm_group())
+        hand_over(jail, rundir, spec)
+        return jail
 
     def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
         rundir = Path(handle.extra["rundir"])
@@ -449,6 +527,14 @@ def _die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: a template dies with its builder
+
+
+@dataclass(frozen=True)
+class _Confinement:
+    jail: bool
+    cgroup: bool
+    seccomp: bool
+    label: str  # what `box ps` shows
 
 
 def _unique_randomness(store: TemplateStore, key: str, box_id: str) -> Any:
@@ -504,5 +590,6 @@ def create_overlay_on(backing: Path, dest: Path) -> None:
 def _remove_runtime_files(rundir: Path) -> None:
     for name in RUNTIME_FILES:
         (rundir / name).unlink(missing_ok=True)
+    (vmm_dir(rundir) / "qmp.sock").unlink(missing_ok=True)
     for sock in rundir.glob("vfs*.sock*"):
         sock.unlink(missing_ok=True)

@@ -92,6 +92,20 @@ class Qmp:
 
     def command(self, name: str, **arguments: Any) -> Any:
         self.sock.sendall(QmpCodec.encode(name, **arguments))
+        return self._reply(name)
+
+    def pass_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU an open file or socket as NAME (`getfd`), for `fd:NAME` URIs: a
+        sandboxed QEMU can neither open host paths nor spawn `exec:` helpers."""
+        socket.send_fds(self.sock, [QmpCodec.encode("getfd", fdname=name)], [fd])
+        self._reply("getfd")
+
+    def add_fd(self, fd: int) -> int:
+        """Put an open file in a new fd set (`add-fd`); its id, for /dev/fdset/ID paths."""
+        socket.send_fds(self.sock, [QmpCodec.encode("add-fd")], [fd])
+        return int(self._reply("add-fd")["fdset-id"])
+
+    def _reply(self, name: str) -> Any:
         while True:
             msg = self._next()
             if "event" in msg:

@@ -25,11 +25,15 @@ import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
+from a3s_box.jail import cgroup
+from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
+from a3s_box.jail.spec import JailSpec
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
@@ -45,10 +49,10 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-def _read_only_view(source: str) -> None:
+def _read_only_view(source: str, first: Callable[[], None]) -> None:
     """In virtiofsd's child, before exec: a mount namespace of its own where SOURCE is a
     read-only bind mount. The guest's writes fail on the host's side of the share."""
-    _die_with_parent()
+    first()
     libc = ctypes.CDLL(None, use_errno=True)
     ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = 1, 32, 4096, 16384, 1 << 18
     clone_newns = 0x00020000
@@ -72,6 +76,9 @@ def exit_reason(status: int) -> dict[str, object]:
         sig = -status
         name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
         return {"status": None, "signal": sig, "reason": f"qemu was killed by {name}"}
+    if status == EXIT_JAIL_FAILED:
+        return {"status": status, "signal": 0,
+                "reason": "the VMM could not be confined (see shim.log); nothing of the box ran"}
     return {"status": status, "signal": 0,
             "reason": f"qemu exited with status {status} (see shim.log and console.log)"}
 
@@ -95,6 +102,8 @@ class Shim:
         self.helper: subprocess.Popen[bytes] | None = None
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
         self.virtiofsd: list[subprocess.Popen[bytes]] = []
+        self.jail = JailSpec.from_json(launch["jail"]) if launch.get("jail") else None
+        self.cgroup: cgroup.BoxCgroup | None = None
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, _Conn] = {}
         self.guest: _Conn | None = None
@@ -115,7 +124,21 @@ class Shim:
         chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan.bind(str(self.channel_path))
         chan.listen(1)
-        preexec = _die_with_parent
+        try:
+            if self.jail is not None and self.jail.limits is not None:
+                # every process serving the box shares its limits
+                self.cgroup = cgroup.BoxCgroup.create(self.jail.name, self.jail.limits)
+        except cgroup.CgroupError as e:
+            self.log(f"cgroup: {e}")
+            write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": f"cgroup: {e}"})
+            return 1
+        procs = self.cgroup.procs_files() if self.cgroup else []
+
+        def helper_preexec() -> None:
+            _die_with_parent()
+            cgroup.join(procs)
+        self._helper_preexec = helper_preexec
+        netns_fd: int | None = None
         try:
             self._start_virtiofsd()
         except RuntimeError as e:
@@ -133,9 +156,20 @@ class Shim:
                                   {"status": None, "signal": 0, "reason": str(e)})
                 return 1
 
+        jail = self.jail
+        if jail is not None:
+            os.chown(self.channel_path, jail.uid, jail.gid)  # QEMU connects as the box's uid
+            for spec in self.virtiofsd_specs:
+                os.chown(str(spec["socket"]), jail.uid, jail.gid)
+            new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
+
             def preexec() -> None:
-                _die_with_parent()
-                netns.enter(netns_fd)  # QEMU's user-mode network: only through the proxy
+                enter(jail, netns_fd, procs)
+        else:
+            def preexec() -> None:
+                helper_preexec()
+                if netns_fd is not None:
+                    netns.enter(netns_fd)  # QEMU's user-mode network: only through the proxy
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
                                      preexec_fn=preexec)
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
@@ -160,6 +194,8 @@ class Shim:
         finally:
             status = self.qemu.wait()
             self._stop_helpers()
+            if self.cgroup is not None:
+                self.cgroup.remove()
             result = exit_reason(status)
             if self.stopping:
                 result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
@@ -192,7 +228,8 @@ class Shim:
                  "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock",
                  "-o", "xattr" if not read_only else "no_xattr"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
-                preexec_fn=(lambda: _read_only_view(source)) if read_only else _die_with_parent)
+                preexec_fn=(lambda: _read_only_view(source, self._helper_preexec)) if read_only
+                else self._helper_preexec)
             self.virtiofsd.append(proc)
             for _ in range(500):
                 if sock.exists() or proc.poll() is not None:
@@ -209,7 +246,7 @@ class Shim:
         of that namespace, once the helper says it is serving."""
         self.helper = subprocess.Popen([sys.executable, "-m", "a3s_box.network.helper", str(self.rundir)],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       close_fds=True, preexec_fn=_die_with_parent)
+                                       close_fds=True, preexec_fn=self._helper_preexec)
         assert self.helper.stdout is not None
         ready, _, _ = select.select([self.helper.stdout], [], [], HELPER_TIMEOUT)
         line = self.helper.stdout.readline() if ready else b""

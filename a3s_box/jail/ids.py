@@ -1,0 +1,58 @@
+"""Per-box uids and per-template gids, from a range reserved for a3s-box.
+
+A VMM runs as a uid no other process on the host has, so a VMM taken over by its guest
+can touch only files given to that uid: its own disk overlay, its console log, its
+sockets. Clones of one template share the template's gid (QEMU 7.2 opens a template's
+RAM file read-write even to map it privately; docs/security.md says what that leaves).
+
+HOME/jail-ids.json maps names to ids under an flock; an entry whose owner is gone (the
+`alive` test) is free again.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from a3s_box.atomic import write_text_atomic
+
+# Far above what distributions hand out (useradd: 1000-60000; systemd's dynamic users
+# 61184-65519; container sub-uid ranges usually start at 100000 with 65536 each).
+UID_BASE = 1_610_000_000
+UID_SPAN = 1_000_000
+
+
+class IdTable:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def allocate(self, name: str, alive: Callable[[str], bool]) -> int:
+        """NAME's id: the one it has, or a free one (first probing from a hash of NAME)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                table = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                table = {}
+            table = {k: int(v) for k, v in table.items() if k == name or alive(k)}
+            if name not in table:
+                taken = set(table.values())
+                slot = zlib.crc32(name.encode()) % UID_SPAN
+                while UID_BASE + slot in taken:
+                    slot = (slot + 1) % UID_SPAN
+                table[name] = UID_BASE + slot
+            write_text_atomic(self.path, json.dumps(table, sort_keys=True, indent=1))
+            return int(table[name])
+
+    def release(self, name: str) -> None:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                table = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                return
+            if table.pop(name, None) is not None:
+                write_text_atomic(self.path, json.dumps(table, sort_keys=True, indent=1))
