@@ -195,7 +195,7 @@ def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: 
 
 _PS_COLUMNS = (("name", "NAME"), ("project", "PROJECT"), ("status", "STATUS"),
                ("driver", "DRIVER"), ("accel", "ACCEL"), ("pid", "PID"), ("image", "IMAGE"),
-               ("boot", "BOOT"), ("network", "NETWORK"), ("detail", "DETAIL"))
+               ("boot", "BOOT"), ("security", "SECURITY"), ("network", "NETWORK"), ("detail", "DETAIL"))
 
 
 @click.command("ps")

@@ -5,6 +5,7 @@ guest only when the cached KVM verdict is missing, stale or `refresh` is asked f
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass
 
@@ -40,7 +41,7 @@ def _initramfs_for(home: Home) -> GuestArtifacts | None:
 
 
 def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = False) -> list[Check]:
-    binary = qemu_binary or host_arch().binary
+    binary = qemu_binary or os.environ.get("A3S_BOX_QEMU") or host_arch().binary  # as the driver
     checks: list[Check] = []
     found = shutil.which(binary)
     version = ""
@@ -89,8 +90,22 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
     net_ok, net_detail = network_support()
     checks.append(Check("network", net_ok, f"qemu: {net_detail}; libkrun: mode none only "
                         "(an empty network namespace, no TSI)", essential=False))
+    checks.append(confinement_check(binary))
     checks.append(snapshot_check(home))
     return checks
+
+
+def confinement_check(qemu_binary: str) -> Check:
+    """How each box's VMM is confined here; what `security: strict` would refuse."""
+    from a3s_box.jail.support import confinements
+
+    cs = confinements(qemu_binary)
+    missing = [c.name for c in cs if not c.ok]
+    detail = "; ".join(f"{c.name}: {c.detail}" for c in cs)
+    if missing:
+        detail = (f"boxes with security: strict (the default) are refused here, for want of "
+                  f"{', '.join(missing)}; security: relaxed runs without them. {detail}")
+    return Check("confinement", not missing, detail, essential=False)
 
 
 def snapshot_check(home: Home) -> Check:

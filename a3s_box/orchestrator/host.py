@@ -63,6 +63,7 @@ class BoxInfo:
     detail: str
     network: str = "none"  # the policy in one line (NetworkPolicy.summary)
     boot: str = ""  # "snapshot KEY" (restored from a template) or "cold (why)"
+    security: str = ""  # how its VMM is confined: "strict", "relaxed", "relaxed: no cgroup"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -235,10 +236,11 @@ class Host:
     def ps(self, project: str | None = None) -> list[BoxInfo]:
         out: list[BoxInfo] = []
         for row in self.store.boxes(project):
-            status, detail, accel, pid, boot = row.status, "", "", None, ""
+            status, detail, accel, pid, boot, security = row.status, "", "", None, "", ""
             if row.handle is not None:
                 handle = VmHandle.from_json(row.handle)
                 accel, pid, boot = handle.accel, handle.pid, handle.extra.get("boot", "cold")
+                security = handle.extra.get("security", "none")
                 seen = self.runtime.observe(row)
                 if seen is not None and seen.state is not VmState.RUNNING:
                     status, detail = "exited", seen.exit_reason
@@ -247,7 +249,7 @@ class Host:
                 elif status == "parked":
                     detail = "loaded and paused; `box pool acquire` runs it"
             out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
-                               row.image[:19], pid, detail, network_summary(row.spec), boot))
+                               row.image[:19], pid, detail, network_summary(row.spec), boot, security))
         return out
 
     def inspect(self, name: str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def test_doctor_on_a_provisioned_host(artifacts: GuestArtifacts, test_home: Home
     r = CliRunner().invoke(cli, ["--home", str(test_home.root), "doctor", "-o", "json"])
     assert r.exit_code == 0, r.output
     checks = {c["name"]: c for c in json.loads(r.output)}
-    assert list(checks) == ["qemu", "kernel", "guest-init", "kvm", "accelerator", "libkrun", "network", "snapshots"]
+    assert list(checks) == ["qemu", "kernel", "guest-init", "kvm", "accelerator", "libkrun", "network", "confinement",
+                           "snapshots"]
     assert checks["kernel"]["ok"] and artifacts.kernel_release in checks["kernel"]["detail"]
     assert checks["guest-init"]["ok"]
     accel = checks["accelerator"]["detail"]
@@ -37,8 +38,9 @@ def test_doctor_on_a_fresh_home_says_what_to_do(tmp_path: Path) -> None:
     assert r.exit_code == 1
     lines = r.output.splitlines()
     assert "✗ kernel       not provisioned: run `box setup`" in lines
-    assert lines[-3].startswith("✗ libkrun      ")  # nothing to probe with yet
-    assert lines[-2].startswith(("✓ network      ", "✗ network      "))
+    assert lines[-4].startswith("✗ libkrun      ")  # nothing to probe with yet
+    assert lines[-3].startswith(("✓ network      ", "✗ network      "))
+    assert lines[-2].startswith(("✓ confinement  uid: ", "✗ confinement  boxes with security: strict"))
     assert lines[-1].startswith("✓ snapshots    qemu: boxes start as clones of templates (0 ready")
 
 

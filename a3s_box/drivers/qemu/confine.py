@@ -14,7 +14,7 @@ from pathlib import Path
 
 from a3s_box.drivers.qemu.argv import QemuSpec
 from a3s_box.drivers.qemu.snapshot import backing_chain
-from a3s_box.errors import DriverError
+from a3s_box.errors import HostUnsupported
 from a3s_box.jail import support
 from a3s_box.jail.spec import Bind, JailSpec, Limits, merge_binds
 
@@ -25,8 +25,9 @@ def security_level(box_id: str, security: str, qemu_binary: str) -> tuple[bool, 
     missing = support.missing(qemu_binary)
     if missing and security == "strict":
         lacks = "; ".join(f"{c.name}: {c.detail}" for c in missing)
-        raise DriverError(box_id, f"security: strict, but this host cannot confine its VMM ({lacks}); "
-                          "see `box doctor`, or set security: relaxed to run with what it allows")
+        raise HostUnsupported("qemu", f"box {box_id}: security: strict, but this host cannot confine its "
+                              f"VMM ({lacks}); see `box doctor`, or set security: relaxed to run with "
+                              "what it allows")
     names = {c.name for c in missing}
     jail = not names & {"uid", "namespaces"}
     cgroup = jail and "cgroup" not in names
@@ -79,5 +80,8 @@ def hand_over(jail: JailSpec, rundir: Path, spec: QemuSpec) -> None:
     vmm.mkdir(mode=0o700, exist_ok=True)
     Path(jail.root).mkdir(mode=0o700, exist_ok=True)
     spec.console_log.touch()
-    for path in [vmm, spec.console_log, *( [spec.disk] if spec.disk else []), *spec.volume_disks]:
+    own = [vmm, spec.console_log, *([spec.disk] if spec.disk else []), *spec.volume_disks]
+    if spec.memory_file is not None and spec.memory_file.parent == rundir:
+        own.append(spec.memory_file)  # a fork's private RAM file (a template's has its group)
+    for path in own:
         os.chown(path, jail.uid, jail.gid)
