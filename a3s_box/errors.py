@@ -7,6 +7,7 @@
     ├── StateError                the state store is unreadable or locked
     ├── DriverError               a VM could not be created/started/stopped: .box
     │   └── HostUnsupported       the host cannot run this driver (no KVM, no libkrun...): .reason
+    ├── DiskBudgetError           a box's disk would not fit the host's free space: .box
     └── GuestError                the guest init did not answer or broke the protocol: .box
 
 Foreign errors (OSError, httpx, subprocess, sqlite3, libkrun -errno) are translated
@@ -75,6 +76,14 @@ class HostUnsupported(DriverError):
         self.driver = driver
         self.reason = reason
         super().__init__("", f"{driver}: {reason}")
+
+
+class DiskBudgetError(BoxError):
+    """A box's disk would not fit: refused before the box boots (never retried)."""
+
+    def __init__(self, box: str, message: str) -> None:
+        self.box = box
+        super().__init__(f"box {box}: {message}")
 
 
 class GuestError(BoxError):

@@ -127,6 +127,34 @@ class Resources(_Model):
         {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_MEMORY}, {"type": "string", "pattern": SIZE_PATTERN}]})] = Field(
         "256Mi", validate_default=True, description="Memory of the box's VM: a number of bytes or a size with "
         "Ki/Mi/Gi (or K/M/G). At least 64Mi.", examples=["128Mi", "1Gi"])
+    disk: Size | None = Field(None, description=(
+        "Size of the box's root disk; the guest grows its root file system to fit at boot "
+        "(default: the image's content plus 1Gi, at least 1Gi). The host refuses a box whose "
+        "disk, with what its other boxes may still write, does not fit its free space."),
+        examples=["20Gi"])
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_bounds(cls, v: int | None) -> int | None:
+        if v is not None and not (1 << 30) <= v <= (1 << 40):
+            raise ValueError("must be between 1Gi and 1Ti")
+        return v
+
+
+class Logging(_Model):
+    """How much log the host keeps for the box (its console, agent output, network log)."""
+
+    max_size: Size = Field("10Mi", validate_default=True, description=(
+        "Rotate a log file when it reaches this size."), examples=["1Mi"])
+    max_files: Whole = Field(5, ge=1, le=100, description=(
+        "Files kept per log, the current one included (1: truncate at max_size)."), examples=[2])
+
+    @field_validator("max_size")
+    @classmethod
+    def _size_bounds(cls, v: int) -> int:
+        if not (4 << 10) <= v <= (1 << 30):
+            raise ValueError("must be between 4Ki and 1Gi")
+        return v
 
 
 class AgentNamespace(_Model):
@@ -449,6 +477,9 @@ class BoxDef(_Model):
         "`snapshot`: start as a clone of a template VM booted once for the same image, size "
         "and kernel (milliseconds instead of seconds; boxes with a network or volumes boot "
         "cold for now); `cold`: always boot."), examples=["cold"])
+    logging: Logging = Field(default_factory=lambda: Logging.model_validate({}), description=(
+        "Cap and rotation of the logs the host keeps for the box (kubelet's defaults)."),
+        examples=[{"max_size": "1Mi", "max_files": 2}])
     security: Literal["strict", "relaxed"] = Field("strict", description=(
         "How the box's VMM (QEMU) and helpers are confined on the host: `strict` runs them "
         "as a uid of their own with no capabilities, in their own namespaces and root, under "

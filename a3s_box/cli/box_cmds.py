@@ -257,16 +257,25 @@ def _terminal_size() -> tuple[int, int]:
 
 @click.command("logs")
 @click.argument("name")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (through rotations).")
 @click.option("-n", "--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only lines begun since WHEN: a duration ago (10m, 2h) or a UTC time "
+                   "(2026-12-02T10:00:00).")
+@click.option("-t", "--timestamps", is_flag=True, help="Show when each line began.")
 @click.option("--network", "network", is_flag=True,
               help="The box's network log instead: one line per connection and DNS answer.")
 @output_option
 @pass_cli
-def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, network: bool,
-             output: str | None) -> None:
+def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: str | None,
+             timestamps: bool, network: bool, output: str | None) -> None:
     """Print a box's console log (kernel, guest init and agent output), or with
-    --network every connection its egress proxy allowed or denied."""
+    --network every connection its egress proxy allowed or denied. Reads across the
+    rotated files (`logging:` in the Boxfile), oldest first."""
+    from a3s_box.logs.reader import follow as follow_log
+    from a3s_box.logs.reader import log_files, read_lines, select
+
+    since_t = _since(since) if since else None
     with Host(ctx.home) as host:
         row = host.find(name)
         if network:
@@ -277,28 +286,39 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, network
             path = host.home.box_dir(row.id) / "console.log"
             if row.handle is not None:
                 path = Path(str(row.handle.get("console_log") or path))
-        if not path.exists():
+        if not log_files(path):
             what = "network" if network else "console"
             raise BoxError(f"box {row.name}: no {what} log yet ({path})")
         show = _network_line_printer(_fmt(ctx, output)) if network else None
         out = sys.stdout.buffer
-        with open(path, "rb") as f:
-            data = f.read()
-            if tail is not None:
-                data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
-            out.write(show(data) if show else data)
-            out.flush()
-            while follow:
-                chunk = f.read()
-                if chunk:
-                    out.write(show(chunk) if show else chunk)
-                    out.flush()
-                    continue
+        data = select(read_lines(path), tail=tail, since=since_t, timestamps=timestamps)
+        out.write(show(data) if show else data)
+        out.flush()
+        if follow:
+            def alive() -> bool:
                 fresh = host.store.box(row.id)
                 seen = host.runtime.observe(fresh) if fresh is not None else None
-                if seen is None or seen.state is not VmState.RUNNING:
-                    break
-                time.sleep(0.2)
+                return seen is not None and seen.state is VmState.RUNNING
+            for chunk in follow_log(path, alive, timestamps=timestamps):
+                out.write(show(chunk) if show else chunk)
+                out.flush()
+
+
+def _since(text: str) -> float:
+    from datetime import datetime, timezone
+
+    from a3s_box.boxfile.units import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except Exception:  # noqa: BLE001 - not a duration: a time, or a usage error below
+        pass
+    try:
+        t = datetime.fromisoformat(text.removesuffix("Z"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: neither a duration (10m) nor a time (2026-12-02T10:00:00)",
+                                 param_hint="--since") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _network_line_printer(fmt: str) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from a3s_box.guest.protocol import BoxConfig
+from a3s_box.logs.writer import LogLimits
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class BoxLaunch:
     park: bool = False
     # "strict": the VMM confined as a3s_box.jail says, or no box; "relaxed": what the host allows
     security: str = "strict"
+    logging: LogLimits = LogLimits()  # every log the host keeps for the box: cap and files
+    disk_size: int | None = None  # resources.disk: the root disk's size (None: the image's)
 
 
 @dataclass(frozen=True)

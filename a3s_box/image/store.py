@@ -19,6 +19,7 @@ import builtins
 import fcntl
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
+from a3s_box.disks.qcow2 import virtual_size
 from a3s_box.errors import ImageError
 from a3s_box.home import Home
 from a3s_box.image.blobs import BlobStore
@@ -171,9 +173,10 @@ class ImageStore:
                 build_ext4(self.unpacked_dir(record), dest, record.name)
         return dest
 
-    def create_box_disk(self, record: ImageRecord, dest: Path) -> Path:
+    def create_box_disk(self, record: ImageRecord, dest: Path, size: int | None = None) -> Path:
         """A qcow2 overlay on the image's base at `dest` (atomic): a copy of a per-base
-        template, since every overlay of one base is byte-identical when new."""
+        template, since every overlay of one base is byte-identical when new. SIZE: the
+        disk the guest sees, if bigger than the base (its init grows the file system)."""
         template = self.root / "rootfs" / f"{record.digest[7:]}.qcow2"
         if not template.exists():
             base = self.rootfs_base(record)
@@ -184,6 +187,11 @@ class ImageStore:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
             shutil.copyfile(template, tmp)
+            if size is not None and size > virtual_size(tmp):
+                r = subprocess.run(["qemu-img", "resize", "-q", str(tmp), str(size)], capture_output=True,
+                                   text=True, timeout=60)
+                if r.returncode != 0:
+                    raise ImageError(record.name, f"cannot size box disk {dest}: {r.stderr.strip()}")
             os.replace(tmp, dest)
         except OSError as e:
             raise ImageError(record.name, f"cannot create box disk {dest}: {e.strerror or e}") from e

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from a3s_box.logs.writer import LogLimits
 from a3s_box.network.egress import DnsProtocol, Egress, relay_published
 from a3s_box.network.log import NetworkLog
 from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
@@ -40,7 +41,7 @@ async def _serve(rundir: Path) -> None:
     conf = json.loads((rundir / "network.json").read_text())
     policy = NetworkPolicy.from_json(conf["policy"])
     secrets = SecretBook.from_json(conf.get("secrets"))
-    log = NetworkLog(rundir / "network.log", str(conf["box_id"]))
+    log = NetworkLog(rundir / "network.log", str(conf["box_id"]), LogLimits.from_json(conf.get("logging")))
     ns = NetNamespace()
     try:
         ns.configure(PROXY_PORT, DNS_PORT)

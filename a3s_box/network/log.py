@@ -1,7 +1,8 @@
 """The per-box network log: one JSON line per decision (`box logs --network BOX`).
 
 Writing never blocks or fails the proxy: a line that cannot be written (a full disk)
-is dropped and counted, and the count is written with the next line that fits.
+is dropped and counted, and the count is written with the next line that fits. The
+file is capped and rotated like every per-box log (a3s_box.logs).
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from a3s_box.logs.writer import LogLimits, RotatingFile
+
 
 class NetworkLog:
-    def __init__(self, path: Path | None, box: str) -> None:
+    def __init__(self, path: Path | None, box: str, limits: LogLimits = LogLimits()) -> None:
         self.path = path
         self.box = box
         self.dropped = 0
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) \
-            if path is not None else -1
+        self.file = RotatingFile(path, limits, mode=0o600) if path is not None else None
         self.lines: list[dict[str, Any]] = []  # kept only without a file (tests)
 
     def write(self, **fields: Any) -> None:
@@ -26,27 +28,28 @@ class NetworkLog:
                   "box": self.box, **{k: v for k, v in fields.items() if v not in (None, "")}}
         if self.dropped:
             record["dropped_before"] = self.dropped
-        if self.fd < 0:
+        if self.file is None:
             self.lines.append(record)
             return
-        try:
-            os.write(self.fd, (json.dumps(record, sort_keys=True) + "\n").encode())
-            self.dropped = 0
-        except OSError:
-            self.dropped += 1
+        if self.path is not None:  # network traffic is activity (a leased box's idle_timeout)
+            try:
+                os.utime(self.path.parent / "activity")
+            except OSError:
+                pass
+        before = self.file.dropped_writes
+        self.file.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        self.dropped = self.dropped + 1 if self.file.dropped_writes > before else 0
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.file is not None:
+            self.file.close()
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
     out = []
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
+    from a3s_box.logs.reader import log_files
+
+    text = "".join(p.read_text(errors="replace") for p in log_files(path))
     for line in text.splitlines():
         try:
             out.append(json.loads(line))

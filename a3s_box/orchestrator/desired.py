@@ -111,6 +111,10 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
         spec["boot"] = box.boot  # only when not the default: older boxes keep their hash
     if box.security != "strict":
         spec["security"] = box.security
+    if box.resources.disk is not None:
+        spec["resources"]["disk"] = human_size(box.resources.disk)
+    if (box.logging.max_size, box.logging.max_files) != (10 << 20, 5):
+        spec["logging"] = {"max_size": human_size(box.logging.max_size), "max_files": box.logging.max_files}
     if box.volumes:
         spec["volumes"] = [{"type": v.type, "source": v.source, "target": v.target,
                             "read_only": v.read_only, "size": human_size(v.size) if v.size else None}

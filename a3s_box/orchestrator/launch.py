@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
+from a3s_box.logs.writer import LogLimits
 from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT
 from a3s_box.network.policy import NetworkPolicy
 from a3s_box.network.secrets import new_placeholder
@@ -131,6 +132,8 @@ def box_launch(box_id: str, name: str, box: BoxDef, image_config: Any, rundir: P
         boot=box.boot,
         image=image,
         security=box.security,
+        logging=LogLimits(box.logging.max_size, box.logging.max_files),
+        disk_size=box.resources.disk,
     )
 
 
@@ -151,6 +154,8 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "image": launch.image,
         "park": launch.park,
         "security": launch.security,
+        "logging": launch.logging.to_json(),
+        "disk_size": launch.disk_size,
         "config": {
             "hostname": c.hostname, "env": list(c.env), "argv": list(c.argv),
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
@@ -176,6 +181,8 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         image=str(data.get("image") or ""),
         park=bool(data.get("park")),
         security=str(data.get("security") or "strict"),
+        logging=LogLimits.from_json(data.get("logging")),
+        disk_size=int(data["disk_size"]) if data.get("disk_size") else None,
         config=BoxConfig(
             hostname=c["hostname"], env=tuple(c["env"]), argv=tuple(c["argv"]),
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),

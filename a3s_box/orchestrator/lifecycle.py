@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from a3s_box.disks.budget import MARGIN, budget, mib
 from a3s_box.drivers import get_driver
 from a3s_box.drivers.base import BoxLaunch, Driver, VmHandle, VmObservation, VmState
-from a3s_box.errors import BoxError, DriverError, GuestError
+from a3s_box.errors import BoxError, DiskBudgetError, DriverError, GuestError
 from a3s_box.home import Home
 from a3s_box.orchestrator.launch import launch_from_json, launch_to_json
 from a3s_box.orchestrator.state import BoxRow, StateStore
@@ -28,7 +29,7 @@ STOP_TIMEOUT = 10.0
 class ImageBackend(Protocol):
     """The part of image.ImageStore that box lifecycle needs."""
 
-    def create_box_disk(self, record: Any, dest: Path) -> Path: ...
+    def create_box_disk(self, record: Any, dest: Path, size: int | None = None) -> Path: ...
     def remove_box_disk(self, dest: Path) -> None: ...
 
 
@@ -85,7 +86,8 @@ class BoxRuntime:
             launch.rundir.mkdir(parents=True, exist_ok=True)
             _check_free_space(row.name, launch.rundir)
             if launch.disk is not None:
-                images.create_box_disk(record, launch.disk)
+                images.create_box_disk(record, launch.disk, launch.disk_size)
+                self._check_disk_budget(row.id, launch.disk)
             _write_json(launch.rundir / "box.json", launch_to_json(launch))
             handle = driver.start(launch, timeout)
             status = "parked" if "parked" in handle.extra else "running"
@@ -136,6 +138,20 @@ class BoxRuntime:
             raise
         finally:
             self.store.journal_end(entry)
+
+    def _check_disk_budget(self, name: str, disk: Path) -> None:
+        """Refuse a box whose disk, with what the other disks here may still write, does
+        not fit the free space (a3s_box.disks.budget)."""
+        others = [self.home.box_dir(r.id) / "disk.qcow2" for r in self.store.boxes()]
+        vols = self.home.root / "volumes"
+        if vols.is_dir():
+            others += sorted(vols.glob("*/disk.*"))  # named volumes grow too
+        b = budget(disk, others, disk.parent)
+        if not b.fits:
+            raise DiskBudgetError(name, f"its disk ({mib(b.needed)}) does not fit on this host: {mib(b.free)} free "
+                              f"under {self.home.root}, of which the other boxes' disks may still write "
+                              f"{mib(b.may_write)} and {mib(MARGIN)} stays free (overcommit x{b.overcommit:g}; "
+                              "A3S_BOX_DISK_OVERCOMMIT raises it)")
 
     def destroy(self, row: BoxRow, images: ImageBackend | None) -> None:
         """VM gone, disk overlay and runtime folder removed, row deleted. Idempotent."""

@@ -1,8 +1,10 @@
 """Background filler of one warm pool: `python -m a3s_box.orchestrator.pool_filler HOME PROJECT POOL`.
 
 Started detached by `acquire`/`release`; boots replacements until the pool is at
-min_ready, then exits. Only one filler per pool runs (a per-pool flock); a filler that
-finds the lock taken exits at once, the running one re-reads the pool each pass.
+min_ready. While a leased member has a lifetime (`lifetime.idle_timeout`,
+`max_duration`), it stays and checks every WATCH_INTERVAL, ending leases past theirs;
+then it exits. Only one filler per pool runs (a per-pool flock); a filler that finds
+the lock taken exits at once, the running one re-reads the pool each pass.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from a3s_box.errors import BoxError
 from a3s_box.home import Home
 from a3s_box.orchestrator.pools import PoolKeeper, pool_lock
 
-MAX_PASSES = 20
+MAX_FAILED_PASSES = 20
+WATCH_INTERVAL = 1.0
 
 
 def fill(home: Home, project: str, pool: str, log: "object") -> int:
@@ -25,7 +28,7 @@ def fill(home: Home, project: str, pool: str, log: "object") -> int:
     store = StateStore(home.state_db)
     keeper = PoolKeeper(BoxRuntime(home, store), ImageStore(home))
     failures = 0
-    for _ in range(MAX_PASSES):
+    while failures < MAX_FAILED_PASSES:
         try:
             results = keeper.converge(project, pool)
         except BoxError as e:
@@ -34,11 +37,15 @@ def fill(home: Home, project: str, pool: str, log: "object") -> int:
         for step, outcome in results:
             print(f"{time.strftime('%H:%M:%S')} {step.op} {step.member or ''} ({step.reason}): {outcome}",
                   file=log, flush=True)  # type: ignore[call-overload]
-        if not any(s.op == "create" for s, _ in results):
-            return 0
         if any(o != "ok" for _, o in results):
             failures += 1
             time.sleep(min(30.0, 2.0 ** failures))  # back off on a template that fails to boot
+            continue
+        if any(s.op == "create" for s, _ in results):
+            continue
+        if not keeper.watching(project, pool):
+            return 0
+        time.sleep(WATCH_INTERVAL)
     return 0
 
 

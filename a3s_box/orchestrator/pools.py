@@ -42,6 +42,7 @@ class Member:
     spec_hash: str
     leased: bool
     since: float  # idle: since when; leased: lease start
+    active: float = 0.0  # leased: the last exec, file transfer or network flow (or the lease)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def reconcile_pool(spec: PoolSpec, members: list[Member], now: float) -> list[Po
             steps.append(PoolStep("delete", m.id, f"VM {m.status}"))
         elif m.leased and spec.max_duration is not None and now - m.since > spec.max_duration:
             steps.append(PoolStep("delete", m.id, "lease exceeded lifetime.max_duration"))
+        elif (m.leased and spec.lease_idle_timeout is not None
+              and now - max(m.active, m.since) > spec.lease_idle_timeout):
+            steps.append(PoolStep("delete", m.id, "lease idle beyond lifetime.idle_timeout"))
         elif not m.leased and m.spec_hash != spec.spec_hash and spec.update == "recreate":
             steps.append(PoolStep("delete", m.id, "template changed (update: recreate)"))
         else:
@@ -100,7 +104,11 @@ def _as_member(runtime: BoxRuntime, row: BoxRow) -> Member:
         seen = runtime.observe(row)
         if seen is not None and seen.state.value != "running":
             status = "exited"
-    return Member(row.id, status, row.spec_hash, row.lease is not None, row.updated_at)
+    try:
+        active = (runtime.home.box_dir(row.id) / "activity").stat().st_mtime
+    except OSError:
+        active = 0.0
+    return Member(row.id, status, row.spec_hash, row.lease is not None, row.updated_at, active)
 
 
 def pool_spec(row: PoolRow) -> PoolSpec:
@@ -139,6 +147,16 @@ class PoolKeeper:
                 outs = list(ex.map(lambda s: self._guard(lambda: self._create(project, pool, row)), creates))
             results += list(zip(creates, outs))
         return results
+
+    def watching(self, project: str, pool: str) -> bool:
+        """Whether a leased member has a lifetime to enforce (the filler then stays)."""
+        row = next((p for p in self.runtime.store.pools(project) if p.name == pool), None)
+        if row is None:
+            return False
+        spec = pool_spec(row)
+        if spec.max_duration is None and spec.lease_idle_timeout is None:
+            return False
+        return any(r.lease is not None for r in members_of(self.runtime, project, pool))
 
     def _guard(self, fn: Any) -> str:
         try:

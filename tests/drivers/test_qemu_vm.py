@@ -155,7 +155,7 @@ def test_stop_shuts_down_cleanly_and_is_idempotent(driver: QemuDriver, box: VmHa
     driver.stop(box, 10.0)
     obs = driver.observe(box)
     assert obs.state is VmState.EXITED and obs.exit_reason == "the guest powered off"
-    assert sorted(p.name for p in rundir.iterdir()) == ["console.log", "disk.qcow2",
+    assert sorted(p.name for p in rundir.iterdir()) == ["activity", "console.log", "disk.qcow2",
                                                         "exit.json", "shim.log"]
     assert processes_mentioning(str(rundir)) == []
     driver.stop(box, 10.0)  # again: nothing to do, no error
@@ -167,7 +167,7 @@ def test_qemu_killed_from_outside_is_observed(driver: QemuDriver, base_disk: Pat
                                               tmp_path: Path) -> None:
     h = driver.start(_launch(tmp_path, base_disk, "proj.victim"), BOOT_TIMEOUT)
     try:
-        qemu = [p for p in processes_mentioning(str(tmp_path / "proj.victim" / "console.log"))
+        qemu = [p for p in processes_mentioning(str(tmp_path / "proj.victim" / "console.sock"))
                 if Path(f"/proc/{p}/exe").resolve().name.startswith("qemu-system")]
         assert len(qemu) == 1
         os.kill(qemu[0], signal.SIGKILL)

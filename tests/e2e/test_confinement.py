@@ -47,7 +47,7 @@ def _qemu(box: BoxCli, name: str) -> int:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmd[0].endswith(b"qemu-system-x86_64") and str(rundir).encode() + b"/console.log" in b" ".join(cmd):
+            if cmd[0].endswith(b"qemu-system-x86_64") and str(rundir).encode() + b"/console.sock" in b" ".join(cmd):
                 return int(entry.name)
     raise AssertionError(f"no QEMU for {name}")
 
@@ -215,4 +215,4 @@ def _is_qemu_of(proc: Path, rundir: Path) -> bool:
     except OSError:
         return False
     return b"qemu-system" in cmd.split(b"\0")[0] + cmd and b"-sandbox" not in cmd \
-        and str(rundir).encode() + b"/console.log" in cmd and not cmd.startswith(b"/bin/sh")
+        and str(rundir).encode() + b"/console.sock" in cmd and not cmd.startswith(b"/bin/sh")

@@ -24,7 +24,7 @@ from a3s_box.drivers.krun.driver import KrunDriver, pid_is_supervisor, spawn_sup
 from a3s_box.drivers.krun.library import Krun
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
 from a3s_box.drivers.krun.spec import KrunSpec, box_spec
-from a3s_box.errors import DriverError, GuestError
+from a3s_box.errors import DriverError, GuestError, HostUnsupported
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.home import Home
 

@@ -61,3 +61,12 @@ def test_a_lease_past_max_duration_is_ended() -> None:
     steps = reconcile_pool(spec, [m("a", leased=True, since=0), m("b")], 101)
     assert ops(steps) == [("delete", "a")]
     assert "max_duration" in steps[0].reason
+
+
+def test_a_lease_idle_past_its_idle_timeout_is_ended_and_activity_keeps_it() -> None:
+    spec = PoolSpec(1, 4, "recreate", 60.0, "h1", lease_idle_timeout=30.0)
+    idle = Member("old", "running", "h1", True, since=0.0, active=10.0)
+    busy = Member("busy", "running", "h1", True, since=0.0, active=95.0)
+    fresh = Member("new", "running", "h1", True, since=90.0, active=0.0)  # leased just now
+    steps = reconcile_pool(spec, [idle, busy, fresh, m("ready")], 100.0)
+    assert ops(steps) == [("delete", "old")] and "idle_timeout" in steps[0].reason

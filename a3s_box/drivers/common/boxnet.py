@@ -47,7 +47,8 @@ def prepare_network(launch: BoxLaunch) -> tuple[tuple[int, int], ...]:
         ca_dir = str(launch.rundir)
     conf: dict[str, Any] = {"box_id": launch.box_id, "policy": launch.network.policy,
                             "secrets": launch.network.secrets, "ca_dir": ca_dir,
-                            "forwards": [[i, inner] for i, (inner, _) in enumerate(forwards)]}
+                            "forwards": [[i, inner] for i, (inner, _) in enumerate(forwards)],
+                            "logging": launch.logging.to_json()}
     path = launch.rundir / NETWORK_JSON
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -67,6 +67,9 @@ class QemuSpec:
     shares: tuple[tuple[Path, str], ...] = ()
     volume_disks: tuple[Path, ...] = ()  # named volumes: /dev/vdb, /dev/vdc, ... in order
     sandbox: str | None = None  # QEMU's seccomp filter (-sandbox VALUE); None: none
+    # The serial console to a unix socket the shim listens on (it caps and rotates the
+    # log); None: straight into console_log (the probe)
+    console_socket: Path | None = None
     extra: tuple[str, ...] = field(default=())
 
 
@@ -127,7 +130,8 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
             "-kernel", str(spec.kernel),
             "-initrd", str(spec.initramfs),
             "-append", kernel_cmdline(spec),
-            "-chardev", f"file,id=con,path={_opt(spec.console_log)},append=on",
+            "-chardev", f"socket,id=con,path={_opt(spec.console_socket)}" if spec.console_socket else
+            f"file,id=con,path={_opt(spec.console_log)},append=on",
             "-serial", "chardev:con"]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from a3s_box.drivers.qemu.argv import QemuSpec
-from a3s_box.drivers.qemu.snapshot import backing_chain
+from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.errors import HostUnsupported
 from a3s_box.jail import support
 from a3s_box.jail.spec import Bind, JailSpec, Limits, merge_binds
@@ -44,7 +44,7 @@ def vmm_dir(rundir: Path) -> Path:
 def plan_jail(name: str, rundir: Path, spec: QemuSpec, uid: int, gid: int, groups: tuple[int, ...],
               network: bool, limits: Limits | None, kvm_gid: int | None = None) -> JailSpec:
     binds = [Bind(str(spec.kernel)), Bind(str(spec.initramfs)), Bind(str(vmm_dir(rundir)), True),
-             Bind(str(spec.console_log), True)]
+             Bind(str(spec.console_socket), True) if spec.console_socket else Bind(str(spec.console_log), True)]
     if spec.channel is not None:
         binds.append(Bind(str(spec.channel), True))
     if spec.disk is not None:
@@ -79,8 +79,10 @@ def hand_over(jail: JailSpec, rundir: Path, spec: QemuSpec) -> None:
     vmm = vmm_dir(rundir)
     vmm.mkdir(mode=0o700, exist_ok=True)
     Path(jail.root).mkdir(mode=0o700, exist_ok=True)
-    spec.console_log.touch()
-    own = [vmm, spec.console_log, *([spec.disk] if spec.disk else []), *spec.volume_disks]
+    own = [vmm, *([spec.disk] if spec.disk else []), *spec.volume_disks]
+    if spec.console_socket is None:  # QEMU writes the log itself (else the shim does)
+        spec.console_log.touch()
+        own.append(spec.console_log)
     if spec.memory_file is not None and spec.memory_file.parent == rundir:
         own.append(spec.memory_file)  # a fork's private RAM file (a template's has its group)
     for path in own:

@@ -34,14 +34,16 @@ from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
-                                         observe_supervised, rundir_of, stop_supervised, tail,
+                                         observe_supervised, rundir_of, stop_supervised,
                                          wait_gone)
 from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
+from a3s_box.logs.reader import read_lines, select
+from a3s_box.logs.writer import LogLimits
 
 CONSOLE = "console.log"
 GUEST_SOCK = "guest.sock"
-RUNTIME_FILES = ("guest.sock", "channel.sock", "qmp.sock", "shim.pid", "launch.json",
+RUNTIME_FILES = ("guest.sock", "channel.sock", "console.sock", "qmp.sock", "shim.pid", "launch.json",
                  ".guest.sock.tmp", "network.json")
 
 
@@ -49,7 +51,8 @@ SHIM = "a3s_box.drivers.qemu.shim"
 
 
 def console_tail(path: Path, lines: int = 15) -> str:
-    return "\n".join("  | " + ln for ln in tail(path, lines)) or "(no console output)"
+    text = select(read_lines(path), tail=lines).decode(errors="replace")
+    return "\n".join("  | " + ln for ln in text.splitlines()) or "(no console output)"
 
 
 def _pid_is_shim(pid: int, rundir: str) -> bool:
@@ -128,7 +131,8 @@ class QemuDriver:
         extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
         jail = self._jail(launch.box_id, rundir, spec, conf, network=forwards is not None,
                           helpers=(forwards is not None) + len(virtiofsd))
-        handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label)
+        handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label,
+                                   logging=launch.logging)
         done = self._finish(launch, handle, pgid, timeout, boot)
         if launch.park:  # booted cold: all it can save is CPU
             self.pause(done)
@@ -155,6 +159,7 @@ class QemuDriver:
         return QemuSpec(binary=self.binary, accel=accel, vcpus=launch.vcpus,
                         memory_mib=launch.memory_mib, kernel=art.kernel,
                         initramfs=art.initramfs, console_log=rundir / CONSOLE,
+                        console_socket=rundir / "console.sock",
                         channel=rundir / "channel.sock", qmp=vmm_dir(rundir) / "qmp.sock",
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
                         tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
@@ -162,15 +167,18 @@ class QemuDriver:
 
     def _spawn(self, box_id: str, rundir: Path, spec: QemuSpec, extra: dict[str, object],
                detach: bool = True, jail: JailSpec | None = None,
-               label: str = "") -> tuple[VmHandle, int]:
+               label: str = "", logging: LogLimits = LogLimits()) -> tuple[VmHandle, int]:
         """Write RUNDIR/launch.json and start the shim (QEMU its child, confined by JAIL);
         the handle and the process group to kill if anything goes wrong."""
         vmm_dir(rundir).mkdir(mode=0o700, exist_ok=True)
         tmp = rundir / ".launch.json"
         tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec),
                                    "channel": str(rundir / "channel.sock"),
+                                   "console": str(spec.console_log),
+                                   "console_socket": str(spec.console_socket) if spec.console_socket else None,
                                    "guest_socket": str(rundir / GUEST_SOCK),
-                                   "jail": jail.to_json() if jail else None, **extra}, indent=1))
+                                   "jail": jail.to_json() if jail else None,
+                                   "logging": logging.to_json(), **extra}, indent=1))
         os.replace(tmp, rundir / "launch.json")
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -246,7 +254,7 @@ class QemuDriver:
     def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float,
                      conf: "_Confinement") -> VmHandle:
         key = snapshot_key(spec, launch.image, qemu_version(self.binary),
-                           host_cpu_model() if spec.accel == "kvm" else "")
+                           host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0)
         store = TemplateStore(self.home.cache)
         template = store.get(key) or self._build_template(store, key, launch, spec, timeout, conf)
         assert launch.disk is not None
@@ -263,7 +271,7 @@ class QemuDriver:
             jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=False, helpers=0,
                               groups=(self._template_gid(key),))
             handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []},
-                                       jail=jail, label=conf.label)
+                                       jail=jail, label=conf.label, logging=launch.logging)
             boot = f"snapshot {key[:12]}"
             fresh = _unique_randomness(store, key, launch.box_id)
             try:
@@ -321,7 +329,8 @@ class QemuDriver:
             shutil.copyfile(launch.disk, st / "disk.qcow2")  # a fresh overlay of the image
             with open(st / "ram", "wb") as f:
                 f.truncate(launch.memory_mib << 20)
-            tspec = replace(spec, console_log=st / CONSOLE, channel=st / "channel.sock",
+            tspec = replace(spec, console_log=st / CONSOLE, console_socket=st / "console.sock",
+                            channel=st / "channel.sock",
                             qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
                             memory_shared=True)
             gid = self._template_gid(key)
@@ -406,7 +415,7 @@ class QemuDriver:
                 create_overlay_on(layer, launch.disk)
                 jail = self._jail(launch.box_id, rundir, spec, conf, network=False, helpers=0)
                 handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": False, "virtiofsd": []},
-                                           jail=jail, label=conf.label)
+                                           jail=jail, label=conf.label, logging=launch.logging)
 
                 def migrate(h: VmHandle) -> None:
                     # one socket pair, an end to each QEMU: neither can reach the other's files
@@ -590,6 +599,10 @@ def create_overlay_on(backing: Path, dest: Path) -> None:
 def _remove_runtime_files(rundir: Path) -> None:
     for name in RUNTIME_FILES:
         (rundir / name).unlink(missing_ok=True)
-    (vmm_dir(rundir) / "qmp.sock").unlink(missing_ok=True)
+    shutil.rmtree(vmm_dir(rundir), ignore_errors=True)  # the QMP socket's folder
+    try:
+        (rundir / "jail").rmdir()  # the (empty) folder a confined QEMU's root was mounted on
+    except OSError:
+        pass
     for sock in rundir.glob("vfs*.sock*"):
         sock.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
 from a3s_box.jail import cgroup
 from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
 from a3s_box.jail.spec import JailSpec
+from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
@@ -64,6 +66,20 @@ def _read_only_view(source: str, first: Callable[[], None]) -> None:
         os._exit(126)  # never serve a read-only volume writable
 
 
+# What counts as using the box (a leased box's idle_timeout): running things and moving
+# files; not `box ps`'s STATUS or a PING.
+USE = frozenset({MsgType.EXEC, MsgType.STDIN, MsgType.PUT, MsgType.GET, MsgType.SIGNAL, MsgType.RESIZE})
+
+
+def touch_activity(rundir: Path) -> None:
+    try:
+        os.utime(rundir / "activity")
+    except FileNotFoundError:
+        (rundir / "activity").touch()
+    except OSError:
+        pass
+
+
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n")
 
@@ -88,6 +104,7 @@ class _Conn:
     sock: socket.socket
     reader: FrameReader = field(default_factory=FrameReader)
     out: bytearray = field(default_factory=bytearray)
+    using: bool = False  # it ran something or moved files (not just STATUS or PING)
 
 
 class Shim:
@@ -103,6 +120,12 @@ class Shim:
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
         self.virtiofsd: list[subprocess.Popen[bytes]] = []
         self.jail = JailSpec.from_json(launch["jail"]) if launch.get("jail") else None
+        self.console_socket = Path(launch["console_socket"]) if launch.get("console_socket") else None
+        self.console_path = Path(str(launch.get("console") or rundir / "console.log"))
+        self.logging = LogLimits.from_json(launch.get("logging"))
+        self.console_log: RotatingFile | None = None
+        self.stamper = TimestampedLines()
+        self.last_touch = 0.0
         self.cgroup: cgroup.BoxCgroup | None = None
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, _Conn] = {}
@@ -124,6 +147,14 @@ class Shim:
         chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan.bind(str(self.channel_path))
         chan.listen(1)
+        console: socket.socket | None = None
+        if self.console_socket is not None:
+            # QEMU's serial console comes here; the log is ours to cap, rotate and stamp
+            self.console_socket.unlink(missing_ok=True)
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            console.bind(str(self.console_socket))
+            console.listen(1)
+            self.console_log = RotatingFile(self.console_path, self.logging)
         try:
             if self.jail is not None and self.jail.limits is not None:
                 # every process serving the box shares its limits
@@ -159,6 +190,8 @@ class Shim:
         jail = self.jail
         if jail is not None:
             os.chown(self.channel_path, jail.uid, jail.gid)  # QEMU connects as the box's uid
+            if self.console_socket is not None:
+                os.chown(self.console_socket, jail.uid, jail.gid)
             for spec in self.virtiofsd_specs:
                 os.chown(str(spec["socket"]), jail.uid, jail.gid)
             new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
@@ -176,11 +209,15 @@ class Shim:
         pidfd = os.pidfd_open(self.qemu.pid)
         self.sel.register(pidfd, selectors.EVENT_READ, "qemu")
         self.sel.register(chan, selectors.EVENT_READ, "channel")
+        if console is not None:
+            self.sel.register(console, selectors.EVENT_READ, "console-listen")
         try:
             while self.qemu.poll() is None:
                 ready = self.sel.select(timeout=0.5)
                 for key, events in ready:
                     self._dispatch(key, events)
+                if any(c.using for c in self.clients.values()):
+                    self._active()  # a long exec with no output is still use
                 if not ready and self.mux is None and self.guest is not None:
                     # until the guest answers, repeat HELLO (extra answers are ignored)
                     self.guest.out += p.hello()
@@ -201,6 +238,9 @@ class Shim:
                 result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
                     f"{result['reason']} while stopping ({self.stopping})"
             self.log(str(result["reason"]))
+            self._drain_console()
+            if self.console_log is not None:
+                self.console_log.close()
             for path in (self.guest_path, self.channel_path):
                 path.unlink(missing_ok=True)
             write_json_atomic(self.rundir / "exit.json", result)
@@ -272,6 +312,10 @@ class Shim:
             return  # the loop condition notices
         if what == "channel":
             self._accept_guest(key.fileobj)  # type: ignore[arg-type]
+        elif what == "console-listen":
+            self._accept_console(key.fileobj)  # type: ignore[arg-type]
+        elif what == "console":
+            self._console_io(key.fileobj)  # type: ignore[arg-type]
         elif what == "listen":
             self._accept_client()
         elif what == "guest":
@@ -283,6 +327,45 @@ class Shim:
             except Exception:  # one client's trouble must not take the others down
                 traceback.print_exc()
                 self._drop_client(cid, "failed")
+
+    def _active(self) -> None:
+        """A client used the box (exec, files): RUNDIR/activity's time says when, for a
+        leased box's lifetime.idle_timeout. At most one touch a second."""
+        now = time.monotonic()
+        if now - self.last_touch >= 1.0:
+            self.last_touch = now
+            touch_activity(self.rundir)
+
+    # --- the console ----------------------------------------------------------
+    def _accept_console(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        self.sel.unregister(listener)
+        listener.close()
+        conn.setblocking(False)
+        self.console_conn = conn
+        self.sel.register(conn, selectors.EVENT_READ, "console")
+
+    def _drain_console(self) -> None:
+        """What QEMU wrote before it exited (a panic's last lines) still goes to the log."""
+        conn = getattr(self, "console_conn", None)
+        for _ in range(256):
+            if conn is None or conn.fileno() < 0:
+                break
+            self._console_io(conn)
+
+    def _console_io(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(conn)
+            conn.close()
+            return
+        if self.console_log is not None:  # never blocks on a full disk: drops and counts
+            self.console_log.write(self.stamper.feed(data))
 
     # --- the guest side -------------------------------------------------------
     def _accept_guest(self, chan: socket.socket) -> None:
@@ -389,6 +472,9 @@ class Shim:
                 self._drop_client(cid, "disconnected")
                 return
             frames = c.reader.feed(data or b"")
+            if any(f.type in USE for f in frames):
+                c.using = True  # an exec or a transfer: active for as long as it is connected
+                self._active()
             if c.reader.errors:
                 self._drop_client(cid, f"protocol error: {c.reader.errors[0]}")
                 return

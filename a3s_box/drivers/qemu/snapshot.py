@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.atomic import write_text_atomic
+from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
 
@@ -74,18 +75,22 @@ def binary_hash(binary: str) -> str:
 def normalized_argv(spec: QemuSpec) -> list[str]:
     """The argv with every per-box path replaced: what must match between a template and
     its clones (memory, vCPUs, machine, devices, kernel command line)."""
-    anon = replace(spec, console_log=Path("CONSOLE"), channel=Path("CHANNEL") if spec.channel else None,
+    anon = replace(spec, console_log=Path("CONSOLE"),
+                   console_socket=Path("CONSOLE.SOCK") if spec.console_socket else None,
+                   channel=Path("CHANNEL") if spec.channel else None,
                    qmp=Path("QMP") if spec.qmp else None, disk=Path("DISK") if spec.disk else None,
                    memory_file=Path("RAM"), memory_shared=False, incoming=None)
     return qemu_argv(anon)
 
 
-def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str = "") -> str:
+def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str = "",
+                 disk_size: int = 0) -> str:
     parts = {
         "v": KEY_VERSION, "argv": normalized_argv(spec), "qemu": qemu_version,
         "qemu_binary": binary_hash(spec.binary), "kernel": _file_hash(spec.kernel),
         "initramfs": spec.initramfs.name,  # named by the hash of init + modules
         "accel": spec.accel, "tsc_khz": spec.tsc_khz, "cpu": cpu_model, "image": image,
+        **({"disk": disk_size} if disk_size else {}),  # the template's root was grown to it
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -98,35 +103,6 @@ def host_cpu_model() -> str:
     except OSError:
         pass
     return ""
-
-
-def backing_file(image: Path) -> Path | None:
-    """The backing file named in a qcow2 header (pure read; None for raw or no backing)."""
-    try:
-        with open(image, "rb") as f:
-            head = f.read(20)
-            if len(head) < 20 or head[:4] != b"QFI\xfb":
-                return None
-            offset, size = int.from_bytes(head[8:16], "big"), int.from_bytes(head[16:20], "big")
-            if not offset or not 0 < size <= 4096:
-                return None
-            f.seek(offset)
-            name = f.read(size).decode(errors="replace")
-    except OSError:
-        return None
-    path = Path(name)
-    return path if path.is_absolute() else image.parent / path
-
-
-def backing_chain(image: Path, limit: int = 64) -> list[Path]:
-    """IMAGE's backing files, nearest first."""
-    chain: list[Path] = []
-    current: Path | None = image
-    while current is not None and len(chain) < limit:
-        current = backing_file(current)
-        if current is not None:
-            chain.append(current)
-    return chain
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -198,6 +199,37 @@ static void install_self(const char *self, const char *dir)
 	copy_file(self, p, 0755);
 }
 
+/* The host may have given the box a bigger disk than the image's file system
+ * (resources.disk): grow it online to fill the device. A no-op when it already does. */
+#define A3S_BLKGETSIZE64 0x80081272UL /* _IOR(0x12, 114, size_t) */
+#define A3S_EXT4_IOC_RESIZE_FS 0x40086610UL /* _IOW('f', 16, __u64) */
+static void grow_root(const char *dev, const char *mnt)
+{
+	int d = open(dev, O_RDONLY | O_CLOEXEC);
+	unsigned long long bytes = 0;
+	if (d < 0 || ioctl(d, A3S_BLKGETSIZE64, &bytes) < 0) {
+		if (d >= 0)
+			close(d);
+		return;
+	}
+	close(d);
+	struct statfs sf;
+	int m = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (m < 0)
+		return;
+	if (fstatfs(m, &sf) == 0 && sf.f_bsize > 0) {
+		uint64_t blocks = bytes / (uint64_t)sf.f_bsize;
+		/* f_blocks excludes the file system's own overhead: only try when clearly short */
+		if (blocks > (uint64_t)sf.f_blocks + blocks / 20) {
+			if (ioctl(m, A3S_EXT4_IOC_RESIZE_FS, &blocks) < 0)
+				logmsg("grow root to %llu MiB: %s", bytes >> 20, strerror(errno));
+			else
+				dbg("root grown to %llu MiB", bytes >> 20);
+		}
+	}
+	close(m);
+}
+
 int boot_switch_root(const struct bootcfg *c, const char *self)
 {
 	if (!strcmp(c->root, "none")) {
@@ -220,6 +252,8 @@ int boot_switch_root(const struct bootcfg *c, const char *self)
 		logmsg("mount root %s (%s): %s", src, type, strerror(errno));
 		return -1;
 	}
+	if (!strcmp(type, "ext4"))
+		grow_root(src, "/newroot");
 	static const char *points[] = {"/newroot/proc", "/newroot/sys", "/newroot/dev",
 				       "/newroot/tmp", "/newroot/.a3s"};
 	for (size_t i = 0; i < sizeof points / sizeof *points; i++)
