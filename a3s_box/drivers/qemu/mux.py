@@ -95,5 +95,17 @@ class Mux:
         self._ctl_waiting = deque(None if c == cid else c for c in self._ctl_waiting)
         return out
 
+    def end_all(self, why: str) -> list[Out]:
+        """The guest broke the protocol: every open session ends with an ERROR to its
+        client (what the guest said on them can no longer be trusted)."""
+        payload = p.Writer().i32(71).str(why).bytes()  # EPROTO
+        out = [Out(cid, p.encode(MsgType.ERROR, stream, payload))
+               for (cid, stream) in sorted(self._to_guest)]
+        for key in sorted(self._to_guest):
+            gid = self._to_guest.pop(key)
+            del self._to_client[gid]
+            out.append(Out(GUEST, p.signal_frame(gid, int(signal.SIGKILL))))
+        return out
+
     def sessions(self, cid: ClientId) -> int:
         return sum(1 for k in self._to_guest if k[0] == cid)

@@ -126,6 +126,8 @@ class Shim:
         self.console_log: RotatingFile | None = None
         self.stamper = TimestampedLines()
         self.last_touch = 0.0
+        self.broken = 0  # malformed guest frames not yet reported
+        self.broken_said = 0.0
         self.cgroup: cgroup.BoxCgroup | None = None
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, _Conn] = {}
@@ -401,7 +403,9 @@ class Shim:
                 return
             for f in g.reader.feed(data or b""):
                 self._from_guest(f)
-            g.reader.errors.clear()  # resynchronised; the guest's stream carries on
+            if g.reader.errors:
+                self._guest_broke(g.reader.errors)
+                g.reader.errors.clear()  # resynchronised; the guest's stream carries on
         self._update_interest()
 
     def _from_guest(self, f: Frame) -> None:
@@ -412,6 +416,25 @@ class Shim:
             return
         for o in self.mux.from_guest(f):
             self._send(o)
+
+    def _guest_broke(self, errors: list[str]) -> None:
+        """A guest (its root may be hostile) sent frames that are not the protocol: its
+        open sessions end with an error to their clients, `box logs` says so (at most
+        once a second), and the stream carries on from the next good frame."""
+        self.broken += len(errors)
+        if self.mux is not None:
+            for o in self.mux.end_all(f"the guest broke the protocol ({errors[0]})"):
+                self._send(o)
+        now = time.monotonic()
+        if now - self.broken_said >= 1.0:
+            self.broken_said = now
+            line = (f"a3s-box: the guest sent {self.broken} malformed frame(s) ({errors[0]}); "
+                    "its sessions were ended\n").encode()
+            self.log(line.decode().strip())
+            if self.console_log is not None:
+                self.console_log.write(self.stamper.feed(b"\n" + line if not self.stamper.at_line_start
+                                                         else line))
+            self.broken = 0
 
     def _guest_gone(self, why: str) -> None:
         self.log(f"guest channel {why}; waiting for qemu to exit")
