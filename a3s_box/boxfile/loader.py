@@ -29,8 +29,10 @@ _DATA_MAPS = {"env"}
 
 
 def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
-         for_apply: bool = False) -> Boxfile:
-    """FOR_APPLY: also check what must hold when boxes are created (secret variables set)."""
+         for_apply: bool = False, contents: Mapping[str, bytes] | None = None) -> Boxfile:
+    """FOR_APPLY: also check what must hold when boxes are created (secret variables set).
+    CONTENTS: a file's bytes by its name in FILES, when they come from elsewhere than the
+    disk (the HTTP API's request body); relative paths in it resolve from where it is named."""
     paths = [Path(f) for f in files] or [Path("Boxfile.yaml")]
     env = os.environ if environ is None else environ
     sources: list[Source] = []
@@ -40,7 +42,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
     volume_bases: dict[str, Path] = {}  # box name -> folder of the file that last set its volumes
     for path in paths:
         try:
-            src = read(path)
+            src = read(path, (contents or {}).get(str(path)))
             data = parse_fast(src)
         except SourceProblem as e:
             problems.append(e.problem)

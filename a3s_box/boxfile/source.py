@@ -33,11 +33,15 @@ class Source:
     text: str
 
 
-def read(path: Path) -> Source:
+def read(path: Path, given: bytes | None = None) -> Source:
+    """PATH's text as a Source; GIVEN: its bytes, already in hand (an API request's body)."""
     name = str(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+        if given is not None:
+            raw = given[:MAX_BYTES + 1]
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SourceProblem(Problem(name, 0, 0, "", "no such file")) from None
     except IsADirectoryError:

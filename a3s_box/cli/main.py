@@ -29,7 +29,8 @@ def _register() -> None:
     import importlib
 
     for mod in ("a3s_box.cli.boxfile_cmds", "a3s_box.cli.image_cmds", "a3s_box.cli.box_cmds",
-                "a3s_box.cli.host_cmds", "a3s_box.cli.files_cmds", "a3s_box.cli.snapshot_cmds"):
+                "a3s_box.cli.host_cmds", "a3s_box.cli.files_cmds", "a3s_box.cli.snapshot_cmds",
+                "a3s_box.cli.serve_cmds"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -160,11 +160,12 @@ class Host:
 
     # --- plan / apply ----------------------------------------------------------
     def load(self, files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
-             for_apply: bool = True) -> "Boxfile":
-        """FOR_APPLY (plan, apply, diff): the variables of declared secrets must be set."""
+             for_apply: bool = True, contents: Mapping[str, bytes] | None = None) -> "Boxfile":
+        """FOR_APPLY (plan, apply, diff): the variables of declared secrets must be set.
+        CONTENTS: files' bytes by name, when they do not come from the disk."""
         from a3s_box.boxfile import load
 
-        return load(files, environ, for_apply=for_apply)
+        return load(files, environ, for_apply=for_apply, contents=contents)
 
     def desired(self, bf: "Boxfile", project: str | None = None) -> "DesiredState":
         from a3s_box.orchestrator.desired import desired_state, project_name
@@ -203,7 +204,14 @@ class Host:
         before_boxes(plan)
         failed = {o.action.node for o in image_outcomes if o.status == "failed"}
         outcomes = list(image_outcomes) + executor.run(plan, desired, failed)
-        return ApplyResult(plan, tuple(outcomes))
+        result = ApplyResult(plan, tuple(outcomes))
+        from a3s_box import audit
+
+        bad = [o for o in outcomes if o.status == "failed"]
+        audit.record(self.home.root, "apply", desired.project,
+                     "ok" if not bad else f"failed: {len(bad)} of {len(outcomes)} changes",
+                     changes=[f"{o.action.kind} {o.action.name}: {o.status}" for o in outcomes if o.status != "unchanged"])
+        return result
 
     def _enforce_image_cap(self, wanted: set[str]) -> None:
         """$A3S_BOX_IMAGE_CAP (e.g. 20Gi): evict least recently used images down to it,
@@ -234,29 +242,30 @@ class Host:
         raise BoxError(f"box {name}: ambiguous, it exists in several projects ({ids}); name one")
 
     def ps(self, project: str | None = None) -> list[BoxInfo]:
-        out: list[BoxInfo] = []
-        for row in self.store.boxes(project):
-            status, detail, accel, pid, boot, security = row.status, "", "", None, "", ""
-            if row.handle is not None:
-                handle = VmHandle.from_json(row.handle)
-                accel, pid, boot = handle.accel, handle.pid, handle.extra.get("boot", "cold")
-                security = handle.extra.get("security", "none")
-                seen = self.runtime.observe(row)
-                if seen is not None and seen.state is not VmState.RUNNING:
-                    status, detail = "exited", seen.exit_reason
-                elif status == "running":
-                    detail = self._agent_detail(row)
-                elif status == "parked":
-                    detail = "loaded and paused; `box pool acquire` runs it"
-            out.append(BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
-                               row.image[:19], pid, detail, network_summary(row.spec), boot, security))
-        return out
+        return [self.info(row) for row in self.store.boxes(project)]
+
+    def info(self, row: BoxRow) -> BoxInfo:
+        """One line of `box ps` for ROW (asks its guest how the agent is doing)."""
+        status, detail, accel, pid, boot, security = row.status, "", "", None, "", ""
+        if row.handle is not None:
+            handle = VmHandle.from_json(row.handle)
+            accel, pid, boot = handle.accel, handle.pid, handle.extra.get("boot", "cold")
+            security = handle.extra.get("security", "none")
+            seen = self.runtime.observe(row)
+            if seen is not None and seen.state is not VmState.RUNNING:
+                status, detail = "exited", seen.exit_reason
+            elif status == "running":
+                detail = self._agent_detail(row)
+            elif status == "parked":
+                detail = "loaded and paused; `box pool acquire` runs it"
+        return BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
+                       row.image[:19], pid, detail, network_summary(row.spec), boot, security)
 
     def inspect(self, name: str) -> dict[str, Any]:
         """Everything known of one box: its spec (secrets by name, never their values),
         where its VM runs, its network policy."""
         row = self.find(name)
-        info = next(b for b in self.ps(row.project) if b.id == row.id)
+        info = self.info(row)
         rundir = self.home.box_dir(row.id)
         return {**info.to_json(), "spec": row.spec, "spec_hash": row.spec_hash,
                 "pool": row.pool, "lease": row.lease, "rundir": str(rundir),
@@ -286,14 +295,26 @@ class Host:
         """A connected, greeted GuestClient for a running box (a context manager)."""
         return self.runtime.client(row, timeout)
 
+    def _audited(self, what: str, target: str, fn: Callable[[], Any]) -> Any:
+        """Run a state change and put it in the audit log, whatever its outcome."""
+        from a3s_box import audit
+
+        try:
+            out = fn()
+        except BoxError as e:
+            audit.record(self.home.root, what, target, f"failed: {e}")
+            raise
+        audit.record(self.home.root, what, target)
+        return out
+
     def stop(self, name: str) -> BoxRow:
-        return self.runtime.stop(self.find(name))
+        return self._audited("stop", name, lambda: self.runtime.stop(self.find(name)))  # type: ignore[no-any-return]
 
     def pause(self, name: str) -> BoxRow:
-        return self.runtime.pause(self.find(name))
+        return self._audited("pause", name, lambda: self.runtime.pause(self.find(name)))  # type: ignore[no-any-return]
 
     def resume(self, name: str) -> BoxRow:
-        return self.runtime.resume(self.find(name))
+        return self._audited("resume", name, lambda: self.runtime.resume(self.find(name)))  # type: ignore[no-any-return]
 
     def fork(self, name: str, new_name: str, timeout: float = 120.0) -> BoxRow:
         """A new box NEW_NAME from box NAME's memory and disk at this instant."""
@@ -304,7 +325,8 @@ class Host:
         if not re.match(NAME_PATTERN, new_name):
             raise BoxError(f"box {new_name}: not a valid name (lower-case letters, digits and '-', "
                            "at most 63)")
-        return self.runtime.fork(self.find(name), new_name, timeout)
+        return self._audited("fork", f"{name} -> {new_name}",  # type: ignore[no-any-return]
+                             lambda: self.runtime.fork(self.find(name), new_name, timeout))
 
     def start(self, name: str, timeout: float = 120.0) -> BoxRow:
         row = self.find(name)
@@ -312,10 +334,10 @@ class Host:
             seen = self.runtime.observe(row)
             if seen is None or seen.state is VmState.RUNNING:
                 return row
-        return self.runtime.start(row, timeout)
+        return self._audited("start", name, lambda: self.runtime.start(row, timeout))  # type: ignore[no-any-return]
 
     def delete(self, name: str) -> None:
-        self.runtime.destroy(self.find(name), self.images)
+        self._audited("delete", name, lambda: self.runtime.destroy(self.find(name), self.images))
 
     # --- pools -----------------------------------------------------------------
     def keep_pools(self, project: str) -> list[str]:
@@ -344,10 +366,11 @@ class Host:
     def acquire(self, pool: str, project: str | None = None, name: str | None = None) -> BoxRow:
         """Lease a ready box from a pool at once; the pool boots a replacement behind."""
         proj = project or self._project_of_pool(pool)
-        return acquire(self.runtime, proj, pool, name)
+        return self._audited("acquire", pool,  # type: ignore[no-any-return]
+                             lambda: acquire(self.runtime, proj, pool, name))
 
     def release(self, name: str, keep: bool = False) -> None:
-        release(self.runtime, self.images, self.find(name), keep)
+        self._audited("release", name, lambda: release(self.runtime, self.images, self.find(name), keep))
 
     @contextmanager
     def leased(self, pool: str, project: str | None = None, name: str | None = None) -> Iterator["LeasedBox"]:
@@ -373,11 +396,11 @@ class Host:
 
         proj = project_name(bf, project)
         gone: list[str] = []
+        for pool in self.store.pools(proj):  # first: a filler finishing a boot then undoes it
+            self.store.delete_pool(proj, pool.name)
         for row in reversed(self.store.boxes(proj)):
             self.runtime.destroy(row, self.images)
             gone.append(row.name)
-        for pool in self.store.pools(proj):
-            self.store.delete_pool(proj, pool.name)
         for b in self.store.image_bindings(proj):
             self.store.delete_image_binding(proj, b.name)
         return gone

@@ -178,7 +178,12 @@ class PoolKeeper:
         new = BoxRow(id=bid, project=project, name=name, spec_hash=row.spec["box_spec"],
                      spec=tmpl["spec"], image=tmpl["image"], driver=tmpl["driver"], handle=None,
                      status="creating", pool=pool)
-        return self.runtime.create(new, launch, self.images, record, READY_TIMEOUT)
+        made = self.runtime.create(new, launch, self.images, record, READY_TIMEOUT)
+        if not any(p.name == pool for p in self.runtime.store.pools(project)):
+            # the pool was deleted while this member booted: it must not outlive it
+            self.runtime.destroy(made, self.images)
+            raise PoolError(pool, "was deleted while a member booted; the member is gone too")
+        return made
 
     def images_get(self, digest: str) -> Any:
         record = self.images.get(digest)  # type: ignore[attr-defined]

@@ -1,0 +1,128 @@
+"""The HTTP API's bodies. The OpenAPI document (schema/openapi.json) is generated from
+these, and the TypeScript SDK's types from it: one source for all three."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the CLI's message in `detail`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    problems: list[str] = Field(default_factory=list, description="FILE:LINE:COL: path: message, each")
+
+
+class Box(BaseModel):
+    id: str
+    project: str
+    name: str
+    status: str
+    driver: str
+    accel: str
+    image: str
+    pid: int | None
+    detail: str
+    network: str
+    boot: str
+    security: str
+
+
+class Change(BaseModel):
+    kind: str
+    node: str
+    op: str
+    reason: str
+    status: str
+    detail: str
+
+
+class ApplyResult(BaseModel):
+    ok: bool
+    plan: str = Field(description="The plan's text, as `box plan` prints it")
+    outcomes: list[Change]
+
+
+class PlanResult(BaseModel):
+    text: str
+    changes: int
+
+
+class ValidateResult(BaseModel):
+    ok: bool
+    images: int
+    boxes: int
+    pools: int
+
+
+class ExecRequest(_Body):
+    argv: list[str] = Field(min_length=1)
+    stdin: str | None = Field(None, description="Text fed to the command's standard input")
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str = ""
+    namespace: Literal["agent", "business"] = "agent"
+    timeout: float | None = Field(60.0, gt=0, le=86400)
+
+
+class ExecResult(BaseModel):
+    exit_code: int | None
+    signal: int | None
+    stdout: str
+    stderr: str
+
+
+class FileEntry(BaseModel):
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+
+
+class Pool(BaseModel):
+    project: str
+    name: str
+    box: str | None
+    ready: int
+    leased: int
+    total: int
+    min_ready: int | None
+    max: int | None
+
+
+class AcquireRequest(_Body):
+    name: str | None = Field(None, description="The leased box's name (default: the member's)")
+    project: str | None = None
+
+
+class ReleaseRequest(_Body):
+    keep: bool = Field(False, description="Return it to the pool idle instead of destroying it")
+
+
+class Image(BaseModel):
+    name: str
+    digest: str
+    size: int
+    last_used: float
+
+
+class Event(BaseModel):
+    time: str
+    who: str
+    what: str
+    target: str
+    result: str
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    ok: bool
+    version: str

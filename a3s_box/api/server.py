@@ -1,0 +1,30 @@
+"""Run the API: on a unix socket in the home (0600: only its user reaches it) by
+default, or on TCP with a bearer token. uvicorn serves it (a well-kept ASGI server)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from a3s_box.api.auth import ensure_token, token_file
+
+API_SOCKET = "api.sock"
+
+
+def serve(home: Path, listen: str | None = None, socket_path: Path | None = None,
+          token_path: Path | None = None, log_level: str = "warning") -> None:
+    import uvicorn
+
+    from a3s_box.api.app import create_app
+
+    home.mkdir(parents=True, exist_ok=True)
+    if listen:
+        host, _, port = listen.rpartition(":")
+        token = ensure_token(token_path or token_file(home))
+        app = create_app(home, token)
+        uvicorn.run(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level=log_level,
+                    ws="websockets-sansio")
+        return
+    sock = socket_path or home / API_SOCKET
+    sock.unlink(missing_ok=True)
+    os.umask(0o177)  # the socket is born 0600
+    uvicorn.run(create_app(home, None), uds=str(sock), log_level=log_level, ws="websockets-sansio")
