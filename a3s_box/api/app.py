@@ -116,6 +116,11 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
             t0 = time.monotonic()
             with host() as h, h.locked():
                 r = h.apply(load(h, body, path, for_apply=True), project)
+                for o in r.outcomes:
+                    if o.action.kind == "box" and o.status == "ok" and o.action.op.value in ("create", "recreate"):
+                        row = h.store.box(f"{r.plan.project}.{o.action.name}")
+                        boot = str(((row.handle or {}).get("extra") or {}).get("boot", "cold")) if row else "cold"
+                        metrics.box_start_seconds.labels(boot.split()[0]).observe(o.seconds)
             metrics.apply_seconds.labels("ok" if r.ok else "failed").observe(time.monotonic() - t0)
             return m.ApplyResult(ok=r.ok, plan=r.plan.text(), outcomes=[m.Change(
                 kind=o.action.kind, node=o.action.name, op=o.action.op.value, reason=o.action.reason,
@@ -234,6 +239,25 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         with host() as h:
             return [m.Image(name=r.name, digest=r.digest, size=r.size, last_used=r.last_used)
                     for r in h.images.list()]
+
+    @app.post("/v1/images/pull", responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    async def pull(req: m.PullRequest) -> StreamingResponse:
+        """Pull an image; server-sent events: `pulling`, then `done` (with the digest) or
+        `error` (a problem)."""
+        async def stream() -> AsyncIterator[bytes]:
+            yield f"event: pulling\ndata: {json.dumps({'ref': req.ref})}\n\n".encode()
+
+            def work() -> Any:
+                with host() as h:
+                    return h._audited("pull", req.ref, lambda: h.images.pull(req.ref))
+            try:
+                record = await asyncio.to_thread(work)
+            except BoxError as e:
+                yield f"event: error\ndata: {problem(e).model_dump_json()}\n\n".encode()
+                return
+            done = {"ref": req.ref, "name": record.name, "digest": record.digest, "size": record.size}
+            yield f"event: done\ndata: {json.dumps(done)}\n\n".encode()
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     # --- events ------------------------------------------------------------------
     @app.get("/v1/events", responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})

@@ -44,6 +44,10 @@ class Metrics:
         self.execs = Counter("a3s_box_execs", "Commands run in boxes through the API", registry=self.registry)
         self.exec_seconds = Histogram("a3s_box_exec_seconds", "Duration of commands run through the API",
                                       registry=self.registry)
+        self.box_start_seconds = Histogram("a3s_box_box_start_seconds", "Box creations through the API, to "
+                                           "its agent running (snapshot restores and cold boots)", ["boot"],
+                                           registry=self.registry,
+                                           buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 120))
         self.apply_seconds = Histogram("a3s_box_apply_seconds", "Duration of applies", ["outcome"],
                                        registry=self.registry,
                                        buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))

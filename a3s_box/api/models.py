@@ -114,6 +114,10 @@ class Image(BaseModel):
     last_used: float
 
 
+class PullRequest(_Body):
+    ref: str = Field(min_length=1, description="An image reference (Docker Hub short names too)")
+
+
 class Event(BaseModel):
     time: str
     who: str

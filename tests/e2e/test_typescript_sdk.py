@@ -80,6 +80,15 @@ def test_the_typescript_sdk_against_a_real_server(built_sdk: Path, server: tuple
                        timeout=900)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert "# fail 0" in r.stdout
+    # the work the SDK did moved the server's metrics
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}).text
+    samples = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if not s.labels or s.name.endswith(("_count", "_total"))}
+    assert samples.get("a3s_box_execs_total", 0) >= 5
+    assert samples.get("a3s_box_box_start_seconds_count", 0) >= 1
     box("delete", "-f", str(f), check=True)
 
 

@@ -184,6 +184,23 @@ export class Host {
     return this.call("GET", "/v1/images");
   }
 
+  /** Pull an image into the store; onEvent sees each progress event. */
+  async pull(ref: string, onEvent: (ev: { event: string; data: unknown }) => void = () => undefined):
+      Promise<{ name: string; digest: string; size: number }> {
+    const r = await this.request("POST", "/v1/images/pull", JSON.stringify({ ref }));
+    if (r.status >= 400) throw toError(r);
+    for (const block of r.body.toString().split("\n\n")) {
+      const event = /^event: (.*)$/m.exec(block)?.[1];
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      if (!event || data === undefined) continue;
+      const parsed = JSON.parse(data) as Record<string, unknown>;
+      onEvent({ event, data: parsed });
+      if (event === "error") throw new ApiError(parsed as unknown as Problem);
+      if (event === "done") return parsed as unknown as { name: string; digest: string; size: number };
+    }
+    throw new Error(`pull ${ref}: the server ended without a result`);
+  }
+
   /** Box, pool and image changes as they happen (the audit log), until `signal` aborts. */
   async *events(opts: { signal?: AbortSignal; fromStart?: boolean } = {}): AsyncGenerator<BoxEvent> {
     const path = `/v1/events?follow=true&since=${opts.fromStart ? 0 : -1}`;

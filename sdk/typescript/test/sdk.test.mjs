@@ -19,6 +19,16 @@ test("without the token nothing is served and nothing changes", async () => {
   assert.equal((await host.boxes()).filter((b) => b.project === "sdk").length, 0);
 });
 
+test("a pull that cannot reach its registry ends in a problem", async () => {
+  const seen = [];
+  await assert.rejects(host.pull("127.0.0.1:9/none/such:1", (ev) => seen.push(ev.event)), (e) => {
+    assert.ok(e instanceof ApiError);
+    assert.match(e.message, /127\.0\.0\.1:9/);
+    return true;
+  });
+  assert.deepEqual(seen, ["pulling", "error"]);
+});
+
 test("a bad Boxfile is refused with located problems", async () => {
   await assert.rejects(host.validate("apiVersion: box.a3s.dev/v1\nboxes:\n  Bad_Name: {}\n"), (e) => {
     assert.ok(e instanceof ApiError);
