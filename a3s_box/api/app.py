@@ -20,6 +20,7 @@ from a3s_box import audit
 from a3s_box.orchestrator.host import Host
 from a3s_box.api import models as m
 from a3s_box.api.auth import check, token_id
+from a3s_box.api.channels import Channels
 from a3s_box.api.metrics import Metrics
 from a3s_box.api.problems import RequestTooLarge, problem
 from a3s_box.errors import BoxError
@@ -37,6 +38,8 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
                   description="AI agents in hardware-isolated microVMs: the `box` CLI over HTTP.",
                   responses={400: {"model": m.Problem}, 401: {"model": m.Problem}})
     metrics = Metrics(home)
+    channels = Channels()
+    app.router.on_shutdown.append(channels.close)
     who = f"token:{token_id(token)}" if token else None
 
     @contextmanager
@@ -164,7 +167,8 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         from a3s_box.guest.protocol import ExitKind, Namespace
 
         t0 = time.monotonic()
-        with host() as h, h.client(h.find(name)) as c:
+        with host() as h:
+            c = channels.client(h, h.find(name))
             r = c.run(req.argv, ns=Namespace[req.namespace.upper()], env=req.env, workdir=req.workdir,
                       stdin=req.stdin.encode() if req.stdin is not None else None, timeout=req.timeout)
         metrics.execs.inc()
