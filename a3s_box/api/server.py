@@ -3,6 +3,7 @@ default, or on TCP with a bearer token. uvicorn serves it (a well-kept ASGI serv
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from a3s_box.api.auth import ensure_token, token_file
@@ -24,7 +25,15 @@ def serve(home: Path, listen: str | None = None, socket_path: Path | None = None
         uvicorn.run(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level=log_level,
                     ws="websockets-sansio")
         return
-    sock = socket_path or home / API_SOCKET
-    sock.unlink(missing_ok=True)
-    os.umask(0o177)  # the socket is born 0600
-    uvicorn.run(create_app(home, None), uds=str(sock), log_level=log_level, ws="websockets-sansio")
+    path = socket_path or home / API_SOCKET
+    path.unlink(missing_ok=True)
+    # bound here, not by uvicorn (which makes its unix sockets 0666): only this user connects
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(128)
+    uvicorn.run(create_app(home, None), fd=listener.fileno(), log_level=log_level, ws="websockets-sansio")

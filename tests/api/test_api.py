@@ -109,3 +109,36 @@ def test_changes_are_audited_with_who_and_box_events_prints_them(api: tuple[http
     assert entries[-1]["who"] == f"token:{token_id(token)}" and entries[-1]["result"].startswith("failed: ")
     r = CliRunner().invoke(cli, ["--home", str(home), "-o", "json", "events"])
     assert r.exit_code == 0 and json.loads(r.output.splitlines()[-1])["target"] == "ghost"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connects as another user (root can switch)")
+def test_the_unix_socket_admits_only_its_owner(tmp_path: Path) -> None:
+    env = {**os.environ, "A3S_BOX_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sock = tmp_path / "api.sock"
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert sock.stat().st_mode & 0o777 == 0o600
+        transport = httpx.HTTPTransport(uds=str(sock))
+        with httpx.Client(transport=transport, base_url="http://a3s") as c:
+            assert c.get("/v1/boxes").json() == []  # the owner needs no token
+        tmp_path.chmod(0o755)  # let the other user reach the socket's folder: the socket itself refuses
+        other = subprocess.run([sys.executable, "-c", f"""
+import os, socket
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect({str(sock)!r})
+    print("connected")
+except PermissionError:
+    print("refused")
+"""], capture_output=True, text=True, timeout=30)
+        assert other.stdout.strip() == "refused", other
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert b"Traceback" not in err, err.decode(errors="replace")
