@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -52,7 +53,10 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         if token is not None and not check(request.headers.get("authorization"), token):
             return _problem_response(401, "unauthorized", "a bearer token is required (box serve --print-token)")
         length = int(request.headers.get("content-length") or 0)
-        limit = MAX_FILE if request.url.path.endswith("/files") else MAX_JSON
+        if request.url.path.endswith("/files/tar"):
+            limit = 1 << 62  # streamed, never held
+        else:
+            limit = MAX_FILE if request.url.path.endswith("/files") else MAX_JSON
         if length > limit:
             return _problem_response(413, "request too large", f"the body may be at most {limit >> 20} MiB")
         response: Response = await call_next(request)
@@ -219,6 +223,64 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
     def list_files(name: str, path: str) -> list[m.FileEntry]:
         with host() as h:
             return [m.FileEntry(**e.to_json()) for e in h.box(name).files.list(path)]
+
+    @app.get("/v1/boxes/{name}/files/tar", response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def download_tar(name: str, path: str) -> StreamingResponse:
+        """A file or tree of the box as a tar stream, as it is read (any size)."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+
+        class Sink:
+            def write(self, b: bytes) -> int:  # in the worker thread: waits while the client is slow
+                asyncio.run_coroutine_threadsafe(q.put(bytes(b)), loop).result()
+                return len(b)
+
+        def work() -> None:
+            try:
+                with host() as h:
+                    h.box(name).files.download_tar(path, Sink())
+            finally:
+                asyncio.run_coroutine_threadsafe(q.put(None), loop).result()
+        with host() as h:  # a missing box or path fails before the stream begins
+            h.box(name).files.list(path)
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+
+        async def stream() -> AsyncIterator[bytes]:
+            while (chunk := await q.get()) is not None:
+                yield chunk
+            await task
+        return StreamingResponse(stream(), media_type="application/x-tar")
+
+    @app.put("/v1/boxes/{name}/files/tar", status_code=204, openapi_extra={"requestBody": {
+        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_tar(request: Request, name: str, path: str) -> Response:
+        """A tar stream extracted into folder PATH of the box as it arrives (any size)."""
+        from a3s_box.files.tarstream import QueueReader
+
+        reader = QueueReader()
+
+        def work() -> None:
+            with host() as h:
+                h.box(name).files.upload_tar(reader, path)
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+
+        async def put(item: bytes | None) -> bool:
+            """Hand the extractor ITEM, waiting while it is behind; False once it is gone."""
+            while True:
+                try:
+                    reader.q.put_nowait(item)
+                    return True
+                except queue.Full:
+                    if task.done():
+                        return False
+                    await asyncio.sleep(0.005)
+        async for chunk in request.stream():
+            if not await put(chunk):
+                break
+        await put(None)
+        await task
+        return Response(status_code=204)
 
     # --- pools and images --------------------------------------------------------
     @app.get("/v1/pools", response_model=list[m.Pool])

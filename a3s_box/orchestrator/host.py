@@ -99,6 +99,12 @@ class BoxFilesHandle:
     def remove(self, path: str) -> None:
         self._call("remove", path)
 
+    def upload_tar(self, stream: Any, remote_dir: str) -> None:
+        self._call("upload_tar", stream, remote_dir)
+
+    def download_tar(self, remote: str, sink: Any) -> None:
+        self._call("download_tar", remote, sink)
+
 
 @dataclass(frozen=True)
 class BoxHandle:

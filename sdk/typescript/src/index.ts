@@ -138,6 +138,24 @@ export class Host {
     return JSON.parse(r.body.toString()) as T;
   }
 
+  /** @internal A response to read as a stream; BODY streamed in when given. */
+  async stream(method: string, path: string, body?: Buffer | NodeJS.ReadableStream): Promise<http.IncomingMessage> {
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      const headers: Record<string, string> = body === undefined ? {} : { "content-type": "application/x-tar" };
+      const req = http.request(this.#options(method, path, headers), resolve);
+      req.on("error", reject);
+      if (body === undefined) req.end();
+      else if (Buffer.isBuffer(body)) req.end(body);
+      else body.pipe(req);
+    });
+    if (method === "GET" && (res.statusCode ?? 0) >= 400) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      throw toError({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
+    }
+    return res;
+  }
+
   /** @internal */
   websocket(path: string): WebSocket {
     const headers: Record<string, string> = {};
@@ -253,6 +271,19 @@ export class Files {
 
   async remove(path: string): Promise<void> {
     await this.host.call("DELETE", `/v1/boxes/${enc(this.box)}/files${query({ path })}`);
+  }
+
+  /** A file or tree of the box as a tar stream (read as it arrives: any size). */
+  downloadTar(path: string): Promise<http.IncomingMessage> {
+    return this.host.stream("GET", `/v1/boxes/${enc(this.box)}/files/tar${query({ path })}`);
+  }
+
+  /** Extract a tar stream (a Buffer or any readable) into folder `dir` of the box. */
+  async uploadTar(dir: string, tar: Buffer | NodeJS.ReadableStream): Promise<void> {
+    const res = await this.host.stream("PUT", `/v1/boxes/${enc(this.box)}/files/tar${query({ path: dir })}`, tar);
+    const chunks: Buffer[] = [];
+    for await (const c of res) chunks.push(c as Buffer);
+    if ((res.statusCode ?? 0) >= 400) throw toError({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
   }
 }
 

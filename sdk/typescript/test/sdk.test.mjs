@@ -2,7 +2,10 @@
 // which passes its address, token and a Boxfile in the environment) and real VMs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { ApiError, Host } from "../dist/index.js";
 
 const url = process.env.A3S_BOX_API_URL;
@@ -65,6 +68,21 @@ test("apply, exec, files, spawn, events, pools", async (t) => {
     assert.ok(names.includes("in.txt"), names.join(","));
     await box.files.remove("/tmp/in.txt");
     await assert.rejects(box.files.read("/tmp/in.txt"), (e) => e instanceof ApiError);
+  });
+
+  await t.test("trees stream in and out as tar", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "a3s-sdk-"));
+    writeFileSync(join(dir, "a.txt"), "alpha");
+    writeFileSync(join(dir, "big.bin"), Buffer.alloc(3 << 20, 7));
+    await box.exec(["mkdir", "-p", "/tmp/tree"]);
+    await box.files.uploadTar("/tmp/tree", execFileSync("tar", ["-c", "-C", dir, "."], { maxBuffer: 64 << 20 }));
+    assert.equal((await box.files.read("/tmp/tree/a.txt")).toString(), "alpha");
+    const res = await box.files.downloadTar("/tmp/tree");
+    const chunks = [];
+    for await (const c of res) chunks.push(c);
+    const names = execFileSync("tar", ["-t"], { input: Buffer.concat(chunks), maxBuffer: 64 << 20 }).toString().split("\n");
+    assert.ok(names.some((n) => n.endsWith("big.bin")), names.join(","));
+    assert.ok(Buffer.concat(chunks).length > 3 << 20);
   });
 
   await t.test("interactive spawn, with and without a terminal", async () => {
