@@ -55,3 +55,62 @@ def test_the_generated_modules_are_current() -> None:
         for made in generate.generate(Path(d)):
             committed = Path(generate.__file__).parent / made.name
             assert made.read_text() == committed.read_text(), f"stale: run python -m a3s_box.k8s.proto.generate"
+
+
+def test_the_dispatcher_answers_what_it_knows_and_names_what_it_does_not() -> None:
+    from a3s_box.k8s.service import UNIMPLEMENTED, Dispatcher, ShimError
+
+    def state(payload: bytes) -> bytes:
+        raise ShimError(5, "container c1 not found")
+    d = Dispatcher({"Connect": lambda p: b"\x08\x07", "State": state})
+    ok = ttrpc.parse_response(d.handle(ttrpc.request(1, "containerd.task.v2.Task", "Connect", b"")))
+    assert (ok.status.code, ok.payload) == (0, b"\x08\x07")
+    nf = ttrpc.parse_response(d.handle(ttrpc.request(3, "containerd.task.v2.Task", "State", b"")))
+    assert (nf.status.code, nf.status.message) == (5, "container c1 not found")
+    un = ttrpc.parse_response(d.handle(ttrpc.request(5, "containerd.task.v2.Task", "Create", b"")))
+    assert un.status.code == UNIMPLEMENTED and "Create" in un.status.message
+
+
+def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path: Path) -> None:
+    """As containerd runs it: `start` in the bundle folder, then ttrpc on the address."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from a3s_box.k8s.proto import shim_pb2
+
+    env = {**os.environ, "A3S_BOX_SHIM_RUN": str(tmp_path / "run")}
+    r = subprocess.run([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", "default", "-id", "c1",
+                        "-address", "/run/containerd/containerd.sock", "start"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("unix://"), r
+    path = r.stdout.removeprefix("unix://")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    reader = ttrpc.Reader()
+
+    def call(stream: int, method: str) -> object:
+        s.sendall(ttrpc.encode(ttrpc.request(stream, "containerd.task.v2.Task", method, b"")))
+        msgs: list[ttrpc.Message] = []
+        while not msgs:
+            msgs = reader.feed(s.recv(65536))
+        return ttrpc.parse_response(msgs[0])
+    connected = call(1, "Connect")
+    reply = shim_pb2.ConnectResponse()
+    reply.ParseFromString(connected.payload)  # type: ignore[attr-defined]
+    assert reply.version == "a3s-box" and reply.shim_pid > 0
+    assert call(3, "Create").status.code == 12  # type: ignore[attr-defined]
+    call(5, "Shutdown")
+    s.close()
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path)  # the daemon is gone, and its socket with it
+    d = subprocess.run([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", "default", "-id", "c1", "delete"],
+                       cwd=tmp_path, env=env, capture_output=True, timeout=30)
+    gone = shim_pb2.DeleteResponse()
+    gone.ParseFromString(d.stdout)
+    assert d.returncode == 0 and gone.exit_status == 137

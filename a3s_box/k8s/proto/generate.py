@@ -9,11 +9,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def generate(out: Path = HERE) -> list[Path]:
+    import grpc_tools
     from grpc_tools import protoc
 
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     made = []
     for proto in sorted(HERE.glob("*.proto")):
-        rc = protoc.main(["protoc", f"-I{HERE}", f"--python_out={out}", str(proto)])
+        rc = protoc.main(["protoc", f"-I{HERE}", f"-I{well_known}", f"--python_out={out}", str(proto)])
         if rc != 0:
             raise SystemExit(f"protoc failed on {proto.name} ({rc})")
         made.append(out / f"{proto.stem}_pb2.py")
