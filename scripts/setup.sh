@@ -40,7 +40,7 @@ find_python() {
 
 # --- system packages ---------------------------------------------------------------
 pkgs=(qemu-system-x86 qemu-utils e2fsprogs busybox-static musl-tools cpio iproute2 iptables)
-[ "$want_test" -eq 1 ] && pkgs+=(docker-registry skopeo umoci libvirglrenderer1 curl)
+[ "$want_test" -eq 1 ] && pkgs+=(docker-registry skopeo umoci libvirglrenderer1 curl containerd)
 command -v node >/dev/null 2>&1 || { [ "$want_test" -eq 1 ] && pkgs+=(nodejs npm); }
 if ! BASE_PY=$(find_python) || ! "$BASE_PY" -c 'import ensurepip, venv' 2>/dev/null; then
   # Debian and Ubuntu ship venv's pip bootstrap separately; without it `python3 -m venv` fails.

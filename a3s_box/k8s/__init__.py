@@ -5,9 +5,14 @@ ttrpc.py     ttrpc's framing (sans-IO): the messages containerd and its shims ex
 proto/       the protobuf messages used, from containerd's documented API; the *_pb2.py
              are generated with grpcio-tools (`python -m a3s_box.k8s.proto.generate`)
 service.py   the task service's routing (sans-IO): request in, response out
+handlers.py  its methods: protobuf in, protobuf out, each a call on a Task
+task.py      one container as a microVM: rootfs mounts -> ext4 disk, process -> guest session
 shim.py      `containerd-shim-a3sbox-v2`: start, delete, and the daemon serving ttrpc
 
-Still to come (issue 15): the task service's handlers beyond Connect and Shutdown
-(Create, Start, Delete, Kill, Wait, State, Pids, Exec, ResizePty, CloseIO, Update,
-Stats), events back to containerd, the RuntimeClass and DaemonSet.
+Threat: the container's code is hostile (it runs in the guest, behind the VM and the
+jailed QEMU of a3s_box.jail); containerd and its FIFOs are trusted.
+
+Still to come (issue 15): one VM per pod sandbox (today each container is a VM of its
+own), Pids/Stats/Update, events published back to containerd (TaskExit, OOM), the
+CRI-level test, resource limits into the guest's cgroups.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from a3s_box.errors import BoxError
 from a3s_box.k8s import ttrpc
 
 SERVICE = "containerd.task.v2.Task"
@@ -37,3 +38,7 @@ class Dispatcher:
             return ttrpc.response(m.stream, self.handlers[req.method](bytes(req.payload)))
         except ShimError as e:
             return ttrpc.response(m.stream, code=e.code, message=str(e))
+        except BoxError as e:  # the VM could not boot, the guest did not answer...
+            return ttrpc.response(m.stream, code=FAILED_PRECONDITION, message=str(e))
+        except Exception as e:  # noqa: BLE001 - containerd must get an answer, never a hang
+            return ttrpc.response(m.stream, code=INTERNAL, message=f"{type(e).__name__}: {e}")

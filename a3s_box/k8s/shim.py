@@ -20,6 +20,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,20 +75,11 @@ def delete(opts: argparse.Namespace) -> int:
 
 
 def serve(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.proto import shim_pb2
+    from a3s_box.k8s.handlers import task_handlers
 
     path = Path(opts.socket)
-    stop = {"now": False}
-
-    def connect(payload: bytes) -> bytes:
-        reply: Any = shim_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=0,  # type: ignore[attr-defined]
-                                              version="a3s-box")
-        return bytes(reply.SerializeToString())
-
-    def shutdown(payload: bytes) -> bytes:
-        stop["now"] = True
-        return b""
-    dispatcher = Dispatcher({"Connect": connect, "Shutdown": shutdown})
+    stop = threading.Event()
+    dispatcher = Dispatcher(task_handlers(stop))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -98,9 +90,19 @@ def serve(opts: argparse.Namespace) -> int:
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     readers: dict[int, ttrpc.Reader] = {}
+    send_lock = threading.Lock()
+
+    def answer(conn: socket.socket, m: ttrpc.Message) -> None:
+        # a request per thread: Wait blocks until its process ends, others must not
+        reply = ttrpc.encode(dispatcher.handle(m))
+        with send_lock:
+            try:
+                conn.sendall(reply)
+            except OSError:
+                pass
     try:
-        while not stop["now"]:
-            for key, _ in sel.select(timeout=1.0):
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.5):
                 if key.data is None:
                     conn, _ = listener.accept()
                     readers[conn.fileno()] = ttrpc.Reader()
@@ -119,7 +121,7 @@ def serve(opts: argparse.Namespace) -> int:
                     continue
                 for m in msgs:
                     if m.type == ttrpc.TYPE_REQUEST:
-                        conn.sendall(ttrpc.encode(dispatcher.handle(m)))
+                        threading.Thread(target=answer, args=(conn, m), daemon=True).start()
     finally:
         path.unlink(missing_ok=True)
     return 0
