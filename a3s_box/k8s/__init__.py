@@ -7,12 +7,13 @@ proto/       the protobuf messages used, from containerd's documented API; the *
 service.py   the task service's routing (sans-IO): request in, response out
 handlers.py  its methods: protobuf in, protobuf out, each a call on a Task
 task.py      one container as a microVM: rootfs mounts -> ext4 disk, process -> guest session
+events.py    events back to containerd (/tasks/exit) through its publish binary
 shim.py      `containerd-shim-a3sbox-v2`: start, delete, and the daemon serving ttrpc
 
 Threat: the container's code is hostile (it runs in the guest, behind the VM and the
 jailed QEMU of a3s_box.jail); containerd and its FIFOs are trusted.
 
 Still to come (issue 15): one VM per pod sandbox (today each container is a VM of its
-own), Pids/Stats/Update, events published back to containerd (TaskExit, OOM), the
+own), Pids/Stats/Update, the other events (TaskCreate, TaskStart, TaskOOM), the
 CRI-level test, resource limits into the guest's cgroups.
 """

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.home import Home
+from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.service import NOT_FOUND, Handler, ShimError
 
 
@@ -18,7 +19,7 @@ def vm_rundir(container_id: str) -> Path:
     return RUN_DIR / f"vm-{hashlib.sha256(container_id.encode()).hexdigest()[:16]}"
 
 
-def task_handlers(stop: threading.Event) -> dict[str, Handler]:
+def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> dict[str, Handler]:
     from a3s_box.k8s.proto import shim_pb2 as pb
     from a3s_box.k8s.task import Task
 
@@ -46,7 +47,7 @@ def task_handlers(stop: threading.Event) -> dict[str, Handler]:
 
     def create(b: bytes) -> bytes:
         r = parse("CreateTaskRequest", b)
-        t = Task(home, r.id, Path(r.bundle), vm_rundir(r.id))
+        t = Task(home, r.id, Path(r.bundle), vm_rundir(r.id), publisher)
         tasks[r.id] = t
         try:
             pid = t.create(list(r.rootfs), r.terminal, r.stdin, r.stdout, r.stderr)

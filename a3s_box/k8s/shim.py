@@ -75,11 +75,12 @@ def delete(opts: argparse.Namespace) -> int:
 
 
 def serve(opts: argparse.Namespace) -> int:
+    from a3s_box.k8s.events import Publisher
     from a3s_box.k8s.handlers import task_handlers
 
     path = Path(opts.socket)
     stop = threading.Event()
-    dispatcher = Dispatcher(task_handlers(stop))
+    dispatcher = Dispatcher(task_handlers(stop, Publisher(opts.publish_binary, opts.address, opts.namespace)))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from a3s_box.drivers.base import BoxLaunch, VmHandle
 from a3s_box.guest.client import GuestClient, Session
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
 from a3s_box.home import Home
+from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.service import FAILED_PRECONDITION, NOT_FOUND, ShimError
 
 DEFAULT_MEMORY_MIB = 256
@@ -63,13 +64,19 @@ def _vcpus(spec: dict[str, Any]) -> int:
 
 
 class Task:
-    def __init__(self, home: Home, container_id: str, bundle: Path, rundir: Path) -> None:
+    def __init__(self, home: Home, container_id: str, bundle: Path, rundir: Path,
+                 publisher: Publisher | None = None) -> None:
         self.home = home
+        self.publisher = publisher
         self.id = container_id
         self.bundle = bundle
         self.state_dir = bundle / "a3sbox"  # its disks
         self.rundir = rundir  # the VM's sockets: a short path (sun_path holds 107 bytes)
-        self.spec: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        try:
+            self.spec: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ShimError(FAILED_PRECONDITION, f"task {container_id}: the bundle {bundle} has no readable "
+                            f"config.json ({e})") from e
         self.procs: dict[str, Proc] = {}
         self.handle: VmHandle | None = None
         self.client: GuestClient | None = None
@@ -154,6 +161,8 @@ class Task:
                 if fd >= 0:
                     os.close(fd)
             proc.done.set()
+            if self.publisher is not None:
+                self.publisher.exit(self.id, exec_id or self.id, proc.pid, st.code, proc.exited_at)
         threading.Thread(target=reap, daemon=True).start()
         deadline = time.monotonic() + 10
         while proc.session.pid is None and not proc.done.is_set() and time.monotonic() < deadline:

@@ -56,7 +56,11 @@ def _guest_kernel(box: BoxCli) -> str:
     return (box.home / "cache" / "kernels" / "current").read_text().strip()  # the release box setup chose
 
 
-def test_ctr_run_gives_the_guests_kernel_exit_codes_streams_and_stdin(ctr: list[str], box: BoxCli) -> None:
+def test_ctr_run_gives_the_guests_kernel_exit_codes_streams_and_stdin(ctr: list[str], box: BoxCli,
+                                                                    tmp_path: Path) -> None:
+    with open(tmp_path / "events", "wb") as out:
+        events = subprocess.Popen([*ctr, "events"], stdout=out, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
     r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, "hello:1", "k1", "uname", "-r")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == _guest_kernel(box) != os.uname().release
@@ -64,6 +68,12 @@ def test_ctr_run_gives_the_guests_kernel_exit_codes_streams_and_stdin(ctr: list[
     assert (r.returncode, r.stdout, r.stderr.splitlines()[0]) == (7, "out\n", "err")
     r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, "hello:1", "k3", "cat", stdin="fed in\n")
     assert (r.returncode, r.stdout) == (0, "fed in\n")
+    time.sleep(1)
+    events.terminate()
+    events.wait(10)
+    seen = (tmp_path / "events").read_text()
+    # the shim told containerd how each ended (what its CRI plugin tracks tasks by)
+    assert '/tasks/exit {"container_id":"k2","id":"k2"' in seen and '"exit_status":7' in seen, seen
 
 
 def test_task_exec_kill_and_rm_leave_nothing_behind(ctr: list[str], box: BoxCli) -> None:

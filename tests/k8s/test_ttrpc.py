@@ -101,10 +101,17 @@ def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path
     connected = call(1, "Connect")
     reply = shim_pb2.ConnectResponse()
     reply.ParseFromString(connected.payload)  # type: ignore[attr-defined]
-    assert reply.version == "a3s-box" and reply.shim_pid > 0
-    assert call(3, "Create").status.code == 12  # type: ignore[attr-defined]
-    call(5, "Shutdown")
-    s.close()
+    try:
+        assert reply.version == "a3s-box" and reply.shim_pid > 0
+        created = call(3, "Create")
+        assert created.status.code == 9  # type: ignore[attr-defined]
+        assert "has no readable config.json" in created.status.message  # type: ignore[attr-defined]
+        assert call(7, "Pids").status.code == 12  # type: ignore[attr-defined]
+        call(5, "Shutdown")
+        s.close()
+    except BaseException:
+        os.kill(reply.shim_pid, 9)  # a failing test leaves no daemon behind
+        raise
     deadline = time.monotonic() + 10
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.05)
