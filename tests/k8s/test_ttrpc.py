@@ -110,6 +110,7 @@ def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path
         call(5, "Shutdown")
         s.close()
     except BaseException:
+        s.close()
         os.kill(reply.shim_pid, 9)  # a failing test leaves no daemon behind
         raise
     deadline = time.monotonic() + 10
