@@ -88,9 +88,13 @@ def test_task_exec_kill_and_rm_leave_nothing_behind(ctr: list[str], box: BoxCli)
     assert "STOPPED" in _run(ctr, "task", "ls").stdout
     assert _run(ctr, "task", "rm", "k4").returncode == 0
     assert _run(ctr, "container", "rm", "k4").returncode == 0
-    time.sleep(1)
-    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, (b"/default/k4/", b"a3s_box.k8s.shim"))]
-    assert left == []
+    def left() -> list[str]:
+        return [(p / "cmdline").read_bytes().decode(errors="replace") for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _mentions(p, (b"/default/k4/", b"-id\x00k4\x00"))]
+    deadline = time.monotonic() + 60  # the shim exits on containerd's Shutdown, just after rm
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == []
     assert "a3sbox" not in Path("/proc/self/mountinfo").read_text()
     assert str(ctr[2]).rsplit("/", 1)[0] not in Path("/proc/self/mountinfo").read_text()
 
