@@ -196,8 +196,11 @@ class QemuDriver:
                 starter.wait()
             else:
                 for _ in range(500):
-                    if (rundir / "shim.pid").exists():
-                        break
+                    try:  # the shim may have made the file and not yet written it
+                        if (rundir / "shim.pid").read_text().strip():
+                            break
+                    except FileNotFoundError:
+                        pass
                     time.sleep(0.01)
             pid = int((rundir / "shim.pid").read_text())
         except BaseException:

@@ -568,7 +568,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2:
         _detach(rundir)
     else:
-        (rundir / "shim.pid").write_text(f"{os.getpid()}\n")
+        write_text_atomic(rundir / "shim.pid", f"{os.getpid()}\n")  # never seen empty
     return Shim(rundir).run()
 
 
