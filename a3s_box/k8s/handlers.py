@@ -8,15 +8,28 @@ from typing import Any
 
 from a3s_box.home import Home
 from a3s_box.k8s.events import Publisher
-from a3s_box.k8s.service import NOT_FOUND, Handler, ShimError
+from a3s_box.k8s.service import INVALID_ARGUMENT, NOT_FOUND, Handler, ShimError
 
 
-def vm_rundir(container_id: str) -> Path:
-    import hashlib
+CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" or "container"
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 
-    from a3s_box.k8s.shim import RUN_DIR
 
-    return RUN_DIR / f"vm-{hashlib.sha256(container_id.encode()).hexdigest()[:16]}"
+def pod_of(spec_annotations: dict[str, str], container_id: str) -> str:
+    """The pod a container belongs to: the CRI plugin's sandbox id, or its own id."""
+    if spec_annotations.get(CONTAINER_TYPE) == "container" and spec_annotations.get(SANDBOX_ID):
+        return spec_annotations[SANDBOX_ID]
+    return container_id
+
+
+def read_annotations(bundle: Path) -> dict[str, str]:
+    import json
+
+    try:
+        spec = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
 
 
 def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> dict[str, Handler]:
@@ -45,9 +58,21 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
         stamp.FromNanoseconds(int(t * 1e9))
         return stamp
 
+    def publish(topic: str, kind: str, **fields: Any) -> None:
+        if publisher is not None:
+            publisher.send(topic, kind, getattr(P, kind)(**fields))
+
     def create(b: bytes) -> bytes:
+        from a3s_box.k8s.pod import vm_rundir
+        from a3s_box.k8s.shim import RUN_DIR
+
         r = parse("CreateTaskRequest", b)
-        t = Task(home, r.id, Path(r.bundle), vm_rundir(r.id), publisher)
+        bundle = Path(r.bundle)
+        pod_id = pod_of(read_annotations(bundle), r.id)
+        owner = tasks.get(pod_id) if pod_id != r.id else None
+        if pod_id != r.id and (owner is None or not owner.owns_pod):
+            raise ShimError(NOT_FOUND, f"container {r.id}: its pod sandbox {pod_id} has no VM in this shim")
+        t = Task(home, r.id, bundle, vm_rundir(RUN_DIR, pod_id), publisher, owner.pod if owner else None)
         tasks[r.id] = t
         try:
             pid = t.create(list(r.rootfs), r.terminal, r.stdin, r.stdout, r.stderr)
@@ -55,11 +80,18 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
             tasks.pop(r.id, None)
             t.close()
             raise
+        publish("/tasks/create", "TaskCreate", container_id=r.id, bundle=r.bundle, rootfs=list(r.rootfs),
+                io=P.TaskIO(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal), pid=pid)
         return bytes(P.CreateTaskResponse(pid=pid).SerializeToString())
 
     def start(b: bytes) -> bytes:
         r = parse("TaskRef", b)
-        return bytes(P.PidReply(pid=task(r.id).start(r.exec_id)).SerializeToString())
+        pid = task(r.id).start(r.exec_id)
+        if r.exec_id:
+            publish("/tasks/exec-started", "TaskExecStarted", container_id=r.id, exec_id=r.exec_id, pid=pid)
+        else:
+            publish("/tasks/start", "TaskStart", container_id=r.id, pid=pid)
+        return bytes(P.PidReply(pid=pid).SerializeToString())
 
     def wait(b: bytes) -> bytes:
         r = parse("TaskRef", b)
@@ -86,15 +118,60 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
     def delete(b: bytes) -> bytes:
         r = parse("TaskRef", b)
         t = task(r.id)
+        if not r.exec_id and t.owns_pod:  # the pod goes: its members first
+            for member in [m for m in tasks.values() if m.pod is t.pod and m is not t]:
+                member.close()
+                tasks.pop(member.id, None)
         p = t.delete(r.exec_id)
         if not r.exec_id:
             tasks.pop(r.id, None)
+            publish("/tasks/delete", "TaskDelete", container_id=r.id, pid=p.pid, exit_status=p.exit_status or 0,
+                    exited_at=ts(p.exited_at or 0.0), id=r.id)
         return bytes(P.DeleteResponse(pid=p.pid, exit_status=p.exit_status or 0,
                                       exited_at=ts(p.exited_at or 0.0)).SerializeToString())
 
     def exec_(b: bytes) -> bytes:
         r = parse("ExecProcessRequest", b)
         task(r.id).add_exec(r.exec_id, bytes(r.spec.value), r.terminal, r.stdin, r.stdout, r.stderr)
+        publish("/tasks/exec-added", "TaskExecAdded", container_id=r.id, exec_id=r.exec_id)
+        return b""
+
+    def pids(b: bytes) -> bytes:
+        r = parse("PidsRequest", b)
+        return bytes(P.PidsResponse(processes=[P.ProcessInfo(pid=pid) for pid in task(r.id).pids()])
+                     .SerializeToString())
+
+    def stats(b: bytes) -> bytes:
+        from google.protobuf.any_pb2 import Any as AnyMsg
+
+        r = parse("StatsRequest", b)
+        s = task(r.id).stats()
+        cpu, mem, events = s["cpu.stat"], s["memory.stat"], s["memory.events"]
+        limit = s["memory.max"]["value"]
+        metrics = P.CgroupMetrics(
+            pids=P.CgroupPidsStat(current=s["pids.current"]["value"], limit=s["pids.max"]["value"]),
+            cpu=P.CgroupCpuStat(**{k: cpu.get(k, 0) for k in ("usage_usec", "user_usec", "system_usec",
+                                                              "nr_periods", "nr_throttled", "throttled_usec")}),
+            memory=P.CgroupMemoryStat(anon=mem.get("anon", 0), file=mem.get("file", 0),
+                                      inactive_file=mem.get("inactive_file", 0),
+                                      active_file=mem.get("active_file", 0),
+                                      usage=s["memory.current"]["value"], usage_limit=limit),
+            memory_events=P.CgroupMemoryEvents(**{k: events.get(k, 0) for k in ("low", "high", "max", "oom",
+                                                                                "oom_kill")}))
+        # the CRI plugin reads cgroup v2 metrics by this type name (containerd/cgroups)
+        wrapped = AnyMsg(type_url="io.containerd.cgroups.v2.Metrics", value=metrics.SerializeToString())
+        return bytes(P.StatsResponse(stats=wrapped).SerializeToString())
+
+    def update(b: bytes) -> bytes:
+        import json
+
+        r = parse("UpdateTaskRequest", b)
+        try:
+            resources = json.loads(bytes(r.resources.value) or b"{}")
+        except ValueError as e:
+            raise ShimError(INVALID_ARGUMENT, f"task {r.id}: resources are not OCI LinuxResources JSON ({e})") \
+                from e
+        task(r.id).update(resources if isinstance(resources, dict) else {})
         return b""
 
     def resize(b: bytes) -> bytes:
@@ -113,8 +190,11 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
 
     def shutdown(b: bytes) -> bytes:
         if not tasks:
+            if publisher is not None:
+                publisher.flush()
             stop.set()
         return b""
 
     return {"Create": create, "Start": start, "Wait": wait, "State": state, "Kill": kill, "Delete": delete,
-            "Exec": exec_, "ResizePty": resize, "CloseIO": close_io, "Connect": connect, "Shutdown": shutdown}
+            "Exec": exec_, "ResizePty": resize, "CloseIO": close_io, "Connect": connect, "Shutdown": shutdown,
+            "Pids": pids, "Stats": stats, "Update": update}

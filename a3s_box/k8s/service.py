@@ -11,7 +11,7 @@ from a3s_box.errors import BoxError
 from a3s_box.k8s import ttrpc
 
 SERVICE = "containerd.task.v2.Task"
-OK, NOT_FOUND, FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL = 0, 5, 9, 12, 13
+OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL = 0, 3, 5, 9, 12, 13
 
 Handler = Callable[[bytes], bytes]
 

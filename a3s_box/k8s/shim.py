@@ -8,8 +8,8 @@
     (no command)  the daemon itself: serve the task service on -socket
 
 containerd runs every command with the bundle as the current folder and the flags
--namespace, -address, -publish-binary and -id. So far the daemon answers Connect and
-Shutdown; the rest of the task service is issue 15's next step.
+-namespace, -address, -publish-binary and -id. One daemon serves a whole pod (one VM):
+`start` for a container of a running pod sandbox prints that pod's address.
 """
 from __future__ import annotations
 
@@ -45,12 +45,32 @@ def _flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(argv)
 
 
+def _serving(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def start(opts: argparse.Namespace) -> int:
-    path = socket_path(opts.namespace, opts.id)
+    from a3s_box.k8s.handlers import pod_of, read_annotations
+
+    # one shim (and one VM) per pod: a container of a running pod gets its sandbox's
+    # shim, as the CRI plugin's annotations name it (containerd's runc shim groups so)
+    pod_id = pod_of(read_annotations(Path.cwd()), opts.id)
+    path = socket_path(opts.namespace, pod_id)
+    if pod_id != opts.id and _serving(path):
+        sys.stdout.write(f"unix://{path}")
+        sys.stdout.flush()
+        return 0
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with open(Path.cwd() / "a3sbox-shim.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", opts.namespace, "-id", opts.id,
+        subprocess.Popen([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", opts.namespace, "-id", pod_id,
                           "-address", opts.address, "-publish-binary", opts.publish_binary, "-socket", str(path)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + 10

@@ -1,30 +1,35 @@
-"""One containerd task as an a3s-box microVM: the container's rootfs (the snapshotter's
-mounts, mounted on the bundle's rootfs/ and made into an ext4 disk) becomes the VM's
-root; the container's process runs in it as a session of the guest init, its stdio
-wired to the FIFOs containerd gives; `ctr task exec` processes are further sessions.
+"""One containerd task (a container) in its pod's microVM (pod.py): its process a
+session of the guest init, stdio wired to the FIFOs containerd gives; `ctr task exec`
+processes are further sessions in the same namespaces.
 
-Side effects live here (mounts, disks, VMs); the ttrpc routing is service.py's.
+Side effects live here and in pod.py; the ttrpc routing is service.py's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a3s_box.drivers.base import BoxLaunch, VmHandle
 from a3s_box.guest.client import GuestClient, Session
-from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
+from a3s_box.guest.protocol import ExecRequest, Namespace
 from a3s_box.home import Home
 from a3s_box.k8s.events import Publisher
+from a3s_box.k8s.pod import Pod
 from a3s_box.k8s.service import FAILED_PRECONDITION, NOT_FOUND, ShimError
 
-DEFAULT_MEMORY_MIB = 256
+CONTAINER_HELPER = "/.a3s/container"
+GUEST_CGROUPS = "/sys/fs/cgroup/a3s"
+
+
+def pb() -> Any:
+    from a3s_box.k8s.proto import shim_pb2
+
+    return shim_pb2  # the guest init's: a pod member's process
 
 
 @dataclass
@@ -50,82 +55,97 @@ def _process_of(spec: dict[str, Any]) -> tuple[list[str], list[str], str]:
     return [str(a) for a in p.get("args") or []], [str(e) for e in p.get("env") or []], str(p.get("cwd") or "/")
 
 
-def _memory_mib(spec: dict[str, Any]) -> int:
-    limit = (((spec.get("linux") or {}).get("resources") or {}).get("memory") or {}).get("limit")
-    return max(DEFAULT_MEMORY_MIB, int(limit) >> 20) if limit else DEFAULT_MEMORY_MIB
+# spec mounts the guest provides itself (its /proc, /dev, /sys), never from the host
+_GUEST_OWN = ("/proc", "/dev", "/sys")
 
 
-def _vcpus(spec: dict[str, Any]) -> int:
-    cpu = ((spec.get("linux") or {}).get("resources") or {}).get("cpu") or {}
-    quota, period = cpu.get("quota"), cpu.get("period")
-    if quota and period and int(quota) > 0:
-        return max(1, -(-int(quota) // int(period)))
-    return 1
+def _host_binds(spec: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, destination, read-only) of the spec's bind mounts of host paths."""
+    out = []
+    for m in spec.get("mounts") or []:
+        dest, source, opts = str(m.get("destination") or ""), str(m.get("source") or ""), m.get("options") or []
+        bind = m.get("type") == "bind" or "bind" in opts or "rbind" in opts
+        if not bind or not dest.startswith("/") or not source.startswith("/") or not os.path.exists(source):
+            continue
+        if any(dest == g or dest.startswith(g + "/") for g in _GUEST_OWN):
+            continue
+        out.append((source, dest, "ro" in opts))
+    return out
+
+
+def _limits(spec: dict[str, Any]) -> list[str]:
+    """The OCI spec's memory, pids and CPU limits as /.a3s/container flags."""
+    res = (spec.get("linux") or {}).get("resources") or {}
+    flags = []
+    mem = (res.get("memory") or {}).get("limit")
+    if mem and int(mem) > 0:
+        flags += ["-m", str(int(mem))]
+    pids = (res.get("pids") or {}).get("limit")
+    if pids and int(pids) > 0:
+        flags += ["-p", str(int(pids))]
+    cpu = res.get("cpu") or {}
+    if cpu.get("quota") and int(cpu["quota"]) > 0:
+        flags += ["-q", f"{int(cpu['quota'])}:{int(cpu.get('period') or 100000)}"]
+    return flags
+
+
+def cgroup_name(container_id: str) -> str:
+    return "c-" + hashlib.sha256(container_id.encode()).hexdigest()[:20]
 
 
 class Task:
+    """A container: the pod's first (its VM's root is this container's rootfs, its
+    process runs in the guest's agent namespaces) or a member of a pod whose VM runs
+    already (its rootfs through the pod's share, its processes under /.a3s/container
+    with namespaces and a cgroup of their own)."""
+
     def __init__(self, home: Home, container_id: str, bundle: Path, rundir: Path,
-                 publisher: Publisher | None = None) -> None:
+                 publisher: Publisher | None = None, pod: Pod | None = None) -> None:
         self.home = home
         self.publisher = publisher
         self.id = container_id
         self.bundle = bundle
-        self.state_dir = bundle / "a3sbox"  # its disks
-        self.rundir = rundir  # the VM's sockets: a short path (sun_path holds 107 bytes)
         try:
             self.spec: dict[str, Any] = json.loads((bundle / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise ShimError(FAILED_PRECONDITION, f"task {container_id}: the bundle {bundle} has no readable "
                             f"config.json ({e})") from e
+        self.owns_pod = pod is None
+        self.pod = pod if pod is not None else Pod(home, container_id, bundle, rundir)
+        self.guest_root = ""  # a member's rootfs in the guest
+        self.binds: list[str] = []  # a member's /.a3s/container -b flags
         self.procs: dict[str, Proc] = {}
-        self.handle: VmHandle | None = None
-        self.client: GuestClient | None = None
-        self.mounted = False
         self.lock = threading.Lock()
+
+    @property
+    def client(self) -> GuestClient | None:
+        return self.pod.client
 
     # --- create / start -----------------------------------------------------------
     def create(self, mounts: list[Any], terminal: bool, stdin: str, stdout: str, stderr: str) -> int:
-        from a3s_box.drivers.qemu.driver import QemuDriver
-
         argv, env, cwd = _process_of(self.spec)
         self.procs[""] = Proc(argv, env, cwd, terminal, stdin, stdout, stderr)
-        rootfs = self.bundle / "rootfs"
-        rootfs.mkdir(exist_ok=True)
-        for m in mounts:  # the snapshotter's mounts make the container's root
-            opts = ",".join(m.options)
-            r = subprocess.run(["mount", "-t", m.type, *(["-o", opts] if opts else []), m.source, str(rootfs)],
-                               capture_output=True, text=True, timeout=60)
-            if r.returncode != 0:
-                raise ShimError(FAILED_PRECONDITION, f"mount rootfs ({m.type}): {r.stderr.strip()}")
-            self.mounted = True
-        self.state_dir.mkdir(exist_ok=True)
-        disk = self._disk_from(rootfs)
-        launch = BoxLaunch(box_id=f"k8s.{self.id}"[:60], rundir=self.rundir, vcpus=_vcpus(self.spec),
-                           memory_mib=_memory_mib(self.spec), disk=disk,
-                           config=BoxConfig(hostname=str(self.spec.get("hostname") or self.id[:63])),
-                           boot="cold")
-        self.handle = QemuDriver(self.home).start(launch, 180.0)
-        self.client = GuestClient(QemuDriver(self.home).connect(self.handle, 10.0), box=self.id)
-        self.client.hello(10.0)
-        return self.handle.pid
+        if self.owns_pod:
+            return self.pod.boot(self.spec, mounts)
+        self.guest_root = self.pod.add_rootfs(self.id, mounts, self.bundle / "rootfs")
+        for i, (source, dest, ro) in enumerate(_host_binds(self.spec)):
+            guest = self.pod.add_bind(self.id, i, source, ro)
+            self.binds += ["-b", f"{guest}:{dest}{':ro' if ro else ''}"]
+        assert self.pod.handle is not None
+        return self.pod.handle.pid
 
-    def _disk_from(self, rootfs: Path) -> Path:
-        """The rootfs as an ext4 image (mkfs.ext4 -d), under a qcow2 overlay the VM writes."""
-        used = int(subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True,
-                                  check=True).stdout.split()[0])
-        raw = self.state_dir / "rootfs.ext4"
-        size_mib = max(256, (used >> 20) * 2 + 256)
-        r = subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(raw), f"{size_mib}M"],
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            raise ShimError(FAILED_PRECONDITION, f"rootfs disk: {r.stderr.strip()}")
-        os.chmod(raw, 0o644)
-        overlay = self.state_dir / "disk.qcow2"
-        r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw), str(overlay)],
-                           capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise ShimError(FAILED_PRECONDITION, f"rootfs overlay: {r.stderr.strip()}")
-        return overlay
+    def _request(self, proc: Proc, exec_id: str) -> ExecRequest:
+        argv, ns, workdir = tuple(proc.argv), Namespace.AGENT, proc.cwd
+        if not self.owns_pod:
+            if exec_id:  # into the running container's namespaces and cgroup
+                head = ["-j", cgroup_name(self.id), "-w", proc.cwd]
+            else:
+                hostname = str(self.spec.get("hostname") or "")
+                head = ["-r", self.guest_root, "-w", proc.cwd, "-c", cgroup_name(self.id), *_limits(self.spec),
+                        *self.binds, *(["-h", hostname] if hostname else [])]
+            argv, ns, workdir = (CONTAINER_HELPER, *head, "--", *proc.argv), Namespace.ROOT, "/"
+        return ExecRequest(argv=argv, ns=ns, env=tuple(proc.env), workdir=workdir, tty=proc.terminal,
+                           stdin=bool(proc.stdin))
 
     def add_exec(self, exec_id: str, spec_json: bytes, terminal: bool, stdin: str, stdout: str, stderr: str) -> None:
         p = json.loads(spec_json or b"{}")
@@ -147,9 +167,7 @@ class Task:
                     except OSError:
                         pass
             return w
-        req = ExecRequest(argv=tuple(proc.argv), ns=Namespace.AGENT, env=tuple(proc.env), workdir=proc.cwd,
-                          tty=proc.terminal, stdin=bool(proc.stdin))
-        proc.session = self.client.start(req, writer(out), writer(err))
+        proc.session = self.client.start(self._request(proc, exec_id), writer(out), writer(err))
         if proc.stdin:
             threading.Thread(target=self._pump_stdin, args=(proc,), daemon=True).start()
 
@@ -160,6 +178,8 @@ class Task:
             for fd in {out, err}:
                 if fd >= 0:
                     os.close(fd)
+            if self.publisher is not None and not exec_id and self._oom_killed():
+                self.publisher.send("/tasks/oom", "TaskOOM", pb().TaskOOM(container_id=self.id))
             proc.done.set()
             if self.publisher is not None:
                 self.publisher.exit(self.id, exec_id or self.id, proc.pid, st.code, proc.exited_at)
@@ -187,6 +207,16 @@ class Task:
                 proc.session.close_stdin()
             except Exception:  # noqa: BLE001 - the process may be gone already
                 pass
+
+    def _oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer hit this container's cgroup (the helper
+        leaves a note in the guest). The pod's first container has the VM's limit."""
+        if self.owns_pod or self.client is None:
+            return False
+        try:
+            return bool(self.client.get(f"/run/a3s-oom/{cgroup_name(self.id)}", timeout=10).strip())
+        except Exception:  # noqa: BLE001 - no note: no OOM kill
+            return False
 
     # --- running ------------------------------------------------------------------
     def _proc(self, exec_id: str) -> Proc:
@@ -219,17 +249,67 @@ class Task:
         return p
 
     def close(self) -> None:
-        """VM gone, rootfs unmounted, disks removed: nothing is left."""
-        from a3s_box.drivers.qemu.driver import QemuDriver
+        """A member: its mounts undone. The pod's first: the whole pod (VM, mounts, disks)."""
+        if self.owns_pod:
+            self.pod.close()
+        else:
+            self.pod.remove(self.id)
 
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        if self.handle is not None:
-            QemuDriver(self.home).stop(self.handle, 10.0)
-            self.handle = None
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.bundle / "rootfs")], capture_output=True, timeout=60)
-            self.mounted = False
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        shutil.rmtree(self.rundir, ignore_errors=True)
+    # --- Pids, Stats, Update ----------------------------------------------------------
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values() if p.pid and not p.done.is_set()]
+
+    def _cgroup_dir(self) -> str:
+        # the pod's first container: the guest's agent cgroup (its limits are the VM's)
+        return f"{GUEST_CGROUPS}/agent" if self.owns_pod else f"{GUEST_CGROUPS}/{cgroup_name(self.id)}"
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """The container's cgroup v2 figures from the guest: cpu.stat, memory.*, pids.*."""
+        if self.client is None:
+            raise ShimError(FAILED_PRECONDITION, f"task {self.id} has no VM")
+        out: dict[str, dict[str, int]] = {}
+        for name in ("cpu.stat", "memory.stat", "memory.events"):
+            out[name] = _flat_keyed(self._read(name))
+        for name in ("memory.current", "memory.max", "pids.current", "pids.max"):
+            text = self._read(name).strip()
+            out[name] = {"value": int(text) if text.isdigit() else 0}
+        return out
+
+    def _read(self, name: str) -> str:
+        assert self.client is not None
+        try:
+            return self.client.get(f"{self._cgroup_dir()}/{name}", timeout=10).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - a controller the guest lacks: no figures for it
+            return ""
+
+    def update(self, resources: dict[str, Any]) -> None:
+        """New OCI LinuxResources for a member container: written into its cgroup."""
+        if self.owns_pod:
+            return  # the pod's first container lives within the VM's own size
+        assert self.client is not None
+        writes = []
+        mem = (resources.get("memory") or {}).get("limit")
+        if mem and int(mem) > 0:
+            writes.append(("memory.max", str(int(mem))))
+        pids = (resources.get("pids") or {}).get("limit")
+        if pids and int(pids) > 0:
+            writes.append(("pids.max", str(int(pids))))
+        cpu = resources.get("cpu") or {}
+        if cpu.get("quota") and int(cpu["quota"]) > 0:
+            writes.append(("cpu.max", f"{int(cpu['quota'])} {int(cpu.get('period') or 100000)}"))
+        if not writes:
+            return
+        argv = [CONTAINER_HELPER, "-s", cgroup_name(self.id), *(x for w in writes for x in w)]
+        r = self.client.run(argv, ns=Namespace.ROOT, timeout=10)
+        if r.exit.code != 0:
+            raise ShimError(FAILED_PRECONDITION, f"task {self.id}: update: "
+                            f"{r.stderr.decode(errors='replace').strip()}")
+
+
+def _flat_keyed(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out

@@ -73,6 +73,7 @@ def test_the_dispatcher_answers_what_it_knows_and_names_what_it_does_not() -> No
 
 def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path: Path) -> None:
     """As containerd runs it: `start` in the bundle folder, then ttrpc on the address."""
+    import json
     import os
     import socket
     import subprocess
@@ -106,7 +107,18 @@ def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path
         created = call(3, "Create")
         assert created.status.code == 9  # type: ignore[attr-defined]
         assert "has no readable config.json" in created.status.message  # type: ignore[attr-defined]
-        assert call(7, "Pids").status.code == 12  # type: ignore[attr-defined]
+        assert call(7, "Pids").status.code == 5  # type: ignore[attr-defined]
+        assert call(9, "Checkpoint").status.code == 12  # type: ignore[attr-defined]
+        # a container of this pod (as the CRI plugin annotates it) gets the same daemon
+        member = tmp_path / "member"
+        member.mkdir()
+        (member / "config.json").write_text(json.dumps({"annotations": {
+            "io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "c1"}}))
+        again = subprocess.run([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", "default", "-id", "c2",
+                                "-address", "/run/containerd/containerd.sock", "start"], cwd=member, env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert (again.returncode, again.stdout) == (0, r.stdout), again
+        assert not (member / "a3sbox-shim.log").exists()  # no second daemon was spawned
         call(5, "Shutdown")
         s.close()
     except BaseException:

@@ -197,6 +197,8 @@ static void install_self(const char *self, const char *dir)
 	copy_file(self, p, 0755);
 	snprintf(p, sizeof p, "%s/tar", dir);
 	copy_file(self, p, 0755);
+	snprintf(p, sizeof p, "%s/container", dir);
+	copy_file(self, p, 0755);
 }
 
 /* The host may have given the box a bigger disk than the image's file system

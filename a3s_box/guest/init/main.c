@@ -56,6 +56,8 @@ int main(int argc, char **argv)
 		return nsexec_main(argc, argv);
 	if (!strcmp(name, "tar"))
 		return tar_main(argc, argv);
+	if (!strcmp(name, "container"))
+		return container_main(argc, argv);
 	if (getpid() == 1)
 		return pid1("/init");
 	int serve = 0;
