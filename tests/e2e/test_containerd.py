@@ -5,10 +5,7 @@ separate streams, stdin, `ctr task exec`, kill and rm work; nothing is left afte
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,36 +13,18 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BoxCli
+from tests.e2e.containerd_host import containerd, import_image
 
 pytestmark = pytest.mark.vm
 RUNTIME = "io.containerd.a3sbox.v2"
+HELLO = "docker.io/library/hello:1"
 
 
 @pytest.fixture(scope="module")
 def ctr(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    if shutil.which("containerd") is None:
-        pytest.fail("containerd is missing: scripts/setup.sh --test installs Debian's containerd")
-    d = tmp_path_factory.mktemp("containerd")
-    sock = d / "containerd.sock"
-    (d / "config.toml").write_text(f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
-                                   f'[grpc]\n  address = "{sock}"\n')
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "A3S_BOX_HOME": str(box.home), "A3S_BOX_SHIM_RUN": str(d / "shims")}
-    with open(d / "containerd.log", "wb") as log:
-        daemon = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], env=env,
-                                  stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    base = ["ctr", "-a", str(sock)]
-    with tarfile.open(d / "hello.tar", "w") as t:
-        for p in sorted(hello_image.iterdir()):
-            t.add(p, arcname=p.name)
-    subprocess.run([*base, "image", "import", "--index-name", "hello:1", str(d / "hello.tar")], check=True,
-                   capture_output=True, timeout=120)
-    yield base
-    daemon.terminate()
-    daemon.wait(20)
+    with containerd(tmp_path_factory.mktemp("containerd"), box.home) as sock:
+        import_image(sock, hello_image, HELLO)
+        yield ["ctr", "-a", str(sock)]
 
 
 def _run(ctr: list[str], *args: str, stdin: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -61,12 +40,12 @@ def test_ctr_run_gives_the_guests_kernel_exit_codes_streams_and_stdin(ctr: list[
     with open(tmp_path / "events", "wb") as out:
         events = subprocess.Popen([*ctr, "events"], stdout=out, stderr=subprocess.STDOUT)
     time.sleep(0.5)
-    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, "hello:1", "k1", "uname", "-r")
+    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, HELLO, "k1", "uname", "-r")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == _guest_kernel(box) != os.uname().release
-    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, "hello:1", "k2", "sh", "-c", "echo out; echo err >&2; exit 7")
+    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, HELLO, "k2", "sh", "-c", "echo out; echo err >&2; exit 7")
     assert (r.returncode, r.stdout, r.stderr.splitlines()[0]) == (7, "out\n", "err")
-    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, "hello:1", "k3", "cat", stdin="fed in\n")
+    r = _run(ctr, "run", "--rm", "--runtime", RUNTIME, HELLO, "k3", "cat", stdin="fed in\n")
     assert (r.returncode, r.stdout) == (0, "fed in\n")
     time.sleep(1)
     events.terminate()
@@ -77,7 +56,7 @@ def test_ctr_run_gives_the_guests_kernel_exit_codes_streams_and_stdin(ctr: list[
 
 
 def test_task_exec_kill_and_rm_leave_nothing_behind(ctr: list[str], box: BoxCli) -> None:
-    assert _run(ctr, "run", "-d", "--runtime", RUNTIME, "hello:1", "k4", "sleep", "100000").returncode == 0
+    assert _run(ctr, "run", "-d", "--runtime", RUNTIME, HELLO, "k4", "sleep", "100000").returncode == 0
     r = _run(ctr, "task", "exec", "--exec-id", "e1", "k4", "sh", "-c", "echo in-exec; exit 3")
     assert (r.returncode, r.stdout) == (3, "in-exec\n")
     assert "RUNNING" in _run(ctr, "task", "ls").stdout

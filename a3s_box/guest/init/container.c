@@ -155,8 +155,9 @@ static void finish_cgroup(const char *name)
 			close(fd);
 		}
 	}
-	/* move out first: a cgroup with a process in it (us) cannot go */
-	put(CG_BASE, "cgroup.procs", "0");
+	/* move out first: a cgroup with a process in it (us) cannot go, and a3s/ has
+	 * children with controllers (no processes of its own): the root takes us */
+	put("/sys/fs/cgroup", "cgroup.procs", "0");
 	snprintf(p, sizeof p, CG_BASE "/%s", name);
 	rmdir(p);
 }
@@ -217,7 +218,11 @@ static int open_join(const char *name, int fds[3])
 	if (!valid_name(name))
 		return errno = EINVAL, -1;
 	snprintf(p, sizeof p, PID_DIR "/%s", name);
-	FILE *f = fopen(p, "re");
+	/* an exec may come right after Start: the container's helper writes its pidfile
+	 * just after its fork */
+	FILE *f = NULL;
+	for (int t = 0; !(f = fopen(p, "re")) && errno == ENOENT && t < 1000; t++)
+		usleep(10000);
 	if (!f)
 		return -1;
 	int pid = 0;
@@ -317,7 +322,9 @@ int container_main(int argc, char **argv)
 	} else {
 		if (cg && (!valid_name(cg) || setup_cgroup(cg, mem, pids, cpu) < 0))
 			return die("cgroup", cg);
-		if (unshare(CLONE_NEWNS | CLONE_NEWPID | (hostname ? CLONE_NEWUTS : 0)) < 0)
+		/* the pid namespace is for the child; the mount one must be the child's alone
+		 * (a shared one would pivot our root too) */
+		if (unshare(CLONE_NEWPID) < 0)
 			return die("unshare", NULL);
 	}
 	g_child = fork();
@@ -331,6 +338,8 @@ int container_main(int argc, char **argv)
 			if (setns(nsfd[2], CLONE_NEWUTS) < 0 || setns(nsfd[1], CLONE_NEWNS) < 0)
 				_exit(die("join container", join));
 		} else {
+			if (unshare(CLONE_NEWNS | (hostname ? CLONE_NEWUTS : 0)) < 0)
+				_exit(die("unshare", NULL));
 			int rc = enter_root(root, binds, nbinds, hostname);
 			if (rc)
 				_exit(rc);

@@ -1,0 +1,170 @@
+"""Kubernetes' view: containerd's CRI plugin (Debian's containerd 1.6, private socket
+and root) with the runtime handler `a3sbox`, driven by a small gRPC client the way a
+kubelet drives it: RunPodSandbox, CreateContainer, StartContainer, ExecSync,
+ContainerStatus, ContainerStats, StopPodSandbox, RemovePodSandbox. Real VMs.
+
+Faked: nothing of the runtime; the kubelet and API server are absent (none can be had
+here), so the test is their client. Pods use the node's network (no CNI plugin here)."""
+from __future__ import annotations
+
+import importlib.util
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.e2e.conftest import ROOT, BoxCli
+from tests.e2e.containerd_host import containerd, import_image
+from tests.k8s.cri.client import CriClient, pb
+
+pytestmark = pytest.mark.vm
+HELLO = "docker.io/library/hello:1"  # the sandbox's image too (its agent loop never ends, as pause)
+MARKED = "docker.io/library/marked:1"  # hello + a file only this image has
+
+
+def _marked_image(out: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("make_image", ROOT / "examples/hello/make_image.py")
+    assert spec is not None and spec.loader is not None
+    make_image: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_image)
+
+    def marker(tar: tarfile.TarFile) -> None:
+        make_image._entry(tar, "etc/marked", data=b"only in the marked image\n", mode=0o644)
+    make_image.build(out, extra_layers=(marker,))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cri(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
+    d = tmp_path_factory.mktemp("cri")
+    config = (f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{HELLO}"\n'
+              f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{d}/cni/bin"\n'
+              f'    conf_dir = "{d}/cni/conf"\n'
+              f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+              f'    runtime_type = "io.containerd.runc.v2"\n'
+              f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.a3sbox]\n'
+              f'    runtime_type = "io.containerd.a3sbox.v2"\n')
+    with containerd(d, box.home, config) as sock:
+        import_image(sock, hello_image, HELLO, namespace="k8s.io")
+        import_image(sock, _marked_image(d / "marked"), MARKED, namespace="k8s.io")
+        refused = [line for line in (d / "containerd.log").read_text().splitlines()
+                   if "failed to load plugin io.containerd.grpc.v1.cri" in line]
+        assert not refused, refused
+        with CriClient(sock, timeout=240) as client:
+            client.wait_ready(30)
+            yield client
+
+
+def _sandbox_config(name: str, logs: Path) -> Any:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        hostname=name, log_directory=str(logs),
+        linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE))))
+
+
+def _container_config(name: str, image: str, command: list[str], memory: int = 0) -> Any:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image), command=command,
+        log_path=f"{name}.log",
+        linux=pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(memory_limit_in_bytes=memory)))
+
+
+def _qemus() -> set[int]:
+    """Every QEMU on the host (the VM tests run one at a time: what this test starts)."""
+    out = set()
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and b"qemu-system" in (p / "cmdline").read_bytes().split(b"\0")[0]:
+                out.add(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def _wait_state(cri: CriClient, cid: str, state: int, within: float = 120) -> Any:
+    deadline = time.monotonic() + within
+    while (st := cri.container_status(cid)).state != state and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return st
+
+
+def test_a_pod_is_one_vm_and_its_containers_run_in_it(cri: CriClient, box: BoxCli, tmp_path: Path) -> None:
+    before = _qemus()
+    pod = cri.run_pod_sandbox(_sandbox_config("p1", tmp_path / "logs"), handler="a3sbox")
+    try:
+        assert cri.pod_sandbox_status(pod).status.state == pb.SANDBOX_READY
+        qemus = _qemus() - before
+        assert len(qemus) == 1, qemus  # the sandbox booted the pod's VM
+        c1 = cri.create_container(pod, _container_config("c1", MARKED, ["sleep", "100000"], memory=96 << 20),
+                                  _sandbox_config("p1", tmp_path / "logs"))
+        cri.start_container(c1)
+        assert _wait_state(cri, c1, pb.CONTAINER_RUNNING).state == pb.CONTAINER_RUNNING
+        assert _qemus() - before == qemus  # still one VM: the container joined it
+
+        code, out, err = cri.exec_sync(c1, ["uname", "-r"], timeout=60)
+        guest = (box.home / "cache" / "kernels" / "current").read_text().strip()
+        assert (code, out.decode().strip()) == (0, guest), err
+        # its own rootfs (the marked image's, not the sandbox's) ...
+        code, out, _ = cri.exec_sync(c1, ["cat", "/etc/marked"], timeout=60)
+        assert (code, out) == (0, b"only in the marked image\n")
+        # ... its own pid namespace (its command is pid 1 there) ...
+        code, out, _ = cri.exec_sync(c1, ["cat", "/proc/1/cmdline"], timeout=60)
+        assert out.split(b"\0")[:2] == [b"sleep", b"100000"]
+        # ... and its cgroup in the guest, with the pod spec's memory limit
+        code, out, err = cri.exec_sync(c1, ["sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)"
+                                            "/memory.max"], timeout=60)
+        assert (code, out.strip()) == (0, str(96 << 20).encode()), err
+        code, _, err = cri.exec_sync(c1, ["sh", "-c", "echo to-stderr >&2; exit 3"], timeout=60)
+        assert (code, err) == (3, b"to-stderr\n")
+
+        stats = cri.container_stats(c1)
+        assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
+
+        # a second container of the same pod: same VM, its own rootfs
+        c2 = cri.create_container(pod, _container_config("c2", HELLO, ["sleep", "100000"]),
+                                  _sandbox_config("p1", tmp_path / "logs"))
+        cri.start_container(c2)
+        _wait_state(cri, c2, pb.CONTAINER_RUNNING)
+        code, _, _ = cri.exec_sync(c2, ["cat", "/etc/marked"], timeout=60)
+        assert code != 0
+        assert _qemus() - before == qemus
+
+        cri.stop_container(c2, timeout=2)
+        st = _wait_state(cri, c2, pb.CONTAINER_EXITED)
+        assert st.state == pb.CONTAINER_EXITED and st.exit_code == 137  # SIGKILL after the grace time
+        cri.remove_container(c2)
+    finally:
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)
+    deadline = time.monotonic() + 60
+    while _qemus() & qemus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _qemus() & qemus
+    assert "/a3sbox/pod" not in Path("/proc/self/mountinfo").read_text()
+    with pytest.raises(grpc.RpcError):
+        cri.container_status(c1)
+
+
+def test_a_container_past_its_memory_limit_is_oom_killed_and_the_pod_runs_on(cri: CriClient,
+                                                                            tmp_path: Path) -> None:
+    pod = cri.run_pod_sandbox(_sandbox_config("p2", tmp_path / "logs"), handler="a3sbox")
+    try:
+        hog = cri.create_container(pod, _container_config("hog", HELLO, [
+            "dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"], memory=32 << 20),
+            _sandbox_config("p2", tmp_path / "logs"))
+        cri.start_container(hog)
+        st = _wait_state(cri, hog, pb.CONTAINER_EXITED)
+        assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 137, "OOMKilled")
+        ok = cri.create_container(pod, _container_config("ok", HELLO, ["sleep", "100000"]),
+                                  _sandbox_config("p2", tmp_path / "logs"))
+        cri.start_container(ok)
+        _wait_state(cri, ok, pb.CONTAINER_RUNNING)
+        assert cri.exec_sync(ok, ["true"], timeout=60)[0] == 0
+    finally:
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)
