@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from a3s_box.home import Home
 from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.service import INVALID_ARGUMENT, NOT_FOUND, Handler, ShimError
 
@@ -36,7 +35,9 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
     from a3s_box.k8s.proto import shim_pb2 as pb
     from a3s_box.k8s.task import Task
 
-    home = Home(Path(os.environ.get("A3S_BOX_HOME", "/var/lib/a3s-box")))
+    from a3s_box.k8s.pod import shim_home
+
+    home = shim_home()
     tasks: dict[str, Task] = {}
     P: Any = pb
 

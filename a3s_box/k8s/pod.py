@@ -12,6 +12,7 @@ Side effects (mounts, disks, the VM) live here and in task.py; routing in servic
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,11 @@ def unmount_tree(path: Path) -> None:
     points = [f[4].replace("\\040", " ") for f in (line.split() for line in lines) if len(f) > 4]
     for point in sorted({p for p in points if p == base or p.startswith(base + "/")}, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+
+
+def shim_home() -> Home:
+    """The shim's a3s-box home (a home of its own: `box setup` provisions its kernel)."""
+    return Home(Path(os.environ.get("A3S_BOX_HOME", "/var/lib/a3s-box")))
 
 
 def vm_rundir(run_dir: Path, pod_id: str) -> Path:
@@ -106,6 +112,8 @@ class Pod:
                            volumes=(share,), boot="cold")
         driver = QemuDriver(self.home)
         self.handle = driver.start(launch, 180.0)
+        # for `shim delete`: containerd's cleanup when this daemon died with the VM up
+        (self.state_dir / "handle.json").write_text(json.dumps(self.handle.to_json()))
         self.client = GuestClient(driver.connect(self.handle, 10.0), box=self.id)
         self.client.hello(10.0)
         return self.handle.pid
@@ -175,6 +183,27 @@ class Pod:
             self._mounted_root = False
         shutil.rmtree(self.state_dir, ignore_errors=True)
         shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def reap(home: Home, bundle: Path, container_id: str, pod_id: str) -> None:
+    """What a dead shim daemon left of a container (containerd's `shim delete`): the
+    pod's VM if the container was its first, the container's mounts, its state."""
+    from a3s_box.drivers.qemu.driver import QemuDriver
+
+    if pod_id == container_id:
+        handle_file = bundle / "a3sbox" / "handle.json"
+        if handle_file.exists():
+            try:
+                QemuDriver(home).stop(VmHandle.from_json(json.loads(handle_file.read_text())), 10.0)
+            except (OSError, ValueError, KeyError):
+                pass
+        unmount_tree(bundle / "a3sbox")
+        unmount_tree(bundle / "rootfs")
+        shutil.rmtree(bundle / "a3sbox", ignore_errors=True)
+    else:  # a member: its mounts below its sandbox's share
+        where = bundle.parent / pod_id / "a3sbox" / "pod" / _dir_name(container_id)
+        unmount_tree(where)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _dir_name(container_id: str) -> str:

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import os
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,9 +86,16 @@ def start(opts: argparse.Namespace) -> int:
 
 
 def delete(opts: argparse.Namespace) -> int:
+    from a3s_box.k8s.handlers import pod_of, read_annotations
+    from a3s_box.k8s.pod import reap, shim_home, vm_rundir
     from a3s_box.k8s.proto import shim_pb2
 
-    socket_path(opts.namespace, opts.id).unlink(missing_ok=True)
+    bundle = Path.cwd()
+    pod_id = pod_of(read_annotations(bundle), opts.id)
+    reap(shim_home(), bundle, opts.id, pod_id)
+    if pod_id == opts.id:
+        socket_path(opts.namespace, opts.id).unlink(missing_ok=True)
+        shutil.rmtree(vm_rundir(RUN_DIR, pod_id), ignore_errors=True)
     resp = shim_pb2.DeleteResponse(pid=0, exit_status=137)  # type: ignore[attr-defined]
     sys.stdout.buffer.write(resp.SerializeToString())
     sys.stdout.flush()

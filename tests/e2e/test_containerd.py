@@ -84,3 +84,24 @@ def _mentions(proc: Path, needles: tuple[bytes, ...]) -> bool:
     except OSError:
         return False
     return any(n in cmd for n in needles)
+
+
+def test_a_shim_killed_outright_leaves_no_vm_once_containerd_cleans_up(ctr: list[str]) -> None:
+    """containerd runs `shim delete` when a shim vanishes; that must take the VM down."""
+    def qemus() -> set[int]:
+        return {int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _mentions(p, (b"qemu-system",))}
+    before = qemus()
+    assert _run(ctr, "run", "-d", "--runtime", RUNTIME, HELLO, "k5", "sleep", "100000").returncode == 0
+    assert len(qemus() - before) == 1
+    daemons = [int(p.name) for p in Path("/proc").iterdir()
+               if p.name.isdigit() and _mentions(p, (b"-id\x00k5\x00",)) and _mentions(p, (b"-socket",))]
+    assert len(daemons) == 1, daemons
+    os.kill(daemons[0], 9)
+    deadline = time.monotonic() + 60
+    while qemus() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert qemus() - before == set()
+    _run(ctr, "task", "rm", "-f", "k5")
+    assert _run(ctr, "container", "rm", "k5").returncode == 0
+    assert "/default/k5/" not in Path("/proc/self/mountinfo").read_text()

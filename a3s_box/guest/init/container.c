@@ -198,15 +198,18 @@ static int valid_name(const char *name)
 	return *name && !strchr(name, '/') && strcmp(name, ".") && strcmp(name, "..");
 }
 
+/* Whole or not at all: a joiner polls for it right after Start. */
 static void write_pidfile(const char *name, pid_t pid)
 {
-	char p[512];
+	char p[512], tmp[520];
 	mkdir(PID_DIR, 0755);
 	snprintf(p, sizeof p, PID_DIR "/%s", name);
-	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	snprintf(tmp, sizeof tmp, PID_DIR "/.%s.tmp", name);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd >= 0) {
 		dprintf(fd, "%d\n", (int)pid);
 		close(fd);
+		rename(tmp, p);
 	}
 }
 

@@ -1,0 +1,124 @@
+"""Kubernetes benchmark through containerd's CRI plugin (Debian's containerd, a private
+socket and root): pod sandbox create -> first ExecSync in a container of it, with the
+runtime handler `a3sbox` as a ratio to `runc` in the same run; and what an idle pod
+VM costs the node (Pss of its shim, QEMU and virtiofsd), the figure the RuntimeClass
+declares as overhead.podFixed.
+
+    python3 bench/k8s.py [--rounds 3]
+
+Uses the tests' containerd helpers and CRI client (tests/e2e/containerd_host.py,
+tests/k8s/cri) as a kubelet stand-in: no kubelet can run here.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from scratch import ROOT, SHARED, Scratch
+
+sys.path.insert(0, str(ROOT))
+from tests.e2e.containerd_host import containerd, import_image  # noqa: E402
+from tests.k8s.cri.client import CriClient, pb  # noqa: E402
+
+IMAGE = "docker.io/library/hello:1"
+
+
+def _config(tmp: Path) -> str:
+    runtimes = "".join(f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]\n'
+                       f'    runtime_type = "io.containerd.{kind}.v2"\n'
+                       for name, kind in (("runc", "runc"), ("a3sbox", "a3sbox")))
+    # restrict_oom_score_adj: the CRI plugin gives sandboxes -998, and root here lacks
+    # CAP_SYS_RESOURCE (bit 24 of CapEff), so runc could not lower the score; keep containerd's
+    return (f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{IMAGE}"\n  restrict_oom_score_adj = true\n'
+            f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{tmp}/cni"\n    conf_dir = "{tmp}/cni"\n'
+            + runtimes)
+
+
+def _pod(name: str, logs: Path) -> Any:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="bench"),
+        log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE))))
+
+
+def _first_exec(cri: CriClient, handler: str, name: str, logs: Path) -> tuple[float, str]:
+    """Seconds from RunPodSandbox to the first ExecSync's answer; the pod's id."""
+    t0 = time.perf_counter()
+    pod = cri.run_pod_sandbox(_pod(name, logs), handler=handler)
+    c = cri.create_container(pod, pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=IMAGE), command=["sleep", "100000"],
+        log_path=f"{name}-c.log"), _pod(name, logs))
+    cri.start_container(c)
+    code, _, err = cri.exec_sync(c, ["true"], timeout=60)
+    took = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"{handler}: ExecSync failed ({code}): {err!r}")
+    return took, pod
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pod_processes(pod: str, shims: Path) -> list[int]:
+    """The pod's shim daemon and every process of its VM (supervisor, QEMU, virtiofsd:
+    their command lines name the VM's folder)."""
+    from a3s_box.k8s.pod import vm_rundir
+
+    vm = str(vm_rundir(shims, pod)).encode()
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if p.name.isdigit() and ((b"a3s_box.k8s.shim" in cmd and pod.encode() in cmd) or vm in cmd):
+            out.append(int(p.name))
+    if len(out) < 3:
+        raise SystemExit(f"pod {pod}: found only processes {out}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    rounds = ap.parse_args().rounds
+    with Scratch() as s, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with containerd(tmp, SHARED, _config(tmp)) as sock:
+            import_image(sock, s.image, IMAGE, namespace="k8s.io")
+            with CriClient(sock, timeout=300) as cri:
+                cri.wait_ready(30)
+                times: dict[str, list[float]] = {"runc": [], "a3sbox": []}
+                idle = []
+                for i in range(rounds):
+                    for handler in ("runc", "a3sbox"):
+                        took, pod = _first_exec(cri, handler, f"{handler}-{i}", tmp / "logs")
+                        try:
+                            times[handler].append(took)
+                            if handler == "a3sbox":
+                                time.sleep(3)  # idle: the boot's page cache and buffers settled
+                                idle.append(sum(map(_pss_kib, _pod_processes(pod, tmp / "shims"))) / 1024)
+                        finally:
+                            cri.stop_pod_sandbox(pod)
+                            cri.remove_pod_sandbox(pod)
+    runc, box = statistics.median(times["runc"]), statistics.median(times["a3sbox"])
+    print(f"pod create -> first ExecSync (median of {rounds}): runc {runc * 1000:.0f} ms, "
+          f"a3sbox {box * 1000:.0f} ms = {box / runc:.1f}x runc")
+    print(f"idle pod VM (shim + QEMU + virtiofsd, Pss, 256 MiB guest): {statistics.median(idle):.0f} MiB "
+          f"(RuntimeClass overhead.podFixed.memory)")
+
+
+if __name__ == "__main__":
+    main()
