@@ -2,8 +2,11 @@
 
     BoxError                      base; the CLI prints str(err) and exits 1
     ├── BoxfileError              a Boxfile is invalid: .problems, each FILE:LINE:COL (exit 2)
+    ├── DockerfileError           a Dockerfile is invalid or uses what is not supported:
+    │                             .problems, each FILE:LINE:COL (exit 2)
     ├── ImageError                an image could not be pulled/imported/unpacked: .ref
-    │   └── RegistryError         the registry answered badly or not at all: .ref, .status
+    │   ├── RegistryError         the registry answered badly or not at all: .ref, .status
+    │   └── BuildError            a build step failed: .ref (the image), .where (FILE:LINE)
     ├── StateError                the state store is unreadable or locked
     ├── DriverError               a VM could not be created/started/stopped: .box
     │   └── HostUnsupported       the host cannot run this driver (no KVM, no libkrun...): .reason
@@ -49,6 +52,16 @@ class BoxfileError(BoxError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class DockerfileError(BoxError):
+    """A Dockerfile is invalid; `problems` lists every problem found (path: the instruction)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
 class ImageError(BoxError):
     def __init__(self, ref: str, message: str) -> None:
         self.ref = ref
@@ -59,6 +72,14 @@ class RegistryError(ImageError):
     def __init__(self, ref: str, message: str, status: int | None = None) -> None:
         self.status = status
         super().__init__(ref, message)
+
+
+class BuildError(ImageError):
+    """A build step failed (a RUN exited non-zero, a COPY source is missing...)."""
+
+    def __init__(self, ref: str, where: str, message: str) -> None:
+        self.where = where
+        super().__init__(ref, f"{where}: {message}" if where else message)
 
 
 class StateError(BoxError):

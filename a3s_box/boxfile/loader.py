@@ -20,7 +20,7 @@ from a3s_box.boxfile.interpolate import interpolate
 from a3s_box.boxfile.messages import Issue, issue_from
 from a3s_box.boxfile.model import Boxfile, ImageDef
 from a3s_box.boxfile.positions import locate
-from a3s_box.boxfile.references import check_references, check_secrets, check_volumes
+from a3s_box.boxfile.references import check_builds, check_references, check_secrets, check_volumes
 from a3s_box.boxfile.source import Source, SourceProblem, parse_fast, parse_positions, read
 from a3s_box.errors import BoxfileError, Problem
 
@@ -79,6 +79,7 @@ def load(files: Sequence[str | Path], environ: Mapping[str, str] | None = None,
     if model is not None:
         issues += check_secrets(model, env if for_apply else None)
         issues += check_volumes(model, for_apply)
+        issues += check_builds(model)
     if issues:
         raise BoxfileError(_place(issues, sources))
     assert model is not None
@@ -127,7 +128,8 @@ def _image_path_bases(doc: dict[Any, Any], base: Path) -> dict[str, Path]:
     images = doc.get("images")
     if not isinstance(images, dict):
         return {}
-    return {str(name): base for name, img in images.items() if isinstance(img, dict) and "path" in img}
+    return {str(name): base for name, img in images.items()
+            if isinstance(img, dict) and ("path" in img or "build" in img)}
 
 
 def _volume_bases(doc: dict[Any, Any], base: Path) -> dict[str, Path]:
@@ -161,14 +163,18 @@ def _host_path(src: str, base: Path) -> str:
 
 
 def _resolve_paths(data: Any, bases: dict[str, Path]) -> None:
-    """Image paths are relative to the Boxfile that names them (after interpolation,
-    so `${IMAGES}/tools` works too)."""
+    """Image paths and build contexts are relative to the Boxfile that names them
+    (after interpolation, so `${IMAGES}/tools` works too)."""
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, dict):
         return
     for name, img in images.items():
         if isinstance(img, dict) and isinstance(img.get("path"), str) and img["path"] and str(name) in bases:
             img["path"] = str((bases[str(name)] / img["path"]).absolute())
+        build = img.get("build") if isinstance(img, dict) else None
+        if isinstance(build, dict) and isinstance(build.get("context"), str) and build["context"] \
+                and str(name) in bases:
+            build["context"] = _host_path(build["context"], bases[str(name)])
 
 
 def _merge(base: Any, over: Any) -> Any:

@@ -96,12 +96,13 @@ class _Model(BaseModel):
 
 
 class ImageDef(_Model):
-    """Where an image comes from: exactly one of `ref` and `path`."""
+    """Where an image comes from: exactly one of `ref`, `path` and `build`."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
         # A key given as null counts as absent, as it does for the loader.
         {"required": ["ref"], "properties": {"ref": {"type": "string"}}},
         {"required": ["path"], "properties": {"path": {"type": "string"}}},
+        {"required": ["build"], "properties": {"build": {"type": "object"}}},
     ]})
 
     ref: str | None = Field(None, min_length=1, description=(
@@ -112,10 +113,15 @@ class ImageDef(_Model):
         "A local OCI image layout folder or a `docker save` tarball, relative to the Boxfile's folder."),
         examples=["./images/tools", "./build/agent.tar"])
 
+    build: "BuildDef | None" = Field(None, description=(
+        "Build the image from a Dockerfile, each RUN in a microVM (compose's `build:`)."),
+        examples=[{"context": "./agent", "dockerfile": "Dockerfile", "args": {"V": "1"}, "target": "run"}])
+
     @model_validator(mode="after")
     def _exactly_one(self) -> "ImageDef":
-        if (self.ref is None) == (self.path is None):
-            raise ValueError("give exactly one of `ref` (a registry reference) and `path` (a local image)")
+        if sum(x is not None for x in (self.ref, self.path, self.build)) != 1:
+            raise ValueError("give exactly one of `ref` (a registry reference), `path` (a local image) "
+                             "and `build` (a Dockerfile to build)")
         return self
 
 
@@ -327,6 +333,39 @@ class Network(_Model):
                 raise ValueError(f"{seen[key]!r} and {p!r} both publish {key}")
             seen[key] = p
         return v
+
+
+def _build_network() -> "Network":
+    return Network.model_validate({"mode": "public"})
+
+
+class BuildDef(_Model):
+    """An image built from a Dockerfile. Every RUN runs in a microVM booted from the
+    layers so far, reaching only what `network` allows."""
+
+    context: Path = Field(description=(
+        "The build context: a folder, relative to the Boxfile. COPY and ADD read from it "
+        "(minus what its .dockerignore excludes)."), examples=["./agent"])
+    dockerfile: str = Field("Dockerfile", min_length=1, description=(
+        "The Dockerfile, relative to the context."), examples=["Dockerfile", "docker/agent.Dockerfile"])
+    args: Env = Field(default_factory=dict, description="Build arguments: values of the Dockerfile's ARGs.",
+                      examples=[{"VERSION": "1.2"}])
+    target: str | None = Field(None, min_length=1, description=(
+        "The stage to build (`FROM ... AS NAME`); default: the last."), examples=["run"])
+    network: Network = Field(default_factory=_build_network, description=(
+        "What RUN steps reach, as a box's `network` (default: `public`, the internet minus "
+        "private, loopback and link-local addresses; `none` for no network)."),
+        examples=[{"mode": "none"}, {"mode": "allowlist", "egress": ["*.pypi.org", "files.pythonhosted.org"]}])
+
+    @field_validator("network")
+    @classmethod
+    def _no_ports(cls, v: "Network") -> "Network":
+        if v.ports:
+            raise ValueError("a build publishes no ports: drop ports")
+        return v
+
+
+ImageDef.model_rebuild()
 
 
 class SecretDef(_Model):
@@ -552,7 +591,7 @@ class Boxfile(_Model):
         image = self.boxes[box_name].image
         if image in self.images:
             return image, self.images[image]
-        return None, ImageDef(ref=image, path=None)
+        return None, ImageDef(ref=image, path=None, build=None)
 
 
 def is_direct_reference(image: str) -> bool:

@@ -176,3 +176,23 @@ def check_volumes(model: Any, for_apply: bool) -> list[Issue]:
                     issues.append(Issue(("boxes", name, "volumes", i),
                                         f"bind source {src} {what} (box {name})"))
     return issues
+
+
+def check_builds(model: Any) -> list[Issue]:
+    """A build's context must be a folder holding its Dockerfile."""
+    issues: list[Issue] = []
+    for name, img in sorted(model.images.items()):
+        build = img.build
+        if build is None:
+            continue
+        context = Path(build.context)
+        if not context.is_dir():
+            what = "is not a folder" if context.exists() else "does not exist"
+            issues.append(Issue(("images", name, "build", "context"), f"build context {context} {what}"))
+            continue
+        dockerfile = context / build.dockerfile
+        if not dockerfile.is_file():
+            issues.append(Issue(("images", name, "build", "dockerfile"), (
+                f"no Dockerfile at {dockerfile}" + ("" if build.dockerfile == "Dockerfile" else
+                                                    " (dockerfile: is relative to the context)"))))
+    return issues

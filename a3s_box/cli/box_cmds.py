@@ -137,13 +137,16 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
         with host.locked(wait=not no_wait,
                          on_wait=lambda: _say(ctx, "waiting for another box command to finish...")):
             progress = not ctx.quiet and not machine and sys.stderr.isatty()
+            from a3s_box.cli.build_cmds import StepPrinter
+
+            steps = StepPrinter(ctx.quiet or machine)
             result = host.apply(
                 bf, project, prune,
                 report=lambda o: _report(ctx, machine, o),
                 progress=progress,
                 before_boxes=lambda p: None if (ctx.quiet or machine or not p.has_changes)
                 else _say(ctx, p.text().rstrip("\n")),
-                parallel=parallel, driver=driver,
+                parallel=parallel, driver=driver, build_events=steps.event, build_output=steps.output,
             )
     if machine:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))

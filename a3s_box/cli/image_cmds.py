@@ -1,4 +1,4 @@
-"""`box image`: pull, import, ls, rm, prune."""
+"""`box image`: pull, import, ls, inspect, export, rm, prune."""
 from __future__ import annotations
 
 import re
@@ -82,6 +82,40 @@ def register(cli: click.Group) -> None:
             rows = [{**r, "digest": r["digest"][7:19], "size": _human(r["size"])} for r in rows]
         emit(rows, [("name", "NAME"), ("digest", "DIGEST"), ("size", "SIZE"),
                     ("last_used", "LAST USED")], fmt)
+
+    @image.command("inspect")
+    @click.argument("name")
+    @pass_cli
+    def inspect(c: CliContext, name: str) -> None:
+        """An image's record, its OCI config (labels included) and the box defaults its
+        dev.a3s.box.* labels give (JSON)."""
+        import json
+
+        from a3s_box.image.box_labels import box_defaults
+
+        store = _store(c)
+        r = store.get(name)
+        if r is None:
+            raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
+        config = json.loads(store.blobs.read(r.config_digest)) if r.config_digest else {}
+        doc = {**_row(r), "layers": list(r.layers), "source": r.source, "config": config,
+               "box_defaults": box_defaults(r.name, r.config.labels)}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+    @image.command("export")
+    @click.argument("name")
+    @click.argument("dest", type=click.Path(path_type=Path))
+    @pass_cli
+    def export(c: CliContext, name: str, dest: Path) -> None:
+        """Write image NAME as an OCI image layout folder DEST (skopeo, umoci and others read it)."""
+        from a3s_box.image.layout import export_layout
+
+        store = _store(c)
+        r = store.get(name)
+        if r is None:
+            raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
+        export_layout(store.blobs, r.name, r.digest, dest)
+        click.echo(f"exported {r.name} to {dest}")
 
     @image.command("rm")
     @click.argument("names", nargs=-1, required=True)

@@ -30,7 +30,7 @@ def _register() -> None:
 
     for mod in ("a3s_box.cli.boxfile_cmds", "a3s_box.cli.image_cmds", "a3s_box.cli.box_cmds",
                 "a3s_box.cli.host_cmds", "a3s_box.cli.files_cmds", "a3s_box.cli.snapshot_cmds",
-                "a3s_box.cli.serve_cmds"):
+                "a3s_box.cli.serve_cmds", "a3s_box.cli.build_cmds"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

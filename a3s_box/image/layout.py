@@ -148,3 +148,38 @@ def _import_docker(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStor
                    "digest": config_digest, "size": len(config)},
         "layers": layers}, sort_keys=True, separators=(",", ":")).encode()
     return Imported(blobs.put_bytes(manifest), sd, str(tags[0]) if tags else None)
+
+
+def export_layout(blobs: BlobStore, name: str, manifest_digest: str, dest: Path) -> None:
+    """The image as an OCI image layout folder at DEST (made whole in a temp folder, then
+    renamed): its manifest, config and layers, named NAME in index.json."""
+    import json
+    import os
+    import shutil
+
+    from a3s_box.image.manifest import OCI_MANIFEST, Manifest, parse_manifest
+
+    if dest.exists():
+        raise ImageError(name, f"export: {dest} exists already")
+    m = parse_manifest(blobs.read(manifest_digest), name)
+    if not isinstance(m, Manifest):
+        raise ImageError(name, "export: not an image manifest")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "blobs" / "sha256").mkdir(parents=True)
+        for digest in (manifest_digest, m.config.digest, *(layer.digest for layer in m.layers)):
+            target = tmp / "blobs" / "sha256" / digest.split(":", 1)[1]
+            if not target.exists():
+                shutil.copyfile(blobs.path(digest), target)
+        (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        (tmp / "index.json").write_text(json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest_digest,
+                           "size": blobs.size(manifest_digest),
+                           "annotations": {"org.opencontainers.image.ref.name": name}}]}, sort_keys=True))
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise ImageError(name, f"export to {dest}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -60,8 +60,8 @@ class ImageConfig:
         return [*self.entrypoint, *self.cmd]
 
     def box_labels(self) -> dict[str, str]:
-        """Agent defaults carried by the image: labels under org.a3s.box.*."""
-        return {k: v for k, v in sorted(self.labels.items()) if k.startswith("org.a3s.box.")}
+        """Box defaults carried by the image: labels under dev.a3s.box.* (box_labels.py reads them)."""
+        return {k: v for k, v in sorted(self.labels.items()) if k.startswith("dev.a3s.box.")}
 
     def to_json(self) -> dict[str, Any]:
         return {"env": list(self.env), "entrypoint": list(self.entrypoint), "cmd": list(self.cmd),

@@ -6,6 +6,7 @@
     images/index.json (+ .lock)    name -> manifest digest, config, size, last used
     images/unpacked/<hex>/         the applied layers per manifest digest (virtio-fs roots)
     images/rootfs/<hex>.ext4       the read-only ext4 base per manifest digest
+    images/pins.json               blobs kept though no image names them (the build cache)
 Box disks are qcow2 overlays on a base, created wherever the caller says.
 
 An image is registered only once all its blobs are verified and its layers applied
@@ -35,6 +36,7 @@ from a3s_box.image.blobs import BlobStore
 from a3s_box.image.layout import import_source, source_digest
 from a3s_box.image.manifest import LAYER_TYPES, Manifest, choose_platform, parse_config, parse_manifest
 from a3s_box.image.progress import layer_progress
+from a3s_box.image.pins import Pins
 from a3s_box.image.records import ImageRecord, RecordIndex
 from a3s_box.image.reference import Reference, is_digest, parse_reference
 from a3s_box.image.rootfs import build_ext4, create_overlay
@@ -50,6 +52,7 @@ class ImageStore:
         self.root = home.images
         self.blobs = BlobStore(self.root)
         self.index = RecordIndex(self.root)
+        self.pins = Pins(self.root)  # the build cache's blobs: live though no record names them
         self.insecure = insecure  # None: A3S_BOX_INSECURE_REGISTRIES, read when pulling
         self.retries = retries
         self.backoff = backoff
@@ -118,6 +121,20 @@ class ImageStore:
                     for f in futures.values():
                         f.cancel()
         return self._register(name, digest, source=name, source_digest="")
+
+    def register(self, name: str, digest: str, *, source: str, source_digest: str) -> ImageRecord:
+        """An image whose blobs are in the store already (a build's) under NAME."""
+        try:
+            with self._in_flight():
+                return self._register(name, digest, source=source, source_digest=source_digest)
+        finally:
+            self._sweep(wait=False)  # what NAME pointed at before, if nothing else holds it
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """No sweep while held: for blobs written before they are registered or pinned."""
+        with self._in_flight():
+            yield
 
     def import_path(self, path: Path, tag: str | None = None) -> ImageRecord:
         return self._import(path, tag)
@@ -254,11 +271,14 @@ class ImageStore:
         return gone
 
     def prune(self, in_use: set[str]) -> builtins.list[ImageRecord]:
-        """Remove every image no box uses (by digest or name), then unreferenced blobs."""
+        """Remove every image no box uses (by digest or name) and the build cache, then
+        unreferenced blobs."""
         with self.index.locked() as records:
             gone = [r for r in records.values() if r.digest not in in_use and r.name not in in_use]
             for r in gone:
                 del records[r.name]
+        with self.pins.locked() as pins:
+            pins.clear()
         self._sweep(partials=True)
         return gone
 
@@ -305,7 +325,7 @@ class ImageStore:
 
     def _sweep_locked(self, partials: bool) -> None:
         with self.index.locked() as records:
-            live_blobs = {b for r in records.values() for b in r.blobs}
+            live_blobs = {b for r in records.values() for b in r.blobs} | self.pins.blobs()
             live = {r.digest[7:] for r in records.values()}
             for digest in list(self.blobs.all()):
                 if digest not in live_blobs:

@@ -13,17 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a3s_box.boxfile.model import BoxDef, Boxfile, PoolDef
+from a3s_box.boxfile.model import BoxDef, Boxfile, ImageDef, PoolDef
 
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 
 
 @dataclass(frozen=True)
+class BuildPreview:
+    """What the store knows of a build without running it (Host.desired finds out)."""
+
+    shown: str  # the context as the plan shows it (./agent)
+    total: int  # steps
+    cached: int  # steps the build cache has, from the first on
+    digest: str | None  # the image the Boxfile's build makes, when it is built already
+
+
+@dataclass(frozen=True)
 class DesiredImage:
     name: str  # the images: key, or the reference itself for a direct reference
-    source: str  # an OCI reference, or an absolute path to a layout folder / tar
+    source: str  # an OCI reference, an absolute path to a layout folder / tar, or a build context
     is_path: bool
     digest: str | None  # None: not in the local store yet ("known after pull")
+    build: BuildPreview | None = None  # a build: what it would take
+    definition: ImageDef | None = field(default=None, compare=False)  # a build's, for the executor
 
 
 @dataclass(frozen=True)
@@ -33,8 +45,40 @@ class DesiredBox:
     spec: dict[str, Any]  # canonical, JSON-able; changes here mean recreate
     spec_hash: str
     depends_on: dict[str, str]  # box -> condition
-    definition: BoxDef
+    definition: BoxDef  # with the image's dev.a3s.box.* defaults for what the Boxfile leaves unset
     template_of: tuple[str, ...] = ()  # pools using it: a template is not booted on its own
+    from_image: tuple[str, ...] = ()  # the fields whose values came from the image's labels
+
+
+def with_image_defaults(box: BoxDef, defaults: Mapping[str, Any]) -> tuple[BoxDef, tuple[str, ...]]:
+    """BOX with the image's label defaults (a3s_box.image.box_labels) for each field it
+    leaves unset; and which fields those were. The Boxfile wins wherever it says anything."""
+    from a3s_box.boxfile.model import AgentNamespace, Healthcheck, Namespaces, Network, Resources
+
+    taken: list[str] = []
+    update: dict[str, Any] = {}
+    agent = box.namespaces.agent
+    ag = dict((defaults.get("namespaces") or {}).get("agent") or {})
+    agent_update = {}
+    if "command" in ag and agent.command is None:
+        agent_update["command"] = ag["command"]
+    if "isolate" in ag and "isolate" not in agent.model_fields_set:
+        agent_update["isolate"] = ag["isolate"]
+    if agent_update:
+        taken += [f"namespaces.agent.{k}" for k in sorted(agent_update)]
+        new_agent = AgentNamespace.model_validate({**agent.model_dump(), **agent_update})
+        update["namespaces"] = Namespaces.model_validate({**box.namespaces.model_dump(), "agent": new_agent.model_dump()})
+    res = {k: v for k, v in (defaults.get("resources") or {}).items() if k not in box.resources.model_fields_set}
+    if res:
+        taken += [f"resources.{k}" for k in sorted(res)]
+        update["resources"] = Resources.model_validate({**box.resources.model_dump(), **res})
+    if defaults.get("healthcheck") and box.healthcheck is None:
+        taken.append("healthcheck")
+        update["healthcheck"] = Healthcheck.model_validate(defaults["healthcheck"])
+    if defaults.get("network") and "network" not in box.model_fields_set:
+        taken.append("network.egress")
+        update["network"] = Network.model_validate(defaults["network"])
+    return (box.model_copy(update=update) if update else box), tuple(taken)
 
 
 @dataclass(frozen=True)
@@ -125,11 +169,26 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
     return spec
 
 
+def built_image_name(project: str, image: str) -> str:
+    """Where a Boxfile's build lands in the store (buildah's convention for local builds)."""
+    return f"localhost/{project}-{image}:latest"
+
+
 def desired_state(
-    boxfile: Boxfile, project: str, known_digests: Mapping[str, str | None]
+    boxfile: Boxfile, project: str, known_digests: Mapping[str, str | None],
+    builds: Mapping[str, BuildPreview] | None = None,
+    image_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> DesiredState:
+    """IMAGE_DEFAULTS: image name -> the box defaults its labels give, for images the
+    store has (the caller reads them; a3s_box.image.box_labels checks them)."""
     images: dict[str, DesiredImage] = {}
     for name, img in sorted(boxfile.images.items()):
+        if img.build is not None:
+            preview = (builds or {}).get(name)
+            images[name] = DesiredImage(name, str(img.build.context), False,
+                                        preview.digest if preview else None, preview or BuildPreview(
+                                            str(img.build.context), 0, 0, None), img)
+            continue
         images[name] = _desired_image(name, img.ref, img.path, known_digests)
     boxes: dict[str, DesiredBox] = {}
     templates: dict[str, list[str]] = {}
@@ -141,7 +200,9 @@ def desired_state(
         if image_name not in images:
             images[image_name] = _desired_image(image_name, img.ref, img.path, known_digests)
         di = images[image_name]
-        identity = di.digest or f"{'path' if di.is_path else 'ref'}:{di.source}"
+        kind = "build" if di.build is not None else "path" if di.is_path else "ref"
+        identity = di.digest or f"{kind}:{di.source}"
+        box, from_image = with_image_defaults(box, (image_defaults or {}).get(image_name) or {})
         spec = box_spec(box, identity)
         boxes[name] = DesiredBox(
             name=name,
@@ -151,6 +212,7 @@ def desired_state(
             depends_on={d: dep.condition for d, dep in sorted(box.depends_on.items())},
             definition=box,
             template_of=tuple(templates.get(name, ())),
+            from_image=from_image,
         )
     pools: dict[str, DesiredPool] = {}
     for name, pool in sorted(boxfile.pools.items()):

@@ -14,11 +14,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported, ImageError
 
 if TYPE_CHECKING:
+    from a3s_box.build.builder import Events, Output
     from a3s_box.image import ImageStore
-from a3s_box.orchestrator.desired import DesiredState
+    from a3s_box.image.records import ImageRecord
+from a3s_box.orchestrator.desired import DesiredImage, DesiredState
 from a3s_box.orchestrator.graph import Node, build_graph, dependants
 from a3s_box.orchestrator.launch import box_launch, box_network, box_volumes, launch_to_json
 from a3s_box.orchestrator.lifecycle import BoxRuntime
@@ -50,7 +52,9 @@ Report = Callable[[Outcome], None]
 class Executor:
     def __init__(self, runtime: BoxRuntime, images: ImageStore, report: Report,
                  progress: bool = False, parallel: int | None = None,
-                 driver: str | None = None) -> None:
+                 driver: str | None = None, build_events: "Events" = lambda e: None,
+                 build_output: "Output" = lambda b: None) -> None:
+        self.build_events, self.build_output = build_events, build_output
         self.parallel = parallel or os.cpu_count() or 1
         self.default_driver = driver  # --driver / A3S_BOX_DRIVER: for boxes that say `auto`
         self.runtime = runtime
@@ -64,11 +68,15 @@ class Executor:
         digests: dict[str, str] = {}
         outcomes: list[Outcome] = []
         for name, img in desired.images.items():
-            action = Action(Op.NOOP if img.digest else (Op.IMPORT if img.is_path else Op.PULL),
-                            "image", name, img.source)
+            op = Op.BUILD if img.build is not None else Op.IMPORT if img.is_path else Op.PULL
+            action = Action(Op.NOOP if img.digest else op, "image", name, img.source)
             t0 = time.monotonic()
             try:
-                record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
+                if img.build is not None:
+                    record = self._build(desired.project, name, img) if not img.digest else \
+                        self._built(name, img.digest)
+                else:
+                    record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
             except BoxError as e:
                 out = Outcome(action, "failed", str(e), time.monotonic() - t0)
             else:
@@ -82,6 +90,21 @@ class Executor:
             if out.status != "unchanged":
                 self.report(out)
         return digests, outcomes
+
+    def _build(self, project: str, name: str, img: DesiredImage) -> ImageRecord:
+        from a3s_box.orchestrator.builds import run_build
+
+        assert img.definition is not None
+        result = run_build(self.runtime.home, self.images, project, name, img.definition,
+                           self.build_events, self.build_output)
+        assert result.record is not None
+        return result.record
+
+    def _built(self, name: str, digest: str) -> ImageRecord:
+        record = next((r for r in self.images.list() if r.digest == digest), None)
+        if record is None:
+            raise ImageError(name, f"built image {digest[:19]} is gone from the store")
+        return record
 
     def run(self, plan: Plan, desired: DesiredState,
             failed: Collection[Node] = ()) -> list[Outcome]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from a3s_box.errors import BoxError
 
 if TYPE_CHECKING:  # the heavy parts are imported on use, so `box ps`/`exec` start fast
     from a3s_box.boxfile.model import Boxfile
+    from a3s_box.build.builder import BuildResult, Events, Output
     from a3s_box.orchestrator.desired import DesiredState
     from a3s_box.orchestrator.executor import Outcome, Report
     from a3s_box.orchestrator.plan import Plan
@@ -179,9 +180,28 @@ class Host:
         proj = project_name(bf, project)
         known: dict[str, str | None] = {}
         for name, img in desired_state(bf, proj, {}).images.items():
-            record = self.images.get(img.source)  # no network: what the store already has
-            known[name] = record.digest if record is not None else None
-        return desired_state(bf, proj, known)
+            if img.build is None:
+                record = self.images.get(img.source)  # no network: what the store already has
+                known[name] = record.digest if record is not None else None
+        builds = None
+        if any(i.build is not None for i in bf.images.values()):
+            from a3s_box.orchestrator.builds import previews
+
+            builds = previews(self.home, self.images, bf, proj)  # nothing runs: the cache's view
+            known.update({n: b.digest for n, b in builds.items()})
+        return desired_state(bf, proj, known, builds, self._image_defaults(known))
+
+    def _image_defaults(self, digests: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+        """The dev.a3s.box.* label defaults of each image the store has, by image name."""
+        from a3s_box.image.box_labels import box_defaults
+
+        out: dict[str, dict[str, Any]] = {}
+        records = {r.digest: r for r in self.images.list()}
+        for name, digest in digests.items():
+            record = records.get(digest) if digest else None
+            if record is not None:
+                out[name] = box_defaults(record.name, record.config.labels)
+        return out
 
     def plan(self, bf: "Boxfile", project: str | None = None, prune: bool = False) -> "Plan":
         from a3s_box.orchestrator.observed import observe
@@ -193,7 +213,8 @@ class Host:
     def apply(self, bf: "Boxfile", project: str | None = None, prune: bool = False,
               report: "Report" = lambda o: None, progress: bool = False,
               before_boxes: "Callable[[Plan], None]" = lambda p: None,
-              parallel: int | None = None, driver: str | None = None) -> ApplyResult:
+              parallel: int | None = None, driver: str | None = None,
+              build_events: "Events" = lambda e: None, build_output: "Output" = lambda b: None) -> ApplyResult:
         """Converge the host to the Boxfile. Caller holds the lock (see `locked`)."""
         from a3s_box.orchestrator.desired import desired_state
         from a3s_box.orchestrator.executor import Executor
@@ -201,11 +222,15 @@ class Host:
         from a3s_box.orchestrator.plan import make_plan
 
         self.runtime.recover(self.images)
-        executor = Executor(self.runtime, self.images, report, progress, parallel, driver)
+        executor = Executor(self.runtime, self.images, report, progress, parallel, driver,
+                            build_events, build_output)
         desired = self.desired(bf, project)
         digests, image_outcomes = executor.ensure_images(desired)
         self._enforce_image_cap(set(digests.values()))
-        desired = desired_state(bf, desired.project, {**{n: i.digest for n, i in desired.images.items()}, **digests})
+        builds = {n: replace(i.build, digest=digests.get(n)) for n, i in desired.images.items()
+                  if i.build is not None}
+        known = {**{n: i.digest for n, i in desired.images.items()}, **digests}
+        desired = desired_state(bf, desired.project, known, builds, self._image_defaults(known))
         plan = make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
         before_boxes(plan)
         failed = {o.action.node for o in image_outcomes if o.status == "failed"}
@@ -218,6 +243,23 @@ class Host:
                      "ok" if not bad else f"failed: {len(bad)} of {len(outcomes)} changes",
                      changes=[f"{o.action.kind} {o.action.name}: {o.status}" for o in outcomes if o.status != "unchanged"])
         return result
+
+    def build(self, bf: "Boxfile", project: str | None = None, names: Sequence[str] = (),
+              no_cache: bool = False, events: "Events" = lambda e: None,
+              output: "Output" = lambda b: None) -> list[tuple[str, "BuildResult"]]:
+        """Build the Boxfile's `build:` images (NAMES: only these), through the cache
+        unless NO_CACHE. Caller holds the lock."""
+        from a3s_box.orchestrator.builds import run_build, wanted_builds
+        from a3s_box.orchestrator.desired import project_name
+
+        proj = project_name(bf, project)
+        picked = wanted_builds(bf, list(names))
+        unknown = sorted(set(names) - set(picked))
+        if unknown:
+            have = ", ".join(n for n, i in sorted(bf.images.items()) if i.build is not None) or "none"
+            raise BoxError(f"image {unknown[0]}: not a build image of this Boxfile (build images: {have})")
+        return [(n, run_build(self.home, self.images, proj, n, bf.images[n], events, output, no_cache))
+                for n in picked]
 
     def _enforce_image_cap(self, wanted: set[str]) -> None:
         """$A3S_BOX_IMAGE_CAP (e.g. 20Gi): evict least recently used images down to it,

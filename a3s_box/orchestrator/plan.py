@@ -24,11 +24,12 @@ class Op(str, enum.Enum):
     DELETE = "delete"
     PULL = "pull"
     IMPORT = "import"
+    BUILD = "build"
     NOOP = "noop"
 
 
 _SYMBOL = {
-    Op.CREATE: "+", Op.PULL: "+", Op.IMPORT: "+", Op.RECREATE: "~", Op.START: "~",
+    Op.CREATE: "+", Op.PULL: "+", Op.IMPORT: "+", Op.BUILD: "+", Op.RECREATE: "~", Op.START: "~",
     Op.UPDATE: "~", Op.DELETE: "-", Op.NOOP: " ",
 }
 
@@ -90,7 +91,7 @@ class Plan:
     def counts(self) -> dict[str, int]:
         out = {"create": 0, "recreate": 0, "update": 0, "delete": 0, "unchanged": 0}
         for a in self.actions:
-            if a.op in (Op.CREATE, Op.PULL, Op.IMPORT):
+            if a.op in (Op.CREATE, Op.PULL, Op.IMPORT, Op.BUILD):
                 out["create"] += 1
             elif a.op in (Op.RECREATE, Op.START):
                 out["recreate"] += 1
@@ -156,6 +157,10 @@ def _image_action(desired: DesiredState, name: str) -> Action:
     img = desired.images[name]
     if img.digest is not None:
         return Action(Op.NOOP, "image", name, img.digest[:19])
+    if img.build is not None:
+        b = img.build
+        steps = f" ({b.cached} of {b.total} steps cached)" if b.total else ""
+        return Action(Op.BUILD, "image", name, f"{b.shown}{steps}")
     return Action(Op.IMPORT if img.is_path else Op.PULL, "image", name, img.source)
 
 
@@ -180,6 +185,8 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
             extra += ", cold boot (no snapshot with " + ("a network" if net else "volumes") + ")"
         if want.spec.get("secrets"):
             extra += f", {len(want.spec['secrets'])} secret{'s' if len(want.spec['secrets']) > 1 else ''}"
+        if want.from_image:
+            extra += f" (from the image's labels: {', '.join(want.from_image)})"
         return Action(Op.CREATE, "box", name,
                       f"image {want.image}, {res['vcpus']} vcpu, {res['memory']}{extra}")
     if have.spec_hash != want.spec_hash:

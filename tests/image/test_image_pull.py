@@ -23,7 +23,7 @@ pytestmark = pytest.mark.registry
 
 CONFIG = {"Env": ["PATH=/bin", "MODE=test"], "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"],
           "WorkingDir": "/srv", "User": "1000:1000",
-          "Labels": {"org.a3s.box.agent": "coder", "other": "x"}}
+          "Labels": {"dev.a3s.box.agent.command": '["coder"]', "other": "x"}}
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def test_pull_by_tag_keeps_config(registry: Registry, pushed: Pushed, tmp_path: 
     c = r.config
     assert (c.env, c.argv, c.workdir, c.user) == (("PATH=/bin", "MODE=test"),
                                                   ["/bin/sh", "-c", "echo hi"], "/srv", "1000:1000")
-    assert c.box_labels() == {"org.a3s.box.agent": "coder"}
+    assert c.box_labels() == {"dev.a3s.box.agent.command": '["coder"]'}
     assert final_blobs(store) == set(r.blobs)
     for key in (r.name, pushed.base_digest, pushed.base_digest[:19], f"{registry.host}/test/base:1"):
         assert store.get(key) == r

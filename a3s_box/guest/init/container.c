@@ -4,6 +4,7 @@
  *             [-m MEMORY_BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...
  *   container -j NAME [-w CWD] -- ARGV...      (a further process in container NAME)
  *   container -s NAME FILE VALUE...            (new limits: cgroup FILEs of NAME)
+ *   container -u UID:GID [-w CWD] -- ARGV...   (as that user, in the guest's own root: builds)
  *
  * ROOT is the container's root file system (the snapshotter's mounts, shared by the
  * host through virtio-fs). The process gets a mount and a pid namespace of its own
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -250,8 +252,30 @@ static int usage(void)
 	fprintf(stderr, "usage: container -r ROOT [-w CWD] [-h HOSTNAME] [-b SRC:DST[:ro]]... "
 			"[-c NAME] [-m BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...\n"
 			"       container -j NAME [-w CWD] -- ARGV...\n"
-			"       container -s NAME FILE VALUE...\n");
+			"       container -s NAME FILE VALUE...\n"
+			"       container -u UID:GID [-w CWD] -- ARGV...\n");
 	return 2;
+}
+
+/* A build's RUN under USER: the step's process as UID:GID with no supplementary groups. */
+static int run_as(const char *user, const char *cwd, char **argv)
+{
+	char *end;
+	unsigned long uid = strtoul(user, &end, 10), gid = uid;
+	if (end == user || (*end && *end != ':'))
+		return usage();
+	if (*end == ':') {
+		const char *g = end + 1;
+		gid = strtoul(g, &end, 10);
+		if (end == g || *end)
+			return usage();
+	}
+	if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0 || setuid((uid_t)uid) < 0)
+		return die("become", user);
+	if (chdir(cwd) < 0)
+		return die("workdir", cwd);
+	execvp(argv[0], argv);
+	return die("exec", argv[0]);
 }
 
 static int set_limits(int argc, char **argv)
@@ -274,7 +298,8 @@ int container_main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "-s"))
 		return set_limits(argc, argv);
-	const char *root = NULL, *cwd = "/", *hostname = NULL, *cg = NULL, *cpu = NULL, *join = NULL;
+	const char *root = NULL, *cwd = "/", *hostname = NULL, *cg = NULL, *cpu = NULL, *join = NULL,
+		   *user = NULL;
 	uint64_t mem = 0;
 	uint32_t pids = 0;
 	struct bind binds[MAX_BINDS];
@@ -298,6 +323,8 @@ int container_main(int argc, char **argv)
 			cg = v;
 		else if (!strcmp(a, "-j"))
 			join = v;
+		else if (!strcmp(a, "-u"))
+			user = v;
 		else if (!strcmp(a, "-m"))
 			mem = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "-p"))
@@ -315,6 +342,8 @@ int container_main(int argc, char **argv)
 		} else
 			return usage();
 	}
+	if (user && !root && !join && i < argc)
+		return run_as(user, cwd, argv + i);
 	if ((!root && !join) || (root && join) || i >= argc)
 		return usage();
 	int nsfd[3] = {-1, -1, -1};

@@ -1,0 +1,123 @@
+"""One RUN of a build, inside a microVM: the VM boots on an ext4 disk made from the
+image's tree so far (under a qcow2 overlay it writes), with the build's network policy
+and nothing of the host mounted, so an untrusted Dockerfile reaches only what that
+policy allows. After the command the guest powers off; the overlay's file system (read
+only, through a loop device) is diffed against the tree it started from: that change
+is the step's layer.
+
+Threat: the Dockerfile and everything its RUN lines download are hostile. They run as
+root in the guest, in the same confined VMM every box has; the host reads the guest's
+disk only after the VM is gone, read-only and without following its symlinks (the diff
+lstat()s and opens regular files only)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from a3s_box.build.diff import Change, diff_trees
+from a3s_box.drivers.base import BoxLaunch, BoxNetwork
+from a3s_box.errors import BuildError
+from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
+from a3s_box.home import Home
+from a3s_box.image.rootfs import build_ext4, create_overlay, disk_usage
+
+HELPER = "/.a3s/container"
+SPARE = 4 << 30  # room a RUN may write (sparse: costs only what it uses)
+Output = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    argv: tuple[str, ...]
+    env: tuple[str, ...]  # KEY=VALUE
+    workdir: str
+    user: tuple[int, int] | None  # uid, gid: None for root
+    network: BoxNetwork | None
+    vcpus: int = 1
+    memory_mib: int = 1024
+
+
+def _run(argv: list[str], image: str, where: str, what: str, timeout: float = 600) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise BuildError(image, where, f"{what}: {(r.stderr or r.stdout).strip()[-300:]}")
+
+
+class RunResult:
+    """The VM's disk after the step, mounted read-only until closed."""
+
+    def __init__(self, work: Path, mount: Path, changes: list[Change]) -> None:
+        self.work, self.mount, self.changes = work, mount, changes
+
+    def close(self) -> None:
+        subprocess.run(["umount", str(self.mount)], capture_output=True, timeout=120)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
+             out: Output, err: Output) -> RunResult:
+    """Run SPEC in a VM booted from TREE; the mounted result and its changes."""
+    from a3s_box.drivers.qemu.driver import QemuDriver
+    from a3s_box.guest.client import GuestClient
+
+    build_root = home.root / "build"
+    build_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=build_root))
+    try:
+        base = build_ext4(tree, work / "base.ext4", image)
+        disk = create_overlay(base, work / "disk.qcow2", image)
+        size = max(os.path.getsize(base), disk_usage(tree) + SPARE)
+        size = (size + (1 << 20) - 1) // (1 << 20) * (1 << 20)  # whole MiB: qemu-img wants sectors
+        _run(["qemu-img", "resize", "-q", str(disk), str(size)], image, where, "sizing the step's disk")
+        # everything the tree had was written before this: what is newer, the step did
+        touched_after = time.time()
+        vm_id = "build-" + hashlib.sha256(str(work).encode()).hexdigest()[:12]
+        launch = BoxLaunch(box_id=vm_id, rundir=work / "vm", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                           disk=disk, config=BoxConfig(hostname="build"), network=spec.network, boot="cold",
+                           disk_size=size)
+        driver = QemuDriver(home)
+        handle = driver.start(launch, 300.0)
+        try:
+            client = GuestClient(driver.connect(handle, 10.0), box=f"{image} ({where})")
+            try:
+                client.hello(30.0)
+                argv: tuple[str, ...] = spec.argv
+                workdir = spec.workdir or "/"
+                if spec.user is not None and spec.user != (0, 0):
+                    argv = (HELPER, "-u", f"{spec.user[0]}:{spec.user[1]}", "-w", workdir, "--", *argv)
+                    workdir = "/"
+                session = client.start(ExecRequest(argv=argv, ns=Namespace.ROOT, env=spec.env,
+                                                   workdir=workdir), out, err)
+                status = session.wait(None)
+                if status.code != 0:
+                    why = status.message or f"exit status {status.code}"
+                    raise BuildError(image, where, f"RUN failed: {why}")
+                client.shutdown()  # the guest syncs its disk and powers off
+            finally:
+                client.close()
+        finally:
+            driver.stop(handle, 30.0)
+        raw = work / "after.raw"
+        _run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], image, where, "reading the step's disk")
+        mount = work / "after"
+        mount.mkdir()
+        _run(["mount", "-o", "loop,ro,noload,nosuid,nodev,noexec", str(raw), str(mount)], image, where,
+             "mounting the step's disk (a loop device; a3s-box builds run as root)")
+        result = RunResult(work, mount, [])
+        try:
+            result.changes = diff_trees(tree, mount, touched_after)
+        except BaseException:
+            result.close()
+            raise
+        return result
+    except BaseException:
+        subprocess.run(["umount", str(work / "after")], capture_output=True, timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
