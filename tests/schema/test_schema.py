@@ -68,6 +68,7 @@ NOT_IN_SCHEMA = {
     "network-bad-destination", "network-egress-needs-allowlist", "network-bad-port",
     "network-bad-host-override", "secret-host-not-allowed", "secret-bad-host",
     "volume-unknown", "volume-bad-target", "volume-two-on-one-target",
+    "build-context-missing", "build-ports",
 }
 # Not YAML data, not JSON data (.inf), or data no validator should be handed (the bomb,
 # 5,000 levels deep).
