@@ -33,7 +33,8 @@ class ImageState:
     @classmethod
     def scratch(cls) -> "ImageState":
         osname, arch = host_platform()
-        return cls({"architecture": arch, "os": osname, "created": _now(), "config": {},
+        # no time in it: `FROM scratch` must key the next step the same way in every build
+        return cls({"architecture": arch, "os": osname, "created": "1970-01-01T00:00:00Z", "config": {},
                     "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
 
     @classmethod
