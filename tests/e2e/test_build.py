@@ -236,3 +236,23 @@ images:
     assert r.code == 0, r.err
     assert any(req["path"] == "/pkg" for req in internet.requests)
     assert not any(req["path"] == "/x" for req in internet.requests)
+
+
+def test_run_under_user_runs_as_that_user(based: BoxCli, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "Dockerfile").write_text(f"FROM {BASE}\nRUN mkdir -m 777 /w\nUSER 1000:1000\n"
+                                    "RUN id -u > /w/ids && id -g >> /w/ids\n")
+    f = tmp_path / "Boxfile.yaml"
+    f.write_text("apiVersion: box.a3s.dev/v1\nproject: builduser\nimages:\n"
+                 "  u: {build: {context: ./app, network: {mode: none}}}\n")
+    r = based("build", "-f", str(f), timeout=900)
+    assert r.code == 0, r.err
+    out = tmp_path / "oci"
+    assert based("image", "export", "localhost/builduser-u:latest", str(out)).code == 0
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    with tarfile.open(fileobj=gzip.open(out / "blobs/sha256" / manifest["layers"][-1]["digest"][7:])) as t:
+        m = t.getmember("w/ids")
+        assert (m.uid, m.gid) == (1000, 1000)
+        assert t.extractfile(m).read() == b"1000\n1000\n"  # type: ignore[union-attr]
