@@ -49,8 +49,10 @@ def test_every_problem_is_located_at_once() -> None:
     assert [t.split(": ", 1)[0] for t in text] == ["Dockerfile:2:1", "Dockerfile:3:1", "Dockerfile:4:5"]
     assert "VOLUME is not supported" in text[0] and "did you mean FROM?" in text[1]
     assert "ADD from a URL is not supported" in text[2]
-    with pytest.raises(DockerfileError, match="Dockerfile:1:1"):
-        parse("RUN echo before any FROM\n", "Dockerfile")
+    with pytest.raises(DockerfileError, match="Dockerfile:2:1"):
+        parse("ARG X\nRUN echo before any FROM\nFROM x\n", "Dockerfile")
+    with pytest.raises(DockerfileError, match="has no FROM instruction"):
+        parse("RUN echo\n", "Dockerfile")
 
 
 @settings(max_examples=200, deadline=None)
