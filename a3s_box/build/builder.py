@@ -262,7 +262,7 @@ class Builder:
             _root, source_digest = self._from_root(ins.flag("from") or "", built, ins, req, tree=False)
             extra = {"from": source_digest, "vars": dict(sorted(self._vars(st).items()))}
         elif ins.kind in ("COPY", "ADD"):
-            entries, _dest, _ = self._copy_plan(st, ins, req, rules, built, tree_needed=False)
+            entries, _dest = self._copy_plan(st, ins, req, rules, built, tree_needed=False)
             extra = {"content": ctx.content_hash(entries), "vars": dict(sorted(self._vars(st).items()))}
         elif ins.kind != "RUN":
             extra = {"vars": dict(sorted(self._vars(st).items()))}  # what expansion may have used
@@ -380,18 +380,18 @@ class Builder:
         self._commit_layer(st, layer_tar, ins.source)
 
     def _copy_plan(self, st: _Stage, ins: Instruction, req: BuildRequest, rules: IgnoreRules,
-                   built: dict[int, _Stage], tree_needed: bool) -> tuple[list[ctx.Entry], str, str]:
-        """(the layer's entries, the destination, the --from source's digest or "")."""
+                   built: dict[int, _Stage], tree_needed: bool) -> tuple[list[ctx.Entry], str]:
+        """The layer's entries and the destination."""
         v = self._vars(st)
         words = [_expand(w, v, ins, req.name) for w in ins.words]
         *sources, dest = words
         if not dest.startswith("/"):
             dest = os.path.join(st.state.config.get("WorkingDir") or "/", dest) + ("/" if dest.endswith("/") else "")
         src_ref = ins.flag("from")
-        root, source_digest = req.context, ""
+        root = req.context
         source_rules: IgnoreRules | None = rules
         if src_ref:
-            root, source_digest = self._from_root(src_ref, built, ins, req)
+            root, _digest = self._from_root(src_ref, built, ins, req)
             source_rules = None
         try:
             paths = ctx.resolve_sources(root, sources, source_rules)
@@ -403,7 +403,7 @@ class Builder:
             and not (tree / dest_rel).is_symlink()
         entries = ctx.plan_entries(root, paths, dest, dest_is_dir or dest_rel == "", source_rules,
                                    extract=ins.kind == "ADD")
-        return entries, dest, source_digest
+        return entries, dest
 
     def _from_root(self, ref: str, built: dict[int, _Stage], ins: Instruction,
                    req: BuildRequest, tree: bool = True) -> tuple[Path, str]:
@@ -427,7 +427,7 @@ class Builder:
 
     def _copy(self, st: _Stage, ins: Instruction, req: BuildRequest, rules: IgnoreRules,
               built: dict[int, _Stage]) -> None:
-        entries, dest, _ = self._copy_plan(st, ins, req, rules, built, tree_needed=True)
+        entries, dest = self._copy_plan(st, ins, req, rules, built, tree_needed=True)
         tree = self._tree(st)
         owner = None
         if ins.flag("chown"):

@@ -247,19 +247,25 @@ def _split(text: str, start: int, escape: str) -> list[tuple[str, int]]:
             break
         begin, quote = i, ""
         while i < n and (quote or text[i] not in _WS):
-            ch = text[i]
-            if quote:
-                if ch == quote:
-                    quote = ""
-                elif ch == escape and quote == '"':
-                    i += 1
-            elif ch in "'\"":
-                quote = ch
-            elif ch == escape:
-                i += 1
-            i += 1
+            i, quote = _scan(text, i, quote, escape)
         words.append((text[begin:min(i, n)], begin))
     return words
+
+
+def _scan(text: str, i: int, quote: str, escape: str) -> tuple[int, str]:
+    """Past one character (and what an escape makes literal): the next offset and the
+    quote still open ("" for none). Single quotes take escapes literally, as sh does."""
+    ch = text[i]
+    if quote:
+        if ch == quote:
+            quote = ""
+        elif ch == escape and quote == '"':
+            i += 1
+    elif ch in "'\"":
+        quote = ch
+    elif ch == escape:
+        i += 1
+    return i + 1, quote
 
 
 def _unquote(raw: str, escape: str) -> str:
@@ -323,16 +329,10 @@ def _find_heredocs(text: str, start: int, escape: str) -> list[tuple[int, str, b
     i, quote = start, ""
     while i < len(text):
         ch = text[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == escape and quote == '"':
-                i += 1
-        elif ch in "'\"":
-            quote = ch
-        elif ch == escape:
-            i += 1
-        elif text.startswith("<<", i) and (i == 0 or text[i - 1] != "<") and text[i + 2:i + 3] != "<":
+        if quote or ch in "'\"" or ch == escape:
+            i, quote = _scan(text, i, quote, escape)
+            continue
+        if text.startswith("<<", i) and (i == 0 or text[i - 1] != "<") and text[i + 2:i + 3] != "<":
             j = i + 2
             dash = text[j:j + 1] == "-"
             j += dash

@@ -69,26 +69,14 @@ class ImageState:
 
     def changed(self, created_by: str, **config: Any) -> "ImageState":
         """A config-only step: CONFIG's keys set (a None value removes one)."""
-        doc = copy.deepcopy(self.doc)
-        c = doc.setdefault("config", {})
-        for k, v in config.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
+        doc = _configured(self.doc, config)
         doc["history"].append({"created": _now(), "created_by": created_by, "empty_layer": True})
         doc["created"] = _now()
         return ImageState(doc, self.layers)
 
     def with_layer(self, layer: LayerFile, created_by: str, **config: Any) -> "ImageState":
         """A step that made LAYER (and set CONFIG's keys, as `changed` does)."""
-        doc = copy.deepcopy(self.doc)
-        c = doc.setdefault("config", {})
-        for k, v in config.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
+        doc = _configured(self.doc, config)
         doc["rootfs"]["diff_ids"].append(layer.diff_id)
         doc["history"].append({"created": _now(), "created_by": created_by})
         doc["created"] = _now()
@@ -106,3 +94,15 @@ class ImageState:
         digest = blobs.put_bytes(manifest)
         return ImageState(self.doc, self.layers, digest,
                           (digest, config_digest, *(d["digest"] for d in self.layers)))
+
+
+def _configured(doc: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of DOC with CONFIG's keys set in its runtime config (None removes one)."""
+    out = copy.deepcopy(doc)
+    c = out.setdefault("config", {})
+    for k, v in config.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    return out

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from a3s_box.atomic import write_text_atomic
 from a3s_box.errors import ImageError
 
 Pin = dict[str, Any]  # {"blobs": [digest, ...], "data": {...}}
@@ -59,13 +58,4 @@ class Pins:
         return pins
 
     def _write(self, pins: dict[str, Pin]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pins-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "pins": pins}, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, json.dumps({"version": 1, "pins": pins}, indent=1, sort_keys=True))
