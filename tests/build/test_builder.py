@@ -1,7 +1,7 @@
 """The builder's host-side steps, with no VM: Dockerfiles without RUN build entirely on
 the host (FROM scratch or a stored image, COPY/ADD, WORKDIR, ENV, LABEL, CMD...), so
 the cache, COPY's rules, .dockerignore, --chown/--chmod, config steps and the preview
-are checked here; RUN in its microVM is tests/e2e/test_build.py's."""
+are checked here; RUN in its microVM is tests/e2e/test_image_build.py's."""
 from __future__ import annotations
 
 import io
