@@ -6,10 +6,6 @@ The store owns this file (not the state database): JSON written atomically
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -17,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.errors import ImageError
+from a3s_box.json_document import CorruptDocument, Document, JsonDocument
 from a3s_box.image.manifest import ImageConfig
 
 
@@ -50,56 +47,36 @@ class ImageRecord:
 class RecordIndex:
     def __init__(self, root: Path) -> None:
         self.path = root / "index.json"
-        self.lock_path = root / "index.lock"
+        self._doc = JsonDocument(self.path, root / "index.lock")
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, ImageRecord]]:
         """Read-modify-write under the lock; the dict yielded is saved on clean exit."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
-            try:
-                records = self._read()
+        try:
+            with self._doc.edit() as doc:
+                records = self._decode(doc)
                 before = dict(records)
                 yield records
                 if records != before:
-                    self._write(records)
-            finally:
-                fcntl.flock(lk, fcntl.LOCK_UN)
+                    doc.update({"version": 1,
+                                "images": [r.to_json() for _, r in sorted(records.items())]})
+        except CorruptDocument as e:
+            raise self._corrupt(e) from e
 
     def snapshot(self) -> dict[str, ImageRecord]:
-        with open(self._ensure_lock(), "a") as lk:
-            fcntl.flock(lk, fcntl.LOCK_SH)
-            try:
-                return self._read()
-            finally:
-                fcntl.flock(lk, fcntl.LOCK_UN)
-
-    def _ensure_lock(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.lock_path
-
-    def _read(self) -> dict[str, ImageRecord]:
         try:
-            doc = json.loads(self.path.read_text())
+            return self._decode(self._doc.read())
+        except CorruptDocument as e:
+            raise self._corrupt(e) from e
+
+    def _decode(self, doc: Document) -> dict[str, ImageRecord]:
+        try:
             return {d["name"]: ImageRecord.from_json(d) for d in doc.get("images", [])}
-        except FileNotFoundError:
-            return {}
         except (ValueError, KeyError, TypeError) as e:
-            raise ImageError(str(self.path), f"image index is corrupt: {e}") from e
+            raise self._corrupt(e) from e
 
-    def _write(self, records: dict[str, ImageRecord]) -> None:
-        doc = {"version": 1, "images": [r.to_json() for _, r in sorted(records.items())]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def _corrupt(self, why: object) -> ImageError:
+        return ImageError(str(self.path), f"image index is corrupt: {why}")
 
 
 def touched(r: ImageRecord, now: float) -> ImageRecord:

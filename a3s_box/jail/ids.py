@@ -10,13 +10,11 @@ HOME/jail-ids.json maps names to ids under an flock; an entry whose owner is gon
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from a3s_box.atomic import write_text_atomic
+from a3s_box.json_document import JsonDocument
 
 # Far above what distributions hand out (useradd: 1000-60000; systemd's dynamic users
 # 61184-65519; container sub-uid ranges usually start at 100000 with 65536 each).
@@ -26,33 +24,23 @@ UID_SPAN = 1_000_000
 
 class IdTable:
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self._doc = JsonDocument(path, path.with_suffix(".lock"))
 
     def allocate(self, name: str, alive: Callable[[str], bool]) -> int:
-        """NAME's id: the one it has, or a free one (first probing from a hash of NAME)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                table = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                table = {}
-            table = {k: int(v) for k, v in table.items() if k == name or alive(k)}
-            if name not in table:
-                taken = set(table.values())
+        """NAME's id: the one it has, or a free one (first probing from a hash of NAME).
+        A table that cannot be read is rebuilt: its owners are asked again (`alive`)."""
+        with self._doc.edit(corrupt_as_empty=True) as table:
+            live = {k: int(v) for k, v in table.items() if k == name or alive(k)}
+            if name not in live:
+                taken = set(live.values())
                 slot = zlib.crc32(name.encode()) % UID_SPAN
                 while UID_BASE + slot in taken:
                     slot = (slot + 1) % UID_SPAN
-                table[name] = UID_BASE + slot
-            write_text_atomic(self.path, json.dumps(table, sort_keys=True, indent=1))
-            return int(table[name])
+                live[name] = UID_BASE + slot
+            table.clear()
+            table.update(live)
+            return live[name]
 
     def release(self, name: str) -> None:
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                table = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                return
-            if table.pop(name, None) is not None:
-                write_text_atomic(self.path, json.dumps(table, sort_keys=True, indent=1))
+        with self._doc.edit(corrupt_as_empty=True) as table:
+            table.pop(name, None)
