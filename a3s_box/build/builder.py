@@ -27,7 +27,7 @@ from typing import Any
 from a3s_box.build import context as ctx
 from a3s_box.build.cache import BuildCache, step_key
 from a3s_box.build.diff import compress, write_tar
-from a3s_box.build.dockerfile import Dockerfile, Instruction, Stage, parse
+from a3s_box.build.dockerfile import Dockerfile, Heredoc, Instruction, Stage, parse
 from a3s_box.build.expand import expand
 from a3s_box.build.ignore import IgnoreRules
 from a3s_box.build.oci import ImageState
@@ -254,7 +254,8 @@ class Builder:
     def _key(self, st: _Stage, ins: Instruction, req: BuildRequest, rules: IgnoreRules,
              built: dict[int, _Stage]) -> str:
         extra: Any = None
-        text = " ".join([ins.kind, *[f"--{k}={v}" for k, v in ins.flags], ins.text])
+        text = " ".join([ins.kind, *[f"--{k}={v}" for k, v in ins.flags], ins.text]) + \
+            "".join(f"\n{h.written}" for h in ins.heredocs)
         if ins.kind == "RUN":
             extra = {"args": dict(sorted(st.args.items())), "shell": list(st.shell)}
         elif ins.kind in ("COPY", "ADD") and ins.flag("from"):
@@ -363,13 +364,13 @@ class Builder:
         from a3s_box.build.run import RunSpec, run_step
 
         tree = self._tree(st)
-        argv = tuple(ins.words) if ins.exec_form else (*st.shell, ins.text)
+        argv, script = run_command(st.shell, ins)
         env = {**st.args, **st.state.env()}  # ARGs are the step's environment, ENV wins
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         user = _resolve_user(tree, st.state.config.get("User") or "", ins, req.name)
         spec = RunSpec(argv=argv, env=tuple(f"{k}={v}" for k, v in env.items()),
                        workdir=st.state.config.get("WorkingDir") or "/", user=user, network=req.network,
-                       vcpus=max(1, min(4, os.cpu_count() or 1)))
+                       vcpus=max(1, min(4, os.cpu_count() or 1)), script=script)
         result = run_step(self.home, tree, spec, req.name, ins.where, self.output, self.output)
         try:
             layer_tar = self._tmp("layer.tar")
@@ -387,6 +388,12 @@ class Builder:
         *sources, dest = words
         if not dest.startswith("/"):
             dest = os.path.join(st.state.config.get("WorkingDir") or "/", dest) + ("/" if dest.endswith("/") else "")
+        pending, inline, files = list(ins.heredocs), list[Heredoc](), list[str]()
+        for w in sources:  # the parser wrote each heredoc source as <<NAME, in order
+            if pending and w == f"<<{pending[0].name}":
+                inline.append(pending.pop(0))
+            else:
+                files.append(w)
         src_ref = ins.flag("from")
         root = req.context
         source_rules: IgnoreRules | None = rules
@@ -394,15 +401,19 @@ class Builder:
             root, _digest = self._from_root(src_ref, built, ins, req)
             source_rules = None
         try:
-            paths = ctx.resolve_sources(root, sources, source_rules)
+            paths = ctx.resolve_sources(root, files, source_rules)
         except ctx.SourceError as e:
             raise BuildError(req.name, ins.where, f"{ins.kind} {e}") from e
         tree = self._tree(st) if tree_needed else None
         dest_rel = dest.strip("/")
         dest_is_dir = tree is not None and dest_rel != "" and (tree / dest_rel).is_dir() \
             and not (tree / dest_rel).is_symlink()
-        entries = ctx.plan_entries(root, paths, dest, dest_is_dir or dest_rel == "", source_rules,
-                                   extract=ins.kind == "ADD")
+        into_dir = dest_is_dir or dest_rel == "" or dest.endswith("/") or len(paths) + len(inline) > 1
+        entries = ctx.plan_entries(root, paths, dest, into_dir, source_rules, extract=ins.kind == "ADD")
+        for h in inline:  # an unquoted heredoc's $VARs are expanded, as BuildKit does
+            content = h.content if h.quoted else _expand(h.content, v, ins, req.name)
+            target = f"{dest_rel}/{h.name}".lstrip("/") if into_dir else dest_rel
+            entries.append(ctx.Entry(target, None, inline=content.encode()))
         return entries, dest
 
     def _from_root(self, ref: str, built: dict[int, _Stage], ins: Instruction,
@@ -440,7 +451,7 @@ class Builder:
             except ValueError as e:
                 raise BuildError(req.name, ins.where, f"--chmod={ins.flag('chmod')}: not an octal mode") from e
         # a folder made for the destination that the image has already stays as it is
-        entries = [e for e in entries if not (e.source is None and (tree / e.dest).is_dir()
+        entries = [e for e in entries if not (e.source is None and e.inline is None and (tree / e.dest).is_dir()
                                               and not (tree / e.dest).is_symlink())]
         first = entries[0].dest if entries else dest.strip("/")
         parents = ctx.missing_parents(tree, first) if first else []
@@ -466,6 +477,24 @@ class Builder:
 
 
 # --- helpers ------------------------------------------------------------------------------
+def run_command(shell: tuple[str, ...], ins: Instruction) -> tuple[tuple[str, ...], bytes | None]:
+    """A RUN's argv, or its script when it is one heredoc starting with #! (then executed
+    as a file, as BuildKit does). Other heredocs go to the shell after the command line,
+    which is how a shell reads them; one that is the whole command is the shell's script."""
+    if ins.exec_form:
+        return tuple(ins.words), None
+    if not ins.heredocs:
+        return (*shell, ins.text), None
+    whole = _HEREDOC_ONLY.fullmatch(ins.text.strip())
+    if whole is not None and len(ins.heredocs) == 1:
+        script = ins.heredocs[0].content
+        return ((), script.encode()) if script.startswith("#!") else ((*shell, script), None)
+    return (*shell, ins.text + "\n" + "".join(h.written for h in ins.heredocs)), None
+
+
+_HEREDOC_ONLY = re.compile(r"""<<-?[ \t]*['"]?([A-Za-z_][A-Za-z0-9_]*)['"]?""")
+
+
 def _declare(current: dict[str, str], args: tuple[Instruction, ...], given: dict[str, str],
              outer: dict[str, str] | None = None) -> dict[str, str]:
     """ARG NAME[=default]: the build's --build-arg value, else the default (else the value

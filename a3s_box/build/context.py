@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -34,8 +35,9 @@ class Entry:
     """One path of the layer: where it goes and where its content comes from."""
 
     dest: str  # relative to the image root, POSIX
-    source: Path | None  # None: a folder made for the destination
+    source: Path | None  # None: a folder made for the destination (or inline content)
     archive_member: str = ""  # ADD: a member of the archive at `source`
+    inline: bytes | None = None  # COPY <<EOF: a file (0644) with this content
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ def content_hash(entries: list[Entry]) -> str:
     h = hashlib.sha256()
     for e in entries:
         h.update(e.dest.encode() + b"\0")
+        if e.inline is not None:
+            h.update(b"inline:" + hashlib.sha256(e.inline).hexdigest().encode())
+            continue
         if e.source is None:
             h.update(b"dir\0")
             continue
@@ -198,6 +203,12 @@ def _add(tar: tarfile.TarFile, e: Entry, owner: Owner | None, mode: int | None,
         return
     t = tarfile.TarInfo(e.dest)
     t.uname = t.gname = ""
+    if e.inline is not None:
+        t.type, t.mode, t.mtime, t.size = tarfile.REGTYPE, 0o644 if mode is None else mode, 0, len(e.inline)
+        if owner is not None:
+            t.uid, t.gid = owner.uid, owner.gid
+        tar.addfile(t, io.BytesIO(e.inline))
+        return
     if e.source is None:
         t.type, t.mode, t.mtime = tarfile.DIRTYPE, 0o755, 0
         if owner is not None:

@@ -29,10 +29,13 @@ from typing import IO
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-# The guest's own at run time (its init's tmpfs on /.a3s and /tmp, mount points, the files
-# it writes for the network): never part of a layer
-GUEST_OWNED = frozenset({".a3s", "proc", "sys", "dev", "tmp", "lost+found", "etc/resolv.conf", "etc/hosts",
+# The guest's own at run time (its init's tmpfs on /.a3s, mount points, the files it
+# writes for the network): never part of a layer
+GUEST_OWNED = frozenset({".a3s", "proc", "sys", "dev", "lost+found", "etc/resolv.conf", "etc/hosts",
                          "etc/hostname", "run/a3s", "run/a3s-oom", "run/a3s-ctr"})
+# Folders the guest init makes (or chmods) at every boot: their own entry is in a layer
+# only when what is in them changed
+BOOT_MADE = frozenset({"tmp"})
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ def diff_trees(lower: Path, upper: Path, touched_after: float | None = None) -> 
             ls, us = _lstat(os.path.join(lower, child)), _lstat(os.path.join(upper, child))
             if us is None:
                 out.append(Change("delete", child))
+            elif child in BOOT_MADE and stat.S_ISDIR(us.st_mode) and (ls is None or stat.S_ISDIR(ls.st_mode)):
+                mark = len(out)
+                walk(child)
+                if len(out) > mark:
+                    out.insert(mark, Change("add", child))
             elif ls is None or stat.S_IFMT(ls.st_mode) != stat.S_IFMT(us.st_mode):
                 if ls is not None and stat.S_ISDIR(ls.st_mode):
                     out.append(Change("delete", child))  # a folder replaced by a file

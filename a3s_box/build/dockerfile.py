@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from a3s_box.errors import DockerfileError, Problem
 
@@ -69,10 +69,30 @@ _REMOTE = ("http://", "https://", "git@", "git://")
 
 
 @dataclass(frozen=True)
+class Heredoc:
+    """`<<NAME` (or `<<-NAME`, `<<'NAME'`) in RUN, COPY or ADD and the lines up to NAME."""
+
+    name: str
+    lines: tuple[str, ...]  # as written (the shell strips a <<- heredoc's tabs itself)
+    strip_tabs: bool  # <<-NAME
+    quoted: bool  # <<'NAME' or <<"NAME": no $ expansion in the content
+
+    @property
+    def content(self) -> str:
+        """What a file made from it holds (and a script run from it reads)."""
+        return "".join((ln.lstrip("\t") if self.strip_tabs else ln) + "\n" for ln in self.lines)
+
+    @property
+    def written(self) -> str:
+        """The body and its end line as the shell reads them after the command line."""
+        return "".join(ln + "\n" for ln in self.lines) + self.name + "\n"
+
+
+@dataclass(frozen=True)
 class Instruction:
     kind: str
     flags: tuple[tuple[str, str], ...]
-    words: tuple[str, ...]
+    words: tuple[str, ...]  # COPY/ADD: a heredoc source is the word "<<NAME"
     text: str
     exec_form: bool
     pairs: tuple[tuple[str, str | None], ...]
@@ -80,6 +100,7 @@ class Instruction:
     file: str
     line: int
     column: int
+    heredocs: tuple[Heredoc, ...] = ()  # in the order they are written
 
     def flag(self, name: str) -> str | None:
         """The value of --NAME ("" for a bare flag), or None when it is not given."""
@@ -136,10 +157,15 @@ def parse(text: str, file: str) -> Dockerfile:
             continue
         p = _InstructionParser(logical, file, escape, problems)
         instr = p.parse()
-        for _, terminator, strip_tabs in p.heredocs:
-            i = _skip_heredoc(lines, i, terminator, strip_tabs)
+        heredocs = []
+        for found in p.heredocs:
+            body, i, ended = _read_heredoc(lines, i, found.name, found.strip_tabs)
+            if not ended:
+                p.problem(found.offset, f"the heredoc <<{found.name} has no end: no line holds "
+                                        f"just {found.name} after it")
+            heredocs.append(Heredoc(found.name, body, found.strip_tabs, found.quoted))
         if instr is not None:
-            parsed.append((instr, p.marks))
+            parsed.append((replace(instr, heredocs=tuple(heredocs)), p.marks))
     dockerfile = _assemble(parsed, file, escape, problems)
     if problems:
         raise DockerfileError(problems)
@@ -216,14 +242,18 @@ def _join(lines: list[str], i: int, escape: str) -> tuple[_Logical | None, int]:
     return _Logical(text, pos, " ".join(pieces)), i
 
 
-def _skip_heredoc(lines: list[str], i: int, terminator: str, strip_tabs: bool) -> int:
-    """The index after the line that ends a heredoc whose body starts at line index I."""
+def _read_heredoc(lines: list[str], i: int, terminator: str,
+                  strip_tabs: bool) -> tuple[tuple[str, ...], int, bool]:
+    """The body of a heredoc starting at line index I, the index after its end line, and
+    whether that line was there."""
+    body: list[str] = []
     while i < len(lines):
-        line = lines[i].lstrip("\t") if strip_tabs else lines[i]
+        line = lines[i]
         i += 1
-        if line == terminator:
-            break
-    return i
+        if (line.lstrip("\t") if strip_tabs else line) == terminator:
+            return tuple(body), i, True
+        body.append(line)
+    return tuple(body), i, False
 
 
 # -- words ---------------------------------------------------------------------------------
@@ -323,9 +353,18 @@ def _json_array(text: str) -> list[str] | None:
     return None
 
 
-def _find_heredocs(text: str, start: int, escape: str) -> list[tuple[int, str, bool]]:
-    """Each `<<WORD` / `<<-WORD` outside quotes: (offset, WORD, strip leading tabs)."""
-    found: list[tuple[int, str, bool]] = []
+@dataclass(frozen=True)
+class _Found:
+    offset: int  # of the <<
+    end: int  # after the name (and its closing quote)
+    name: str
+    strip_tabs: bool
+    quoted: bool
+
+
+def _find_heredocs(text: str, start: int, escape: str) -> list[_Found]:
+    """Each `<<WORD` / `<<-WORD` / `<<'WORD'` outside quotes."""
+    found: list[_Found] = []
     i, quote = start, ""
     while i < len(text):
         ch = text[i]
@@ -341,7 +380,7 @@ def _find_heredocs(text: str, start: int, escape: str) -> list[tuple[int, str, b
             q = text[j] if j < len(text) and text[j] in "'\"" else ""
             m = _HEREDOC_NAME.match(text, j + len(q))
             if m and (not q or text[m.end():m.end() + 1] == q):
-                found.append((i, m.group(0), dash))
+                found.append(_Found(i, m.end() + len(q), m.group(0), dash, bool(q)))
                 i = m.end() + len(q)
                 continue
             i += 1
@@ -365,7 +404,7 @@ class _InstructionParser:
     file: str
     escape: str
     problems: list[Problem]
-    heredocs: list[tuple[int, str, bool]] = field(default_factory=list)
+    heredocs: list[_Found] = field(default_factory=list)
     marks: dict[str, tuple[int, int]] = field(default_factory=dict)  # "name", "from": (line, col)
     kind: str = ""
     kw_at: int = 0
@@ -400,6 +439,9 @@ class _InstructionParser:
             words, exec_form, args = self.healthcheck(args, args_at, flags)
         elif kind in ("COPY", "ADD"):
             words, exec_form = self.copy(args, args_at)
+            if self.heredocs and any(f.name == "from" for f in flags):
+                self.problem(self.heredocs[0].offset, f"{kind} --from takes paths of the stage or "
+                                                      "image, not a heredoc")
         elif kind in ("ENV", "LABEL"):
             pairs = self.key_values(args, args_at)
         elif kind == "ARG":
@@ -485,7 +527,7 @@ class _InstructionParser:
             self.problem(self.kw_at, f"{self.kind} needs a command: {_USAGE[self.kind]}")
             return (), False
         if self.kind == "RUN":
-            self.check_heredocs(at)
+            self.heredocs = _find_heredocs(self.logical.text, at, self.escape)
         return tuple(w for w, _ in _split(self.logical.text, at, self.escape)), False
 
     def healthcheck(self, args: str, at: int,
@@ -520,11 +562,13 @@ class _InstructionParser:
             words, exec_form = tuple(array), True
             offsets = [at] * len(words)
         else:
-            if self.check_heredocs(at):
-                return (), False
-            split = _split(self.logical.text, at, self.escape)
+            self.heredocs = _find_heredocs(self.logical.text, at, self.escape)
+            split = self.heredoc_words(_split(self.logical.text, at, self.escape))
             words, exec_form = tuple(self.unquoted(split)), False
             offsets = [o for _, o in split]
+            if self.heredocs and words and words[-1].startswith("<<"):
+                self.problem(offsets[-1], f"{self.kind} needs a destination after the heredoc: "
+                                          f"{self.kind} <<NAME /path")
         if len(words) < 2:
             self.problem(self.kw_at,
                          f"{self.kind} needs at least one source and a destination: "
@@ -536,14 +580,17 @@ class _InstructionParser:
                                          "wget (the build's network policy applies)")
         return words, exec_form
 
-    def check_heredocs(self, at: int) -> bool:
-        self.heredocs = _find_heredocs(self.logical.text, at, self.escape)
-        for offset, _, _ in self.heredocs:
-            hint = ("put the script in the build context and COPY it, or join the commands "
-                    "with && on continuation lines" if self.kind == "RUN" else
-                    "put the content in a file in the build context")
-            self.problem(offset, f"heredocs (<<EOF) are not supported: {hint}")
-        return bool(self.heredocs)
+    def heredoc_words(self, split: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """COPY/ADD words with each heredoc as one word `<<NAME` (`<< 'NAME'` is two words
+        as split)."""
+        out: list[tuple[str, int]] = []
+        for word, at in split:
+            h = next((h for h in self.heredocs if h.offset <= at < h.end), None)
+            if h is None:
+                out.append((word, at))
+            elif h.offset == at or not out or out[-1][1] != h.offset:
+                out.append((f"<<{h.name}", h.offset))
+        return out
 
     def key_values(self, args: str, at: int) -> tuple[tuple[str, str | None], ...]:
         """ENV and LABEL: NAME=VALUE..., or the legacy NAME VALUE (the rest of the line)."""

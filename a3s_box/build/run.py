@@ -42,6 +42,7 @@ class RunSpec:
     network: BoxNetwork | None
     vcpus: int = 1
     memory_mib: int = 1024
+    script: bytes | None = None  # RUN <<EOF with a #! line: executed as a file (ARGV empty)
 
 
 def _run(argv: list[str], image: str, where: str, what: str, timeout: float = 600) -> None:
@@ -88,13 +89,16 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
             client = GuestClient(driver.connect(handle, 10.0), box=f"{image} ({where})")
             try:
                 client.hello(30.0)
-                argv: tuple[str, ...] = spec.argv
-                workdir = spec.workdir or "/"
-                if spec.user is not None and spec.user != (0, 0):
-                    argv = (HELPER, "-u", f"{spec.user[0]}:{spec.user[1]}", "-w", workdir, "--", *argv)
-                    workdir = "/"
+                # the helper gives the step the disk's /tmp (kept in the layer, as Docker
+                # does) instead of the guest's tmpfs, becomes USER, and executes a script
+                # given on its stdin when there is no ARGV
+                user = ("-u", f"{spec.user[0]}:{spec.user[1]}") if spec.user not in (None, (0, 0)) else ()
+                argv = (HELPER, "-T", *user, "-w", spec.workdir or "/", "--", *spec.argv)
                 session = client.start(ExecRequest(argv=argv, ns=Namespace.ROOT, env=spec.env,
-                                                   workdir=workdir), out, err)
+                                                   workdir="/", stdin=spec.script is not None), out, err)
+                if spec.script is not None:
+                    session.write(spec.script)
+                    session.close_stdin()
                 status = session.wait(None)
                 if status.code != 0:
                     why = status.message or f"exit status {status.code}"

@@ -152,3 +152,49 @@ def test_cached_steps_survive_garbage_collection_until_prune(env: tuple[Home, Im
     assert _build(home, store, ctx)[0].cached == 11  # type: ignore[attr-defined]
     store.prune(set())
     assert _build(home, store, ctx)[0].cached == 0  # type: ignore[attr-defined]
+
+
+HEREDOC_COPY = '''\
+FROM scratch
+ARG WHO=builder
+COPY <<EOF /etc/greeting
+hello from $WHO
+EOF
+COPY --chmod=600 <<-'RAW' <<CONF /etc/app/
+	kept $WHO as written
+	RAW
+name=${WHO}
+CONF
+'''
+
+
+def test_copy_heredocs_make_files_expanded_unless_quoted(env: tuple[Home, ImageStore, Path]) -> None:
+    home, store, ctx = env
+    result, _ = _build(home, store, ctx, HEREDOC_COPY, args={"WHO": "a heredoc"})
+    root = store.unpacked_dir(result.record)  # type: ignore[attr-defined]
+    assert (root / "etc/greeting").read_text() == "hello from a heredoc\n"
+    raw = root / "etc/app/RAW"
+    assert raw.read_text() == "kept $WHO as written\n"  # quoted: no expansion; <<- strips tabs
+    assert raw.stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/app/CONF").read_text() == "name=a heredoc\n"
+    # the content is in the cache key: another body is another step
+    again, _ = _build(home, store, ctx, HEREDOC_COPY.replace("hello from", "hi from"), args={"WHO": "a heredoc"})
+    assert again.cached == 0  # type: ignore[attr-defined]
+    assert (store.unpacked_dir(again.record) / "etc/greeting").read_text() == "hi from a heredoc\n"  # type: ignore[attr-defined]
+
+
+def test_run_heredocs_become_the_shells_script_or_an_executed_file() -> None:
+    from a3s_box.build.builder import run_command
+    from a3s_box.build.dockerfile import parse
+
+    def run(text: str) -> tuple[tuple[str, ...], bytes | None]:
+        ins = parse(f"FROM x\n{text}", "Dockerfile").stages[0].instructions[0]
+        return run_command(("/bin/sh", "-c"), ins)
+
+    assert run("RUN <<EOF\necho a\necho b\nEOF\n") == (("/bin/sh", "-c", "echo a\necho b\n"), None)
+    # a #! line: the content is executed as a file (the guest helper runs it from stdin)
+    assert run("RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n") == ((), b"#!/usr/bin/env python3\nprint(1)\n")
+    # a heredoc inside a command: the shell reads it after the command line, as written
+    assert run("RUN cat <<-EOF > /x && echo done\n\tbody\n\tEOF\n") == (
+        ("/bin/sh", "-c", "cat <<-EOF > /x && echo done\n\tbody\nEOF\n"), None)
+    assert run('RUN ["echo", "<<EOF"]\n') == (("echo", "<<EOF"), None)  # exec form: no heredoc

@@ -103,3 +103,18 @@ def test_an_untouched_tree_gives_an_empty_layer(tmp_path: Path) -> None:
     write_tar([], upper, buf)
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as t:
         assert t.getmembers() == []
+
+
+def test_tmp_is_in_a_layer_only_when_a_step_left_files_there(tmp_path: Path) -> None:
+    # the guest init makes /tmp and chmods it 1777 at every boot: that alone is no change
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    _lower(lower)
+    shutil.copytree(lower, upper, symlinks=True, copy_function=shutil.copy2)
+    time.sleep(0.05)
+    started = time.time()  # the step's VM boots: what is newer, the VM did
+    (upper / "tmp").mkdir()
+    os.chmod(upper / "tmp", 0o1777)
+    assert diff_trees(lower, upper, touched_after=started) == []
+    (upper / "tmp/pkg.deb").write_text("downloaded by one RUN, read by the next")
+    assert diff_trees(lower, upper, touched_after=started) == [Change("add", "tmp"),
+                                                               Change("add", "tmp/pkg.deb")]

@@ -76,3 +76,30 @@ def test_dockerignore_rules() -> None:
     rules = IgnoreRules.parse("# comment\n\n/build\n**/*.log\n!keep.log\n./tmp?\n")
     assert rules.ignored("build/x/y") and rules.ignored("a/b/c.log") and not rules.ignored("keep.log")
     assert rules.ignored("tmp1") and not rules.ignored("src/main.py")
+
+
+def test_heredocs_are_read_with_their_instruction() -> None:
+    text = ("FROM x\n"
+            "RUN <<EOF\necho one\n  echo two\nEOF\n"
+            "RUN python3 <<-'PY' > /out\n\tprint('x')\n\tPY\n"
+            "COPY <<A << \"B\" /etc/\na $X\nA\nb\nB\n"
+            "CMD echo after\n")
+    run, run_py, copy, cmd = parse(text, "Dockerfile").stages[0].instructions
+    (h,) = run.heredocs
+    assert (h.name, h.lines, h.content) == ("EOF", ("echo one", "  echo two"), "echo one\n  echo two\n")
+    (py,) = run_py.heredocs
+    assert (py.strip_tabs, py.quoted, py.content, py.written) == (True, True, "print('x')\n", "\tprint('x')\nPY\n")
+    assert copy.words == ("<<A", "<<B", "/etc/")
+    assert [(d.name, d.quoted, d.content) for d in copy.heredocs] == [("A", False, "a $X\n"), ("B", True, "b\n")]
+    assert (cmd.kind, cmd.line) == ("CMD", 14)  # the bodies are not read as instructions
+
+
+def test_heredoc_problems_are_located() -> None:
+    with pytest.raises(DockerfileError) as e:
+        parse("FROM x\nRUN <<EOF\necho never ended\n", "Dockerfile")
+    assert str(e.value).startswith("Dockerfile:2:5: ") and "<<EOF has no end" in str(e.value)
+    with pytest.raises(DockerfileError) as e:
+        parse("FROM x\nCOPY --from=y <<EOF /a\nx\nEOF\n", "Dockerfile")
+    assert "Dockerfile:2:15" in str(e.value) and "not a heredoc" in str(e.value)
+    with pytest.raises(DockerfileError, match="Dockerfile:2:6: .*destination after the heredoc"):
+        parse("FROM x\nCOPY <<EOF\nx\nEOF\n", "Dockerfile")

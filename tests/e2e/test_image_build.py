@@ -2,7 +2,8 @@
 steps (each in a microVM) make a program that COPY --from puts into a small final
 stage; a box from the result runs it, its agent command from the image's labels. A
 rebuild with nothing changed runs no step; changing one RUN reruns it and what follows;
-a RUN that deletes a lower layer's file leaves a whiteout; a RUN writing to a host path
+a RUN that deletes a lower layer's file leaves a whiteout (that RUN a heredoc script run
+by its #! line, beside a COPY <<EOF); what a RUN leaves in /tmp stays for the next step; a RUN writing to a host path
 changes nothing on the host; the build's network policy holds; skopeo and umoci read
 the exported image and unpack the same root file system."""
 from __future__ import annotations
@@ -32,13 +33,23 @@ FROM ${{BASE}} AS build
 ARG WHO
 WORKDIR /src
 COPY hello.sh .
-RUN mkdir -p /out && sed "s/@WHO@/$WHO/" hello.sh > /out/hello && chmod 755 /out/hello
-RUN echo {marker} > /out/marker
+RUN mkdir -p /out && sed "s/@WHO@/$WHO/" hello.sh > /out/hello && chmod 755 /out/hello && echo kept > /tmp/staged
+RUN test -s /tmp/staged && echo {marker} > /out/marker
 
 FROM ${{BASE}}
-RUN rm /etc/motd && mkdir -p {escape_dir} && echo escaped > {escape}
+ARG WHO
+RUN <<EOF
+#!/bin/sh -e
+rm /etc/motd
+mkdir -p {escape_dir}
+echo escaped > {escape}
+EOF
+COPY <<EOF /etc/built-for
+built for $WHO
+EOF
 COPY --from=build --chmod=755 /out/hello /usr/bin/hello
 COPY --from=build /out/marker /etc/marker
+COPY --from=build /tmp/staged /etc/staged
 LABEL dev.a3s.box.agent.command='["/bin/sh", "-c", "exec sleep 2147483647"]'
 CMD ["/usr/bin/hello"]
 """
@@ -95,11 +106,11 @@ def test_a_multi_stage_build_runs_in_vms_and_a_box_runs_its_program(built: tuple
     box, f = built
     plan = box("plan", "-f", str(f))
     assert plan.code == 0, plan.err
-    assert re.search(r"\+ image app\s+build: \S*app \(0 of 9 steps cached\)", plan.out), plan.out
+    assert re.search(r"\+ image app\s+build: \S*app \(0 of 11 steps cached\)", plan.out), plan.out
     r = box("build", "-f", str(f), timeout=900)
     assert r.code == 0, r.err
-    assert "built app: localhost/builds-app:latest sha256:" in r.out and "(0 of 9 steps cached)" in r.out
-    assert "[build 4/9] RUN echo one > /out/marker" in r.err  # progress per step
+    assert "built app: localhost/builds-app:latest sha256:" in r.out and "(0 of 11 steps cached)" in r.out
+    assert "[build 4/11] RUN test -s /tmp/staged && echo one > /out/marker" in r.err  # progress per step
     assert not (f.parent / "escape").exists()  # the RUN wrote inside its VM, not here
     plan = box("plan", "-f", str(f))
     assert "(from the image's labels: namespaces.agent.command)" in plan.out, plan.out
@@ -108,6 +119,10 @@ def test_a_multi_stage_build_runs_in_vms_and_a_box_runs_its_program(built: tuple
     out = box("exec", "runner", "--", "/usr/bin/hello")
     assert (out.code, out.out) == (0, "hello from a RUN step\n")
     assert box("exec", "runner", "--", "cat", "/etc/marker").out == "one\n"
+    # what a RUN left in /tmp is the next step's and the stage's, as in Docker
+    assert box("exec", "runner", "--", "cat", "/etc/staged").out == "kept\n"
+    # COPY <<EOF makes a file, its $WHO expanded
+    assert box("exec", "runner", "--", "cat", "/etc/built-for").out == "built for a RUN step\n"
     gone = box("exec", "runner", "--", "test", "-e", "/etc/motd")
     assert gone.code == 1  # deleted by a RUN of the final stage: a whiteout hides it
     assert box("exec", "runner", "--", "test", "-e", "/src/hello.sh").code == 1  # the build stage's only
@@ -138,19 +153,19 @@ def test_an_unchanged_rebuild_runs_nothing_and_a_changed_run_reruns_from_there(
     box, f = built
     r = box("build", "-f", str(f), timeout=900)
     assert r.code == 0, r.err
-    assert _steps(r.out) == (9, 9)
+    assert _steps(r.out) == (11, 11)
     assert "  | " not in r.err  # no RUN printed anything: none ran
     plan = box("plan", "-f", str(f))
     assert "No changes" in plan.out, plan.out
     _project(f.parent, marker="two")  # the build stage's last RUN changes
     plan = box("plan", "-f", str(f))
-    assert re.search(r"\+ image app\s+build: \S*app \(3 of 9 steps cached\)", plan.out), plan.out
+    assert re.search(r"\+ image app\s+build: \S*app \(3 of 11 steps cached\)", plan.out), plan.out
     r = box("build", "-f", str(f), timeout=900)
     assert r.code == 0, r.err
-    # WORKDIR, COPY, the first RUN and the final stage's RUN come from the cache; the
-    # changed RUN and what takes from it run again
-    assert _steps(r.out) == (4, 9), r.err
-    assert "RUN rm /etc/motd" in r.err and re.search(r"RUN rm /etc/motd.*CACHED", r.err)
+    # WORKDIR, COPY, the first RUN and the final stage's RUN and COPY <<EOF come from the
+    # cache; the changed RUN and what takes from it run again
+    assert _steps(r.out) == (5, 11), r.err
+    assert re.search(r"RUN <<EOF.*CACHED", r.err), r.err
     r = box("apply", "-f", str(f), timeout=600)
     assert r.code == 0, r.err
     assert box("exec", "runner", "--", "cat", "/etc/marker").out == "two\n"

@@ -4,7 +4,9 @@
  *             [-m MEMORY_BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...
  *   container -j NAME [-w CWD] -- ARGV...      (a further process in container NAME)
  *   container -s NAME FILE VALUE...            (new limits: cgroup FILEs of NAME)
- *   container -u UID:GID [-w CWD] -- ARGV...   (as that user, in the guest's own root: builds)
+ *   container -T [-u UID:GID] [-w CWD] [-- ARGV...]
+ *                                  (a build's RUN: the disk's /tmp, optionally as a user;
+ *                                   without ARGV it executes the script on its stdin)
  *
  * ROOT is the container's root file system (the snapshotter's mounts, shared by the
  * host through virtio-fs). The process gets a mount and a pid namespace of its own
@@ -24,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <grp.h>
 #include <sys/prctl.h>
@@ -253,27 +256,66 @@ static int usage(void)
 			"[-c NAME] [-m BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...\n"
 			"       container -j NAME [-w CWD] -- ARGV...\n"
 			"       container -s NAME FILE VALUE...\n"
-			"       container -u UID:GID [-w CWD] -- ARGV...\n");
+			"       container -T [-u UID:GID] [-w CWD] [-- ARGV...]\n");
 	return 2;
 }
 
-/* A build's RUN under USER: the step's process as UID:GID with no supplementary groups. */
-static int run_as(const char *user, const char *cwd, char **argv)
+/* RUN <<EOF whose content starts with #!: the content (our stdin) executed as a file, so
+ * the kernel reads its #! line as it would a script on disk. The memfd stays open across
+ * exec (no CLOEXEC): the interpreter opens the script as /proc/self/fd/N. */
+static int run_script(void)
 {
-	char *end;
-	unsigned long uid = strtoul(user, &end, 10), gid = uid;
-	if (end == user || (*end && *end != ':'))
-		return usage();
-	if (*end == ':') {
-		const char *g = end + 1;
-		gid = strtoul(g, &end, 10);
-		if (end == g || *end)
+	int fd = memfd_create("run-heredoc", 0);
+	if (fd < 0)
+		return die("memfd_create", NULL);
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(0, buf, sizeof buf)) > 0)
+		for (ssize_t off = 0; off < n;) {
+			ssize_t w = write(fd, buf + off, (size_t)(n - off));
+			if (w < 0 && errno != EINTR)
+				return die("script", NULL);
+			off += w > 0 ? w : 0;
+		}
+	if (n < 0)
+		return die("script", NULL);
+	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (null < 0 || dup2(null, 0) < 0)
+		return die("stdin", "/dev/null");
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	char *args[] = {path, NULL};
+	execv(path, args);
+	return die("exec", "the heredoc's #! line");
+}
+
+/* A build's RUN: with the disk's own /tmp (a RUN's files there are the image's, as in
+ * Docker; the guest's tmpfs stays for everyone else) and, under USER, as UID:GID with no
+ * supplementary groups. */
+static int run_step(const char *user, const char *cwd, char **argv)
+{
+	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		return die("unshare", NULL);
+	if (umount2("/tmp", MNT_DETACH) < 0 && errno != EINVAL)
+		return die("umount", "/tmp");
+	if (user) {
+		char *end;
+		unsigned long uid = strtoul(user, &end, 10), gid = uid;
+		if (end == user || (*end && *end != ':'))
 			return usage();
+		if (*end == ':') {
+			const char *g = end + 1;
+			gid = strtoul(g, &end, 10);
+			if (end == g || *end)
+				return usage();
+		}
+		if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0 || setuid((uid_t)uid) < 0)
+			return die("become", user);
 	}
-	if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0 || setuid((uid_t)uid) < 0)
-		return die("become", user);
 	if (chdir(cwd) < 0)
 		return die("workdir", cwd);
+	if (!argv[0])
+		return run_script();
 	execvp(argv[0], argv);
 	return die("exec", argv[0]);
 }
@@ -303,12 +345,16 @@ int container_main(int argc, char **argv)
 	uint64_t mem = 0;
 	uint32_t pids = 0;
 	struct bind binds[MAX_BINDS];
-	int nbinds = 0, i = 1;
+	int nbinds = 0, i = 1, step = 0;
 	for (; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--")) {
 			i++;
 			break;
+		}
+		if (!strcmp(a, "-T")) {
+			step = 1;
+			continue;
 		}
 		if (i + 1 >= argc)
 			return usage();
@@ -342,9 +388,9 @@ int container_main(int argc, char **argv)
 		} else
 			return usage();
 	}
-	if (user && !root && !join && i < argc)
-		return run_as(user, cwd, argv + i);
-	if ((!root && !join) || (root && join) || i >= argc)
+	if (step && !root && !join)
+		return run_step(user, cwd, argv + i); /* no ARGV: the script on stdin */
+	if ((!root && !join) || (root && join) || step || i >= argc)
 		return usage();
 	int nsfd[3] = {-1, -1, -1};
 	if (join) {
