@@ -23,13 +23,14 @@ from pathlib import Path
 
 from a3s_box.build.diff import Change, diff_trees
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork
-from a3s_box.errors import BuildError
+from a3s_box.errors import BuildError, GuestError
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
 from a3s_box.home import Home
 from a3s_box.image.rootfs import build_ext4, create_overlay, disk_usage
 
 HELPER = "/.a3s/container"
 SPARE = 4 << 30  # room a RUN may write (sparse: costs only what it uses)
+BOOT_TIMEOUT = 90.0  # a cold boot answers in ~2.5 s even under TCG; past this it hangs
 Output = Callable[[bytes], None]
 
 
@@ -49,6 +50,14 @@ def _run(argv: list[str], image: str, where: str, what: str, timeout: float = 60
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise BuildError(image, where, f"{what}: {(r.stderr or r.stdout).strip()[-300:]}")
+
+
+def _fresh_overlay(base: Path, disk: Path, size: int, image: str, where: str) -> Path:
+    """An empty qcow2 overlay DISK of SIZE bytes over BASE (replacing any earlier one)."""
+    disk.unlink(missing_ok=True)
+    create_overlay(base, disk, image)
+    _run(["qemu-img", "resize", "-q", str(disk), str(size)], image, where, "sizing the step's disk")
+    return disk
 
 
 class RunResult:
@@ -73,10 +82,9 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
     work = Path(tempfile.mkdtemp(prefix="run-", dir=build_root))
     try:
         base = build_ext4(tree, work / "base.ext4", image)
-        disk = create_overlay(base, work / "disk.qcow2", image)
         size = max(os.path.getsize(base), disk_usage(tree) + SPARE)
         size = (size + (1 << 20) - 1) // (1 << 20) * (1 << 20)  # whole MiB: qemu-img wants sectors
-        _run(["qemu-img", "resize", "-q", str(disk), str(size)], image, where, "sizing the step's disk")
+        disk = _fresh_overlay(base, work / "disk.qcow2", size, image, where)
         # everything the tree had was written before this: what is newer, the step did
         touched_after = time.time()
         vm_id = "build-" + hashlib.sha256(str(work).encode()).hexdigest()[:12]
@@ -84,7 +92,19 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
                            disk=disk, config=BoxConfig(hostname="build"), network=spec.network, boot="cold",
                            disk_size=size)
         driver = QemuDriver(home)
-        handle = driver.start(launch, 300.0)
+        try:
+            handle = driver.start(launch, BOOT_TIMEOUT)
+        except GuestError as e:
+            # the guest never answered: no command ran, so a second boot on a fresh disk
+            # is the same step (a rare early-boot hang under TCG was seen once in CI)
+            err(f"a3s-box: the step's VM did not answer ({str(e).splitlines()[0]}); "
+                "booting it again\n".encode())
+            _fresh_overlay(base, disk, size, image, where)
+            try:
+                handle = driver.start(launch, BOOT_TIMEOUT)
+            except GuestError as again:
+                raise BuildError(image, where, f"the step's VM did not answer twice: "
+                                 f"{str(again).removeprefix(f'box {vm_id}: ')}") from again
         try:
             client = GuestClient(driver.connect(handle, 10.0), box=f"{image} ({where})")
             try:
