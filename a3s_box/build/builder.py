@@ -88,6 +88,15 @@ class _Stage:
     applied: int = 0  # layers of `state` in `tree`
     seed: Callable[[Path], int] | None = None  # fills an empty tree; returns its layer count
     cmd_set: bool = False
+    # False in a preview once a step of this stage (or of one it takes from) missed the
+    # cache: its state from there is unknown without building
+    known: bool = True
+
+
+def _built_stage(built: dict[int, "_Stage"], ref: str, by_index: bool) -> "_Stage | None":
+    """The stage REF names (`AS` name; or its number where BY_INDEX, as COPY --from takes)."""
+    return next((s for s in built.values() if (s.spec.name and s.spec.name == ref.lower())
+                 or (by_index and str(s.spec.index) == ref)), None)
 
 
 def load_dockerfile(req: BuildRequest) -> Dockerfile:
@@ -149,14 +158,17 @@ class Builder:
             with self.store.holding():  # nothing this build writes is swept before it is pinned
                 for spec in stages:
                     st = self._from(spec, built, global_args, req, execute)
-                    if st is None:
-                        return BuildResult(None, total, cached, None)
                     built[spec.index] = st
                     for ins in spec.instructions:
                         if ins.kind == "ARG":
                             st.args = _declare(st.args, (ins,), req.args, global_args)
                             continue
                         number += 1
+                        source = ins.flag("from") if ins.kind in ("COPY", "ADD") else None
+                        dep = _built_stage(built, source, by_index=True) if source else None
+                        if not st.known or (dep is not None and not dep.known):
+                            st.known = False  # a preview: what the cache has past here is unknown
+                            continue
                         key = self._key(st, ins, req, rules, built)
                         hit = None if req.no_cache else self.cache.get(key)
                         if hit is not None:
@@ -166,14 +178,16 @@ class Builder:
                             self.events(StepEvent(st.label, number, total, ins.source, True))
                             continue
                         if not execute:
-                            return BuildResult(None, total, cached, None)
+                            st.known = False  # later stages that do not take from this one go on
+                            continue
                         self.events(StepEvent(st.label, number, total, ins.source, False))
                         self._step(st, ins, req, rules, built)
                         st.state = st.state.write(self.store.blobs)
                         self.cache.put(key, st.state)
                 final = built[stages[-1].index]
                 if not execute:
-                    return BuildResult(None, total, cached, key)
+                    complete = all(st.known for st in built.values())
+                    return BuildResult(None, total, cached, key if complete else None)
                 record = self.store.register(req.name, final.state.digest, source=str(req.context),
                                              source_digest=key or final.state.digest)
                 return BuildResult(record, total, cached, key)
@@ -187,7 +201,7 @@ class Builder:
 
     # --- FROM ---------------------------------------------------------------------------
     def _from(self, spec: Stage, built: dict[int, _Stage], global_args: dict[str, str],
-              req: BuildRequest, execute: bool) -> _Stage | None:
+              req: BuildRequest, execute: bool) -> _Stage:
         base = _expand(spec.base, global_args, spec.from_, req.name)
         label = spec.name or str(spec.index)
         if spec.platform:
@@ -197,9 +211,9 @@ class Builder:
             if _expand(spec.platform, global_args, spec.from_, req.name) != want:
                 raise BuildError(req.name, spec.from_.where, f"--platform={spec.platform}: this host builds "
                                  f"{want} only (every RUN runs in a VM of the host's architecture)")
-        dep = next((s for s in built.values() if s.spec.name and s.spec.name == base.lower()), None)
+        dep = _built_stage(built, base, by_index=False)
         if dep is not None:
-            st = _Stage(spec, label, dep.state, {}, dep.shell)
+            st = _Stage(spec, label, dep.state, {}, dep.shell, known=dep.known)
             st.seed = lambda tree, dep=dep: self._copy_tree(dep, tree)
             return st
         if base.lower() == "scratch":
@@ -213,8 +227,8 @@ class Builder:
                 raise BuildError(req.name, spec.from_.where, str(e)) from e
         else:
             record = self.store.get(base)
-            if record is None:
-                return None
+            if record is None:  # not pulled yet: a preview knows nothing of this stage
+                return _Stage(spec, label, ImageState.scratch().write(self.store.blobs), {}, known=False)
         state = ImageState.load(self.store.blobs, record.digest)
         st = _Stage(spec, label, state, {})
         st.seed = lambda tree, record=record: self._seed_from_image(record, tree)
@@ -419,8 +433,7 @@ class Builder:
     def _from_root(self, ref: str, built: dict[int, _Stage], ins: Instruction,
                    req: BuildRequest, tree: bool = True) -> tuple[Path, str]:
         """The tree COPY --from=REF reads (TREE: made now) and the digest standing for it."""
-        dep = next((s for s in built.values() if (s.spec.name and s.spec.name == ref.lower())
-                    or str(s.spec.index) == ref), None)
+        dep = _built_stage(built, ref, by_index=True)
         if dep is not None:
             if self.work is None or not tree:
                 return req.context, dep.state.digest

@@ -120,6 +120,31 @@ def test_the_preview_counts_what_the_cache_has_and_runs_nothing(env: tuple[Home,
     assert store.get("localhost/t-app:latest").source_digest == built.key  # type: ignore[union-attr]
 
 
+def test_the_preview_counts_cached_steps_past_a_miss_in_stages_that_do_not_depend_on_it(
+        env: tuple[Home, ImageStore, Path]) -> None:
+    home, store, ctx = env
+    two_stages = """\
+FROM scratch AS build
+COPY src/a.txt /a.txt
+COPY tool.sh /tool.sh
+FROM scratch
+COPY etc/ /etc/
+LABEL org.example.kind=final
+COPY --from=build /a.txt /a.txt
+CMD ["/tool.sh"]
+"""
+    built, _ = _build(home, store, ctx, two_stages)
+    (ctx / "src/a.txt").write_text("changed\n")
+    req = BuildRequest(name="localhost/t-app:latest", context=ctx, dockerfile=ctx / "Dockerfile")
+    preview = Builder(home, store).preview(req)
+    # the build stage's first COPY misses (and its second is unknown); the final stage's
+    # COPY etc/ and LABEL are still cached, and its COPY --from=build is unknown
+    assert (preview.total, preview.cached, preview.key) == (6, 2, None)
+    rebuilt, _ = _build(home, store, ctx, two_stages)
+    assert rebuilt.cached == 2  # type: ignore[attr-defined]
+    assert rebuilt.key != built.key  # type: ignore[attr-defined]
+
+
 def test_a_target_stage_builds_only_what_it_needs(env: tuple[Home, ImageStore, Path]) -> None:
     home, store, ctx = env
     result, _ = _build(home, store, ctx, target="base")
