@@ -51,18 +51,24 @@ def _report(ctx: CliContext, machine: bool, o: "Outcome") -> None:
         click.echo(_outcome_line(o), err=True)
 
 
+# Every outcome the executor can report has a line: a test walks Op x STATUSES.
+_MARK = {"ok": "✓", "unchanged": "·", "failed": "✗", "skipped": "-"}
+_PAST = {"pull": "pulled", "import": "imported", "build": "built", "create": "created",
+         "recreate": "recreated", "start": "started", "update": "updated", "delete": "deleted",
+         "noop": "unchanged"}
+
+
 def _outcome_line(o: "Outcome") -> str:
     a = o.action
-    mark = {"ok": "✓", "unchanged": "·", "failed": "✗", "skipped": "-"}[o.status]
-    verb = {"pull": "pulled", "import": "imported", "create": "created", "recreate": "recreated",
-            "start": "started", "update": "updated", "delete": "deleted", "noop": "unchanged"}[a.op.value]
+    mark = _MARK[o.status]
     if o.status == "failed":
         return f"{mark} {a.kind} {a.name}: {a.op.value} failed: {o.detail}"
     if o.status == "skipped":
         return f"{mark} {a.kind} {a.name}: skipped ({o.detail})"
     took = f" in {o.seconds:.1f}s" if o.seconds >= 0.05 else ""
-    extra = f" {o.detail[:19]}" if a.kind == "image" and o.detail else ""
-    return f"{mark} {a.kind} {a.name}: {verb}{extra}{took}"
+    extra = f" {o.detail[:19]}" if a.kind == "image" and o.detail and o.build is None else ""
+    steps = f" ({o.build.cached} of {o.build.total} steps cached)" if o.build is not None else ""
+    return f"{mark} {a.kind} {a.name}: {_PAST[a.op.value]}{extra}{took}{steps}"
 
 
 @click.command("plan")
@@ -541,6 +547,8 @@ def pool_release(ctx: CliContext, name: str, keep: bool) -> None:
 def pool_fill(ctx: CliContext, project: str) -> None:
     """One upkeep pass over a project's pools (what --watch does every few seconds)."""
     with Host(ctx.home) as host, host.locked():
+        if not host.pools(project):
+            raise BoxError(f"project {project}: no pools (see `box pool ls`)")
         for line in host.keep_pools(project):
             click.echo(line)
 

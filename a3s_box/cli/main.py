@@ -1,7 +1,9 @@
 """The `box` command: global options, and the subcommand groups each module registers."""
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
 
@@ -31,21 +33,20 @@ def _register() -> None:
     for mod in ("a3s_box.cli.boxfile_cmds", "a3s_box.cli.image_cmds", "a3s_box.cli.box_cmds",
                 "a3s_box.cli.host_cmds", "a3s_box.cli.files_cmds", "a3s_box.cli.snapshot_cmds",
                 "a3s_box.cli.serve_cmds", "a3s_box.cli.build_cmds"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue  # not written yet
-            raise
-        m.register(cli)
+        importlib.import_module(mod).register(cli)
 
 
 _register()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script. Every way out is a message and an exit code, never a
+    traceback: a3s-box's own errors as they are, the OS's with the path they name, and
+    anything else as an internal error (A3S_BOX_DEBUG=1 shows its traceback)."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(args=argv, prog_name="box", standalone_mode=False)
+        if isinstance(code, int) and code:  # click hands back ctx.exit(N) in this mode
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -58,3 +59,18 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        _debug()
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, said as one
+        _debug()
+        click.echo(f"error: internal error ({type(e).__name__}: {e}); this is a bug in a3s-box, "
+                   "please report it with the output of A3S_BOX_DEBUG=1 box ...", err=True)
+        sys.exit(70)  # EX_SOFTWARE
+
+
+def _debug() -> None:
+    if os.environ.get("A3S_BOX_DEBUG"):
+        traceback.print_exc()

@@ -12,7 +12,7 @@ from pathlib import Path
 from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported, ImageError
 
@@ -34,16 +34,31 @@ BOOT_ATTEMPTS = 3
 BOOT_BACKOFF = 1.0  # seconds before the second attempt, doubling after
 
 
+Status = Literal["ok", "failed", "skipped", "unchanged"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
+@dataclass(frozen=True)
+class BuildSteps:
+    """What a build inside apply did: CACHED of TOTAL steps came from the cache."""
+    cached: int
+    total: int
+
+
 @dataclass(frozen=True)
 class Outcome:
     action: Action
-    status: str  # "ok" | "failed" | "skipped" | "unchanged"
-    detail: str = ""
+    status: Status
+    detail: str = ""  # failed/skipped: why; an image: its digest
     seconds: float = 0.0
+    build: BuildSteps | None = None  # images built (not taken from the store) by this apply
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.action.to_json(), "status": self.status, "detail": self.detail,
-                "seconds": round(self.seconds, 3)}
+        out = {**self.action.to_json(), "status": self.status, "detail": self.detail,
+               "seconds": round(self.seconds, 3)}
+        if self.build is not None:
+            out["build"] = {"cached": self.build.cached, "total": self.build.total}
+        return out
 
 
 Report = Callable[[Outcome], None]
@@ -71,10 +86,12 @@ class Executor:
             op = Op.BUILD if img.build is not None else Op.IMPORT if img.is_path else Op.PULL
             action = Action(Op.NOOP if img.digest else op, "image", name, img.source)
             t0 = time.monotonic()
+            steps = None
             try:
-                if img.build is not None:
-                    record = self._build(desired.project, name, img) if not img.digest else \
-                        self._built(name, img.digest)
+                if img.build is not None and img.digest:
+                    record = self._built(name, img.digest)
+                elif img.build is not None:
+                    record, steps = self._build(desired.project, name, img)
                 else:
                     record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
             except BoxError as e:
@@ -85,20 +102,20 @@ class Executor:
                     ImageBinding(desired.project, name, img.source, record.digest))
                 changed = record.digest != img.digest
                 out = Outcome(action, "ok" if changed else "unchanged", record.digest,
-                              time.monotonic() - t0)
+                              time.monotonic() - t0, steps)
             outcomes.append(out)
             if out.status != "unchanged":
                 self.report(out)
         return digests, outcomes
 
-    def _build(self, project: str, name: str, img: DesiredImage) -> ImageRecord:
+    def _build(self, project: str, name: str, img: DesiredImage) -> tuple[ImageRecord, BuildSteps]:
         from a3s_box.orchestrator.builds import run_build
 
         assert img.definition is not None
         result = run_build(self.runtime.home, self.images, project, name, img.definition,
                            self.build_events, self.build_output)
         assert result.record is not None
-        return result.record
+        return result.record, BuildSteps(result.cached, result.total)
 
     def _built(self, name: str, digest: str) -> ImageRecord:
         record = next((r for r in self.images.list() if r.digest == digest), None)
