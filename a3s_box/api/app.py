@@ -131,7 +131,9 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
             metrics.apply_seconds.labels("ok" if r.ok else "failed").observe(time.monotonic() - t0)
             return m.ApplyResult(ok=r.ok, plan=r.plan.text(), outcomes=[m.Change(
                 kind=o.action.kind, node=o.action.name, op=o.action.op.value, reason=o.action.reason,
-                status=o.status, detail=o.detail) for o in r.outcomes])
+                status=o.status, detail=o.detail, seconds=round(o.seconds, 3),
+                build=m.BuildSteps(cached=o.build.cached, total=o.build.total) if o.build else None)
+                for o in r.outcomes])
         return await asyncio.to_thread(work)
 
     # --- boxes -------------------------------------------------------------------

@@ -36,6 +36,11 @@ class Box(BaseModel):
     security: str
 
 
+class BuildSteps(BaseModel):
+    cached: int = Field(description="Steps the build cache gave")
+    total: int
+
+
 class Change(BaseModel):
     kind: str
     node: str
@@ -43,6 +48,8 @@ class Change(BaseModel):
     reason: str
     status: str
     detail: str
+    seconds: float = 0.0
+    build: BuildSteps | None = Field(default=None, description="An image this apply built: its steps")
 
 
 class ApplyResult(BaseModel):

@@ -142,3 +142,17 @@ except PermissionError:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert b"Traceback" not in err, err.decode(errors="replace")
+
+
+def test_apply_reports_a_build_with_its_steps(api: tuple[httpx.Client, str, Path], tmp_path: Path) -> None:
+    client, token, _ = api
+    ctx = tmp_path / "proj" / "ctx"
+    ctx.mkdir(parents=True)
+    (ctx / "hello.txt").write_text("hello\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\nLABEL a=b\n")
+    body = "apiVersion: box.a3s.dev/v1\nproject: q\nimages: {app: {build: {context: ./ctx}}}\n"
+    r = client.post("/v1/boxfile/apply", params={"path": str(tmp_path / "proj" / "Boxfile.yaml")},
+                    content=body, headers={"authorization": f"Bearer {token}", "content-type": "application/yaml"})
+    assert r.status_code == 200, r.text
+    [image] = r.json()["outcomes"]
+    assert (image["op"], image["status"], image["build"]) == ("build", "ok", {"cached": 0, "total": 2})

@@ -160,14 +160,15 @@ def test_an_unchanged_rebuild_runs_nothing_and_a_changed_run_reruns_from_there(
     _project(f.parent, marker="two")  # the build stage's last RUN changes
     plan = box("plan", "-f", str(f))
     assert re.search(r"\+ image app\s+build: \S*app \(5 of 11 steps cached\)", plan.out), plan.out
-    r = box("build", "-f", str(f), timeout=900)
+    # apply builds what changed itself, and says so like any other outcome
+    r = box("apply", "-f", str(f), timeout=900)
     assert r.code == 0, r.err
+    assert "Traceback" not in r.err
     # WORKDIR, COPY, the first RUN and the final stage's RUN and COPY <<EOF come from the
     # cache, as the plan said; the changed RUN and what takes from it run again
-    assert _steps(r.out) == (5, 11), r.err
+    assert re.search(r"^✓ image app: built in \d+\.\ds \(5 of 11 steps cached\)$", r.err, re.M), r.err
     assert re.search(r"RUN <<EOF.*CACHED", r.err), r.err
-    r = box("apply", "-f", str(f), timeout=600)
-    assert r.code == 0, r.err
+    assert re.search(r"^✓ box runner: recreated", r.err, re.M), r.err
     assert box("exec", "runner", "--", "cat", "/etc/marker").out == "two\n"
 
 

@@ -397,8 +397,20 @@ export interface components {
             /** Status */
             status: string;
         };
+        /** BuildSteps */
+        BuildSteps: {
+            /**
+             * Cached
+             * @description Steps the build cache gave
+             */
+            cached: number;
+            /** Total */
+            total: number;
+        };
         /** Change */
         Change: {
+            /** @description An image this apply built: its steps */
+            build?: components["schemas"]["BuildSteps"] | null;
             /** Detail */
             detail: string;
             /** Kind */
@@ -409,6 +421,11 @@ export interface components {
             op: string;
             /** Reason */
             reason: string;
+            /**
+             * Seconds
+             * @default 0
+             */
+            seconds: number;
             /** Status */
             status: string;
         };
