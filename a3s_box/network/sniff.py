@@ -6,24 +6,26 @@ an answer out; the proxy feeds it what it has read so far.
     sniff(b"\\x16\\x03")  -> None  (need more bytes)
 
 The bytes come from the hostile guest: every length is checked against what is there,
-nothing is trusted beyond MAX_PEEK, and a malformed hello is "other", never an exception.
+nothing is trusted beyond MAX_PEEK, a ClientHello is reassembled across records, HTTP
+heads are read strictly (http1.py), and what starts as TLS or HTTP but cannot be read
+is "bad" (the proxy refuses it), never an exception and never "other".
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-MAX_PEEK = 16 << 10  # a ClientHello or request head larger than this is not sniffed
+from a3s_box.network.http1 import MAX_HEAD, HeadError, RequestHead, could_be_http, parse_request_head
 
-_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ",
-                 b"CONNECT ", b"TRACE ")
+MAX_PEEK = MAX_HEAD  # a ClientHello or request head larger than this is refused
 
 
 @dataclass(frozen=True)
 class Sniffed:
-    kind: Literal["tls", "http", "other"]
+    kind: Literal["tls", "http", "bad", "other"]
     server_name: str | None = None  # TLS SNI or the HTTP Host (without a port)
-    has_secret_marker: bool = False  # set by the proxy, not here
+    head: RequestHead | None = None  # "http": the first request's head, read strictly
+    reason: str = ""  # "bad": why
 
 
 class _Short(Exception):
@@ -58,19 +60,41 @@ class _Cursor:
         return c
 
 
+def _client_hello(data: bytes) -> bytes:
+    """The ClientHello handshake message, reassembled from as many records as it spans
+    (a hello split over records must not slip past unread)."""
+    pos, message = 0, b""
+    while True:
+        if len(data) - pos < 5:
+            raise _Short
+        kind, major, length = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5], "big")
+        if kind != 0x16 or major != 0x03 or length == 0 or length > MAX_PEEK:
+            raise _Bad
+        if len(data) - pos - 5 < length:
+            raise _Short
+        message += data[pos + 5:pos + 5 + length]
+        pos += 5 + length
+        if len(message) >= 4:
+            if message[0] != 0x01:  # ClientHello
+                raise _Bad
+            need = 4 + int.from_bytes(message[1:4], "big")
+            if need > MAX_PEEK:
+                raise _Bad
+            if len(message) >= need:
+                return message[:need]
+
+
 def _tls_server_name(data: bytes) -> str | None:
-    rec = _Cursor(data)
-    if rec.num(1) != 0x16:
-        raise _Bad
-    rec.take(2)  # record version
-    length = rec.num(2)
-    if length > MAX_PEEK:
-        raise _Bad
-    body = rec.sub(length) if len(data) >= 5 + length else None
-    if body is None:
-        raise _Short
-    if body.num(1) != 0x01:  # ClientHello
-        raise _Bad
+    message = _client_hello(data)
+    try:
+        return _server_name(message)
+    except _Short:  # the message is whole: a length inside it lies
+        raise _Bad from None
+
+
+def _server_name(message: bytes) -> str | None:
+    body = _Cursor(message)
+    body.take(1)
     hello = body.sub(body.num(3))
     hello.take(2 + 32)  # client version, random
     hello.take(hello.num(1))  # session id
@@ -95,43 +119,26 @@ def _tls_server_name(data: bytes) -> str | None:
     return None
 
 
-def _http_host(data: bytes) -> str | None:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if len(data) >= MAX_PEEK:
-            raise _Bad
-        raise _Short
-    lines = data[:end].split(b"\r\n")
-    method, _, rest = lines[0].partition(b" ")
-    target = rest.partition(b" ")[0]
-    if method == b"CONNECT":
-        return _strip_port(target.decode("latin-1"))
-    for line in lines[1:]:
-        key, sep, value = line.partition(b":")
-        if sep and key.strip().lower() == b"host":
-            return _strip_port(value.strip().decode("latin-1"))
-    return None
-
-
-def _strip_port(hostport: str) -> str:
-    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
-    return host.lower()
-
-
 def sniff(data: bytes) -> Sniffed | None:
     """Sniffed once the start of the flow is recognised (or known not to be), None
-    while more bytes could change the answer."""
+    while more bytes could change the answer. "bad": it started as TLS or HTTP but
+    is not a hello or head the proxy can read (too big, malformed): refused, never
+    relayed; "other": bytes that can be neither."""
     if not data:
         return None
-    try:
-        if data[0] == 0x16:
+    if data[0] == 0x16:
+        try:
             return Sniffed("tls", _tls_server_name(data))
-        if any(m.startswith(data[:len(m)]) for m in _HTTP_METHODS):
-            if not any(data.startswith(m) for m in _HTTP_METHODS):
-                return None  # a method still arriving
-            return Sniffed("http", _http_host(data))
-    except _Short:
-        return None if len(data) < MAX_PEEK else Sniffed("other")
-    except _Bad:
-        return Sniffed("other")
+        except _Short:
+            return None if len(data) < MAX_PEEK else Sniffed("bad", reason="TLS ClientHello over 16 KiB")
+        except _Bad:
+            return Sniffed("bad", reason="a malformed TLS ClientHello")
+    if data[:1] in (b"\r", b"\n", b" ", b"\t"):  # lenient servers skip these before a request
+        return Sniffed("bad", reason="whitespace before the request line")
+    if could_be_http(data):
+        try:
+            head = parse_request_head(data)
+        except HeadError as e:
+            return Sniffed("bad", reason=str(e))
+        return None if head is None else Sniffed("http", head.host, head=head)
     return Sniffed("other")

@@ -134,15 +134,15 @@ def test_a_secret_never_enters_the_guest_but_reaches_its_host(box: BoxCli, net: 
     assert internet.last("/k1")["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert internet.last("/k2")["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert "a3s-secret" not in json.dumps(internet.requests[-2:])
-    # the reply the guest saw came back through the proxy: it contains the value the
-    # upstream echoed, which is the one way a guest can learn it (it asked that host)
+    # the upstream echoed the value in its replies: the guest read the placeholder there
+    assert TOKEN not in out and out.count("Bearer a3s-secret-token-") == 2, out
 
 
 def test_a_placeholder_sent_elsewhere_is_refused(box: BoxCli, net: dict[str, object],
                                                  internet: Internet) -> None:  # noqa: F811
     before = len(internet.requests)
     code, out, _ = _sh(box, f'curl -sS -m 10 -H "X-Key: $TOKEN" http://api.test:{net["http"]}/leak')
-    assert "placeholder of secret TOKEN in a plain HTTP request" in out
+    assert "placeholder of secret TOKEN sent over plain HTTP" in out
     assert len(internet.requests) == before
 
 
@@ -167,6 +167,43 @@ def test_a_spoofed_dns_answer_or_sni_does_not_redirect_the_dial(box: BoxCli, net
                             "echo rc=$?")
     assert "does not match 'api.test'" in out and "rc=0" not in out.split("\n")[-2:]
     assert not any(r["path"].startswith("/spoof") for r in internet.requests[before:])
+
+
+def test_what_the_proxy_cannot_read_is_refused_from_a_root_shell(box: BoxCli, net: dict[str, object],
+                                                                  internet: Internet) -> None:  # noqa: F811
+    """Raw bytes from the guest (busybox nc) to an allowed name's address: each of these
+    reached the upstream carrying `Host: evil.test` or SNI evil.test before the proxy
+    failed closed (issue 22)."""
+    import base64
+
+    from tests.security.test_proxy_attacks import _client_hello, _split_records
+
+    h, s = net["http"], net["https"]
+    code, out, _ = _sh(box, f"curl -sS -m 5 -o /dev/null -w '%{{remote_ip}}' http://api.test:{h}/ip")
+    ip = out.strip().split()[0]
+    code, out, _ = _sh(box, f"curl -sSk -m 5 -o /dev/null -w '%{{remote_ip}}' https://other.test:{s}/ip")
+    other_ip = out.strip().split()[0]  # other.test has no secret: its TLS is passed through
+    heads = {
+        "crlf": b"\r\nGET /crlf HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+        "propfind": b"PROPFIND /propfind HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+        "clte": b"POST /clte HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "userinfo": b"GET /userinfo HTTP/1.1\r\nHost: api.test:1@evil.test\r\n\r\n",
+        "big": b"GET /big-head HTTP/1.1\r\nHost: evil.test\r\nX: " + b"a" * (17 << 10) + b"\r\n\r\n",
+    }
+    before = len(internet.requests)
+    script = "; ".join(f"echo {base64.b64encode(data).decode()} | base64 -d | timeout 10 busybox nc {ip} {h}; echo"
+                       for data in heads.values())
+    script += (f"; (sleep 1; printf 'GET /late HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n') | timeout 10 busybox nc {ip} {h}"
+               f"; echo {base64.b64encode(_split_records(_client_hello('evil.test'), 20)).decode()}"
+               f" | base64 -d | timeout 10 busybox nc {other_ip} {s}; echo done")
+    code, out, err = _sh(box, script)
+    assert out.rstrip().endswith("done"), out + err
+    assert out.count("403 Forbidden") >= len(heads), out
+    reached = [r["path"] for r in internet.requests[before:]]
+    assert not any(p.startswith(("/crlf", "/propfind", "/clte", "/userinfo", "/big-head", "/late")) for p in reached)
+    log = box("logs", "--network", "net").out
+    assert "TLS server name 'evil.test' does not match 'other.test'" in log, log[-2000:]
 
 
 def test_a_published_port_is_reachable_on_loopback_only(box: BoxCli, net: dict[str, object]) -> None:

@@ -149,10 +149,8 @@ def test_secret_placeholders() -> None:
                        Secret("L", "a3s-secret-l-2", "other", ("x.test:8443",))])
     assert book.intercepts("api.test", 443) and not book.intercepts("api.test", 8443)
     assert book.intercepts("x.test", 8443)
-    assert book.substitute(b"Bearer a3s-secret-k-1", "api.test") == (b"Bearer real", ["K"])
-    assert book.foreign(b"a3s-secret-k-1", "x.test") == ["K"]
-    assert book.foreign(b"a3s-secret-k-1 a3s-secret-l-2", None) == ["K", "L"]
-    assert book.foreign(b"a3s-secret-k-1", "api.test") == []
+    assert book.bound_to("api.test") == (book.items[0],)
+    assert book.placeholders_in(b"a3s-secret-k-1 a3s-secret-l-2") == ["K", "L"]
 
 
 def test_parse_query_refuses_responses_and_truncation() -> None:
