@@ -5,6 +5,7 @@ $A3S_BOX_HOME (default ~/.local/share/a3s-box), overridable with `box --home`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,14 @@ class Home:
         return self.root / "cache"
 
     def ensure(self) -> "Home":
-        for d in (self.root, self.images, self.boxes, self.cache):
-            d.mkdir(parents=True, exist_ok=True)
+        """Makes the home (0700: its state, tokens, keys and logs are its owner's
+        alone); an existing home open to others is closed, and said so on stderr."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = self.root.stat().st_mode & 0o777
+        if mode & 0o077:
+            self.root.chmod(0o700)
+            sys.stderr.write(f"a3s-box: {self.root} was open to other users (mode {mode:04o}); "
+                             "made it 0700\n")
+        for d in (self.images, self.boxes, self.cache):
+            d.mkdir(exist_ok=True)
         return self

@@ -25,7 +25,7 @@ class BoxNetwork:
     """What the box's network reaches and the secrets its proxy puts into requests."""
 
     policy: dict[str, Any]  # a3s_box.network.policy.NetworkPolicy.to_json()
-    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> placeholder, value, hosts
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> placeholder, env, hosts
 
     @property
     def enabled(self) -> bool:

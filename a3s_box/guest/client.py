@@ -27,6 +27,30 @@ _CHUNK = 256 * 1024  # below MAX_PAYLOAD, large enough to keep the frame overhea
 _CLOSED = Frame(-1, 0)  # queued to every waiter when the connection ends
 
 
+MAX_OUTPUT = 64 << 20  # bytes of each stream `run` collects
+MAX_GET = 256 << 20  # bytes one `get` takes (the API's file limit)
+
+
+class _Capped:
+    """Output chunks up to a total; past it, only the fact that there was more."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.size, self.over = cap, 0, False
+        self._parts: list[bytes] = []
+        self.on_over: Callable[[], None] = lambda: None
+
+    def append(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.cap and not self.over:
+            self.over, self._parts = True, []
+            self.on_over()
+        elif not self.over:
+            self._parts.append(data)
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
+
+
 @dataclass(frozen=True)
 class CompletedExec:
     exit: ExitStatus
@@ -169,10 +193,14 @@ class GuestClient:
         with self._lock:
             self._waiters.pop(sid, None)
 
-    def _next(self, q: "queue.Queue[Frame]", timeout: float, what: str) -> Frame:
+    def _next(self, q: "queue.Queue[Frame]", timeout: float, what: str, overall: float | None = None) -> Frame:
+        """The next frame for Q within TIMEOUT (what is left of OVERALL, for a call with
+        a deadline of its own)."""
         try:
             f = q.get(timeout=timeout)
         except queue.Empty:
+            if overall is not None:
+                raise GuestError(self.box, f"{what}: not done after {overall}s") from None
             raise GuestError(self.box, f"{what}: no answer from guest after {timeout}s") from None
         if f is _CLOSED:
             raise GuestError(self.box, f"{what}: {self._closed_reason()}")
@@ -292,7 +320,10 @@ class GuestClient:
         try:
             self._send(p.encode(MsgType.STATUS, sid))
             f = self._next(q, timeout, "status")
-            return GuestStatus.decode(f.payload)
+            try:
+                return GuestStatus.decode(f.payload)
+            except (p.ProtocolError, ValueError) as e:
+                raise GuestError(self.box, f"status: bad answer from guest: {e}") from e
         finally:
             self._forget(sid)
 
@@ -318,13 +349,15 @@ class GuestClient:
 
     def run(self, argv: list[str] | tuple[str, ...], ns: Namespace = Namespace.AGENT,
             env: dict[str, str] | None = None, workdir: str = "", stdin: bytes | None = None,
-            timeout: float | None = 60.0) -> CompletedExec:
-        """Run a command to completion, collecting its output."""
-        out: list[bytes] = []
-        err: list[bytes] = []
+            timeout: float | None = 60.0, max_output: int = MAX_OUTPUT) -> CompletedExec:
+        """Run a command to completion, collecting its output: at most MAX_OUTPUT bytes
+        of each stream (more ends the command and fails the call; stream it instead)."""
+        out = _Capped(max_output)
+        err = _Capped(max_output)
         req = ExecRequest(argv=tuple(argv), ns=ns, workdir=workdir, stdin=stdin is not None,
                           env=tuple(f"{k}={v}" for k, v in (env or {}).items()))
         s = self.start(req, out.append, err.append)
+        out.on_over = err.on_over = lambda: s.signal(9)  # no reason to let it run on
         if stdin is not None:
             s.write(stdin)
             s.close_stdin()
@@ -334,7 +367,11 @@ class GuestClient:
             if not s._done.is_set():
                 s.signal(9)  # do not leave a runaway command behind our timeout
             raise
-        return CompletedExec(status, b"".join(out), b"".join(err))
+        for name, stream in (("stdout", out), ("stderr", err)):
+            if stream.over:
+                raise GuestError(self.box, f"{' '.join(argv)[:80]}: {name} over {max_output >> 20} MiB "
+                                           "(stream long output with `box exec` or the WebSocket exec)")
+        return CompletedExec(status, out.value(), err.value())
 
     # --- files -----------------------------------------------------------------
     def put(self, path: str, data: bytes, mode: int = 0o644, ns: Namespace = Namespace.ROOT,
@@ -356,14 +393,26 @@ class GuestClient:
         finally:
             self._forget(sid)
 
-    def get(self, path: str, ns: Namespace = Namespace.ROOT, timeout: float = 60.0) -> bytes:
+    def get(self, path: str, ns: Namespace = Namespace.ROOT, timeout: float = 60.0,
+            max_bytes: int = MAX_GET) -> bytes:
+        """A file of the guest, whole: at most MAX_BYTES, within TIMEOUT for the whole call
+        (a guest that answers a small read with endless data fails it, nothing more)."""
         sid, q = self._open()
         parts: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + timeout
         try:
             self._send(p.get_frame(sid, path, ns))
             while True:
-                f = self._next(q, timeout, f"get {path}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GuestError(self.box, f"get {path}: not done after {timeout}s")
+                f = self._next(q, left, f"get {path}", timeout)
                 if f.type == MsgType.DATA:
+                    size += len(f.payload)
+                    if size > max_bytes:
+                        raise GuestError(self.box, f"get {path}: the guest sent more than "
+                                                   f"{max_bytes >> 20} MiB (the most one read takes)")
                     parts.append(f.payload)
                 elif f.type == MsgType.RESULT:
                     res = p.Result.decode(f.payload)

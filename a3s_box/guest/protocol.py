@@ -353,8 +353,19 @@ class GuestStatus:
 
     @classmethod
     def decode(cls, payload: bytes) -> "GuestStatus":
+        """Every field as the guest wrote it, checked: the guest is hostile, and these
+        words end up in `box ps` (a terminal) and in API responses."""
         r = Reader(payload)
-        return cls(parse_kv(r.str()))
+        values = parse_kv(r.str())
+        if len(values) > 64:
+            raise ProtocolError(f"status: {len(values)} fields (at most 64)")
+        for key, value in values.items():
+            if not (key.isascii() and key.isprintable() and value.isascii() and value.isprintable()) \
+                    or len(key) > 64 or len(value) > 256:
+                raise ProtocolError(f"status: field {key[:64]!r} is not short printable ASCII")
+        if not values.get("restarts", "0").isdigit():
+            raise ProtocolError(f"status: restarts {values['restarts'][:32]!r} is not a number")
+        return cls(values)
 
 
 def hello() -> bytes:

@@ -7,7 +7,8 @@ prints one JSON line on stdout and closes it:
     {"ok": true, "netns": "/proc/PID/fd/N"}     the supervisor opens this and starts
                                                  the VMM inside the namespace
     {"ok": false, "error": "..."}               the box must not start
-network.json (written by the driver, 0600: it holds secret values, which stay on the host):
+network.json (written by the driver, 0600, deleted here once read: the one file that holds
+secret values, which stay on the host and in this process's memory):
     {"box_id", "policy": NetworkPolicy.to_json(), "secrets": {NAME: {placeholder, value,
      hosts}}, "forwards": [[PUBLISHED_INDEX, INNER_PORT], ...], "ca_dir": str | null}
 """
@@ -38,7 +39,9 @@ def _announce(data: dict[str, Any]) -> None:
 
 
 async def _serve(rundir: Path) -> None:
-    conf = json.loads((rundir / "network.json").read_text())
+    path = rundir / "network.json"
+    conf = json.loads(path.read_text())
+    path.unlink()  # secret values live on in this process only
     policy = NetworkPolicy.from_json(conf["policy"])
     secrets = SecretBook.from_json(conf.get("secrets"))
     log = NetworkLog(rundir / "network.log", str(conf["box_id"]), LogLimits.from_json(conf.get("logging")))

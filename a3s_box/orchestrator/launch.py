@@ -48,8 +48,9 @@ def _env_map(env: Any) -> dict[str, str]:
 
 def box_network(name: str, box: BoxDef, environ: Mapping[str, str],
                 placeholder: Callable[[str], str] = new_placeholder) -> BoxNetwork | None:
-    """The box's network and its secrets: values read from ENVIRON now (the Boxfile
-    loader already said which are missing), each with a fresh placeholder."""
+    """The box's network and its secrets, each with a fresh placeholder and the name of
+    the variable that holds its value: the value itself is never stored (the driver
+    reads it from the environment each time it starts the box's proxy)."""
     if box.network.mode == "none" and not box.secrets:
         return None
     policy = NetworkPolicy.from_json(box.network.model_dump()).to_json()
@@ -57,8 +58,7 @@ def box_network(name: str, box: BoxDef, environ: Mapping[str, str],
     for sname, s in sorted(box.secrets.items()):
         if s.env not in environ:
             raise DriverError(name, f"secret {sname}: environment variable {s.env} is not set")
-        secrets[sname] = {"placeholder": placeholder(sname), "value": environ[s.env],
-                          "hosts": list(s.hosts)}
+        secrets[sname] = {"placeholder": placeholder(sname), "env": s.env, "hosts": list(s.hosts)}
     return BoxNetwork(policy, secrets)
 
 

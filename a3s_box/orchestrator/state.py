@@ -8,6 +8,7 @@ need none, WAL gives them a consistent snapshot.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -145,6 +146,16 @@ class StateStore:
                 raise StateError(f"state store {path} is unreadable: {e}") from e
 
     def _open(self) -> None:
+        # Private before SQLite opens it (it gives -wal and -shm the same mode): pool
+        # templates and box specs are no one else's business.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for p in (self.path, self.path.with_name(self.path.name + "-wal"),
+                  self.path.with_name(self.path.name + "-shm")):
+            try:
+                if p.stat().st_mode & 0o077:
+                    p.chmod(0o600)
+            except FileNotFoundError:
+                pass
         self._db = _Locked(sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                            check_same_thread=False), self._lock)
         self._db.row_factory = sqlite3.Row

@@ -8,6 +8,7 @@ point at it with `hosts:`. Two boxes boot once for the whole module: `net`
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -136,6 +137,31 @@ def test_a_secret_never_enters_the_guest_but_reaches_its_host(box: BoxCli, net: 
     assert "a3s-secret" not in json.dumps(internet.requests[-2:])
     # the upstream echoed the value in its replies: the guest read the placeholder there
     assert TOKEN not in out and out.count("Bearer a3s-secret-token-") == 2, out
+
+
+def test_the_secret_value_is_in_no_host_file_or_host_environment(box: BoxCli, net: dict[str, object]) -> None:
+    """Read as another local user or a taken-over VMM would: the home's files (state.db
+    with its WAL, box.json, launch.json, logs) and /proc/PID/environ of every process of
+    the box (shim, QEMU, network helper). The helper alone holds the value, in memory."""
+    needle = TOKEN.encode()
+    found = []
+    for dirpath, _, files in os.walk(box.home):
+        for name in files:
+            p = Path(dirpath) / name
+            try:
+                if p.is_file() and not p.is_symlink() and needle in p.read_bytes():
+                    found.append(str(p))
+            except OSError:
+                pass
+    assert not found, found
+    pids = box.vm_processes()
+    assert pids
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        assert needle not in environ and b"A3S_TEST_TOKEN" not in environ, pid
 
 
 def test_a_placeholder_sent_elsewhere_is_refused(box: BoxCli, net: dict[str, object],

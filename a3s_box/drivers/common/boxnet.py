@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from a3s_box.drivers.base import BoxLaunch
-from a3s_box.errors import HostUnsupported
+from a3s_box.errors import DriverError, HostUnsupported
 from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT, GUEST_TRUST_STORE
 from a3s_box.network.netns import missing_tools
 from a3s_box.network.policy import NetworkPolicy
@@ -30,8 +31,27 @@ def network_support() -> tuple[bool, str]:
                   "(every TCP port, UDP only for DNS)")
 
 
-def prepare_network(launch: BoxLaunch) -> tuple[tuple[int, int], ...]:
-    """Write RUNDIR/network.json for the helper; the (namespace port, box port) forwards."""
+def secret_values(box_id: str, secrets: Mapping[str, Mapping[str, Any]],
+                  environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The secrets with their values, read from ENVIRON now: a value is never stored,
+    so it is read each time a box's proxy starts (a box.json from before values were
+    kept out of it still carries its `value`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in sorted(secrets.items()):
+        if "value" in s:
+            value = str(s["value"])
+        elif str(s.get("env")) in environ:
+            value = environ[str(s["env"])]
+        else:
+            raise DriverError(box_id, f"secret {name}: environment variable {s.get('env')} is not set "
+                                      "(secret values are read when a box starts, never stored)")
+        out[name] = {"placeholder": s["placeholder"], "value": value, "hosts": list(s.get("hosts") or ())}
+    return out
+
+
+def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) -> tuple[tuple[int, int], ...]:
+    """Write RUNDIR/network.json for the helper, the one file that holds secret values
+    (0600; the helper deletes it once read); the (namespace port, box port) forwards."""
     assert launch.network is not None
     ok, why = network_support()
     if not ok:
@@ -46,7 +66,8 @@ def prepare_network(launch: BoxLaunch) -> tuple[tuple[int, int], ...]:
         ensure_ca(launch.rundir, launch.box_id)
         ca_dir = str(launch.rundir)
     conf: dict[str, Any] = {"box_id": launch.box_id, "policy": launch.network.policy,
-                            "secrets": launch.network.secrets, "ca_dir": ca_dir,
+                            "secrets": secret_values(launch.box_id, launch.network.secrets, environ),
+                            "ca_dir": ca_dir,
                             "forwards": [[i, inner] for i, (inner, _) in enumerate(forwards)],
                             "logging": launch.logging.to_json()}
     path = launch.rundir / NETWORK_JSON

@@ -24,6 +24,7 @@ from a3s_box.drivers.krun import probe
 from a3s_box.drivers.krun.rootfs import copy_root, install_guest_files
 from a3s_box.drivers.krun.spec import KrunSpec, box_spec
 from a3s_box.errors import DriverError, GuestError, HostUnsupported
+from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, send_signal,
                                          stop_supervised, wait_gone)
@@ -85,7 +86,8 @@ def spawn_supervisor(box_id: str, rundir: Path, spec: KrunSpec,
         try:
             starter = subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(rundir),
                                         "--detach"], stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=log, start_new_session=True, close_fds=True)
+                                       stderr=log, start_new_session=True, close_fds=True,
+                                       env=host_process_env())
         except OSError as e:
             raise DriverError(box_id, f"cannot start the supervisor: {e}") from e
     pgid = starter.pid  # session leader; the supervisor and the VM stay in its group

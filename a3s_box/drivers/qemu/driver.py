@@ -24,6 +24,7 @@ from a3s_box.drivers.common.artifacts import GuestArtifacts, ensure_guest_artifa
 from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.qemu.probe import probe_accelerators, qemu_version
 from a3s_box.drivers.common.boxnet import install_box_ca, prepare_network
+from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
 from a3s_box.drivers.qemu.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
@@ -187,7 +188,8 @@ class QemuDriver:
                 starter = subprocess.Popen(
                     [sys.executable, "-m", "a3s_box.drivers.qemu.shim", str(rundir), *(["--detach"] if detach else [])],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                    close_fds=True, preexec_fn=None if detach else _die_with_parent)
+                    close_fds=True, preexec_fn=None if detach else _die_with_parent,
+                    env=host_process_env())
             except OSError as e:
                 raise DriverError(box_id, f"cannot start the shim: {e}") from e
         pgid = starter.pid  # session leader; the shim and QEMU stay in its group
