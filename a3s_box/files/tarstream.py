@@ -5,7 +5,8 @@ Threat: the guest is hostile, so a tar it sends is too. The extractor writes onl
 below its destination folder: absolute names and `..` are refused, every folder is
 opened component by component with O_NOFOLLOW (a symlink the stream made earlier is
 never written through), only files, folders and symlinks are made, and symlinks are
-stored as they are, never followed. Files are written under a temporary name and
+stored as they are, never followed; no file or folder gets a setuid or setgid bit (a
+setuid-root program of the guest's must not land on the host). Files are written under a temporary name and
 renamed, and the whole extraction happens in a temporary folder beside the final
 one, so a failure leaves nothing at the destination.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK = 1 << 20
+SAFE_FILE_MODE = 0o777  # permission bits only: never setuid, setgid or sticky
+SAFE_DIR_MODE = 0o1777  # the sticky bit of a /tmp-like folder is kept
 
 
 class TarError(Exception):
@@ -134,7 +137,7 @@ def extract_tar(stream: IO[bytes] | Any, dest: Path) -> list[str]:
                             os.mkdir(leaf, 0o700, dir_fd=parent)
                         except FileExistsError:
                             pass
-                        os.chmod(leaf, m.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
+                        os.chmod(leaf, m.mode & SAFE_DIR_MODE, dir_fd=parent, follow_symlinks=False)
                         dir_times.append((parts, float(m.mtime)))
                     elif m.issym():
                         try:
@@ -152,7 +155,7 @@ def extract_tar(stream: IO[bytes] | Any, dest: Path) -> list[str]:
                         try:
                             while chunk := src.read(CHUNK):
                                 os.write(fd, chunk)
-                            os.fchmod(fd, m.mode & 0o7777)
+                            os.fchmod(fd, m.mode & SAFE_FILE_MODE)
                         finally:
                             os.close(fd)
                         os.utime(tmp, (m.mtime, m.mtime), dir_fd=parent)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,8 @@ def vol(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory
     (folder / "src" / "hello.txt").write_text("from the host\n")
     (folder / "data").mkdir()
     (folder / "data" / "ro.txt").write_text("read only\n")
+    (folder / "data" / "sub").mkdir()  # a mount below a read-only source must be read-only too
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder / "data" / "sub")], check=True)
     (folder / "outside.txt").write_text("must not change\n")
     f = boxfile(folder, hello_image, """volumes:
   cache: {size: 64Mi}
@@ -42,6 +46,7 @@ boxes:
     assert r.code == 0, r.out + r.err
     yield {"folder": folder, "file": f}
     box("delete", "--volumes", "-f", str(f))
+    subprocess.run(["umount", str(folder / "data" / "sub")])
 
 
 def _sh(box: BoxCli, script: str) -> tuple[int, str, str]:
@@ -66,6 +71,39 @@ def test_a_read_only_volume_refuses_writes_even_after_a_remount(box: BoxCli, vol
     assert "(rw," in out  # the guest believes it is writable now...
     assert (vol["folder"] / "data" / "ro.txt").read_text() == "read only\n"  # ...the host says no
     assert not (vol["folder"] / "data" / "new").exists()
+
+
+def test_a_read_only_volume_is_read_only_in_mounts_below_it_too(box: BoxCli, vol: dict[str, Path]) -> None:
+    code, out, _ = _sh(box, "echo x > /data/sub/new; echo rc=$?; mkdir /data/sub/d; echo rc=$?")
+    assert "rc=0" not in out, out
+    assert list((vol["folder"] / "data" / "sub").iterdir()) == []
+
+
+def test_guest_root_makes_no_device_or_setuid_file_in_a_bind(box: BoxCli, vol: dict[str, Path]) -> None:
+    """virtiofsd is root on the host: root in the guest asks it for a block device of the
+    host's disk and a setuid-root shell in the user's own folder."""
+    code, out, _ = _sh(box, "cd /workspace; mknod blk b 8 0; echo rc=$?; mknod chr c 1 3; echo rc=$?; "
+                            "cp /bin/busybox suid; chmod 4755 suid; echo rc=$?; chmod 2755 suid; echo rc=$?; "
+                            "mkdir -m 2755 sgid; echo rc=$?; mkfifo fifo; echo fifo=$?; "
+                            "cat /dev/null > plain; chmod 755 plain; echo plain=$?")
+    assert out.count("rc=0") == 0 and "fifo=0" in out and "plain=0" in out, out
+    src = vol["folder"] / "src"
+    for p in src.rglob("*"):
+        st = p.lstat()
+        assert not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)), p
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), (p, oct(st.st_mode))
+    assert (src / "plain").stat().st_mode & 0o777 == 0o755  # ordinary modes still work
+    _sh(box, "cd /workspace; rm -rf blk chr suid sgid fifo plain")
+
+
+def test_box_cp_out_never_makes_a_setuid_file(box: BoxCli, vol: dict[str, Path], tmp_path: Path) -> None:
+    assert _sh(box, "mkdir -p /tmp/out/sg && cp /bin/busybox /tmp/out/suid && chmod 6755 /tmp/out/suid "
+                    "&& chmod 2755 /tmp/out/sg && mknod /tmp/out/blk b 8 0")[0] == 0
+    r = box("cp", "v:/tmp/out", str(tmp_path))
+    assert r.code == 0, r.err
+    assert (tmp_path / "out" / "suid").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "out" / "sg").stat().st_mode & 0o7777 == 0o755
+    assert not (tmp_path / "out" / "blk").exists()
 
 
 def test_escapes_from_a_bind_leave_the_host_unchanged(box: BoxCli, vol: dict[str, Path]) -> None:

@@ -16,8 +16,10 @@ QEMU dies with the shim (PR_SET_PDEATHSIG), so a killed shim leaves no VM behind
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import platform
 import select
 import selectors
 import signal
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
-from a3s_box.jail import cgroup
+from a3s_box.jail import cgroup, fsguard
 from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
 from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
@@ -51,19 +53,46 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
+# Every xattr the guest names is kept on the host as user.virtiofs.NAME (QEMU's own
+# recommended mapping): a guest's security.capability is inert there.
+XATTR_MAP = ":prefix:all::user.virtiofs.::bad:all:::"
+
+
 def _read_only_view(source: str, first: Callable[[], None]) -> None:
-    """In virtiofsd's child, before exec: a mount namespace of its own where SOURCE is a
-    read-only bind mount. The guest's writes fail on the host's side of the share."""
+    """In virtiofsd's child, before exec: a mount namespace of its own where SOURCE and
+    every mount below it are read-only. The guest's writes fail on the host's side of
+    the share, in a folder mounted below the source too."""
     first()
     libc = ctypes.CDLL(None, use_errno=True)
-    ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = 1, 32, 4096, 16384, 1 << 18
+    ms_bind, ms_rec, ms_private = 4096, 16384, 1 << 18
     clone_newns = 0x00020000
     src = source.encode()
     if (libc.unshare(clone_newns) != 0
             or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
             or libc.mount(src, src, None, ms_bind | ms_rec, None) != 0
-            or libc.mount(None, src, None, ms_remount | ms_bind | ms_rdonly, None) != 0):
+            or not _recursively_read_only(libc, src)):
         os._exit(126)  # never serve a read-only volume writable
+
+
+def _recursively_read_only(libc: ctypes.CDLL, path: bytes) -> bool:
+    """mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY) (Linux 5.12); on older kernels, a
+    read-only remount of PATH and of each mount below it, read from mountinfo."""
+    at_fdcwd, at_recursive, mount_attr_rdonly = -100, 0x8000, 0x1
+    nr = {"x86_64": 442, "aarch64": 442}.get(platform.machine())
+    if nr is not None:
+        attr = (ctypes.c_uint64 * 4)(mount_attr_rdonly, 0, 0, 0)
+        if libc.syscall(nr, at_fdcwd, path, at_recursive, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+            return True
+        if ctypes.get_errno() != errno.ENOSYS:
+            return False
+    ms_rdonly, ms_remount, ms_bind = 1, 32, 4096
+    top = path.rstrip(b"/") or b"/"
+    for line in Path("/proc/self/mountinfo").read_bytes().splitlines():
+        point = line.split(b" ")[4].decode("unicode_escape").encode("latin-1")
+        if point == top or point.startswith(top.rstrip(b"/") + b"/"):
+            if libc.mount(None, point, None, ms_remount | ms_bind | ms_rdonly, None) != 0:
+                return False
+    return True
 
 
 # What counts as using the box (a leased box's idle_timeout): running things and moving
@@ -265,13 +294,22 @@ class Shim:
             if not Path(source).is_dir():
                 raise RuntimeError(f"volume {spec['target']}: bind source {source} is not a folder")
             read_only = bool(spec["read_only"])
+            # The guest's root drives this root process: no device nodes (modcaps and
+            # fsguard), no setuid/setgid bits (fsguard), and its xattrs land on the host
+            # under user.virtiofs.* only (never security.* or trusted.*).
+            def preexec(source: str = source, read_only: bool = read_only) -> None:
+                if read_only:
+                    _read_only_view(source, self._helper_preexec)
+                else:
+                    self._helper_preexec()
+                fsguard.install()
             proc = subprocess.Popen(
                 [str(spec["binary"]), f"--socket-path={sock}", "-o", f"source={source}",
                  "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock",
-                 "-o", "xattr" if not read_only else "no_xattr"],
+                 "-o", "modcaps=-mknod",
+                 *(["-o", f"xattrmap={XATTR_MAP}"] if not read_only else ["-o", "no_xattr"])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
-                preexec_fn=(lambda: _read_only_view(source, self._helper_preexec)) if read_only
-                else self._helper_preexec)
+                preexec_fn=preexec)
             self.virtiofsd.append(proc)
             for _ in range(500):
                 if sock.exists() or proc.poll() is not None:
