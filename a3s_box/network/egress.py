@@ -37,7 +37,7 @@ from a3s_box.network.sniff import MAX_PEEK, Sniffed, sniff
 SO_ORIGINAL_DST = 80
 SNIFF_WAIT = 0.3  # server-first protocols (ssh, smtp) send nothing: do not wait for them longer
 DIAL_TIMEOUT = 15.0
-CHUNK = 64 << 10
+CHUNK = 256 << 10
 IDLE_TIMEOUT = 300.0  # a flow on which nothing moves either way this long is closed
 MAX_FLOWS = 256  # flows one box may have open at once
 # Ports where a flow to a name must be read (TLS ClientHello or HTTP head) and checked

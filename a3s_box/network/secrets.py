@@ -150,7 +150,8 @@ class Scrubber:
         return bool(self.replacements)
 
     def feed(self, data: bytes) -> bytes:
-        data = self._held + data
+        if self._held:
+            data = self._held + data
         for value, placeholder in self.replacements.items():
             data = data.replace(value, placeholder)
         keep = 0
