@@ -181,7 +181,13 @@ def test_an_idle_flow_is_closed(proxy: ProxyUnderTest, internet: Internet) -> No
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
         s.sendall(b"GET /idle HTTP/1.1\r\nHost: api.test\r\n")  # an unfinished head, then nothing
         assert s.recv(100) == b""  # the proxy closed it
+    for _ in range(500):  # and then forgets the flow
+        if proxy.egress.open_flows == 0:
+            break
+        time.sleep(0.01)
     assert proxy.egress.open_flows == 0
+    [flow] = [x for x in proxy.egress.log.lines if x["proto"] == "tcp"]
+    assert (flow["verdict"], flow["reason"]) == ("deny", "the flow ended before its first bytes could be read")
 
 
 def test_a_box_cannot_open_more_flows_than_its_cap(proxy: ProxyUnderTest, internet: Internet) -> None:  # noqa: F811
