@@ -114,6 +114,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         pass
 
 
+async def _answer(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """A last word to the box; it may have gone already."""
+    try:
+        writer.write(data)
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
 async def _close(*writers: asyncio.StreamWriter) -> None:
     for w in writers:
         try:
@@ -199,7 +208,8 @@ class Egress:
         quiet_ok = name is None or port not in WEB_PORTS
         first, seen = await self._peek(reader, activity, SNIFF_WAIT if quiet_ok else None)
         if seen is None and first:
-            seen = Sniffed("bad", reason="the flow ended before its first bytes could be read")
+            seen = Sniffed("bad", reason=f"idle for {self.idle_timeout:g}s before its first bytes could be read"
+                           if activity.idled else "the flow ended before its first bytes could be read")
         if seen is None and not quiet_ok:
             self.log.write(proto="tcp", dst=where, verdict="deny", reason="closed before sending anything")
             return
@@ -207,9 +217,8 @@ class Egress:
         is_http = seen is not None and seen.kind in ("http", "bad") and could_be_http(first.lstrip(b"\r\n \t"))
         if not verdict.allowed:
             self.log.write(proto="tcp", dst=where, verdict="deny", reason=verdict.reason)
-            if is_http:
-                writer.write(_forbidden(verdict.reason))
-                await writer.drain()
+            if is_http and not activity.idled:
+                await _answer(writer, _forbidden(verdict.reason))
             return
         try:
             up_r, up_w, peer = await self._dial(verdict)

@@ -187,7 +187,7 @@ def test_an_idle_flow_is_closed(proxy: ProxyUnderTest, internet: Internet) -> No
         time.sleep(0.01)
     assert proxy.egress.open_flows == 0
     [flow] = [x for x in proxy.egress.log.lines if x["proto"] == "tcp"]
-    assert (flow["verdict"], flow["reason"]) == ("deny", "the flow ended before its first bytes could be read")
+    assert (flow["verdict"], flow["reason"]) == ("deny", "idle for 0.5s before its first bytes could be read")
 
 
 def test_a_box_cannot_open_more_flows_than_its_cap(proxy: ProxyUnderTest, internet: Internet) -> None:  # noqa: F811
