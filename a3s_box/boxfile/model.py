@@ -182,6 +182,14 @@ class AgentNamespace(_Model):
         "(restarts back off exponentially).", examples=["on-failure"])
 
 
+def _shareable(path: str) -> str:
+    top = path.strip("/").split("/")[0]
+    if top in ("tmp", "dev", "proc") or not top:
+        raise ValueError(f"{path}: business code has its own /, /tmp, /dev and /proc: share a path "
+                         "elsewhere (e.g. /workspace)")
+    return path
+
+
 class BusinessNamespace(_Model):
     """Where code launched by the agent runs: nested inside the agent's namespaces,
     unable to see or signal the agent's processes (`nsexec -- CMD` inside the box)."""
@@ -195,6 +203,20 @@ class BusinessNamespace(_Model):
         json_schema_extra={"uniqueItems": True, "default": ["mount", "pid", "ipc", "uts", "net"]},
         description="Namespaces business code gets of its own.",
         examples=[["mount", "pid", "ipc", "uts", "net"]])
+    user: str = Field("65534:65534", pattern=r"^[0-9]{1,10}(:[0-9]{1,10})?$", description=(
+        "The numeric uid[:gid] business code runs as (default nobody). With uid 0 it is root "
+        "without any capability."), examples=["1000:1000"])
+    share: Annotated[list[Annotated[str, Field(pattern=r"^/"), AfterValidator(_shareable)]],
+                     AfterValidator(_unique)] = Field(
+        default_factory=list, description=(
+            "Absolute paths of the agent's tree that business code may write (each keeps its "
+            "owner and modes; everything else it sees read-only; /tmp, /dev and /proc are its "
+            "own, so not below those)."),
+        examples=[["/workspace"]])
+    privileged: bool = Field(False, description=(
+        "Run business code as root with every capability on the agent's writable tree, as "
+        "before containment (unsafe: business and agent can then tamper with each other)."),
+        examples=[False])
 
 
 class Namespaces(_Model):

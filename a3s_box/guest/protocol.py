@@ -243,6 +243,12 @@ class BoxConfig:
     restart: Restart = Restart.ALWAYS
     memory_max: int = 0
     pids_max: int = 0
+    # Business code (docs/security.md): contained (its own read-only root, /tmp and
+    # /dev, no capabilities, seccomp) as this uid/gid, with these agent paths writable
+    business_contained: bool = True
+    business_uid: int = 65534
+    business_gid: int = 65534
+    business_share: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return (
@@ -256,6 +262,10 @@ class BoxConfig:
             .u8(int(self.restart))
             .u64(self.memory_max)
             .u32(self.pids_max)
+            .u8(int(self.business_contained))
+            .u32(self.business_uid)
+            .u32(self.business_gid)
+            .strlist(self.business_share)
             .bytes()
         )
 
@@ -272,6 +282,10 @@ class BoxConfig:
             restart=Restart(r.u8()),
             memory_max=r.u64(),
             pids_max=r.u32(),
+            business_contained=bool(r.u8()),
+            business_uid=r.u32(),
+            business_gid=r.u32(),
+            business_share=tuple(r.strlist()),
         )
         r.end()
         return cfg

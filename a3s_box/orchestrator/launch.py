@@ -98,7 +98,24 @@ def agent_config(name: str, box: BoxDef, image_config: Any,
         restart=_RESTART[agent.restart],
         memory_max=max(memory - _GUEST_RESERVE, memory * 3 // 4),
         pids_max=DEFAULT_PIDS_MAX,
+        **_business_containment(business),
     )
+
+
+def _business_from_json(b: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A box.json from before containment has no `business`: the defaults (contained)."""
+    if not b:
+        return {}
+    return {"business_contained": bool(b["contained"]), "business_uid": int(b["uid"]),
+            "business_gid": int(b["gid"]), "business_share": tuple(b["share"])}
+
+
+def _business_containment(business: Any) -> dict[str, Any]:
+    if business is None:
+        return {}
+    uid, _, gid = business.user.partition(":")
+    return {"business_contained": not business.privileged, "business_uid": int(uid),
+            "business_gid": int(gid or uid), "business_share": tuple(business.share)}
 
 
 def box_volumes(box: BoxDef, disk_of: Callable[[str], Path]) -> tuple[BoxVolume, ...]:
@@ -161,6 +178,8 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
             "workdir": c.workdir, "agent_isolate": int(c.agent_isolate),
             "business_isolate": int(c.business_isolate), "restart": int(c.restart),
             "memory_max": c.memory_max, "pids_max": c.pids_max,
+            "business": {"contained": c.business_contained, "uid": c.business_uid,
+                         "gid": c.business_gid, "share": list(c.business_share)},
         },
     }
 
@@ -188,5 +207,6 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
             workdir=c["workdir"], agent_isolate=Isolate(c["agent_isolate"]),
             business_isolate=Isolate(c["business_isolate"]), restart=Restart(c["restart"]),
             memory_max=int(c["memory_max"]), pids_max=int(c["pids_max"]),
+            **_business_from_json(c.get("business")),
         ),
     )

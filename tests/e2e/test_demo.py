@@ -83,6 +83,27 @@ def test_business_namespace_cannot_see_or_signal_the_agent(box: BoxCli, demo: Pa
     assert "agent.sh" not in via_nsexec and "ps -o pid,args" in via_nsexec
 
 
+def test_business_code_is_contained_in_a_real_vm(box: BoxCli, demo: Path) -> None:
+    """Business code as an attacker: before containment it ran as root with every
+    capability, read the VM's disk and rewrote the agent's /tmp (issue 22, item 13)."""
+    assert box("exec", "agent", "--", "sh", "-c", "echo agent-data > /tmp/agent-file").code == 0
+    r = box("exec", "--ns", "business", "agent", "--", "sh", "-c",
+            "id -u; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+            "cat /tmp/agent-file; echo tampered > /tmp/agent-file; "
+            "head -c 1 /dev/vda; echo vda=$?; head -c 1 /dev/mem; echo mem=$?; echo DEV: $(ls /dev); "
+            "mount -t tmpfs x /mnt; echo mount=$?; touch /etc/owned; echo touch=$?")
+    out = r.out + r.err
+    assert out.split()[:7] == ["65534", "CapEff:", "0000000000000000", "NoNewPrivs:", "1", "Seccomp:", "2"], out
+    assert "agent-data" not in out and "vda=0" not in out and "mem=0" not in out, out
+    assert "mount=0" not in out and "touch=0" not in out, out
+    dev = next(line for line in out.splitlines() if line.startswith("DEV:"))
+    assert dev == "DEV: fd full null ptmx pts random shm stderr stdin stdout tty urandom zero", dev
+    assert box("exec", "agent", "--", "cat", "/tmp/agent-file").out == "agent-data\n"
+    # nsexec from the agent lands there too
+    via = box("exec", "agent", "--", "nsexec", "--", "id", "-u", check=True).out
+    assert via.strip() == "65534"
+
+
 def test_logs_show_the_agent_output(box: BoxCli, demo: Path) -> None:
     r = box("logs", "agent", check=True)
     assert "a3s-init: ready" in r.out and "agent: hello from agent" in r.out

@@ -59,6 +59,16 @@ extern int g_debug;
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* --- business containment (contain.c) ----------------------------------- */
+struct contain {
+	int on;          /* 0: the business namespace is privileged (as before containment) */
+	uid_t uid;
+	gid_t gid;
+	char **share;    /* agent paths the business gets writable; NULL-terminated */
+};
+int contain_mounts(const struct contain *c, char *why, size_t whylen);
+int contain_process(const struct contain *c);
+
 /* --- namespaces and spawning (spawn.c) ------------------------------------ */
 struct nsset {
 	int ok;          /* the namespaces exist */
@@ -66,6 +76,7 @@ struct nsset {
 	pid_t member;    /* a process inside them, root-ns pid, for /proc/<member>/... */
 	int fd_mnt, fd_ipc, fd_uts, fd_net, fd_pid; /* -1 when not separate */
 	int cgroup_procs;                           /* -1 when no cgroup */
+	const struct contain *contain;              /* business code: how it is contained */
 };
 
 struct spawn_req {
@@ -81,7 +92,7 @@ struct spawn_req {
 pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen);
 /* Create namespaces `flags` for a holder nested in `parent` (NULL = root). */
 int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
-	      const char *hostname, const char *cgroup_dir);
+	      const char *hostname, const char *cgroup_dir, const struct contain *contain);
 void ns_close(struct nsset *ns);
 
 /* --- cgroups (cgroup.c) ----------------------------------------------------- */

@@ -110,11 +110,23 @@ void on_config(struct conn *c, struct rd *r)
 	int restart = r_u8(r);
 	uint64_t mem = r_u64(r);
 	uint32_t pids = r_u32(r);
-	if (r_end(r) < 0 || restart > 2) {
-		free(host), free(wd), strv_free(env), strv_free(argv);
+	/* how business code is contained (absent from an older host: contained, as nobody) */
+	struct contain con = {.on = 1, .uid = 65534, .gid = 65534, .share = NULL};
+	if (r->at < r->len) {
+		con.on = r_u8(r);
+		con.uid = r_u32(r);
+		con.gid = r_u32(r);
+		con.share = r_strlist(r);
+	}
+	int bad_share = 0;
+	for (char **s = con.share; s && *s; s++)
+		bad_share |= **s != '/';
+	if (r_end(r) < 0 || restart > 2 || bad_share) {
+		free(host), free(wd), strv_free(env), strv_free(argv), strv_free(con.share);
 		send_error(c, 0, EINVAL, "bad CONFIG payload");
 		return;
 	}
+	A.business_contain = con;
 	A.configured = 1;
 	A.hostname = host, A.env = env, A.argv = argv, A.workdir = wd;
 	A.agent_iso = aiso, A.business_iso = biso, A.restart = restart;
@@ -129,7 +141,7 @@ void on_config(struct conn *c, struct rd *r)
 		snprintf(cg_agent, sizeof cg_agent, "%s/agent/main", O->cgroup_root);
 		snprintf(cg_bus, sizeof cg_bus, "%s/agent/business", O->cgroup_root);
 	}
-	int rc = ns_create(&A.agent_ns, NULL, aiso, host, cg_agent);
+	int rc = ns_create(&A.agent_ns, NULL, aiso, host, cg_agent, NULL);
 	if (rc < 0) {
 		A.state = "exited";
 		char m[200];
@@ -139,7 +151,7 @@ void on_config(struct conn *c, struct rd *r)
 		return;
 	}
 	if (biso) {
-		rc = ns_create(&A.business_ns, &A.agent_ns, biso, host, cg_bus);
+		rc = ns_create(&A.business_ns, &A.agent_ns, biso, host, cg_bus, &A.business_contain);
 		if (rc < 0) {
 			A.state = "exited";
 			char m[200];

@@ -67,6 +67,7 @@ struct agent {
 	unsigned agent_iso, business_iso;
 	int restart;
 	struct nsset agent_ns, business_ns;
+	struct contain business_contain;
 	const char *state;
 	pid_t pid;
 	int restarts;

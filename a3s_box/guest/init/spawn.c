@@ -108,6 +108,8 @@ pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
 			(void)!write(r->ns->cgroup_procs, "0", 1);
 		if (r->ns && enter(r->ns) < 0)
 			child_fail(rp[1], errno, "%senter namespaces: %s", "");
+		if (r->ns && r->ns->contain && r->ns->contain->on && contain_process(r->ns->contain) < 0)
+			child_fail(rp[1], errno, "%scontaining business code: %s", "");
 		/* move the stdio fds out of 0..2 first so the dup2s cannot clobber each other */
 		int in = fcntl(r->fd_in, F_DUPFD_CLOEXEC, 10);
 		int out = r->tty ? in : fcntl(r->fd_out, F_DUPFD_CLOEXEC, 10);
@@ -175,7 +177,8 @@ static void send_ready(int sock, int32_t err)
 
 /* Runs in the forked holder: never returns. */
 static void __attribute__((noreturn))
-holder(int sock, const struct nsset *parent, unsigned flags, const char *hostname, int cg)
+holder(int sock, const struct nsset *parent, unsigned flags, const char *hostname, int cg,
+       const struct contain *contain)
 {
 	reset_signals();
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -205,6 +208,15 @@ holder(int sock, const struct nsset *parent, unsigned flags, const char *hostnam
 	/* private propagation: our /proc must not leak back into the parent's mounts */
 	if (flags & ISO_MOUNT)
 		mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+	if (contain && contain->on) {
+		char why[240];
+		if (contain_mounts(contain, why, sizeof why) < 0) {
+			int e = errno ? errno : EIO;
+			logmsg("%s", why);
+			send_ready(sock, e);
+			_exit(1);
+		}
+	}
 	if ((flags & ISO_UTS) && hostname && *hostname)
 		sethostname(hostname, strlen(hostname));
 	if (flags & ISO_NET)
@@ -245,12 +257,14 @@ static int open_ns(pid_t pid, const char *name)
 }
 
 int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
-	      const char *hostname, const char *cgroup_dir)
+	      const char *hostname, const char *cgroup_dir, const struct contain *contain)
 {
 	memset(out, 0, sizeof *out);
 	out->fd_mnt = out->fd_ipc = out->fd_uts = out->fd_net = out->fd_pid = out->cgroup_procs = -1;
 	if (flags & ISO_PID)
 		flags |= ISO_MOUNT; /* a pid namespace needs its own /proc, hence its own mounts */
+	if (contain && contain->on)
+		flags |= ISO_MOUNT; /* contained code gets a root of its own */
 	if (cgroup_dir && *cgroup_dir) {
 		char p[512];
 		snprintf(p, sizeof p, "%s/cgroup.procs", cgroup_dir);
@@ -271,7 +285,7 @@ int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 	}
 	if (x == 0) {
 		close(sp[0]);
-		holder(sp[1], parent, flags, hostname, out->cgroup_procs);
+		holder(sp[1], parent, flags, hostname, out->cgroup_procs, contain);
 	}
 	close(sp[1]);
 	out->holder = x;
@@ -307,6 +321,7 @@ int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 		ns_close(out);
 		return -e;
 	}
+	out->contain = contain;
 	out->ok = 1;
 	return 0;
 }
