@@ -27,6 +27,7 @@ from typing import Any
 from a3s_box.build import context as ctx
 from a3s_box.build.cache import BuildCache, step_key
 from a3s_box.build.diff import compress, write_tar
+from a3s_box.build.guest_tree import GuestTreeError
 from a3s_box.build.dockerfile import Dockerfile, Heredoc, Instruction, Stage, parse
 from a3s_box.build.expand import expand
 from a3s_box.build.ignore import IgnoreRules
@@ -389,7 +390,9 @@ class Builder:
         try:
             layer_tar = self._tmp("layer.tar")
             with open(layer_tar, "wb") as f:
-                write_tar(result.changes, result.mount, f)
+                write_tar(result.changes, result.tree, f)
+        except GuestTreeError as e:
+            raise BuildError(req.name, ins.where, f"reading the step's file system: {e}") from e
         finally:
             result.close()
         self._commit_layer(st, layer_tar, ins.source)

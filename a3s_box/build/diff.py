@@ -25,7 +25,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -44,41 +44,89 @@ class Change:
     path: str  # relative, POSIX
 
 
-def _lstat(p: str) -> os.stat_result | None:
-    try:
-        return os.lstat(p)
-    except FileNotFoundError:
-        return None
+@dataclass(frozen=True)
+class Meta:
+    """What the diff compares of one entry, wherever the tree lives."""
+    mode: int  # st_mode: type and permission bits
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    ctime: float
+    rdev: tuple[int, int] = (0, 0)  # major, minor of a device
+    link: str = ""  # a symlink's target
 
 
-def _names(d: str) -> set[str]:
-    try:
-        return set(os.listdir(d))
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
+class Tree(Protocol):
+    """A file system tree the diff reads: a folder on the host, or a guest's stream."""
+
+    def names(self, rel: str) -> set[str]: ...
+
+    def meta(self, rel: str) -> Meta | None: ...
+
+    def open(self, rel: str) -> IO[bytes]: ...
+
+    def link_key(self, rel: str) -> object | None:
+        """Equal for the paths of one file with several hard links; None: no others."""
+        ...
 
 
-def _same(a: os.stat_result, b: os.stat_result, a_path: str, b_path: str) -> bool:
-    if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode) or a.st_mode != b.st_mode:
+class DiskTree:
+    """A folder on the host (a stage's unpacked tree, or a folder a COPY filled)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self, rel: str) -> set[str]:
+        try:
+            return set(os.listdir(os.path.join(self.root, rel)))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def meta(self, rel: str) -> Meta | None:
+        p = os.path.join(self.root, rel)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return None
+        return Meta(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime, st.st_ctime,
+                    (os.major(st.st_rdev), os.minor(st.st_rdev)),
+                    os.readlink(p) if stat.S_ISLNK(st.st_mode) else "")
+
+    def open(self, rel: str) -> IO[bytes]:
+        return open(os.path.join(self.root, rel), "rb")
+
+    def link_key(self, rel: str) -> object | None:
+        st = os.lstat(os.path.join(self.root, rel))
+        return (st.st_dev, st.st_ino) if st.st_nlink > 1 and stat.S_ISREG(st.st_mode) else None
+
+
+def _tree(t: "Tree | Path") -> Tree:
+    return DiskTree(t) if isinstance(t, Path) else t
+
+
+def _same(a: Meta, b: Meta) -> bool:
+    if a.mode != b.mode or (a.uid, a.gid) != (b.uid, b.gid):
         return False
-    if (a.st_uid, a.st_gid) != (b.st_uid, b.st_gid):
-        return False
-    if stat.S_ISLNK(a.st_mode):
-        return os.readlink(a_path) == os.readlink(b_path)
-    if stat.S_ISDIR(a.st_mode):
+    if stat.S_ISLNK(a.mode):
+        return a.link == b.link
+    if stat.S_ISDIR(a.mode):
         return True  # a folder's own mtime moves with its entries: those are compared instead
-    if stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode):
-        return a.st_rdev == b.st_rdev
-    return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
+    if stat.S_ISCHR(a.mode) or stat.S_ISBLK(a.mode):
+        return a.rdev == b.rdev
+    return a.size == b.size and int(a.mtime) == int(b.mtime)
 
 
-def diff_trees(lower: Path, upper: Path, touched_after: float | None = None) -> list[Change]:
+def diff_trees(lower: "Tree | Path", upper: "Tree | Path", touched_after: float | None = None) -> list[Change]:
     """The changes from LOWER to UPPER, parents before children, names sorted."""
+    lo_t, up_t = _tree(lower), _tree(upper)
     out: list[Change] = []
 
+    def touched(m: Meta) -> bool:
+        return touched_after is not None and m.ctime >= touched_after
+
     def walk(rel: str) -> None:
-        lo, up = os.path.join(lower, rel), os.path.join(upper, rel)
-        lower_names, upper_names = _names(lo), _names(up)
+        lower_names, upper_names = lo_t.names(rel), up_t.names(rel)
         kept = {n for n in lower_names if _join(rel, n) not in GUEST_OWNED}
         now = {n for n in upper_names if _join(rel, n) not in GUEST_OWNED}
         if rel and kept and not kept & now:  # every earlier entry gone: the folder starts afresh
@@ -90,34 +138,31 @@ def diff_trees(lower: Path, upper: Path, touched_after: float | None = None) -> 
             child = _join(rel, name)
             if child in GUEST_OWNED:
                 continue
-            ls, us = _lstat(os.path.join(lower, child)), _lstat(os.path.join(upper, child))
+            ls, us = lo_t.meta(child), up_t.meta(child)
             if us is None:
                 out.append(Change("delete", child))
-            elif child in BOOT_MADE and stat.S_ISDIR(us.st_mode) and (ls is None or stat.S_ISDIR(ls.st_mode)):
+            elif child in BOOT_MADE and stat.S_ISDIR(us.mode) and (ls is None or stat.S_ISDIR(ls.mode)):
                 mark = len(out)
                 walk(child)
                 if len(out) > mark:
                     out.insert(mark, Change("add", child))
-            elif ls is None or stat.S_IFMT(ls.st_mode) != stat.S_IFMT(us.st_mode):
-                if ls is not None and stat.S_ISDIR(ls.st_mode):
+            elif ls is None or stat.S_IFMT(ls.mode) != stat.S_IFMT(us.mode):
+                if ls is not None and stat.S_ISDIR(ls.mode):
                     out.append(Change("delete", child))  # a folder replaced by a file
                 add_tree(child)
-            elif stat.S_ISDIR(us.st_mode):
+            elif stat.S_ISDIR(us.mode):
                 mark = len(out)
                 walk(child)
-                touched = touched_after is not None and us.st_ctime >= touched_after
-                if len(out) > mark or not _same(ls, us, os.path.join(lower, child), os.path.join(upper, child)) \
-                        or touched:
+                if len(out) > mark or not _same(ls, us) or touched(us):
                     out.insert(mark, Change("add", child))  # the folder's entry before its changes
-            elif (touched_after is not None and us.st_ctime >= touched_after) \
-                    or not _same(ls, us, os.path.join(lower, child), os.path.join(upper, child)):
+            elif touched(us) or not _same(ls, us):
                 out.append(Change("add", child))
 
     def add_tree(rel: str) -> None:
         out.append(Change("add", rel))
-        p = os.path.join(upper, rel)
-        if os.path.isdir(p) and not os.path.islink(p):
-            for name in sorted(os.listdir(p)):
+        m = up_t.meta(rel)
+        if m is not None and stat.S_ISDIR(m.mode):
+            for name in sorted(up_t.names(rel)):
                 if _join(rel, name) not in GUEST_OWNED:
                     add_tree(_join(rel, name))
 
@@ -129,22 +174,22 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def _info(upper: Path, rel: str, st: os.stat_result) -> tarfile.TarInfo:
+def _info(rel: str, m: Meta) -> tarfile.TarInfo:
     t = tarfile.TarInfo(rel)
-    t.mode = stat.S_IMODE(st.st_mode)
-    t.uid, t.gid, t.uname, t.gname = st.st_uid, st.st_gid, "", ""
-    t.mtime = int(st.st_mtime)
-    if stat.S_ISDIR(st.st_mode):
+    t.mode = stat.S_IMODE(m.mode)
+    t.uid, t.gid, t.uname, t.gname = m.uid, m.gid, "", ""
+    t.mtime = int(m.mtime)
+    if stat.S_ISDIR(m.mode):
         t.type = tarfile.DIRTYPE
-    elif stat.S_ISLNK(st.st_mode):
-        t.type, t.linkname = tarfile.SYMTYPE, os.readlink(upper / rel)
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        t.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-        t.devmajor, t.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    elif stat.S_ISFIFO(st.st_mode):
+    elif stat.S_ISLNK(m.mode):
+        t.type, t.linkname = tarfile.SYMTYPE, m.link
+    elif stat.S_ISCHR(m.mode) or stat.S_ISBLK(m.mode):
+        t.type = tarfile.CHRTYPE if stat.S_ISCHR(m.mode) else tarfile.BLKTYPE
+        t.devmajor, t.devminor = m.rdev
+    elif stat.S_ISFIFO(m.mode):
         t.type = tarfile.FIFOTYPE
-    elif stat.S_ISREG(st.st_mode):
-        t.size = st.st_size
+    elif stat.S_ISREG(m.mode):
+        t.size = m.size
     else:
         raise ValueError(f"{rel}: a socket cannot be in a layer")
     return t
@@ -156,9 +201,10 @@ def _marker(rel: str) -> tarfile.TarInfo:
     return t
 
 
-def write_tar(changes: list[Change], upper: Path, out: IO[bytes]) -> None:
+def write_tar(changes: list[Change], upper: "Tree | Path", out: IO[bytes]) -> None:
     """The layer (uncompressed tar) for CHANGES, files read from UPPER."""
-    links: dict[tuple[int, int], str] = {}
+    up_t = _tree(upper)
+    links: dict[object, str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for c in changes:
             if c.kind == "delete":
@@ -168,16 +214,17 @@ def write_tar(changes: list[Change], upper: Path, out: IO[bytes]) -> None:
             if c.kind == "opaque":
                 tar.addfile(_marker(_join(c.path, OPAQUE)))
                 continue
-            st = os.lstat(upper / c.path)
-            if stat.S_ISSOCK(st.st_mode):
+            m = up_t.meta(c.path)
+            if m is None or stat.S_ISSOCK(m.mode):
                 continue  # a socket left by a step is not file-system content
-            t = _info(upper, c.path, st)
-            if t.type == tarfile.REGTYPE and st.st_nlink > 1:
-                first = links.setdefault((st.st_dev, st.st_ino), c.path)
+            t = _info(c.path, m)
+            key = up_t.link_key(c.path) if t.type == tarfile.REGTYPE else None
+            if key is not None:
+                first = links.setdefault(key, c.path)
                 if first != c.path:
                     t.type, t.linkname, t.size = tarfile.LNKTYPE, first, 0
             if t.type == tarfile.REGTYPE:
-                with open(upper / c.path, "rb") as f:
+                with up_t.open(c.path) as f:
                     tar.addfile(t, f)
             else:
                 tar.addfile(t)

@@ -1,14 +1,15 @@
 """One RUN of a build, inside a microVM: the VM boots on an ext4 disk made from the
 image's tree so far (under a qcow2 overlay it writes), with the build's network policy
 and nothing of the host mounted, so an untrusted Dockerfile reaches only what that
-policy allows. After the command the guest powers off; the overlay's file system (read
-only, through a loop device) is diffed against the tree it started from: that change
-is the step's layer.
+policy allows. After the command the guest init streams the root file system it left
+(`/.a3s/tar L`: metadata of every entry, contents of what the step touched) and the
+host diffs that stream against the tree the step started from: that change is the
+step's layer.
 
 Threat: the Dockerfile and everything its RUN lines download are hostile. They run as
-root in the guest, in the same confined VMM every box has; the host reads the guest's
-disk only after the VM is gone, read-only and without following its symlinks (the diff
-lstat()s and opens regular files only)."""
+root in the guest, in the same confined VMM every box has. The host never mounts the
+disk the guest wrote (a crafted ext4 would attack the host's kernel past the VM and its
+jail): it only parses the guest's tar stream in userspace (build/guest_tree.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -20,15 +21,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from a3s_box.build.diff import Change, diff_trees
+from a3s_box.build.diff import Change, DiskTree, diff_trees
+from a3s_box.build.guest_tree import GuestTree, GuestTreeError
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork
 from a3s_box.errors import BuildError, GuestError
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
+
+if TYPE_CHECKING:
+    from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 from a3s_box.image.rootfs import build_ext4, create_overlay, disk_usage
 
 HELPER = "/.a3s/container"
+GUEST_TAR = "/.a3s/tar"
 SPARE = 4 << 30  # room a RUN may write (sparse: costs only what it uses)
 BOOT_TIMEOUT = 90.0  # a cold boot answers in ~2.5 s even under TCG; past this it hangs
 Output = Callable[[bytes], None]
@@ -61,14 +68,39 @@ def _fresh_overlay(base: Path, disk: Path, size: int, image: str, where: str) ->
 
 
 class RunResult:
-    """The VM's disk after the step, mounted read-only until closed."""
+    """The tree the step left (read from its VM) and its changes, until closed."""
 
-    def __init__(self, work: Path, mount: Path, changes: list[Change]) -> None:
-        self.work, self.mount, self.changes = work, mount, changes
+    def __init__(self, work: Path, tree: GuestTree, changes: list[Change]) -> None:
+        self.work, self.tree, self.changes = work, tree, changes
 
     def close(self) -> None:
-        subprocess.run(["umount", str(self.mount)], capture_output=True, timeout=120)
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _read_tree(client: "GuestClient", work: Path, since: float, max_bytes: int, image: str,
+               where: str) -> GuestTree:
+    """The VM's root file system as its guest init streams it, parsed in userspace."""
+    from a3s_box.files.tarstream import QueueReader, run_in_thread
+
+    reader = QueueReader()
+    result: list[GuestTree] = []
+    thread, errors = run_in_thread(lambda: result.append(GuestTree.read(reader, work / "spool", max_bytes)))
+    err: list[bytes] = []
+    session = client.start(ExecRequest(argv=(GUEST_TAR, "L", f"{since:.9f}"), ns=Namespace.ROOT),
+                           reader.feed, err.append)
+    try:
+        status = session.wait(None)
+    finally:
+        reader.close_feed()
+        thread.join()
+    if errors:
+        e = errors[0]
+        why = str(e) if isinstance(e, GuestTreeError) else f"{type(e).__name__}: {e}"
+        raise BuildError(image, where, f"reading the step's file system: {why}") from e
+    if status.code != 0 or not result:
+        raise BuildError(image, where, "reading the step's file system: "
+                         f"{b''.join(err).decode(errors='replace').strip()[-300:] or status.message}")
+    return result[0]
 
 
 def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
@@ -123,25 +155,19 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
                 if status.code != 0:
                     why = status.message or f"exit status {status.code}"
                     raise BuildError(image, where, f"RUN failed: {why}")
-                client.shutdown()  # the guest syncs its disk and powers off
+                after = _read_tree(client, work, touched_after, size, image, where)
+                client.shutdown()  # the guest powers off
             finally:
                 client.close()
         finally:
             driver.stop(handle, 30.0)
-        raw = work / "after.raw"
-        _run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], image, where, "reading the step's disk")
-        mount = work / "after"
-        mount.mkdir()
-        _run(["mount", "-o", "loop,ro,noload,nosuid,nodev,noexec", str(raw), str(mount)], image, where,
-             "mounting the step's disk (a loop device; a3s-box builds run as root)")
-        result = RunResult(work, mount, [])
+        result = RunResult(work, after, [])
         try:
-            result.changes = diff_trees(tree, mount, touched_after)
+            result.changes = diff_trees(DiskTree(tree), after, touched_after)
         except BaseException:
             result.close()
             raise
         return result
     except BaseException:
-        subprocess.run(["umount", str(work / "after")], capture_output=True, timeout=120)
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -427,6 +427,8 @@ static int remove_tree(int dir, const char *name)
 
 int tar_main(int argc, char **argv)
 {
+	if (argc == 3 && !strcmp(argv[1], "L"))
+		return layer_main(argv[2]); /* layer.c: the root file system for a build's diff */
 	char m = argc > 1 ? argv[1][0] : 0;
 	if (argc < 4 || strcmp(argv[2], "-C") || (m != 'x' && argc != 5) || (m == 'x' && argc != 4) ||
 	    !strchr("cxlr", m) || !m) {
