@@ -288,7 +288,9 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
     with Host(ctx.home) as host:
         row = host.find(name)
         if network:
-            path = host.home.box_dir(row.id) / "network.log"
+            from a3s_box.network.log import network_log_path
+
+            path = network_log_path(host.home.box_dir(row.id))
             if not row.spec.get("network"):
                 raise BoxError(f"box {row.name}: has no network (mode none), so no network log")
         else:

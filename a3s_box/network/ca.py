@@ -70,7 +70,15 @@ class LeafIssuer:
     """Server-side TLS contexts for host names, signed by the box's CA (cached)."""
 
     folder: Path
+    leaves: Path | None = None  # where leaf keys are written (default FOLDER/leaves)
     _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # read now: the proxy drops root before the first leaf is needed
+        self._ca_cert = x509.load_pem_x509_certificate((self.folder / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self._ca_key = key
 
     def context_for(self, host: str) -> ssl.SSLContext:
         ctx = self._contexts.get(host)
@@ -79,9 +87,7 @@ class LeafIssuer:
         return ctx
 
     def _make(self, host: str) -> ssl.SSLContext:
-        ca_cert = x509.load_pem_x509_certificate((self.folder / "ca.pem").read_bytes())
-        ca_key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_cert, ca_key = self._ca_cert, self._ca_key
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (x509.CertificateBuilder()
@@ -95,8 +101,8 @@ class LeafIssuer:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                                critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        leaf_dir = self.folder / "leaves"
-        leaf_dir.mkdir(exist_ok=True)
+        leaf_dir = self.leaves or self.folder / "leaves"
+        leaf_dir.mkdir(mode=0o700, exist_ok=True)
         pem = leaf_dir / f"{host}.pem"
         _write_private(pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption())

@@ -142,14 +142,14 @@ class Egress:
                  ca_folder: Any = None, upstream_tls: ssl.SSLContext | None = None,
                  destination: Callable[[Any], tuple[ipaddress.IPv4Address, int]] = original_destination,
                  local_addresses: Callable[[], frozenset[ipaddress.IPv4Address]] = host_addresses,
-                 ) -> None:
+                 leaves: Any = None) -> None:
         self.policy = policy
         self.destination = destination  # SO_ORIGINAL_DST; injectable for tests without netfilter
         self.local_addresses = local_addresses  # the host's own: never dialled in `public`
         self.secrets = secrets
         self.log = log
         self.dns = DnsResponder(policy.answers)
-        self.leaves = LeafIssuer(ca_folder) if secrets and ca_folder is not None else None
+        self.leaves = LeafIssuer(ca_folder, leaves) if secrets and ca_folder is not None else None
         # The host's trust store (OpenSSL's default paths; SSL_CERT_FILE is honoured).
         self.upstream_tls = upstream_tls or ssl.create_default_context()
         self.open_flows = 0

@@ -15,6 +15,8 @@ secret values, which stay on the host and in this process's memory):
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import json
 import os
 import signal
@@ -25,10 +27,13 @@ from typing import Any
 
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network.egress import DnsProtocol, Egress, relay_published
-from a3s_box.network.log import NetworkLog
+from a3s_box.network.log import NetworkLog, network_dir, network_log_path
 from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
 from a3s_box.network.policy import NetworkPolicy
 from a3s_box.network.secrets import SecretBook
+
+
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 
 
 def _announce(data: dict[str, Any]) -> None:
@@ -38,13 +43,29 @@ def _announce(data: dict[str, Any]) -> None:
     os.close(1)
 
 
-async def _serve(rundir: Path) -> None:
+def drop_privileges(uid: int, gid: int) -> None:
+    """From here on the helper is the box's uid with no capability: its namespace, its
+    listening sockets and the box's CA key are already open, and a socket in the box's
+    namespace needs no privilege (the namespace thread stays in it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            raise OSError(ctypes.get_errno(), "dropping capabilities")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # clears the permitted and effective sets
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs")
+
+
+async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
     path = rundir / "network.json"
     conf = json.loads(path.read_text())
     path.unlink()  # secret values live on in this process only
     policy = NetworkPolicy.from_json(conf["policy"])
     secrets = SecretBook.from_json(conf.get("secrets"))
-    log = NetworkLog(rundir / "network.log", str(conf["box_id"]), LogLimits.from_json(conf.get("logging")))
+    log = NetworkLog(network_log_path(rundir), str(conf["box_id"]), LogLimits.from_json(conf.get("logging")),
+                     activity=rundir / "activity")
     ns = NetNamespace()
     try:
         ns.configure(PROXY_PORT, DNS_PORT)
@@ -52,7 +73,8 @@ async def _serve(rundir: Path) -> None:
         udp = ns.listener(socket.SOCK_DGRAM, DNS_PORT)
     except (NetnsError, OSError) as e:
         raise NetnsError(f"box network namespace: {e}") from e
-    egress = Egress(policy, secrets, log, Path(conf["ca_dir"]) if conf.get("ca_dir") else None)
+    egress = Egress(policy, secrets, log, Path(conf["ca_dir"]) if conf.get("ca_dir") else None,
+                    leaves=network_dir(rundir) / "leaves")
     loop = asyncio.get_running_loop()
     servers = [await asyncio.start_server(egress.on_flow, sock=tcp, limit=1 << 20)]
     await loop.create_datagram_endpoint(lambda: DnsProtocol(egress), sock=udp)
@@ -68,6 +90,8 @@ async def _serve(rundir: Path) -> None:
         except OSError as e:
             raise NetnsError(f"cannot publish {pub.text()}: {pub.host_ip}:{pub.host_port}: "
                              f"{e.strerror or e}") from e
+    if run_as is not None:
+        drop_privileges(*run_as)
     _announce({"ok": True, "netns": f"/proc/{os.getpid()}/fd/{ns.fd}"})
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -79,11 +103,12 @@ async def _serve(rundir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m a3s_box.network.helper RUNDIR", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m a3s_box.network.helper RUNDIR [UID:GID]", file=sys.stderr)
         return 2
+    run_as = tuple(int(x) for x in argv[2].split(":")) if len(argv) == 3 else None
     try:
-        asyncio.run(_serve(Path(argv[1])))
+        asyncio.run(_serve(Path(argv[1]), run_as))  # type: ignore[arg-type]
     except (NetnsError, OSError, KeyError, ValueError) as e:
         try:
             _announce({"ok": False, "error": str(e)})

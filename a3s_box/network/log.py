@@ -15,9 +15,23 @@ from typing import Any
 from a3s_box.logs.writer import LogLimits, RotatingFile
 
 
+def network_dir(rundir: Path) -> Path:
+    """The network helper's own folder in a box's: it runs as the box's uid, not root."""
+    return rundir / "net"
+
+
+def network_log_path(rundir: Path) -> Path:
+    """Where a box's network log is (in the box's folder itself for boxes started by an
+    a3s-box from before the helper dropped root)."""
+    new = network_dir(rundir) / "network.log"
+    return new if new.exists() or not (rundir / "network.log").exists() else rundir / "network.log"
+
+
 class NetworkLog:
-    def __init__(self, path: Path | None, box: str, limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, path: Path | None, box: str, limits: LogLimits = LogLimits(),
+                 activity: Path | None = None) -> None:
         self.path = path
+        self.activity = activity if activity is not None else (path.parent / "activity" if path else None)
         self.box = box
         self.dropped = 0
         self.file = RotatingFile(path, limits, mode=0o600) if path is not None else None
@@ -31,9 +45,9 @@ class NetworkLog:
         if self.file is None:
             self.lines.append(record)
             return
-        if self.path is not None:  # network traffic is activity (a leased box's idle_timeout)
+        if self.activity is not None:  # network traffic is activity (a leased box's idle_timeout)
             try:
-                os.utime(self.path.parent / "activity")
+                os.utime(self.activity)
             except OSError:
                 pass
         before = self.file.dropped_writes

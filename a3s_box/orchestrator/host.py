@@ -42,6 +42,12 @@ class ApplyResult:
                 "outcomes": [o.to_json() for o in self.outcomes]}
 
 
+def _network_log(rundir: Path) -> Path:
+    from a3s_box.network.log import network_log_path
+
+    return network_log_path(rundir)
+
+
 def network_summary(spec: dict[str, Any]) -> str:
     from a3s_box.network.policy import NetworkPolicy
 
@@ -318,7 +324,7 @@ class Host:
         return {**info.to_json(), "spec": row.spec, "spec_hash": row.spec_hash,
                 "pool": row.pool, "lease": row.lease, "rundir": str(rundir),
                 "logs": {"console": str(rundir / "console.log"),
-                         "network": str(rundir / "network.log")},
+                         "network": str(_network_log(rundir))},
                 "secrets": sorted((row.spec.get("secrets") or {}).keys())}
 
     def _agent_detail(self, row: BoxRow) -> str:

@@ -103,7 +103,7 @@ def test_other_names_raw_addresses_and_the_host_are_not_reachable(box: BoxCli, n
     if host_ip:
         code, out, _ = _sh(box, f"curl -fsS -m 5 http://{host_ip}:{h}/x; echo rc=$?")
         assert "rc=0" not in out
-        denied = [json.loads(x) for x in (box.home / "boxes" / _box_id(box, "net") / "network.log")
+        denied = [json.loads(x) for x in (box.home / "boxes" / _box_id(box, "net") / "net" / "network.log")
                   .read_text().splitlines() if host_ip in x]
         assert denied and all(d["verdict"] == "deny" for d in denied)
     code, out, _ = _sh(box, f"curl -sS -m 5 http://other.test:{h}/x; echo rc=$?")
@@ -162,6 +162,19 @@ def test_the_secret_value_is_in_no_host_file_or_host_environment(box: BoxCli, ne
         except OSError:
             continue
         assert needle not in environ and b"A3S_TEST_TOKEN" not in environ, pid
+
+
+def test_the_egress_proxy_runs_without_root(box: BoxCli, net: dict[str, object]) -> None:
+    """The helper parses everything the guest sends: once its namespace and sockets
+    exist it is the box's uid with no capability (issue 22, "less root")."""
+    helpers = [pid for pid in box.vm_processes()
+               if b"a3s_box.network.helper" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert helpers
+    for pid in helpers:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert status["Uid"].split()[0] != "0" and status["Gid"].split()[0] != "0", status["Uid"]
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0
+        assert status["NoNewPrivs"].strip() == "1"
 
 
 def test_a_placeholder_sent_elsewhere_is_refused(box: BoxCli, net: dict[str, object],

@@ -40,6 +40,7 @@ from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
+from a3s_box.network.log import network_dir
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
 
 CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
@@ -52,6 +53,8 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
+
+NOBODY = 65534
 
 # Every xattr the guest names is kept on the host as user.virtiofs.NAME (QEMU's own
 # recommended mapping): a guest's security.capability is inert there.
@@ -324,7 +327,16 @@ class Shim:
     def _start_network(self) -> int:
         """Start the box's network helper (its namespace, proxy and DNS) and return an fd
         of that namespace, once the helper says it is serving."""
-        self.helper = subprocess.Popen([sys.executable, "-m", "a3s_box.network.helper", str(self.rundir)],
+        # The helper drops root once its namespace and sockets exist: it runs on as the
+        # box's uid (nobody without a jail), writing only its own folder.
+        uid, gid = (self.jail.uid, self.jail.gid) if self.jail is not None else (NOBODY, NOBODY)
+        own = network_dir(self.rundir)
+        own.mkdir(mode=0o700, exist_ok=True)
+        os.chown(own, uid, gid)
+        touch_activity(self.rundir)  # its traffic marks the box as used: it may touch this file
+        os.chown(self.rundir / "activity", uid, gid)
+        self.helper = subprocess.Popen([sys.executable, "-m", "a3s_box.network.helper", str(self.rundir),
+                                        f"{uid}:{gid}"],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        close_fds=True, preexec_fn=self._helper_preexec)
         assert self.helper.stdout is not None
