@@ -110,7 +110,9 @@ void boot_late(void);
 int net_up(const char *spec);
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
 int tar_main(int argc, char **argv); /* tar.c: /.a3s/tar for box cp */
-int layer_main(const char *since);   /* layer.c: /.a3s/tar L SINCE for builds */ /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */
+int layer_main(const char *since);   /* layer.c: /.a3s/tar L SINCE for builds */
+int full_write(int fd, const void *p, size_t n);            /* tar.c, for layer.c */
+void octal(char *f, size_t w, unsigned long long v);        /* ustar's octal fields */ /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */
 int boot_open_channel(const char *spec, int *listen_fd);
 void boot_poweroff(int reboot) __attribute__((noreturn));
 

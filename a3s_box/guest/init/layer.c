@@ -36,23 +36,7 @@ static size_t nlinks, caplinks;
 
 static int wr(const void *p, size_t n)
 {
-	const char *c = p;
-	while (n) {
-		ssize_t w = write(1, c, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		c += w, n -= (size_t)w;
-	}
-	return 0;
-}
-
-static void octal(char *f, size_t w, unsigned long long v)
-{
-	f[w - 1] = 0;
-	for (size_t i = w - 1; i-- > 0; v >>= 3)
-		f[i] = (char)('0' + (v & 7));
+	return full_write(1, p, n);
 }
 
 static int ustar(const char *name, char type, mode_t mode, unsigned long long size,

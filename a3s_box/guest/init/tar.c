@@ -18,7 +18,7 @@
 
 #define BLK 512
 
-static int full_write(int fd, const void *p, size_t n)
+int full_write(int fd, const void *p, size_t n)
 {
 	const char *c = p;
 	while (n) {
@@ -47,8 +47,8 @@ static int full_read(int fd, void *p, size_t n)
 	return 1;
 }
 
-/* W-1 octal digits and a NUL, as ustar wants */
-static void octal(char *f, size_t w, unsigned long long v)
+/* W-1 octal digits and a NUL, as ustar wants (layer.c too) */
+void octal(char *f, size_t w, unsigned long long v)
 {
 	f[w - 1] = 0;
 	for (size_t i = w - 1; i-- > 0; v >>= 3)
