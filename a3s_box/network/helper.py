@@ -27,7 +27,7 @@ from typing import Any
 
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network.egress import DnsProtocol, Egress, relay_published
-from a3s_box.network.log import NetworkLog, network_dir, network_log_path
+from a3s_box.network.log import NetworkLog, network_dir
 from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
 from a3s_box.network.policy import NetworkPolicy
 from a3s_box.network.secrets import SecretBook
@@ -47,6 +47,9 @@ def drop_privileges(uid: int, gid: int) -> None:
     """From here on the helper is the box's uid with no capability: its namespace, its
     listening sockets and the box's CA key are already open, and a socket in the box's
     namespace needs no privilege (the namespace thread stays in it)."""
+    # What Python loads on first use must be loaded now: the interpreter's own files may
+    # not be readable by the box's uid (a Python under /root, say). IDNA: every dial.
+    "bücher.example".encode("idna").decode("idna")
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in range(64):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
@@ -64,8 +67,13 @@ async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
     path.unlink()  # secret values live on in this process only
     policy = NetworkPolicy.from_json(conf["policy"])
     secrets = SecretBook.from_json(conf.get("secrets"))
-    log = NetworkLog(network_log_path(rundir), str(conf["box_id"]), LogLimits.from_json(conf.get("logging")),
-                     activity=rundir / "activity")
+    # Held open: once root is dropped the box's folder (0700, root's) cannot be walked
+    # to, but what is reached through these still can be (the magic links of /proc/self/fd).
+    own = os.open(network_dir(rundir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    activity = os.open(rundir / "activity", os.O_RDONLY | os.O_CLOEXEC)
+    here = Path(f"/proc/self/fd/{own}")
+    log = NetworkLog(here / "network.log", str(conf["box_id"]), LogLimits.from_json(conf.get("logging")),
+                     activity=activity)
     ns = NetNamespace()
     try:
         ns.configure(PROXY_PORT, DNS_PORT)
@@ -74,7 +82,7 @@ async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
     except (NetnsError, OSError) as e:
         raise NetnsError(f"box network namespace: {e}") from e
     egress = Egress(policy, secrets, log, Path(conf["ca_dir"]) if conf.get("ca_dir") else None,
-                    leaves=network_dir(rundir) / "leaves")
+                    leaves=here / "leaves")
     loop = asyncio.get_running_loop()
     servers = [await asyncio.start_server(egress.on_flow, sock=tcp, limit=1 << 20)]
     await loop.create_datagram_endpoint(lambda: DnsProtocol(egress), sock=udp)

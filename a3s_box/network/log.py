@@ -29,7 +29,7 @@ def network_log_path(rundir: Path) -> Path:
 
 class NetworkLog:
     def __init__(self, path: Path | None, box: str, limits: LogLimits = LogLimits(),
-                 activity: Path | None = None) -> None:
+                 activity: Path | int | None = None) -> None:
         self.path = path
         self.activity = activity if activity is not None else (path.parent / "activity" if path else None)
         self.box = box
