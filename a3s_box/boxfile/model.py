@@ -213,6 +213,12 @@ class BusinessNamespace(_Model):
             "owner and modes; everything else it sees read-only; /tmp, /dev and /proc are its "
             "own, so not below those)."),
         examples=[["/workspace"]])
+    memory: Size | None = Field(None, description=(
+        "Memory business code may use (its own cgroup, below the agent's limit). Default: "
+        "three quarters of what the agent's namespaces may use."), examples=["128Mi"])
+    pids: Whole = Field(2048, ge=1, le=1 << 22, description=(
+        "Processes business code may have at once (its own cgroup, below the agent's 4096)."),
+        examples=[256])
     privileged: bool = Field(False, description=(
         "Run business code as root with every capability on the agent's writable tree, as "
         "before containment (unsafe: business and agent can then tamper with each other)."),

@@ -249,6 +249,8 @@ class BoxConfig:
     business_uid: int = 65534
     business_gid: int = 65534
     business_share: tuple[str, ...] = ()
+    business_memory_max: int = 0  # its own cgroup's limits (0: only the agent's)
+    business_pids_max: int = 0
 
     def encode(self) -> bytes:
         return (
@@ -266,6 +268,8 @@ class BoxConfig:
             .u32(self.business_uid)
             .u32(self.business_gid)
             .strlist(self.business_share)
+            .u64(self.business_memory_max)
+            .u32(self.business_pids_max)
             .bytes()
         )
 
@@ -286,6 +290,8 @@ class BoxConfig:
             business_uid=r.u32(),
             business_gid=r.u32(),
             business_share=tuple(r.strlist()),
+            business_memory_max=r.u64(),
+            business_pids_max=r.u32(),
         )
         r.end()
         return cfg

@@ -98,7 +98,7 @@ def agent_config(name: str, box: BoxDef, image_config: Any,
         restart=_RESTART[agent.restart],
         memory_max=max(memory - _GUEST_RESERVE, memory * 3 // 4),
         pids_max=DEFAULT_PIDS_MAX,
-        **_business_containment(business),
+        **_business_containment(business, max(memory - _GUEST_RESERVE, memory * 3 // 4)),
     )
 
 
@@ -107,15 +107,18 @@ def _business_from_json(b: Mapping[str, Any] | None) -> dict[str, Any]:
     if not b:
         return {}
     return {"business_contained": bool(b["contained"]), "business_uid": int(b["uid"]),
-            "business_gid": int(b["gid"]), "business_share": tuple(b["share"])}
+            "business_gid": int(b["gid"]), "business_share": tuple(b["share"]),
+            "business_memory_max": int(b.get("memory_max") or 0), "business_pids_max": int(b.get("pids_max") or 0)}
 
 
-def _business_containment(business: Any) -> dict[str, Any]:
+def _business_containment(business: Any, agent_memory: int) -> dict[str, Any]:
     if business is None:
         return {}
     uid, _, gid = business.user.partition(":")
     return {"business_contained": not business.privileged, "business_uid": int(uid),
-            "business_gid": int(gid or uid), "business_share": tuple(business.share)}
+            "business_gid": int(gid or uid), "business_share": tuple(business.share),
+            "business_memory_max": business.memory if business.memory is not None else agent_memory * 3 // 4,
+            "business_pids_max": business.pids}
 
 
 def box_volumes(box: BoxDef, disk_of: Callable[[str], Path]) -> tuple[BoxVolume, ...]:
@@ -179,7 +182,8 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
             "business_isolate": int(c.business_isolate), "restart": int(c.restart),
             "memory_max": c.memory_max, "pids_max": c.pids_max,
             "business": {"contained": c.business_contained, "uid": c.business_uid,
-                         "gid": c.business_gid, "share": list(c.business_share)},
+                         "gid": c.business_gid, "share": list(c.business_share),
+                         "memory_max": c.business_memory_max, "pids_max": c.business_pids_max},
         },
     }
 

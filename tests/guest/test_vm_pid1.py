@@ -175,7 +175,7 @@ def vm(kernel: Path, images: Path) -> Iterator[Vm]:
 
 CONFIG = BoxConfig(hostname="vmbox", env=("GREETING=hi",), argv=("sleep", "100000"),
                    workdir="/tmp", business_isolate=Isolate.MOUNT | Isolate.PID | Isolate.IPC,
-                   memory_max=96 << 20, pids_max=24)
+                   memory_max=96 << 20, pids_max=24, business_memory_max=64 << 20, business_pids_max=20)
 
 
 def test_boots_to_ready_and_answers(vm: Vm) -> None:
@@ -213,15 +213,20 @@ def test_agent_and_business_namespaces_with_cgroups(vm: Vm) -> None:
     r = vm.client.run(["cat", "/sys/fs/cgroup/a3s/agent/memory.max",
                        "/sys/fs/cgroup/a3s/agent/pids.max"], ns=Namespace.ROOT)
     assert r.stdout == f"{96 << 20}\n24\n".encode()
+    # business code has limits of its own, below the agent's
+    r = vm.client.run(["cat", "/sys/fs/cgroup/a3s/agent/business/memory.max",
+                       "/sys/fs/cgroup/a3s/agent/business/pids.max"], ns=Namespace.ROOT)
+    assert r.stdout == f"{64 << 20}\n20\n".encode()
 
 
 def test_pids_limit_holds_in_business(vm: Vm) -> None:
     r = vm.client.run(["sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 4242 & i=$((i+1)); done"],
                       ns=Namespace.BUSINESS, timeout=60)
-    assert b"can't fork" in r.stderr  # forks past pids.max (24) failed
-    # the box's namespaces are full now; the root namespace is outside their cgroup
-    n = vm.client.run(["cat", "/sys/fs/cgroup/a3s/agent/pids.current"], ns=Namespace.ROOT)
-    assert 23 <= int(n.stdout) <= 24  # full, less the shell that gave up
+    assert b"can't fork" in r.stderr  # forks past business's pids.max (20) failed
+    # business code is full now (its own limit), the agent's namespaces are not
+    n = vm.client.run(["cat", "/sys/fs/cgroup/a3s/agent/business/pids.current"], ns=Namespace.ROOT)
+    assert 19 <= int(n.stdout) <= 20  # full, less the shell that gave up
+    assert vm.client.run(["true"], ns=Namespace.AGENT).exit.code == 0  # the agent can still fork
     # (busybox here has no pkill)
     vm.client.run(["sh", "-c", "for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline)\" in "
                    "'sleep 4242 ') kill -9 ${d#/proc/};; esac; done"], ns=Namespace.ROOT)

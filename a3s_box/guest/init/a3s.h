@@ -96,7 +96,8 @@ int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 void ns_close(struct nsset *ns);
 
 /* --- cgroups (cgroup.c) ----------------------------------------------------- */
-int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max);
+int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
+		 uint32_t business_pids);
 
 /* --- boot as PID 1 (boot.c) -------------------------------------------------- */
 struct bootcfg {

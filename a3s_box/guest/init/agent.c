@@ -118,6 +118,12 @@ void on_config(struct conn *c, struct rd *r)
 		con.gid = r_u32(r);
 		con.share = r_strlist(r);
 	}
+	uint64_t bmem = 0; /* the business cgroup's own limits (0: none but the agent's) */
+	uint32_t bpids = 0;
+	if (r->at < r->len) {
+		bmem = r_u64(r);
+		bpids = r_u32(r);
+	}
 	int bad_share = 0;
 	for (char **s = con.share; s && *s; s++)
 		bad_share |= **s != '/';
@@ -136,7 +142,7 @@ void on_config(struct conn *c, struct rd *r)
 	char cg_agent[512] = "", cg_bus[512] = "";
 	if (O->cgroup_root && *O->cgroup_root) {
 		/* a missing controller costs the limit, not the box: cgroup_setup logs it */
-		if (cgroup_setup(O->cgroup_root, mem, pids) < 0)
+		if (cgroup_setup(O->cgroup_root, mem, pids, bmem, bpids) < 0)
 			logmsg("cgroup limits incomplete under %s", O->cgroup_root);
 		snprintf(cg_agent, sizeof cg_agent, "%s/agent/main", O->cgroup_root);
 		snprintf(cg_bus, sizeof cg_bus, "%s/agent/business", O->cgroup_root);

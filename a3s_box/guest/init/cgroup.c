@@ -1,7 +1,8 @@
 /* cgroup2 limits for the box's namespaces:
  *   ROOT/agent            memory.max, pids.max (the limit covers agent + business)
  *   ROOT/agent/main       agent processes
- *   ROOT/agent/business   business processes
+ *   ROOT/agent/business   business processes, with limits of their own below those
+ *                         (business code cannot take all the agent's memory or pids)
  * Processes live only in leaves: cgroup2 forbids them in a cgroup that delegates
  * controllers to children. */
 #include "a3s.h"
@@ -39,7 +40,8 @@ static int mk(const char *dir)
 	return 0;
 }
 
-int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max)
+int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
+		 uint32_t business_pids)
 {
 	char parent[512], agent[512], leaf[600], v[32];
 	snprintf(parent, sizeof parent, "%s", root);
@@ -67,5 +69,13 @@ int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max)
 	snprintf(leaf, sizeof leaf, "%s/business", agent);
 	mk(leaf);
 	put(agent, "cgroup.subtree_control", "+memory +pids");
+	if (business_memory) {
+		snprintf(v, sizeof v, "%" PRIu64, business_memory);
+		rc |= put(leaf, "memory.max", v);
+	}
+	if (business_pids) {
+		snprintf(v, sizeof v, "%" PRIu32, business_pids);
+		rc |= put(leaf, "pids.max", v);
+	}
 	return rc ? -EIO : 0;
 }
