@@ -27,7 +27,16 @@ def vol(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory
     (folder / "data" / "ro.txt").write_text("read only\n")
     (folder / "data" / "sub").mkdir()  # a mount below a read-only source must be read-only too
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder / "data" / "sub")], check=True)
+    try:
+        yield from _volumes_box(box, hello_image, folder)
+    finally:
+        subprocess.run(["umount", str(folder / "data" / "sub")])
+
+
+def _volumes_box(box: BoxCli, hello_image: Path, folder: Path) -> Iterator[dict[str, Path]]:
     (folder / "outside.txt").write_text("must not change\n")
+    (folder / "owned").mkdir()
+    os.chown(folder / "owned", 1000, 1000)  # a user's own folder
     f = boxfile(folder, hello_image, """volumes:
   cache: {size: 64Mi}
 boxes:
@@ -39,6 +48,7 @@ boxes:
     volumes:
       - ./src:/workspace
       - ./data:/data:ro
+      - ./owned:/owned
       - cache:/root/.cache
       - {type: tmpfs, target: /scratch, size: 16Mi}
 """)
@@ -46,7 +56,6 @@ boxes:
     assert r.code == 0, r.out + r.err
     yield {"folder": folder, "file": f}
     box("delete", "--volumes", "-f", str(f))
-    subprocess.run(["umount", str(folder / "data" / "sub")])
 
 
 def _sh(box: BoxCli, script: str) -> tuple[int, str, str]:
@@ -94,6 +103,25 @@ def test_guest_root_makes_no_device_or_setuid_file_in_a_bind(box: BoxCli, vol: d
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), (p, oct(st.st_mode))
     assert (src / "plain").stat().st_mode & 0o777 == 0o755  # ordinary modes still work
     _sh(box, "cd /workspace; rm -rf blk chr suid sgid fifo plain")
+
+
+def test_what_guest_root_makes_in_a_users_folder_is_that_users(box: BoxCli, vol: dict[str, Path]) -> None:
+    """virtiofsd runs in a user namespace whose root is the folder's owner: guest root's
+    files are the user's on the host, other guest uids land in a range no host user has."""
+    # in a root's folder the map is the identity: owners pass through (chown included)
+    assert _sh(box, "touch /workspace/c1 && chown 1234:1234 /workspace/c1")[0] == 0
+    assert (vol["folder"] / "src" / "c1").stat().st_uid == 1234
+    code, out, err = _sh(box, "echo hi > /owned/made && mkdir /owned/dir && touch /owned/other "
+                              "&& chown 1234:1234 /owned/other && stat -c '%u %g' /owned/made")
+    assert code == 0, out + err
+    assert out.strip() == "0 0"  # the guest sees its own root
+    owned = vol["folder"] / "owned"
+    assert (owned / "made").stat().st_uid == 1000 and (owned / "made").stat().st_gid == 1000
+    assert (owned / "dir").stat().st_uid == 1000
+    from a3s_box.jail.userns import SUBORDINATE
+
+    assert (owned / "other").stat().st_uid == SUBORDINATE + 1234
+    assert _sh(box, "mknod /owned/blk b 8 0; echo rc=$?")[1].strip() != "rc=0"
 
 
 def test_box_cp_out_never_makes_a_setuid_file(box: BoxCli, vol: dict[str, Path], tmp_path: Path) -> None:

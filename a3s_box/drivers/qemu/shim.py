@@ -34,7 +34,7 @@ from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
-from a3s_box.jail import cgroup, fsguard
+from a3s_box.jail import cgroup, fsguard, userns
 from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
 from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
@@ -56,24 +56,30 @@ def _die_with_parent() -> None:
 
 NOBODY = 65534
 
-# Every xattr the guest names is kept on the host as user.virtiofs.NAME (QEMU's own
-# recommended mapping): a guest's security.capability is inert there.
-XATTR_MAP = ":prefix:all::user.virtiofs.::bad:all:::"
+SHARE_VIEW = "/run/virtiofsd/share"  # where virtiofsd sees its folder, in its own mounts
 
 
-def _read_only_view(source: str, first: Callable[[], None]) -> None:
-    """In virtiofsd's child, before exec: a mount namespace of its own where SOURCE and
-    every mount below it are read-only. The guest's writes fail on the host's side of
-    the share, in a folder mounted below the source too."""
+def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Callable[[], None]) -> None:
+    """In virtiofsd's child, before exec: a mount namespace of its own with a private
+    /run/virtiofsd (its pid file) that the folder's owner may use, holding the folder at
+    SHARE_VIEW (so no folder above it needs to be open to the owner); for a read-only
+    bind, the folder and every mount below it read-only there. The guest's writes then
+    fail on the host's side of the share, in a folder mounted below the source too."""
     first()
     libc = ctypes.CDLL(None, use_errno=True)
-    ms_bind, ms_rec, ms_private = 4096, 16384, 1 << 18
+    ms_bind, ms_rec, ms_private, ms_nosuid, ms_nodev, ms_noexec = 4096, 16384, 1 << 18, 2, 4, 8
     clone_newns = 0x00020000
-    src = source.encode()
+    run, view = b"/run/virtiofsd", SHARE_VIEW.encode()
+    os.makedirs(run, mode=0o755, exist_ok=True)
+    opts = f"mode=0700,size=64k,uid={owner.st_uid},gid={owner.st_gid}".encode()
     if (libc.unshare(clone_newns) != 0
             or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
-            or libc.mount(src, src, None, ms_bind | ms_rec, None) != 0
-            or not _recursively_read_only(libc, src)):
+            or libc.mount(b"tmpfs", run, b"tmpfs", ms_nosuid | ms_nodev | ms_noexec, opts) != 0):
+        os._exit(126)
+    os.mkdir(view, 0o700)
+    if libc.mount(source.encode(), view, None, ms_bind | ms_rec, None) != 0:
+        os._exit(126)
+    if read_only and not _recursively_read_only(libc, view):
         os._exit(126)  # never serve a read-only volume writable
 
 
@@ -293,26 +299,42 @@ class Shim:
         """One virtiofsd per bind volume, each ready (its socket listening) before QEMU."""
         for spec in self.virtiofsd_specs:
             sock, source = Path(str(spec["socket"])), str(spec["source"])
+            owner = os.stat(source)
+            # virtiofsd makes its socket as the folder's owner (root in its namespace), in
+            # a folder that owner may write, reached through an fd (the box's folder and
+            # the home above it are root's alone)
+            sock.parent.mkdir(mode=0o700, exist_ok=True)
+            os.chown(sock.parent, owner.st_uid, owner.st_gid)
             sock.unlink(missing_ok=True)
+            sock_dir = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)
             if not Path(source).is_dir():
                 raise RuntimeError(f"volume {spec['target']}: bind source {source} is not a folder")
             read_only = bool(spec["read_only"])
-            # The guest's root drives this root process: no device nodes (modcaps and
-            # fsguard), no setuid/setgid bits (fsguard), and its xattrs land on the host
-            # under user.virtiofs.* only (never security.* or trusted.*).
-            def preexec(source: str = source, read_only: bool = read_only) -> None:
-                if read_only:
-                    _read_only_view(source, self._helper_preexec)
-                else:
-                    self._helper_preexec()
-                fsguard.install()
-            proc = subprocess.Popen(
-                [str(spec["binary"]), f"--socket-path={sock}", "-o", f"source={source}",
-                 "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock",
-                 "-o", "modcaps=-mknod",
-                 *(["-o", f"xattrmap={XATTR_MAP}"] if not read_only else ["-o", "no_xattr"])],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
-                preexec_fn=preexec)
+            # The guest's root drives this process: no device nodes (modcaps, fsguard and
+            # the user namespace), no setuid/setgid bits (fsguard), no xattrs at all (so
+            # no security.capability or trusted.*: QEMU 7.2's xattrmap breaks chown).
+            # It runs in a user namespace where root is the folder's owner: what the guest
+            # makes is theirs on the host, and the kernel refuses device nodes from there.
+            mapped = userns.MappedSpawn(owner.st_uid, owner.st_gid)
+
+            def preexec(source: str = source, read_only: bool = read_only,
+                        mapped: userns.MappedSpawn = mapped, owner: os.stat_result = owner) -> None:
+                _private_view(source, read_only, owner, self._helper_preexec)
+                mapped.preexec(fsguard.install)
+            mapped.start()
+            try:
+                proc = subprocess.Popen(
+                    [str(spec["binary"]), f"--socket-path=/proc/self/fd/{sock_dir}/{sock.name}",
+                     "-o", f"source={SHARE_VIEW}",
+                     "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock",
+                     "-o", "modcaps=-mknod", "--rlimit-nofile=0", "-o", "no_xattr"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
+                    pass_fds=(*mapped.pass_fds, sock_dir), preexec_fn=preexec)
+            finally:
+                mapped.finish()
+                os.close(sock_dir)
+            if mapped.error:
+                self.log(f"volume {spec['target']}: {mapped.error}")
             self.virtiofsd.append(proc)
             for _ in range(500):
                 if sock.exists() or proc.poll() is not None:

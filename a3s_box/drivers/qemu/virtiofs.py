@@ -40,7 +40,8 @@ def volume_devices(launch: BoxLaunch) -> tuple[tuple[tuple[Path, str], ...], tup
         raise HostUnsupported("qemu", f"box {launch.box_id}: bind volumes need virtiofsd "
                               "(Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd)")
     for i, v in enumerate(binds):
-        sock = launch.rundir / f"vfs{i}.sock"
+        # in a folder of its own: virtiofsd makes it as the bind folder's owner
+        sock = launch.rundir / f"vfs{i}" / "sock"
         shares.append((sock, share_tag(i)))
         daemons.append({"binary": binary, "socket": str(sock), "source": v.source,
                         "read_only": v.read_only, "target": v.target})
