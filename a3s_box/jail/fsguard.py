@@ -4,9 +4,9 @@
 Threat: root in the guest drives virtiofsd, which runs as root on the host, through
 FUSE requests: `mknod blk b 8 0` in a writable bind would be a block device of the
 host's disk in the user's own folder, and `chmod 4755` a setuid-root program there.
-virtiofsd's own option drops CAP_MKNOD (modcaps) and its xattr map refuses every
-xattr but `user.*` (so no `security.capability` or `trusted.*`); this filter is the
-layer that holds whatever path virtiofsd takes to the kernel: every system call that
+virtiofsd's own option drops CAP_MKNOD (modcaps), it runs with no xattrs at all (so no
+`security.capability` or `trusted.*`) in a user namespace (jail/userns.py); this filter
+is the layer that holds whatever path virtiofsd takes to the kernel: every system call that
 sets a mode (open/openat/creat with O_CREAT or O_TMPFILE, mkdir, mknod, chmod and
 their *at forms) fails with EPERM when the mode has S_ISUID or S_ISGID, and mknod of
 a character or block device always does. openat2 (whose mode sits behind a pointer
