@@ -67,13 +67,16 @@ def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Ca
     fail on the host's side of the share, in a folder mounted below the source too."""
     first()
     libc = ctypes.CDLL(None, use_errno=True)
-    ms_bind, ms_rec, ms_private, ms_nosuid, ms_nodev, ms_noexec = 4096, 16384, 1 << 18, 2, 4, 8
+    ms_bind, ms_rec, ms_private, ms_slave, ms_nosuid, ms_nodev, ms_noexec = 4096, 16384, 1 << 18, 1 << 19, 2, 4, 8
     clone_newns = 0x00020000
     run, view = b"/run/virtiofsd", SHARE_VIEW.encode()
     os.makedirs(run, mode=0o755, exist_ok=True)
     opts = f"mode=0700,size=64k,uid={owner.st_uid},gid={owner.st_gid}".encode()
     if (libc.unshare(clone_newns) != 0
-            or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
+            # a writable share is a slave: what the host mounts below it later (a pod's
+            # container roots) must reach virtiofsd; a read-only one takes nothing new
+            # (a later mount would not be read-only)
+            or libc.mount(None, b"/", None, ms_rec | (ms_private if read_only else ms_slave), None) != 0
             or libc.mount(b"tmpfs", run, b"tmpfs", ms_nosuid | ms_nodev | ms_noexec, opts) != 0):
         os._exit(126)
     os.mkdir(view, 0o700)
