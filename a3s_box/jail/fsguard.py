@@ -16,61 +16,52 @@ the filter cannot read) fails with ENOSYS, so libc falls back to openat.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import platform
-import struct
 
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
-RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
-LD_W_ABS, JEQ_K, JSET_K, AND_K, RET_K = 0x20, 0x15, 0x45, 0x54, 0x06
+from a3s_box.seccomp import (AND_K, JEQ_K, JSET_K, LD_W_ABS, RET_ALLOW, RET_ERRNO, RET_K, arch_token,
+                             install_program, op)
+
 S_ISUID_ISGID, S_IFMT, S_IFCHR, S_IFBLK = 0o6000, 0o170000, 0o020000, 0o060000
 O_CREAT, O_TMPFILE_BIT = 0o100, 0o20000000
 
 # (arch token, {syscall: (mode arg, flags arg or None, is mknod)})
-_X86_64 = (0xC000003E, {2: (2, 1, False), 85: (1, None, False), 90: (1, None, False),
-                         91: (1, None, False), 83: (1, None, False), 133: (1, None, True),
-                         257: (3, 2, False), 258: (2, None, False), 259: (2, None, True),
-                         268: (2, None, False), 452: (2, None, False)})
-_AARCH64 = (0xC00000B7, {56: (3, 2, False), 34: (2, None, False), 33: (2, None, True),
-                          52: (1, None, False), 53: (2, None, False), 452: (2, None, False)})
+_X86_64 = (arch_token("x86_64"), {
+    2: (2, 1, False), 85: (1, None, False), 90: (1, None, False), 91: (1, None, False), 83: (1, None, False),
+    133: (1, None, True), 257: (3, 2, False), 258: (2, None, False), 259: (2, None, True),
+    268: (2, None, False), 452: (2, None, False)})
+_AARCH64 = (arch_token("aarch64"), {
+    56: (3, 2, False), 34: (2, None, False), 33: (2, None, True), 52: (1, None, False),
+    53: (2, None, False), 452: (2, None, False)})
 NR_OPENAT2 = 437
-
-
-class FsGuardError(OSError):
-    pass
-
-
-def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
 
 
 def program(machine: str | None = None) -> list[bytes]:
     """The BPF program for MACHINE (default: this one)."""
     arch, calls = {"x86_64": _X86_64, "aarch64": _AARCH64}[machine or platform.machine()]
-    deny = _op(RET_K, RET_ERRNO | errno.EPERM)
-    allow = _op(RET_K, RET_ALLOW)
+    deny = op(RET_K, RET_ERRNO | errno.EPERM)
+    allow = op(RET_K, RET_ALLOW)
     checks: list[list[bytes]] = []
     for nr, (mode_arg, flags_arg, is_mknod) in sorted(calls.items()):
         block: list[bytes] = []
         if flags_arg is not None:  # only a creating open carries a mode
-            block += [_op(LD_W_ABS, 16 + 8 * flags_arg), _op(JSET_K, O_CREAT | O_TMPFILE_BIT, 1, 0), allow]
-        block += [_op(LD_W_ABS, 16 + 8 * mode_arg), _op(JSET_K, S_ISUID_ISGID, 0, 1), deny]
+            block += [op(LD_W_ABS, 16 + 8 * flags_arg), op(JSET_K, O_CREAT | O_TMPFILE_BIT, 1, 0), allow]
+        block += [op(LD_W_ABS, 16 + 8 * mode_arg), op(JSET_K, S_ISUID_ISGID, 0, 1), deny]
         if is_mknod:
-            block += [_op(AND_K, S_IFMT), _op(JEQ_K, S_IFCHR, 1, 0), _op(JEQ_K, S_IFBLK, 0, 1), deny]
+            block += [op(AND_K, S_IFMT), op(JEQ_K, S_IFCHR, 1, 0), op(JEQ_K, S_IFBLK, 0, 1), deny]
         block.append(allow)
         checks.append(block)
     # dispatch: one JEQ per call, jumping over the rest of the dispatch (the JEQs after
     # it, openat2's JEQ and ENOSYS, "allow") and the blocks before its own
-    out = [_op(LD_W_ABS, 4), _op(JEQ_K, arch, 1, 0), _op(RET_K, RET_ERRNO | errno.EPERM),
-           _op(LD_W_ABS, 0)]
+    out = [op(LD_W_ABS, 4), op(JEQ_K, arch, 1, 0), op(RET_K, RET_ERRNO | errno.EPERM),
+           op(LD_W_ABS, 0)]
     offset = 0
     for i, nr in enumerate(sorted(calls)):
         after = len(calls) - 1 - i + 3
-        out.append(_op(JEQ_K, nr, after + offset, 0))
+        out.append(op(JEQ_K, nr, after + offset, 0))
         offset += len(checks[i])
-    out.append(_op(JEQ_K, NR_OPENAT2, 0, 1))
-    out.append(_op(RET_K, RET_ERRNO | errno.ENOSYS))
+    out.append(op(JEQ_K, NR_OPENAT2, 0, 1))
+    out.append(op(RET_K, RET_ERRNO | errno.ENOSYS))
     out.append(allow)
     for block in checks:
         out += block
@@ -78,12 +69,4 @@ def program(machine: str | None = None) -> list[bytes]:
 
 
 def install() -> None:
-    ops = program()
-    filters = (ctypes.c_ubyte * (8 * len(ops))).from_buffer_copy(b"".join(ops))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    prog = SockFprog(len(ops), ctypes.addressof(filters))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        raise FsGuardError(ctypes.get_errno(), "seccomp filter for a file server")
+    install_program(program(), "seccomp filter for a file server")

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from a3s_box import seccomp
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network.egress import DnsProtocol, Egress, relay_published
 from a3s_box.network.log import NetworkLog, network_dir
@@ -59,6 +60,7 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)  # clears the permitted and effective sets
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs")
+    seccomp.install_denylist()  # no mounts, namespaces, modules, ptrace... (a3s_box/seccomp.py)
 
 
 async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:

@@ -174,7 +174,7 @@ def test_the_egress_proxy_runs_without_root(box: BoxCli, net: dict[str, object])
         status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
         assert status["Uid"].split()[0] != "0" and status["Gid"].split()[0] != "0", status["Uid"]
         assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0
-        assert status["NoNewPrivs"].strip() == "1"
+        assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
 
 
 def test_a_placeholder_sent_elsewhere_is_refused(box: BoxCli, net: dict[str, object],

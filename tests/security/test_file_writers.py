@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from a3s_box.files.tarstream import extract_tar
+from a3s_box import seccomp
 from a3s_box.jail import fsguard
 
 
@@ -90,3 +91,45 @@ def test_the_filter_is_made_for_each_supported_machine() -> None:
     for machine in ("x86_64", "aarch64"):
         ops = fsguard.program(machine)
         assert 10 < len(ops) < 255 and all(len(op) == 8 for op in ops)  # BPF jumps are 8-bit
+
+
+def test_the_egress_helpers_denylist_refuses_what_a_proxy_never_does() -> None:
+    """In a forked child standing in for the helper after it dropped root: sockets and
+    forks still work; mounts, new namespaces (unshare and clone flags) and ptrace fail."""
+    import ctypes
+    import socket as socket_
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe
+        os.close(r)
+        out: dict[str, object] = {}
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as the helper has
+            seccomp.install_denylist()
+
+            def rc(v: int) -> object:
+                return "ok" if v == 0 else ctypes.get_errno()
+            out["socket"] = "ok" if socket_.socket().close() is None else "no"
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            out["fork"] = "ok" if os.waitpid(child, 0)[1] == 0 else "no"
+            out["mount"] = rc(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+            out["unshare"] = rc(libc.unshare(0x10000000))
+            out["clone newuser"] = rc(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)) if os.uname().machine == \
+                "x86_64" else 1
+            out["ptrace"] = rc(libc.ptrace(16, os.getppid(), 0, 0))
+        finally:
+            os.write(w, repr(out).encode())
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    got = eval(data.decode())  # noqa: S307 - our own child's repr of a dict of str/int
+    assert got == {"socket": "ok", "fork": "ok", "mount": 1, "unshare": 1, "clone newuser": 1, "ptrace": 1}, got
+    assert len(seccomp.denylist_program("aarch64")) < 255
