@@ -6,6 +6,7 @@ same attacks through a real VM and virtiofsd are in tests/e2e/test_volumes.py.""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 import os
 import stat
 import tarfile
@@ -18,35 +19,18 @@ from a3s_box import seccomp
 from a3s_box.jail import fsguard
 
 
-def _in_guarded_child(folder: Path) -> dict[str, object]:
+def _in_child(body: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """BODY run in a forked child (where a seccomp filter can be installed without
+    touching the test process); what it returned, through a pipe."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         os.close(r)
+        out: dict[str, object] = {}
         try:
-            fsguard.install()
-            out: dict[str, object] = {}
-
-            def attempt(name: str, fn: object) -> None:
-                try:
-                    fn()  # type: ignore[operator]
-                    out[name] = "ok"
-                except OSError as e:
-                    out[name] = e.errno
-            d = str(folder)
-            attempt("create", lambda: os.close(os.open(f"{d}/plain", os.O_CREAT | os.O_WRONLY, 0o755)))
-            attempt("create setuid", lambda: os.close(os.open(f"{d}/s", os.O_CREAT | os.O_WRONLY, 0o4755)))
-            attempt("O_TMPFILE setgid", lambda: os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o2755)))
-            attempt("chmod setuid", lambda: os.chmod(f"{d}/plain", 0o4755))
-            attempt("chmod setgid", lambda: os.chmod(f"{d}/plain", 0o2711))
-            attempt("chmod 0700", lambda: os.chmod(f"{d}/plain", 0o700))
-            attempt("mkdir setgid", lambda: os.mkdir(f"{d}/sg", 0o2755))
-            attempt("mkdir", lambda: os.mkdir(f"{d}/dir", 0o755))
-            attempt("mknod block", lambda: os.mknod(f"{d}/blk", 0o600 | stat.S_IFBLK, os.makedev(8, 0)))
-            attempt("mknod char", lambda: os.mknod(f"{d}/chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3)))
-            attempt("mknod fifo", lambda: os.mknod(f"{d}/fifo", 0o600 | stat.S_IFIFO))
-            os.write(w, repr(out).encode())
+            out = body()
         finally:
+            os.write(w, repr(out).encode())
             os._exit(0)
     os.close(w)
     data = b""
@@ -55,6 +39,38 @@ def _in_guarded_child(folder: Path) -> dict[str, object]:
     os.close(r)
     os.waitpid(pid, 0)
     return eval(data.decode())  # noqa: S307 - our own child's repr of a dict of str/int
+
+
+def _attempts(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, fn in calls.items():
+        try:
+            fn()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = e.errno
+    return out
+
+
+def _in_guarded_child(folder: Path) -> dict[str, object]:
+    d = str(folder)
+
+    def body() -> dict[str, object]:
+        fsguard.install()
+        return _attempts({
+            "create": lambda: os.close(os.open(f"{d}/plain", os.O_CREAT | os.O_WRONLY, 0o755)),
+            "create setuid": lambda: os.close(os.open(f"{d}/s", os.O_CREAT | os.O_WRONLY, 0o4755)),
+            "O_TMPFILE setgid": lambda: os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o2755)),
+            "chmod setuid": lambda: os.chmod(f"{d}/plain", 0o4755),
+            "chmod setgid": lambda: os.chmod(f"{d}/plain", 0o2711),
+            "chmod 0700": lambda: os.chmod(f"{d}/plain", 0o700),
+            "mkdir setgid": lambda: os.mkdir(f"{d}/sg", 0o2755),
+            "mkdir": lambda: os.mkdir(f"{d}/dir", 0o755),
+            "mknod block": lambda: os.mknod(f"{d}/blk", 0o600 | stat.S_IFBLK, os.makedev(8, 0)),
+            "mknod char": lambda: os.mknod(f"{d}/chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3)),
+            "mknod fifo": lambda: os.mknod(f"{d}/fifo", 0o600 | stat.S_IFIFO),
+        })
+    return _in_child(body)
 
 
 def test_the_file_server_filter_refuses_devices_and_setuid_bits(tmp_path: Path) -> None:
@@ -99,37 +115,30 @@ def test_the_egress_helpers_denylist_refuses_what_a_proxy_never_does() -> None:
     import ctypes
     import socket as socket_
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - reports through the pipe
-        os.close(r)
-        out: dict[str, object] = {}
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as the helper has
-            seccomp.install_denylist()
+    def body() -> dict[str, object]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as the helper has
+        seccomp.install_denylist()
 
-            def rc(v: int) -> object:
-                return "ok" if v == 0 else ctypes.get_errno()
-            out["socket"] = "ok" if socket_.socket().close() is None else "no"
+        def ok(v: int) -> None:
+            if v != 0:
+                raise OSError(ctypes.get_errno(), "refused")
+
+        def fork() -> None:
             child = os.fork()
             if child == 0:
                 os._exit(0)
-            out["fork"] = "ok" if os.waitpid(child, 0)[1] == 0 else "no"
-            out["mount"] = rc(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
-            out["unshare"] = rc(libc.unshare(0x10000000))
-            out["clone newuser"] = rc(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)) if os.uname().machine == \
-                "x86_64" else 1
-            out["ptrace"] = rc(libc.ptrace(16, os.getppid(), 0, 0))
-        finally:
-            os.write(w, repr(out).encode())
-            os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 4096):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    got = eval(data.decode())  # noqa: S307 - our own child's repr of a dict of str/int
+            ok(os.waitpid(child, 0)[1])
+        x86 = os.uname().machine == "x86_64"
+        return _attempts({
+            "socket": lambda: socket_.socket().close(),
+            "fork": fork,
+            "mount": lambda: ok(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+            "unshare": lambda: ok(libc.unshare(0x10000000)),
+            "clone newuser": (lambda: ok(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0))) if x86
+            else (lambda: ok(libc.unshare(0x10000000))),
+            "ptrace": lambda: ok(libc.ptrace(16, os.getppid(), 0, 0)),
+        })
+    got = _in_child(body)
     assert got == {"socket": "ok", "fork": "ok", "mount": 1, "unshare": 1, "clone newuser": 1, "ptrace": 1}, got
     assert len(seccomp.denylist_program("aarch64")) < 255

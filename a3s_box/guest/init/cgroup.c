@@ -40,10 +40,26 @@ static int mk(const char *dir)
 	return 0;
 }
 
+/* memory.max and pids.max of DIR (0: leave unlimited) */
+static int limits(const char *dir, uint64_t memory_max, uint32_t pids_max)
+{
+	char v[32];
+	int rc = 0;
+	if (memory_max) {
+		snprintf(v, sizeof v, "%" PRIu64, memory_max);
+		rc |= put(dir, "memory.max", v);
+	}
+	if (pids_max) {
+		snprintf(v, sizeof v, "%" PRIu32, pids_max);
+		rc |= put(dir, "pids.max", v);
+	}
+	return rc;
+}
+
 int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
 		 uint32_t business_pids)
 {
-	char parent[512], agent[512], leaf[600], v[32];
+	char parent[512], agent[512], leaf[600];
 	snprintf(parent, sizeof parent, "%s", root);
 	char *slash = strrchr(parent, '/');
 	if (!slash || slash == parent)
@@ -56,26 +72,12 @@ int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint6
 	if ((rc = mk(root)) || (rc = mk(agent)))
 		return rc;
 	put(root, "cgroup.subtree_control", "+memory +pids");
-	if (memory_max) {
-		snprintf(v, sizeof v, "%" PRIu64, memory_max);
-		rc |= put(agent, "memory.max", v);
-	}
-	if (pids_max) {
-		snprintf(v, sizeof v, "%" PRIu32, pids_max);
-		rc |= put(agent, "pids.max", v);
-	}
+	rc |= limits(agent, memory_max, pids_max);
 	snprintf(leaf, sizeof leaf, "%s/main", agent);
 	mk(leaf);
 	snprintf(leaf, sizeof leaf, "%s/business", agent);
 	mk(leaf);
 	put(agent, "cgroup.subtree_control", "+memory +pids");
-	if (business_memory) {
-		snprintf(v, sizeof v, "%" PRIu64, business_memory);
-		rc |= put(leaf, "memory.max", v);
-	}
-	if (business_pids) {
-		snprintf(v, sizeof v, "%" PRIu32, business_pids);
-		rc |= put(leaf, "pids.max", v);
-	}
+	rc |= limits(leaf, business_memory, business_pids);
 	return rc ? -EIO : 0;
 }
