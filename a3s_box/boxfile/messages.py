@@ -108,6 +108,9 @@ def issue_from(err: ErrorDetails, root: type[BaseModel]) -> Issue:
             return Issue(tuple(path), f"must be {expected}" + _got(err))
         return Issue(tuple(path), f"must be one of: {expected}" + _got(err))
     if kind == "string_pattern_mismatch":
+        wording = _PATTERN_WORDS.get(str(ctx.get("pattern")))
+        if wording:
+            return Issue(tuple(path), wording + _got(err))
         return Issue(tuple(path), f"'{err['input']}' is not a valid name: lowercase letters, digits "
                                   "and '-', starting and ending with a letter or digit")
     if kind in ("greater_than_equal", "greater_than"):
@@ -126,6 +129,13 @@ def issue_from(err: ErrorDetails, root: type[BaseModel]) -> Issue:
     if kind == "literal_error":
         return Issue(tuple(path), err["msg"])
     return Issue(tuple(path), err["msg"][0].lower() + err["msg"][1:])
+
+
+# Patterns that are not names (names keep the wording above), by the pattern itself
+_PATTERN_WORDS = {
+    r"^[0-9]{1,10}(:[0-9]{1,10})?$": "must be a numeric UID or UID:GID, e.g. 1000:1000",
+    r"^/": "must be an absolute path",
+}
 
 
 def _name_message(name: str, err: ErrorDetails) -> str:
