@@ -9,7 +9,7 @@ import click
 from a3s_box.cli.context import CliContext, pass_cli
 
 if TYPE_CHECKING:
-    from a3s_box.build.builder import StepEvent
+    from a3s_box.imagebuild.builder import StepEvent
 
 
 def step_line(e: "StepEvent") -> str:

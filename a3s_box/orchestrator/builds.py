@@ -1,6 +1,6 @@
 """The Boxfile's `build:` images, as the orchestrator sees them: a BuildRequest per
 image, what the build cache already has (for the plan), and the build itself (for apply
-and `box build`). The builder (a3s_box.build) knows nothing of Boxfiles."""
+and `box build`). The builder (a3s_box.imagebuild) knows nothing of Boxfiles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,11 +13,11 @@ from a3s_box.image.store import ImageStore
 from a3s_box.orchestrator.desired import BuildPreview, built_image_name
 
 if TYPE_CHECKING:
-    from a3s_box.build.builder import BuildRequest, BuildResult, Events, Output
+    from a3s_box.imagebuild.builder import BuildRequest, BuildResult, Events, Output
 
 
 def build_request(project: str, name: str, img: ImageDef, no_cache: bool = False) -> "BuildRequest":
-    from a3s_box.build.builder import BuildRequest
+    from a3s_box.imagebuild.builder import BuildRequest
     from a3s_box.network.policy import NetworkPolicy
 
     b = img.build
@@ -43,7 +43,7 @@ def shown(context: Path) -> str:
 def previews(home: Home, store: ImageStore, boxfile: Boxfile, project: str) -> dict[str, BuildPreview]:
     """For each build image: its steps, how many the cache has, and its digest when the
     store holds exactly what the Boxfile's build makes (nothing runs)."""
-    from a3s_box.build.builder import Builder
+    from a3s_box.imagebuild.builder import Builder
 
     out: dict[str, BuildPreview] = {}
     for name, img in sorted(boxfile.images.items()):
@@ -62,7 +62,7 @@ def previews(home: Home, store: ImageStore, boxfile: Boxfile, project: str) -> d
 
 def run_build(home: Home, store: ImageStore, project: str, name: str, img: ImageDef,
               events: "Events", output: "Output", no_cache: bool = False) -> "BuildResult":
-    from a3s_box.build.builder import Builder
+    from a3s_box.imagebuild.builder import Builder
 
     result = Builder(home, store, events, output).build(build_request(project, name, img, no_cache))
     assert result.record is not None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported, ImageError
 
 if TYPE_CHECKING:
-    from a3s_box.build.builder import Events, Output
+    from a3s_box.imagebuild.builder import Events, Output
     from a3s_box.image import ImageStore
     from a3s_box.image.records import ImageRecord
 from a3s_box.orchestrator.desired import DesiredImage, DesiredState

@@ -17,7 +17,7 @@ from a3s_box.errors import BoxError
 
 if TYPE_CHECKING:  # the heavy parts are imported on use, so `box ps`/`exec` start fast
     from a3s_box.boxfile.model import Boxfile
-    from a3s_box.build.builder import BuildResult, Events, Output
+    from a3s_box.imagebuild.builder import BuildResult, Events, Output
     from a3s_box.orchestrator.desired import DesiredState
     from a3s_box.orchestrator.executor import Outcome, Report
     from a3s_box.orchestrator.plan import Plan

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from a3s_box.build.diff import DiskTree, diff_trees, write_tar
-from a3s_box.build.guest_tree import GuestTree, GuestTreeError
+from a3s_box.imagebuild.diff import DiskTree, diff_trees, write_tar
+from a3s_box.imagebuild.guest_tree import GuestTree, GuestTreeError
 from a3s_box.guest.build import build_guest_init
 
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a3s_box.build.dockerfile import parse
-from a3s_box.build.expand import expand
-from a3s_box.build.ignore import IgnoreRules
+from a3s_box.imagebuild.dockerfile import parse
+from a3s_box.imagebuild.expand import expand
+from a3s_box.imagebuild.ignore import IgnoreRules
 from a3s_box.errors import DockerfileError
 
 TEXT = """\

@@ -11,7 +11,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from a3s_box.build.diff import Change, compress, diff_trees, write_tar
+from a3s_box.imagebuild.diff import Change, compress, diff_trees, write_tar
 from a3s_box.image.unpack import RootWriter
 
 

@@ -12,7 +12,7 @@ Words of the instructions that are not shell commands (FROM, COPY, ADD, WORKDIR,
 EXPOSE, STOPSIGNAL, flag values, ENV/LABEL/ARG pairs) have their quotes removed and
 escapes applied, as Docker does before expanding them; a `$` that quotes or an escape made
 literal is written E$ (E: the escape character), and an E before a `$` or another E is
-doubled, so that a3s_box.build.expand.expand() gives exactly Docker's value. Shell-form
+doubled, so that a3s_box.imagebuild.expand.expand() gives exactly Docker's value. Shell-form
 words of RUN, CMD, ENTRYPOINT and HEALTHCHECK CMD are kept as written: the shell reads
 `text`.
 """

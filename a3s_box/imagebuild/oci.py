@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from a3s_box.build.diff import LayerFile
+from a3s_box.imagebuild.diff import LayerFile
 from a3s_box.image.blobs import BlobStore
 from a3s_box.image.manifest import OCI_MANIFEST, host_platform
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from a3s_box.build.builder import Builder, BuildRequest, StepEvent
+from a3s_box.imagebuild.builder import Builder, BuildRequest, StepEvent
 from a3s_box.errors import BuildError, DockerfileError
 from a3s_box.home import Home
 from a3s_box.image.store import ImageStore
@@ -209,8 +209,8 @@ def test_copy_heredocs_make_files_expanded_unless_quoted(env: tuple[Home, ImageS
 
 
 def test_run_heredocs_become_the_shells_script_or_an_executed_file() -> None:
-    from a3s_box.build.builder import run_command
-    from a3s_box.build.dockerfile import parse
+    from a3s_box.imagebuild.builder import run_command
+    from a3s_box.imagebuild.dockerfile import parse
 
     def run(text: str) -> tuple[tuple[str, ...], bytes | None]:
         ins = parse(f"FROM x\n{text}", "Dockerfile").stages[0].instructions[0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from a3s_box.build import run
+from a3s_box.imagebuild import run
 from a3s_box.drivers.base import BoxLaunch
 from a3s_box.errors import BuildError, GuestError
 from a3s_box.home import Home

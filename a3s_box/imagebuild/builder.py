@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a3s_box.build import context as ctx
-from a3s_box.build.cache import BuildCache, step_key
-from a3s_box.build.diff import compress, write_tar
-from a3s_box.build.guest_tree import GuestTreeError
-from a3s_box.build.dockerfile import Dockerfile, Heredoc, Instruction, Stage, parse
-from a3s_box.build.expand import expand
-from a3s_box.build.ignore import IgnoreRules
-from a3s_box.build.oci import ImageState
+from a3s_box.imagebuild import context as ctx
+from a3s_box.imagebuild.cache import BuildCache, step_key
+from a3s_box.imagebuild.diff import compress, write_tar
+from a3s_box.imagebuild.guest_tree import GuestTreeError
+from a3s_box.imagebuild.dockerfile import Dockerfile, Heredoc, Instruction, Stage, parse
+from a3s_box.imagebuild.expand import expand
+from a3s_box.imagebuild.ignore import IgnoreRules
+from a3s_box.imagebuild.oci import ImageState
 from a3s_box.drivers.base import BoxNetwork
 from a3s_box.errors import BuildError, ImageError
 from a3s_box.home import Home
@@ -376,7 +376,7 @@ class Builder:
         self._commit_layer(st, layer_tar, ins.source, WorkingDir=path)
 
     def _run(self, st: _Stage, ins: Instruction, req: BuildRequest) -> None:
-        from a3s_box.build.run import RunSpec, run_step
+        from a3s_box.imagebuild.run import RunSpec, run_step
 
         tree = self._tree(st)
         argv, script = run_command(st.shell, ins)

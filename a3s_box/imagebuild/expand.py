@@ -12,7 +12,7 @@ expands those).
 WORD in a default or alternative is itself expanded; E} there is a literal }. An escape
 character before anything else is kept as written, and so is a $ not followed by a name.
 
-Quotes are not handled here: the parser (a3s_box.build.dockerfile) removes them and writes
+Quotes are not handled here: the parser (a3s_box.imagebuild.dockerfile) removes them and writes
 each $ they protected as E$, so that its words go through expand() unchanged otherwise.
 
 Pure: no I/O. A malformed word raises ValueError with a short message; the caller knows

@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from a3s_box.build.oci import ImageState
+from a3s_box.imagebuild.oci import ImageState
 from a3s_box.image.store import ImageStore
 
 PREFIX = "build-cache/"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from a3s_box.build.diff import Change, DiskTree, diff_trees
-from a3s_box.build.guest_tree import GuestTree, GuestTreeError
+from a3s_box.imagebuild.diff import Change, DiskTree, diff_trees
+from a3s_box.imagebuild.guest_tree import GuestTree, GuestTreeError
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork
 from a3s_box.errors import BuildError, GuestError
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace

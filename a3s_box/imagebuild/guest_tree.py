@@ -22,7 +22,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from a3s_box.build.diff import Meta
+from a3s_box.imagebuild.diff import Meta
 
 _TYPES = {tarfile.REGTYPE: stat.S_IFREG, tarfile.AREGTYPE: stat.S_IFREG, tarfile.DIRTYPE: stat.S_IFDIR,
           tarfile.SYMTYPE: stat.S_IFLNK, tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
