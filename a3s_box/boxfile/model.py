@@ -13,6 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       WithJsonSchema, field_validator, model_validator)
 from pydantic.json_schema import SkipJsonSchema
 
+from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
 from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from a3s_box.network.policy import RuleError, parse_destination, parse_host_ip, parse_published
 
@@ -32,6 +33,17 @@ def _min_memory(v: int) -> int:
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+
+
+def _known_driver(v: str) -> str:
+    if v != AUTO and v not in DRIVER_NAMES:
+        raise ValueError(f"must be one of: {', '.join((AUTO, *DRIVER_NAMES))}, not {v!r}")
+    return v
+
+
+# The names come from the driver registry: a new driver is known here without an edit.
+DriverName = Annotated[str, Field(json_schema_extra={"enum": [AUTO, *DRIVER_NAMES]}),
+                       AfterValidator(_known_driver)]
 Size = Annotated[
     int,
     BeforeValidator(parse_size),
@@ -529,8 +541,9 @@ class BoxDef(_Model):
                                                        "interval": "5s", "retries": 3}])
     lifetime: Lifetime | None = Field(None, description="Lifetime limits of leased pool boxes.",
                                       examples=[{"idle_timeout": "10m", "max_duration": "1h"}])
-    driver: Literal["auto", "qemu", "libkrun"] = Field(
-        "auto", description="The VMM: `auto` picks libkrun where the host can run it, else QEMU.",
+    driver: DriverName = Field(
+        AUTO, description="The VMM: `auto` picks the first driver the host runs that can do what "
+        "the box needs (libkrun for a box without network, volumes or a jailed VMM, else QEMU).",
         examples=["qemu"])
     hostname: Name | None = Field(None, description="The guest's hostname (default: the box name).",
                                   examples=["coder"])

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
+from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
 from a3s_box.cli.output import emit, output_option
 from a3s_box.drivers.base import VmState
 from a3s_box.errors import BoxError, BoxfileError
@@ -113,7 +114,7 @@ def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune
               help="Boxes booted at once (default: the host's cores).")
 @click.option("--watch", is_flag=True, help="Re-converge on every save of the Boxfile; keep pools filled.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="Only the summary (and errors).")
-@click.option("--driver", type=click.Choice(["auto", "qemu", "libkrun"]), default=None,
+@click.option("--driver", type=click.Choice([AUTO, *DRIVER_NAMES]), default=None,
               envvar="A3S_BOX_DRIVER", help="VMM for boxes whose Boxfile says `driver: auto` "
               "[env A3S_BOX_DRIVER].")
 @output_option

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from a3s_box.guest.client import GuestClient
 from a3s_box.home import Home
 from a3s_box.image.rootfs import build_ext4, create_overlay, disk_usage
+from a3s_box.drivers.registry import Capability, driver_with
 
 HELPER = "/.a3s/container"
 GUEST_TAR = "/.a3s/tar"
@@ -103,10 +104,13 @@ def _read_tree(client: "GuestClient", work: Path, since: float, max_bytes: int, 
     return result[0]
 
 
+# a RUN step is untrusted code with the build's network policy, in a jailed VMM
+STEP_NEEDS = frozenset({Capability.NETWORK, Capability.CONFINEMENT})
+
+
 def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
              out: Output, err: Output) -> RunResult:
     """Run SPEC in a VM booted from TREE; the mounted result and its changes."""
-    from a3s_box.drivers.qemu.driver import QemuDriver
     from a3s_box.guest.client import GuestClient
 
     build_root = home.root / "build"
@@ -123,7 +127,7 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
         launch = BoxLaunch(box_id=vm_id, rundir=work / "vm", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
                            disk=disk, config=BoxConfig(hostname="build"), network=spec.network, boot="cold",
                            disk_size=size)
-        driver = QemuDriver(home)
+        driver = driver_with(STEP_NEEDS, home)
         try:
             handle = driver.start(launch, BOOT_TIMEOUT)
         except GuestError as e:

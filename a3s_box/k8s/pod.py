@@ -94,7 +94,7 @@ class Pod:
         self.members: set[str] = set()  # containers other than the first, by id
 
     def boot(self, spec: dict[str, Any], mounts: list[Any]) -> int:
-        from a3s_box.drivers.qemu.driver import QemuDriver
+        from a3s_box.drivers.registry import Capability, driver_with
 
         self._mounted_root = mount_all(mounts, self.rootfs)
         self.state_dir.mkdir(exist_ok=True)
@@ -110,7 +110,7 @@ class Pod:
                            memory_mib=memory_mib(spec, max(DEFAULT_MEMORY_MIB, pod_memory)), disk=disk,
                            config=BoxConfig(hostname=str(spec.get("hostname") or self.id[:63])),
                            volumes=(share,), boot="cold")
-        driver = QemuDriver(self.home)
+        driver = driver_with({Capability.VOLUMES}, self.home)  # the pod share is a bind volume
         self.handle = driver.start(launch, 180.0)
         # for `shim delete`: containerd's cleanup when this daemon died with the VM up
         (self.state_dir / "handle.json").write_text(json.dumps(self.handle.to_json()))
@@ -169,13 +169,13 @@ class Pod:
 
     def close(self) -> None:
         """VM gone, every mount of the pod undone, its disks and sockets removed."""
-        from a3s_box.drivers.qemu.driver import QemuDriver
+        from a3s_box.drivers.registry import get_driver
 
         if self.client is not None:
             self.client.close()
             self.client = None
         if self.handle is not None:
-            QemuDriver(self.home).stop(self.handle, 10.0)
+            get_driver(self.handle.driver, self.home).stop(self.handle, 10.0)
             self.handle = None
         unmount_tree(self.share)
         if self._mounted_root:
@@ -188,13 +188,14 @@ class Pod:
 def reap(home: Home, bundle: Path, container_id: str, pod_id: str) -> None:
     """What a dead shim daemon left of a container (containerd's `shim delete`): the
     pod's VM if the container was its first, the container's mounts, its state."""
-    from a3s_box.drivers.qemu.driver import QemuDriver
+    from a3s_box.drivers.registry import get_driver
 
     if pod_id == container_id:
         handle_file = bundle / "a3sbox" / "handle.json"
         if handle_file.exists():
             try:
-                QemuDriver(home).stop(VmHandle.from_json(json.loads(handle_file.read_text())), 10.0)
+                handle = VmHandle.from_json(json.loads(handle_file.read_text()))
+                get_driver(handle.driver, home).stop(handle, 10.0)
             except (OSError, ValueError, KeyError):
                 pass
         unmount_tree(bundle / "a3sbox")

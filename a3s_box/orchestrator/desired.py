@@ -174,13 +174,10 @@ def built_image_name(project: str, image: str) -> str:
     return f"localhost/{project}-{image}:latest"
 
 
-def desired_state(
-    boxfile: Boxfile, project: str, known_digests: Mapping[str, str | None],
-    builds: Mapping[str, BuildPreview] | None = None,
-    image_defaults: Mapping[str, Mapping[str, Any]] | None = None,
-) -> DesiredState:
-    """IMAGE_DEFAULTS: image name -> the box defaults its labels give, for images the
-    store has (the caller reads them; a3s_box.image.box_labels checks them)."""
+def desired_images(boxfile: Boxfile, known_digests: Mapping[str, str | None],
+                   builds: Mapping[str, BuildPreview] | None = None) -> dict[str, DesiredImage]:
+    """Every image the Boxfile needs, by name: its `images:` and the direct references
+    of boxes. KNOWN_DIGESTS: what the store has of each (a build's: its preview's)."""
     images: dict[str, DesiredImage] = {}
     for name, img in sorted(boxfile.images.items()):
         if img.build is not None:
@@ -190,6 +187,22 @@ def desired_state(
                                             str(img.build.context), 0, 0, None), img)
             continue
         images[name] = _desired_image(name, img.ref, img.path, known_digests)
+    for box in sorted(boxfile.boxes):
+        key, img = boxfile.image_of(box)
+        image_name = key if key is not None else (img.ref or str(img.path))
+        if image_name not in images:
+            images[image_name] = _desired_image(image_name, img.ref, img.path, known_digests)
+    return images
+
+
+def desired_state(
+    boxfile: Boxfile, project: str, known_digests: Mapping[str, str | None],
+    builds: Mapping[str, BuildPreview] | None = None,
+    image_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> DesiredState:
+    """IMAGE_DEFAULTS: image name -> the box defaults its labels give, for images the
+    store has (the caller reads them; a3s_box.image.box_labels checks them)."""
+    images = desired_images(boxfile, known_digests, builds)
     boxes: dict[str, DesiredBox] = {}
     templates: dict[str, list[str]] = {}
     for pool_name, pool_def in sorted(boxfile.pools.items()):
@@ -197,8 +210,6 @@ def desired_state(
     for name, box in sorted(boxfile.boxes.items()):
         key, img = boxfile.image_of(name)
         image_name = key if key is not None else (img.ref or str(img.path))
-        if image_name not in images:
-            images[image_name] = _desired_image(image_name, img.ref, img.path, known_digests)
         di = images[image_name]
         kind = "build" if di.build is not None else "path" if di.is_path else "ref"
         identity = di.digest or f"{kind}:{di.source}"

@@ -1,15 +1,17 @@
 """The executor: carries out a plan, deciding nothing.
 
 Independent actions run in parallel (bounded), each as soon as what it depends on has
-converged. A failed step marks its dependants as skipped and the rest carry on; the
-outcome of every action is returned, so the caller can say what converged and what not.
+converged (the plan's own graph). A failed step marks its dependants as skipped and the
+rest carry on; the outcome of every action is returned, so the caller can say what
+converged and what not. What it would otherwise have to find out comes in as values:
+the driver of each box in its action, the environment (secrets' values) as an argument.
 """
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from a3s_box.image import ImageStore
     from a3s_box.image.records import ImageRecord
 from a3s_box.orchestrator.desired import DesiredImage, DesiredState
-from a3s_box.orchestrator.graph import Node, build_graph, dependants
+from a3s_box.orchestrator.graph import Node, dependants
 from a3s_box.orchestrator.launch import box_launch, box_network, box_volumes, launch_to_json
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.plan import Action, Op, Plan
@@ -66,23 +68,24 @@ Report = Callable[[Outcome], None]
 
 class Executor:
     def __init__(self, runtime: BoxRuntime, images: ImageStore, report: Report,
-                 progress: bool = False, parallel: int | None = None,
-                 driver: str | None = None, build_events: "Events" = lambda e: None,
+                 environ: Mapping[str, str], progress: bool = False, parallel: int | None = None,
+                 build_events: "Events" = lambda e: None,
                  build_output: "Output" = lambda b: None) -> None:
         self.build_events, self.build_output = build_events, build_output
         self.parallel = parallel or os.cpu_count() or 1
-        self.default_driver = driver  # --driver / A3S_BOX_DRIVER: for boxes that say `auto`
+        self.environ = environ  # where the secrets' values are read when a box is made
         self.runtime = runtime
         self.store = runtime.store
         self.images = images
         self.report = report
         self.progress = progress
 
-    def ensure_images(self, desired: DesiredState) -> tuple[dict[str, str], list[Outcome]]:
-        """Pull/import every image the desired state needs; returns name -> digest."""
+    def ensure_images(self, project: str, images: Mapping[str, DesiredImage]
+                      ) -> tuple[dict[str, str], list[Outcome]]:
+        """Pull, import or build every image in IMAGES; returns name -> digest."""
         digests: dict[str, str] = {}
         outcomes: list[Outcome] = []
-        for name, img in desired.images.items():
+        for name, img in images.items():
             op = Op.BUILD if img.build is not None else Op.IMPORT if img.is_path else Op.PULL
             action = Action(Op.NOOP if img.digest else op, "image", name, img.source)
             t0 = time.monotonic()
@@ -91,15 +94,14 @@ class Executor:
                 if img.build is not None and img.digest:
                     record = self._built(name, img.digest)
                 elif img.build is not None:
-                    record, steps = self._build(desired.project, name, img)
+                    record, steps = self._build(project, name, img)
                 else:
                     record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
             except BoxError as e:
                 out = Outcome(action, "failed", str(e), time.monotonic() - t0)
             else:
                 digests[name] = record.digest
-                self.store.put_image_binding(
-                    ImageBinding(desired.project, name, img.source, record.digest))
+                self.store.put_image_binding(ImageBinding(project, name, img.source, record.digest))
                 changed = record.digest != img.digest
                 out = Outcome(action, "ok" if changed else "unchanged", record.digest,
                               time.monotonic() - t0, steps)
@@ -128,12 +130,8 @@ class Executor:
         """Deletes first (in plan order), then every other action as soon as what it
         depends on has converged, up to `parallel` at once. `failed`: nodes that already
         failed (images); their dependants are skipped."""
-        graph = build_graph(
-            images=dict(desired.images),
-            box_images={n: b.image for n, b in desired.boxes.items()},
-            box_deps={n: list(b.depends_on) for n, b in desired.boxes.items()},
-            pool_boxes={n: p.box for n, p in desired.pools.items()},
-        )
+        graph = plan.graph
+        assert graph is not None, "a plan made by make_plan carries its graph"
         outcomes: dict[Node, Outcome] = {}
         order: list[Node] = []
         blocked: dict[Node, str] = {}
@@ -192,14 +190,6 @@ class Executor:
             return Outcome(action, "failed", str(e), time.monotonic() - t0)
         return Outcome(action, "ok", "", time.monotonic() - t0)
 
-    def _driver(self, declared: str, box: Any = None) -> str:
-        if declared == "auto" and self.default_driver:
-            return self.default_driver
-        if declared == "auto" and box is not None and (box.network.mode != "none" or box.volumes
-                                                       or box.security == "strict"):
-            return "qemu"  # the one driver with networking, volumes and a confined VMM for now
-        return declared
-
     def _wait_dependencies(self, desired: DesiredState, name: str, project: str) -> None:
         """Before touching a box, its depends_on must have reached their conditions."""
         for dep, condition in desired.boxes[name].depends_on.items():
@@ -234,14 +224,14 @@ class Executor:
             raise BoxError(f"pool {p.name}: image {box.image} is not in the local store")
         launch = box_launch("template", box.name, box.definition, record.config,
                             Path("/nonexistent"), disk=None,
-                            network=box_network(box.name, box.definition, os.environ),
+                            network=box_network(box.name, box.definition, self.environ),
                             volumes=box_volumes(box.definition,
                                                 lambda v: self._volume_disk(project, box.name, v, desired)),
                             image=record.digest)
         lifetime = box.definition.lifetime
         template = {
             "launch": launch_to_json(launch), "image": record.digest, "spec": box.spec,
-            "driver": self._driver(box.definition.driver, box.definition),
+            "driver": action.driver,
             "lifetime": {"max_duration": lifetime.max_duration, "idle_timeout": lifetime.idle_timeout}
             if lifetime is not None else {},
         }
@@ -285,10 +275,10 @@ class Executor:
         volumes = box_volumes(want.definition, lambda v: self._volume_disk(project, want.name, v, desired))
         launch = box_launch(bid, want.name, want.definition, record.config, rundir,
                             disk=rundir / "disk.qcow2",
-                            network=box_network(want.name, want.definition, os.environ),
+                            network=box_network(want.name, want.definition, self.environ),
                             volumes=volumes, image=record.digest)
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
-                     spec=want.spec, image=record.digest, driver=self._driver(want.definition.driver, want.definition),
+                     spec=want.spec, image=record.digest, driver=action.driver,
                      handle=None, status="creating")
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             try:

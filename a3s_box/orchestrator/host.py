@@ -18,9 +18,9 @@ from a3s_box.errors import BoxError
 if TYPE_CHECKING:  # the heavy parts are imported on use, so `box ps`/`exec` start fast
     from a3s_box.boxfile.model import Boxfile
     from a3s_box.imagebuild.builder import BuildResult, Events, Output
-    from a3s_box.orchestrator.desired import DesiredState
+    from a3s_box.orchestrator.desired import BuildPreview, DesiredState
     from a3s_box.orchestrator.executor import Outcome, Report
-    from a3s_box.orchestrator.plan import Plan
+    from a3s_box.orchestrator.plan import DriverChoice, Plan
 from a3s_box.home import Home
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.lock import home_lock
@@ -180,22 +180,44 @@ class Host:
 
         return load(files, environ, for_apply=for_apply, contents=contents)
 
-    def desired(self, bf: "Boxfile", project: str | None = None) -> "DesiredState":
-        from a3s_box.orchestrator.desired import desired_state, project_name
+    def _known_images(self, bf: "Boxfile", project: str) -> tuple[
+            dict[str, str | None], "dict[str, BuildPreview] | None"]:
+        """What the store has of each image the Boxfile needs (no network, nothing built)."""
+        from a3s_box.orchestrator.desired import desired_images
 
-        proj = project_name(bf, project)
         known: dict[str, str | None] = {}
-        for name, img in desired_state(bf, proj, {}).images.items():
+        for name, img in desired_images(bf, {}).items():
             if img.build is None:
-                record = self.images.get(img.source)  # no network: what the store already has
+                record = self.images.get(img.source)
                 known[name] = record.digest if record is not None else None
         builds = None
         if any(i.build is not None for i in bf.images.values()):
             from a3s_box.orchestrator.builds import previews
 
-            builds = previews(self.home, self.images, bf, proj)  # nothing runs: the cache's view
+            builds = previews(self.home, self.images, bf, project)  # nothing runs: the cache's view
             known.update({n: b.digest for n, b in builds.items()})
+        return known, builds
+
+    def desired(self, bf: "Boxfile", project: str | None = None) -> "DesiredState":
+        from a3s_box.orchestrator.desired import desired_state, project_name
+
+        proj = project_name(bf, project)
+        known, builds = self._known_images(bf, proj)
         return desired_state(bf, proj, known, builds, self._image_defaults(known))
+
+    def _driver_choice(self, desired: "DesiredState", preferred: str | None) -> "DriverChoice":
+        """What `driver: auto` is resolved with: PREFERRED, else the probes (cached) of
+        the drivers that could run an auto box, all but the last resort."""
+        from a3s_box.drivers.registry import AUTO, candidates, probe_usable
+        from a3s_box.orchestrator.plan import DriverChoice, box_needs
+
+        if preferred and preferred != AUTO:
+            return DriverChoice(preferred)
+        probe: set[str] = set()
+        for box in desired.boxes.values():
+            if box.definition.driver == AUTO:
+                probe.update(candidates(box_needs(box.definition))[:-1])
+        return DriverChoice(None, probe_usable(sorted(probe), self.home))
 
     def _image_defaults(self, digests: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
         """The dev.a3s.box.* label defaults of each image the store has, by image name."""
@@ -209,35 +231,44 @@ class Host:
                 out[name] = box_defaults(record.name, record.config.labels)
         return out
 
-    def plan(self, bf: "Boxfile", project: str | None = None, prune: bool = False) -> "Plan":
+    def plan(self, bf: "Boxfile", project: str | None = None, prune: bool = False,
+             driver: str | None = None) -> "Plan":
         from a3s_box.orchestrator.observed import observe
         from a3s_box.orchestrator.plan import make_plan
 
         desired = self.desired(bf, project)
-        return make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
+        return make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune,
+                         self._driver_choice(desired, driver))
 
     def apply(self, bf: "Boxfile", project: str | None = None, prune: bool = False,
               report: "Report" = lambda o: None, progress: bool = False,
               before_boxes: "Callable[[Plan], None]" = lambda p: None,
               parallel: int | None = None, driver: str | None = None,
-              build_events: "Events" = lambda e: None, build_output: "Output" = lambda b: None) -> ApplyResult:
-        """Converge the host to the Boxfile. Caller holds the lock (see `locked`)."""
-        from a3s_box.orchestrator.desired import desired_state
+              build_events: "Events" = lambda e: None, build_output: "Output" = lambda b: None,
+              environ: Mapping[str, str] | None = None) -> ApplyResult:
+        """Converge the host to the Boxfile. Caller holds the lock (see `locked`).
+        ENVIRON: where secrets' values are read (default: this process's environment).
+
+        Images first (their digests and labels are part of the boxes' specs), then the
+        desired state, once, and the one plan the executor carries out."""
+        from a3s_box.orchestrator.desired import desired_images, desired_state, project_name
         from a3s_box.orchestrator.executor import Executor
         from a3s_box.orchestrator.observed import observe
         from a3s_box.orchestrator.plan import make_plan
 
         self.runtime.recover(self.images)
-        executor = Executor(self.runtime, self.images, report, progress, parallel, driver,
-                            build_events, build_output)
-        desired = self.desired(bf, project)
-        digests, image_outcomes = executor.ensure_images(desired)
+        executor = Executor(self.runtime, self.images, report, os.environ if environ is None else environ,
+                            progress, parallel, build_events, build_output)
+        proj = project_name(bf, project)
+        known, builds = self._known_images(bf, proj)
+        digests, image_outcomes = executor.ensure_images(proj, desired_images(bf, known, builds))
         self._enforce_image_cap(set(digests.values()))
-        builds = {n: replace(i.build, digest=digests.get(n)) for n, i in desired.images.items()
-                  if i.build is not None}
-        known = {**{n: i.digest for n, i in desired.images.items()}, **digests}
-        desired = desired_state(bf, desired.project, known, builds, self._image_defaults(known))
-        plan = make_plan(desired, observe(self.store, desired.project, self.runtime.observe), prune)
+        known.update(digests)
+        if builds is not None:
+            builds = {n: replace(b, digest=digests.get(n)) for n, b in builds.items()}
+        desired = desired_state(bf, proj, known, builds, self._image_defaults(known))
+        plan = make_plan(desired, observe(self.store, proj, self.runtime.observe), prune,
+                         self._driver_choice(desired, driver))
         before_boxes(plan)
         failed = {o.action.node for o in image_outcomes if o.status == "failed"}
         outcomes = list(image_outcomes) + executor.run(plan, desired, failed)
@@ -245,7 +276,7 @@ class Host:
         from a3s_box import audit
 
         bad = [o for o in outcomes if o.status == "failed"]
-        audit.record(self.home.root, "apply", desired.project,
+        audit.record(self.home.root, "apply", proj,
                      "ok" if not bad else f"failed: {len(bad)} of {len(outcomes)} changes",
                      changes=[f"{o.action.kind} {o.action.name}: {o.status}" for o in outcomes if o.status != "unchanged"])
         return result

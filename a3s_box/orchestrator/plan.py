@@ -2,18 +2,27 @@
 
 Every action names one object and carries its cause ("recreate box coder:
 resources.memory 256Mi -> 512Mi"). `Plan.text()` is both what `box plan` prints and
-what tests compare against, so keep it stable.
+what tests compare against, so keep it stable. The plan also carries what the executor
+needs so that it decides nothing: the dependency graph it was ordered by, and the driver
+each box (or pool template) runs on, `auto` resolved here by drivers.registry.choose.
 """
 from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
+from a3s_box.drivers.registry import Capability, choose
 from a3s_box.orchestrator.desired import DesiredState
 from a3s_box.orchestrator.graph import Node, build_graph, ordered
 from a3s_box.orchestrator.observed import ObservedState
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from a3s_box.boxfile.model import BoxDef
 
 
 class Op(str, enum.Enum):
@@ -51,6 +60,7 @@ class Action:
     name: str
     reason: str = ""
     changes: tuple[Change, ...] = ()
+    driver: str = ""  # boxes and pools made or started by it: the driver, resolved
 
     @property
     def node(self) -> Node:
@@ -79,6 +89,8 @@ class Plan:
     project: str
     actions: tuple[Action, ...]
     orphans: tuple[str, ...] = field(default=())  # boxes not in the Boxfile, kept without --prune
+    # u -> v: u must have converged before v starts (what the actions were ordered by)
+    graph: "nx.DiGraph[Node] | None" = field(default=None, compare=False, repr=False)
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -129,7 +141,29 @@ class Plan:
         }
 
 
-def make_plan(desired: DesiredState, observed: ObservedState, prune: bool = False) -> Plan:
+@dataclass(frozen=True)
+class DriverChoice:
+    """What the plan resolves `driver: auto` with: --driver / $A3S_BOX_DRIVER, and which
+    drivers this host runs (Host probes them, cached, before planning)."""
+
+    preferred: str | None = None
+    usable: Mapping[str, bool] = field(default_factory=dict)
+
+
+def box_needs(box: "BoxDef") -> frozenset[Capability]:
+    """What a box needs of its driver, from its definition."""
+    needs = set()
+    if box.network.mode != "none":
+        needs.add(Capability.NETWORK)
+    if box.volumes:
+        needs.add(Capability.VOLUMES)
+    if box.security == "strict":
+        needs.add(Capability.CONFINEMENT)
+    return frozenset(needs)
+
+
+def make_plan(desired: DesiredState, observed: ObservedState, prune: bool = False,
+              drivers: DriverChoice = DriverChoice()) -> Plan:
     graph = build_graph(
         images=dict(desired.images),
         box_images={n: b.image for n, b in desired.boxes.items()},
@@ -147,10 +181,18 @@ def make_plan(desired: DesiredState, observed: ObservedState, prune: bool = Fals
         if node.kind == "image":
             actions.append(_image_action(desired, node.name))
         elif node.kind == "box":
-            actions.append(_box_action(desired, observed, node.name))
+            actions.append(_with_driver(_box_action(desired, observed, node.name), desired, node.name, drivers))
         else:
-            actions.append(_pool_action(desired, observed, node.name))
-    return Plan(desired.project, tuple(actions), () if prune else tuple(orphans))
+            box = desired.pools[node.name].box
+            actions.append(_with_driver(_pool_action(desired, observed, node.name), desired, box, drivers))
+    return Plan(desired.project, tuple(actions), () if prune else tuple(orphans), graph)
+
+
+def _with_driver(action: Action, desired: DesiredState, box: str, drivers: DriverChoice) -> Action:
+    if action.op in (Op.NOOP, Op.DELETE):
+        return action
+    d = desired.boxes[box].definition
+    return replace(action, driver=choose(d.driver, box_needs(d), drivers.preferred, drivers.usable))
 
 
 def _image_action(desired: DesiredState, name: str) -> Action:
