@@ -100,8 +100,12 @@ def choose(declared: str, needs: Collection[Capability], preferred: str | None,
         return preferred
     able = candidates(needs)
     if not able:
-        raise HostUnsupported(AUTO, "no driver can do " + ", ".join(sorted(c.value for c in needs)))
+        raise HostUnsupported(AUTO, "no driver can do " + _named(needs))
     return next((n for n in able if usable.get(n)), able[-1])
+
+
+def _named(needs: Collection[Capability]) -> str:
+    return ", ".join(sorted(str(getattr(c, "value", c)) for c in needs))
 
 
 def probe_usable(names: Collection[str], home: Home) -> dict[str, bool]:
@@ -121,7 +125,7 @@ def driver_with(needs: Collection[Capability], home: Home) -> Driver:
     """A driver this host runs that can do NEEDS (the image builder's, a pod's)."""
     able = candidates(needs)
     if not able:
-        raise HostUnsupported(AUTO, "no driver can do " + ", ".join(sorted(c.value for c in needs)))
+        raise HostUnsupported(AUTO, "no driver can do " + _named(needs))
     for name in able[:-1]:
         if entry(name).support(home).usable:
             return entry(name).make(home)
