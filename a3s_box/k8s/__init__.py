@@ -9,6 +9,7 @@ handlers.py  its methods: protobuf in, protobuf out, each a call on a Task
 task.py      one container as a microVM: rootfs mounts -> ext4 disk, process -> guest session
 events.py    events back to containerd (/tasks/exit) through its publish binary
 shim.py      `containerd-shim-a3sbox-v2`: start, delete, and the daemon serving ttrpc
+paths.py     where the shim keeps things: its run folder (sockets), its a3s-box home
 
 Threat: the container's code is hostile (it runs in the guest, behind the VM and the
 jailed QEMU of a3s_box.jail); containerd and its FIFOs are trusted.

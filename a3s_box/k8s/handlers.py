@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.k8s.events import Publisher
+from a3s_box.k8s.paths import RUN_DIR, shim_home, vm_rundir
 from a3s_box.k8s.service import INVALID_ARGUMENT, NOT_FOUND, Handler, ShimError
 
 
@@ -35,8 +36,6 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
     from a3s_box.k8s.proto import shim_pb2 as pb
     from a3s_box.k8s.task import Task
 
-    from a3s_box.k8s.pod import shim_home
-
     home = shim_home()
     tasks: dict[str, Task] = {}
     P: Any = pb
@@ -64,9 +63,6 @@ def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> 
             publisher.send(topic, kind, getattr(P, kind)(**fields))
 
     def create(b: bytes) -> bytes:
-        from a3s_box.k8s.pod import vm_rundir
-        from a3s_box.k8s.shim import RUN_DIR
-
         r = parse("CreateTaskRequest", b)
         bundle = Path(r.bundle)
         pod_id = pod_of(read_annotations(bundle), r.id)

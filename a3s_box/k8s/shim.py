@@ -14,7 +14,6 @@ containerd runs every command with the bundle as the current folder and the flag
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import selectors
 import shutil
@@ -27,15 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.k8s import ttrpc
+from a3s_box.k8s.paths import RUN_DIR, shim_home, socket_path, vm_rundir
 from a3s_box.k8s.service import Dispatcher
-
-RUN_DIR = Path(os.environ.get("A3S_BOX_SHIM_RUN", "/run/a3sbox-shim"))
-
-
-def socket_path(namespace: str, container_id: str) -> Path:
-    # sun_path holds 107 bytes: name the socket by a hash of what identifies it
-    digest = hashlib.sha256(f"{namespace}/{container_id}".encode()).hexdigest()[:24]
-    return RUN_DIR / f"{digest}.sock"
 
 
 def _flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -87,7 +79,7 @@ def start(opts: argparse.Namespace) -> int:
 
 def delete(opts: argparse.Namespace) -> int:
     from a3s_box.k8s.handlers import pod_of, read_annotations
-    from a3s_box.k8s.pod import reap, shim_home, vm_rundir
+    from a3s_box.k8s.pod import reap
     from a3s_box.k8s.proto import shim_pb2
 
     bundle = Path.cwd()
