@@ -6,30 +6,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from a3s_box.k8s.annotations import pod_of, read_annotations
 from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.paths import RUN_DIR, shim_home, vm_rundir
 from a3s_box.k8s.service import INVALID_ARGUMENT, NOT_FOUND, Handler, ShimError
-
-
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" or "container"
-SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
-
-
-def pod_of(spec_annotations: dict[str, str], container_id: str) -> str:
-    """The pod a container belongs to: the CRI plugin's sandbox id, or its own id."""
-    if spec_annotations.get(CONTAINER_TYPE) == "container" and spec_annotations.get(SANDBOX_ID):
-        return spec_annotations[SANDBOX_ID]
-    return container_id
-
-
-def read_annotations(bundle: Path) -> dict[str, str]:
-    import json
-
-    try:
-        spec = json.loads((bundle / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
 
 
 def task_handlers(stop: threading.Event, publisher: Publisher | None = None) -> dict[str, Handler]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.k8s import ttrpc
+from a3s_box.k8s.annotations import pod_of, read_annotations
 from a3s_box.k8s.paths import RUN_DIR, shim_home, socket_path, vm_rundir
 from a3s_box.k8s.service import Dispatcher
 
@@ -50,8 +51,6 @@ def _serving(path: Path) -> bool:
 
 
 def start(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.handlers import pod_of, read_annotations
-
     # one shim (and one VM) per pod: a container of a running pod gets its sandbox's
     # shim, as the CRI plugin's annotations name it (containerd's runc shim groups so)
     pod_id = pod_of(read_annotations(Path.cwd()), opts.id)
@@ -78,7 +77,6 @@ def start(opts: argparse.Namespace) -> int:
 
 
 def delete(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.handlers import pod_of, read_annotations
     from a3s_box.k8s.pod import reap
     from a3s_box.k8s.proto import shim_pb2
 
