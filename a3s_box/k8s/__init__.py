@@ -5,7 +5,7 @@ ttrpc.py        ttrpc's framing (sans-IO): the messages containerd and its shims
 proto/          the protobuf messages used, from containerd's documented API; the *_pb2.py
                 are generated with grpcio-tools (`python -m a3s_box.k8s.proto.generate`)
 service.py      the task service's routing (sans-IO): request in, response out
-handlers.py     its methods: protobuf in, protobuf out, each a call on a Task
+task_service.py its methods (TaskService): protobuf in, protobuf out, each a call on a Task
 task.py         one container as a microVM: rootfs mounts -> ext4 disk, process -> guest session
 events.py       events back to containerd (/tasks/exit) through its publish binary
 shim.py         `containerd-shim-a3sbox-v2`: start, delete, and the daemon serving ttrpc

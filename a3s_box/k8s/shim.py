@@ -27,6 +27,7 @@ from typing import Any
 
 from a3s_box.k8s import ttrpc
 from a3s_box.k8s.annotations import pod_of, read_annotations
+from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.paths import RUN_DIR, shim_home, socket_path, vm_rundir
 from a3s_box.k8s.service import Dispatcher
 
@@ -93,12 +94,14 @@ def delete(opts: argparse.Namespace) -> int:
 
 
 def serve(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.events import Publisher
-    from a3s_box.k8s.handlers import task_handlers
+    # the daemon's alone: Task, the VM side and protobuf would cost `shim start`, run
+    # once per container, some 50 ms
+    from a3s_box.k8s.task_service import TaskService
 
     path = Path(opts.socket)
     stop = threading.Event()
-    dispatcher = Dispatcher(task_handlers(stop, Publisher(opts.publish_binary, opts.address, opts.namespace)))
+    tasks = TaskService(stop, Publisher(opts.publish_binary, opts.address, opts.namespace))
+    dispatcher = Dispatcher(tasks.handlers())
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
