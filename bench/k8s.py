@@ -74,7 +74,7 @@ def _pss_kib(pid: int) -> int:
 def _pod_processes(pod: str, shims: Path) -> list[int]:
     """The pod's shim daemon and every process of its VM (supervisor, QEMU, virtiofsd:
     their command lines name the VM's folder)."""
-    from a3s_box.k8s.pod import vm_rundir
+    from a3s_box.k8s.paths import vm_rundir
 
     vm = str(vm_rundir(shims, pod)).encode()
     out = []

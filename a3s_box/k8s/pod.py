@@ -57,16 +57,6 @@ def unmount_tree(path: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
 
 
-def shim_home() -> Home:
-    """The shim's a3s-box home (a home of its own: `box setup` provisions its kernel)."""
-    return Home(Path(os.environ.get("A3S_BOX_HOME", "/var/lib/a3s-box")))
-
-
-def vm_rundir(run_dir: Path, pod_id: str) -> Path:
-    # the VM's sockets: a short path (sun_path holds 107 bytes)
-    return run_dir / f"vm-{hashlib.sha256(pod_id.encode()).hexdigest()[:16]}"
-
-
 def memory_mib(spec: dict[str, Any], default: int = DEFAULT_MEMORY_MIB) -> int:
     limit = (((spec.get("linux") or {}).get("resources") or {}).get("memory") or {}).get("limit")
     return max(default, int(limit) >> 20) if limit and int(limit) > 0 else default

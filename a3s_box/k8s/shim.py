@@ -14,7 +14,6 @@ containerd runs every command with the bundle as the current folder and the flag
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import selectors
 import shutil
@@ -27,15 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.k8s import ttrpc
+from a3s_box.k8s.annotations import pod_of, read_annotations
+from a3s_box.k8s.events import Publisher
+from a3s_box.k8s.paths import RUN_DIR, shim_home, socket_path, vm_rundir
 from a3s_box.k8s.service import Dispatcher
-
-RUN_DIR = Path(os.environ.get("A3S_BOX_SHIM_RUN", "/run/a3sbox-shim"))
-
-
-def socket_path(namespace: str, container_id: str) -> Path:
-    # sun_path holds 107 bytes: name the socket by a hash of what identifies it
-    digest = hashlib.sha256(f"{namespace}/{container_id}".encode()).hexdigest()[:24]
-    return RUN_DIR / f"{digest}.sock"
 
 
 def _flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -58,8 +52,6 @@ def _serving(path: Path) -> bool:
 
 
 def start(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.handlers import pod_of, read_annotations
-
     # one shim (and one VM) per pod: a container of a running pod gets its sandbox's
     # shim, as the CRI plugin's annotations name it (containerd's runc shim groups so)
     pod_id = pod_of(read_annotations(Path.cwd()), opts.id)
@@ -86,8 +78,7 @@ def start(opts: argparse.Namespace) -> int:
 
 
 def delete(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.handlers import pod_of, read_annotations
-    from a3s_box.k8s.pod import reap, shim_home, vm_rundir
+    from a3s_box.k8s.pod import reap
     from a3s_box.k8s.proto import shim_pb2
 
     bundle = Path.cwd()
@@ -103,12 +94,14 @@ def delete(opts: argparse.Namespace) -> int:
 
 
 def serve(opts: argparse.Namespace) -> int:
-    from a3s_box.k8s.events import Publisher
-    from a3s_box.k8s.handlers import task_handlers
+    # the daemon's alone: Task, the VM side and protobuf would cost `shim start`, run
+    # once per container, some 50 ms
+    from a3s_box.k8s.task_service import TaskService
 
     path = Path(opts.socket)
     stop = threading.Event()
-    dispatcher = Dispatcher(task_handlers(stop, Publisher(opts.publish_binary, opts.address, opts.namespace)))
+    tasks = TaskService(stop, Publisher(opts.publish_binary, opts.address, opts.namespace))
+    dispatcher = Dispatcher(tasks.handlers())
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from a3s_box.k8s.handlers import pod_of
+from a3s_box.k8s.annotations import pod_of
 from a3s_box.k8s.pod import _dir_name, memory_mib, vcpus
 from a3s_box.k8s.task import _host_binds, _limits, cgroup_name
 
