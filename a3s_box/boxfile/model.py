@@ -15,7 +15,8 @@ from pydantic.json_schema import SkipJsonSchema
 
 from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
 from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
-from a3s_box.network.policy import RuleError, parse_destination, parse_host_ip, parse_published
+from a3s_box.network.policy import (Mode as NetworkMode, NetworkPolicy, RuleError, parse_destination,
+                                    parse_host_ip, parse_published)
 
 API_VERSION = "box.a3s.dev/v1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -321,7 +322,7 @@ class Network(_Model):
     """What the box's network reaches. Everything goes through a proxy on the host that
     decides per connection; the box never gets more network than declared."""
 
-    mode: Literal["none", "allowlist", "public"] = Field(
+    mode: NetworkMode = Field(
         "none", description="`none`: no network at all; `allowlist`: only `egress`; "
         "`public`: the internet minus `deny`, never private, loopback or link-local addresses.",
         examples=["allowlist"])
@@ -351,6 +352,14 @@ class Network(_Model):
             if rule.wildcard or rule.network is not None or ":" in name:
                 raise ValueError(f"{name!r}: a hosts: key is one host name (no wildcard, address or port)")
         return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def policy(self) -> NetworkPolicy:
+        """The one typed value the rest of a3s-box passes on, down to the proxy."""
+        return NetworkPolicy.from_json(self.model_dump())
 
     @model_validator(mode="after")
     def _coherent(self) -> "Network":

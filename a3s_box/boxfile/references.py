@@ -135,12 +135,11 @@ def _acyclic(deps: dict[str, list[str]]) -> bool:
 def check_secrets(model: Any, environ: Mapping[str, str] | None) -> list[Issue]:
     """Each secret's hosts must be reachable on 443 under the box's own policy; with
     ENVIRON (at apply), each secret's variable must be set there."""
-    from a3s_box.network.policy import NetworkPolicy
     from a3s_box.network.secrets import secret_endpoint
 
     issues: list[Issue] = []
     for name, box in sorted(model.boxes.items()):
-        policy = NetworkPolicy.from_json(box.network.model_dump())
+        policy = box.network.policy()
         for sname, secret in sorted(box.secrets.items()):
             for i, (host, port) in enumerate(secret_endpoint(h) for h in secret.hosts):
                 if not policy.allows_name(host, port):

@@ -18,18 +18,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.logs.writer import LogLimits
+from a3s_box.network.policy import NetworkPolicy
 
 
 @dataclass(frozen=True)
 class BoxNetwork:
     """What the box's network reaches and the secrets its proxy puts into requests."""
 
-    policy: dict[str, Any]  # a3s_box.network.policy.NetworkPolicy.to_json()
+    policy: NetworkPolicy  # JSON (to_json) only where it crosses into another process
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> placeholder, env, hosts
 
     @property
     def enabled(self) -> bool:
-        return bool(self.policy.get("mode", "none") != "none")
+        return self.policy.enabled
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,11 @@ class NetworkPolicy:
                 "hosts": {k: str(v) for k, v in sorted(self.hosts.items())},
                 "ports": [p.text() for p in self.ports]}
 
+    @property
+    def enabled(self) -> bool:
+        """The box has a network at all (a device, a proxy): any mode but `none`."""
+        return self.mode != "none"
+
     def summary(self) -> str:
         """One line for `box ps` / the plan."""
         if self.mode == "none":

@@ -18,13 +18,12 @@ if TYPE_CHECKING:
 
 def build_request(project: str, name: str, img: ImageDef, no_cache: bool = False) -> "BuildRequest":
     from a3s_box.imagebuild.builder import BuildRequest
-    from a3s_box.network.policy import NetworkPolicy
 
     b = img.build
     assert b is not None
     network = None
-    if b.network.mode != "none":
-        network = BoxNetwork(NetworkPolicy.from_json(b.network.model_dump()).to_json())
+    if b.network.enabled:
+        network = BoxNetwork(b.network.policy())
     context = Path(b.context)
     return BuildRequest(name=built_image_name(project, name), context=context,
                         dockerfile=(context / b.dockerfile).absolute(), args=dict(b.args), target=b.target,

@@ -147,7 +147,7 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
         },
     }
     # Only where used, so that boxes made before networking existed keep their hash.
-    if box.network.mode != "none":
+    if box.network.enabled:
         net = box.network
         spec["network"] = {"mode": net.mode, "egress": list(net.egress), "deny": list(net.deny),
                            "hosts": dict(sorted(net.hosts.items())), "ports": list(net.ports)}

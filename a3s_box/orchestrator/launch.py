@@ -51,9 +51,9 @@ def box_network(name: str, box: BoxDef, environ: Mapping[str, str],
     """The box's network and its secrets, each with a fresh placeholder and the name of
     the variable that holds its value: the value itself is never stored (the driver
     reads it from the environment each time it starts the box's proxy)."""
-    if box.network.mode == "none" and not box.secrets:
+    if not box.network.enabled and not box.secrets:
         return None
-    policy = NetworkPolicy.from_json(box.network.model_dump()).to_json()
+    policy = box.network.policy()
     secrets: dict[str, dict[str, Any]] = {}
     for sname, s in sorted(box.secrets.items()):
         if s.env not in environ:
@@ -167,7 +167,7 @@ def launch_to_json(launch: BoxLaunch) -> dict[str, Any]:
         "memory_mib": launch.memory_mib,
         "disk": str(launch.disk) if launch.disk else None,
         "rootfs_dir": str(launch.rootfs_dir) if launch.rootfs_dir else None,
-        "network": {"policy": launch.network.policy, "secrets": launch.network.secrets}
+        "network": {"policy": launch.network.policy.to_json(), "secrets": launch.network.secrets}
         if launch.network is not None else None,
         "volumes": [v.to_json() for v in launch.volumes],
         "boot": launch.boot,
@@ -197,7 +197,7 @@ def launch_from_json(data: Mapping[str, Any]) -> BoxLaunch:
         memory_mib=int(data["memory_mib"]),
         disk=Path(data["disk"]) if data.get("disk") else None,
         rootfs_dir=Path(data["rootfs_dir"]) if data.get("rootfs_dir") else None,
-        network=BoxNetwork(data["network"]["policy"], data["network"].get("secrets") or {})
+        network=BoxNetwork(NetworkPolicy.from_json(data["network"]["policy"]), data["network"].get("secrets") or {})
         if data.get("network") else None,
         volumes=tuple(BoxVolume(**v) for v in data.get("volumes") or ()),
         boot=str(data.get("boot") or "cold"),

@@ -153,7 +153,7 @@ class DriverChoice:
 def box_needs(box: "BoxDef") -> frozenset[Capability]:
     """What a box needs of its driver, from its definition."""
     needs = set()
-    if box.network.mode != "none":
+    if box.network.enabled:
         needs.add(Capability.NETWORK)
     if box.volumes:
         needs.add(Capability.VOLUMES)

@@ -56,8 +56,8 @@ def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) 
     ok, why = network_support()
     if not ok:
         raise HostUnsupported("qemu", f"box {launch.box_id}: network mode "
-                              f"{launch.network.policy.get('mode')}: {why}")
-    policy = NetworkPolicy.from_json(launch.network.policy)
+                              f"{launch.network.policy.mode}: {why}")
+    policy = launch.network.policy
     forwards = tuple((FORWARD_BASE + i, p.box_port) for i, p in enumerate(policy.ports))
     ca_dir = None
     if launch.network.secrets:
@@ -65,7 +65,7 @@ def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) 
 
         ensure_ca(launch.rundir, launch.box_id)
         ca_dir = str(launch.rundir)
-    conf: dict[str, Any] = {"box_id": launch.box_id, "policy": launch.network.policy,
+    conf: dict[str, Any] = {"box_id": launch.box_id, "policy": policy.to_json(),
                             "secrets": secret_values(launch.box_id, launch.network.secrets, environ),
                             "ca_dir": ca_dir,
                             "forwards": [[i, inner] for i, (inner, _) in enumerate(forwards)],

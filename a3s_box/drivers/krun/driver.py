@@ -133,7 +133,7 @@ class KrunDriver:
                                   "confined yet: use driver: qemu, or security: relaxed")
         if launch.network is not None and launch.network.enabled:
             raise HostUnsupported(self.name, f"box {launch.box_id}: network mode "
-                                  f"{launch.network.policy.get('mode')} is not available with libkrun yet "
+                                  f"{launch.network.policy.mode} is not available with libkrun yet "
                                   "(its boxes have no network); use driver: qemu or driver: auto")
         if launch.volumes:
             raise HostUnsupported(self.name, f"box {launch.box_id}: volumes are not available "
