@@ -9,9 +9,10 @@ the driver of each box in its action, the environment (secrets' values) as an ar
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -64,6 +65,8 @@ class Outcome:
 
 
 Report = Callable[[Outcome], None]
+# image name, its digest now -> the desired state and plan with that known
+Replan = Callable[[str, str], "tuple[DesiredState, Plan]"]
 
 
 class Executor:
@@ -79,36 +82,28 @@ class Executor:
         self.images = images
         self.report = report
         self.progress = progress
+        self._image_turn = threading.Lock()
 
-    def ensure_images(self, project: str, images: Mapping[str, DesiredImage]
-                      ) -> tuple[dict[str, str], list[Outcome]]:
-        """Pull, import or build every image in IMAGES; returns name -> digest."""
-        digests: dict[str, str] = {}
-        outcomes: list[Outcome] = []
-        for name, img in images.items():
-            op = Op.BUILD if img.build is not None else Op.IMPORT if img.is_path else Op.PULL
-            action = Action(Op.NOOP if img.digest else op, "image", name, img.source)
-            t0 = time.monotonic()
-            steps = None
-            try:
+    def _image(self, action: Action, project: str, desired: DesiredState) -> Outcome:
+        """Pull, import or build one image (or find it in the store: a NOOP); bind it to
+        the project. Detail: its digest. One at a time: pulls share the store's disk and
+        builds their VMs' memory; the boxes of images already there go on meanwhile."""
+        img = desired.images[action.name]
+        t0 = time.monotonic()
+        steps = None
+        try:
+            with self._image_turn:
                 if img.build is not None and img.digest:
-                    record = self._built(name, img.digest)
+                    record = self._built(action.name, img.digest)
                 elif img.build is not None:
-                    record, steps = self._build(project, name, img)
+                    record, steps = self._build(project, action.name, img)
                 else:
                     record = self.images.ensure(_source(img.source, img.is_path), progress=self.progress)
-            except BoxError as e:
-                out = Outcome(action, "failed", str(e), time.monotonic() - t0)
-            else:
-                digests[name] = record.digest
-                self.store.put_image_binding(ImageBinding(project, name, img.source, record.digest))
-                changed = record.digest != img.digest
-                out = Outcome(action, "ok" if changed else "unchanged", record.digest,
-                              time.monotonic() - t0, steps)
-            outcomes.append(out)
-            if out.status != "unchanged":
-                self.report(out)
-        return digests, outcomes
+        except BoxError as e:
+            return Outcome(action, "failed", str(e), time.monotonic() - t0)
+        self.store.put_image_binding(ImageBinding(project, action.name, img.source, record.digest))
+        changed = record.digest != img.digest
+        return Outcome(action, "ok" if changed else "unchanged", record.digest, time.monotonic() - t0, steps)
 
     def _build(self, project: str, name: str, img: DesiredImage) -> tuple[ImageRecord, BuildSteps]:
         from a3s_box.orchestrator.builds import run_build
@@ -125,11 +120,14 @@ class Executor:
             raise ImageError(name, f"built image {digest[:19]} is gone from the store")
         return record
 
-    def run(self, plan: Plan, desired: DesiredState,
-            failed: Collection[Node] = ()) -> list[Outcome]:
+    def run(self, plan: Plan, desired: DesiredState, replan: Replan | None = None) -> list[Outcome]:
         """Deletes first (in plan order), then every other action as soon as what it
-        depends on has converged, up to `parallel` at once. `failed`: nodes that already
-        failed (images); their dependants are skipped."""
+        depends on has converged, up to `parallel` at once.
+
+        An image whose digest the plan did not know (to pull, to build) makes what
+        depends on it known only once it is there (its digest and labels are part of the
+        boxes' specs): REPLAN, the planner's own pure functions over the new facts, gives
+        the desired state and plan to take the actions not yet started from."""
         graph = plan.graph
         assert graph is not None, "a plan made by make_plan carries its graph"
         outcomes: dict[Node, Outcome] = {}
@@ -146,11 +144,8 @@ class Executor:
             if out.status != "unchanged":
                 self.report(out)
 
-        for node in sorted(failed):
-            for d in dependants(graph, node):
-                blocked.setdefault(d, str(node))
-        todo = [a for a in plan.actions if a.kind != "image"]  # images: ensure_images
-        done: set[Node] = {n for n in graph if n.kind == "image"}
+        todo = list(plan.actions)
+        done: set[Node] = set()
         for action in [a for a in todo if a.op is Op.DELETE]:
             settle(self._attempt(action, plan.project, desired))
             done.add(action.node)  # a template box deleted as a box still gates its pool
@@ -174,11 +169,19 @@ class Executor:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     node = running.pop(fut)
-                    settle(fut.result())
+                    out = fut.result()
+                    settle(out)
                     done.add(node)
+                    if (replan is not None and node.kind == "image" and out.status != "failed"
+                            and out.detail != desired.images[node.name].digest):
+                        desired, later = replan(node.name, out.detail)
+                        fresh = {a.node: a for a in later.actions}
+                        pending = {n: fresh.get(n, a) for n, a in pending.items()}
         return [outcomes[n] for n in order]
 
     def _attempt(self, action: Action, project: str, desired: DesiredState) -> Outcome:
+        if action.kind == "image":
+            return self._image(action, project, desired)
         if action.op is Op.NOOP:
             return Outcome(action, "unchanged")
         t0 = time.monotonic()

@@ -249,9 +249,10 @@ class Host:
         """Converge the host to the Boxfile. Caller holds the lock (see `locked`).
         ENVIRON: where secrets' values are read (default: this process's environment).
 
-        Images first (their digests and labels are part of the boxes' specs), then the
-        desired state, once, and the one plan the executor carries out."""
-        from a3s_box.orchestrator.desired import desired_images, desired_state, project_name
+        The desired state, once; the one plan, images included, that the executor carries
+        out. A pull or build that brings a digest the plan did not know re-plans what
+        depends on that image (its digest and labels are part of those boxes' specs)."""
+        from a3s_box.orchestrator.desired import desired_state, project_name
         from a3s_box.orchestrator.executor import Executor
         from a3s_box.orchestrator.observed import observe
         from a3s_box.orchestrator.plan import make_plan
@@ -261,17 +262,21 @@ class Host:
                             progress, parallel, build_events, build_output)
         proj = project_name(bf, project)
         known, builds = self._known_images(bf, proj)
-        digests, image_outcomes = executor.ensure_images(proj, desired_images(bf, known, builds))
-        self._enforce_image_cap(set(digests.values()))
-        known.update(digests)
-        if builds is not None:
-            builds = {n: replace(b, digest=digests.get(n)) for n, b in builds.items()}
         desired = desired_state(bf, proj, known, builds, self._image_defaults(known))
-        plan = make_plan(desired, observe(self.store, proj, self.runtime.observe), prune,
-                         self._driver_choice(desired, driver))
+        observed = observe(self.store, proj, self.runtime.observe)
+        plan = make_plan(desired, observed, prune, self._driver_choice(desired, driver))
+
+        def replan(image: str, digest: str) -> "tuple[DesiredState, Plan]":
+            nonlocal builds
+            known[image] = digest
+            if builds is not None and image in builds:
+                builds = {**builds, image: replace(builds[image], digest=digest)}
+            now = desired_state(bf, proj, known, builds, self._image_defaults(known))
+            return now, make_plan(now, observed, prune, self._driver_choice(now, driver))
+
         before_boxes(plan)
-        failed = {o.action.node for o in image_outcomes if o.status == "failed"}
-        outcomes = list(image_outcomes) + executor.run(plan, desired, failed)
+        outcomes = executor.run(plan, desired, replan)
+        self._enforce_image_cap({o.detail for o in outcomes if o.action.kind == "image" and o.status != "failed"})
         result = ApplyResult(plan, tuple(outcomes))
         from a3s_box import audit
 

@@ -7,6 +7,7 @@ real runtime is covered by the e2e tests) and the image store's lookup. The stat
 store is the real one."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from a3s_box.image.records import ImageRecord
 from a3s_box.orchestrator.desired import DesiredState, desired_state
 from a3s_box.orchestrator.executor import Executor, Outcome
 from a3s_box.orchestrator.observed import ObservedState
-from a3s_box.orchestrator.plan import DriverChoice, Plan, make_plan
+from a3s_box.orchestrator.plan import DriverChoice, Op, Plan, make_plan
 from a3s_box.orchestrator.state import BoxRow, StateStore
 
 DIGEST = "sha256:" + "cd" * 32
@@ -46,9 +47,11 @@ class LoudRuntime:
     def __init__(self, home: Home, store: StateStore, fail: frozenset[str] = frozenset()) -> None:
         self.home, self.store, self.fail = home, store, fail
         self.calls: list[tuple[str, str, str]] = []
+        self.specs: dict[str, dict[str, Any]] = {}  # box -> the spec its create was given
 
     def create(self, row: BoxRow, launch: Any, images: Any, record: Any, timeout: float) -> BoxRow:
         self.calls.append(("create", row.name, row.driver))
+        self.specs[row.name] = row.spec
         if row.name in self.fail:
             raise DriverError(row.name, "the fake refuses")
         return row
@@ -65,9 +68,17 @@ class LoudRuntime:
 
 
 class Images:
+    def __init__(self, digest: str = DIGEST) -> None:
+        self.digest = digest
+        self.ensured: list[str] = []
+
     def get(self, ref: str) -> ImageRecord | None:
-        assert ref == DIGEST, f"asked for image {ref}"
-        return ImageRecord("alpine", DIGEST, ImageConfig(cmd=("/bin/sh",)), 0, 0.0)
+        assert ref == self.digest, f"asked for image {ref}"
+        return ImageRecord("alpine", self.digest, ImageConfig(cmd=("/bin/sh",)), 0, 0.0)
+
+    def ensure(self, source: str, progress: bool = False) -> ImageRecord:
+        self.ensured.append(source)
+        return ImageRecord("alpine", self.digest, ImageConfig(cmd=("/bin/sh",)), 0, 0.0)
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the executor used images.{name}, which it was not expected to")
@@ -118,9 +129,38 @@ def test_a_failed_box_skips_its_dependants(tmp_path: Path, monkeypatch: pytest.M
     assert [c for c in runtime.calls if c[1] == "app"] == []
 
 
-def test_a_plan_without_changes_touches_nothing(tmp_path: Path) -> None:
+def test_a_plan_without_changes_touches_no_box(tmp_path: Path) -> None:
     runtime, desired, plan = _setup(tmp_path)
-    runtime.create = None  # type: ignore[assignment,method-assign]  # any call fails
-    noop = Plan(plan.project, tuple(a for a in plan.actions if a.kind == "image"), (), plan.graph)
-    assert [o.status for o in _run(runtime, desired, noop, {})] == []
+    noop = Plan(plan.project, tuple(replace(a, op=Op.NOOP) for a in plan.actions), (), plan.graph)
+    assert [(o.action.name, o.status) for o in _run(runtime, desired, noop, {})] == [
+        ("base", "unchanged"), ("db", "unchanged"), ("app", "unchanged")]
     assert runtime.calls == []
+
+
+def test_an_image_the_plan_did_not_know_replans_its_boxes(tmp_path: Path) -> None:
+    """The plan was made before the pull: the box's spec names the reference; once the
+    image is there, what depends on it is re-planned with its digest (and its driver)."""
+    f = tmp_path / "Boxfile.yaml"
+    f.write_text(BOXFILE)
+    bf = load([f])
+    unknown = desired_state(bf, "p", {"base": None})
+    home = Home(tmp_path / "home")
+    home.ensure()
+    runtime = LoudRuntime(home, StateStore(home.state_db))
+    choice = DriverChoice(None, {"libkrun": True})
+    plan = make_plan(unknown, ObservedState("p"), drivers=choice)
+    assert unknown.boxes["db"].spec["image"] == "ref:docker.io/library/alpine:3.20"
+    asked: list[tuple[str, str]] = []
+
+    def replan(image: str, digest: str) -> tuple[DesiredState, Plan]:
+        asked.append((image, digest))
+        now = desired_state(bf, "p", {"base": digest})
+        return now, make_plan(now, ObservedState("p"), drivers=choice)
+
+    images = Images()
+    outcomes = Executor(runtime, images, lambda o: None, {"EXECUTOR_TEST_KEY": "v"},  # type: ignore[arg-type]
+                        parallel=2).run(plan, unknown, replan)
+    assert asked == [("base", DIGEST)]
+    assert images.ensured == ["docker.io/library/alpine:3.20"]
+    assert [(o.action.name, o.status) for o in outcomes] == [("base", "ok"), ("db", "ok"), ("app", "ok")]
+    assert {n: spec["image"] for n, spec in runtime.specs.items()} == {"db": DIGEST, "app": DIGEST}
