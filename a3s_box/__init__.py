@@ -61,11 +61,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'a3s_box' has no attribute {name!r}")
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from a3s_box.boxfile.model import Boxfile
-    from a3s_box.errors import (BoxError, BoxfileError, DriverError, GuestError, HostUnsupported,
-                                ImageError, Problem, RegistryError, StateError)
-    from a3s_box.home import Home
-    from a3s_box.files import FilesError
-    from a3s_box.orchestrator.host import ApplyResult, BoxHandle, BoxInfo, Host, LeasedBox
-    from a3s_box.orchestrator.plan import Action, Plan
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (`X as X`: re-exported,
+    # as mypy cannot read the computed __all__ above)
+    from a3s_box.boxfile.model import Boxfile as Boxfile
+    from a3s_box.errors import BoxError as BoxError
+    from a3s_box.errors import BoxfileError as BoxfileError
+    from a3s_box.errors import DriverError as DriverError
+    from a3s_box.errors import GuestError as GuestError
+    from a3s_box.errors import HostUnsupported as HostUnsupported
+    from a3s_box.errors import ImageError as ImageError
+    from a3s_box.errors import Problem as Problem
+    from a3s_box.errors import RegistryError as RegistryError
+    from a3s_box.errors import StateError as StateError
+    from a3s_box.files import FilesError as FilesError
+    from a3s_box.home import Home as Home
+    from a3s_box.orchestrator.host import ApplyResult as ApplyResult
+    from a3s_box.orchestrator.host import BoxHandle as BoxHandle
+    from a3s_box.orchestrator.host import BoxInfo as BoxInfo
+    from a3s_box.orchestrator.host import Host as Host
+    from a3s_box.orchestrator.host import LeasedBox as LeasedBox
+    from a3s_box.orchestrator.plan import Action as Action
+    from a3s_box.orchestrator.plan import Plan as Plan

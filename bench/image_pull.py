@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,7 +47,10 @@ def big_layers(mib: int, n: int = 4) -> list[bytes]:
     return layers
 
 
-def timed(f):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def timed(f: Callable[[], T]) -> tuple[float, T]:
     t = time.perf_counter()
     out = f()
     return time.perf_counter() - t, out

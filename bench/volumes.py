@@ -67,9 +67,9 @@ def main() -> None:
             s.box("delete", "-f", str(f))
     mib = args.mib
     for op in ("write", "read", "find"):
-        d, b = out["disk", op], out["bind", op]
-        unit = f"{mib / d:7.1f} / {mib / b:7.1f} MiB/s" if op != "find" else f"{args.files} files"
-        print(f"{op:5} disk {d:6.2f} s, bind {b:6.2f} s ({unit}): bind / disk = {b / d:.2f}")
+        disk, bind = out["disk", op], out["bind", op]
+        unit = f"{mib / disk:7.1f} / {mib / bind:7.1f} MiB/s" if op != "find" else f"{args.files} files"
+        print(f"{op:5} disk {disk:6.2f} s, bind {bind:6.2f} s ({unit}): bind / disk = {bind / disk:.2f}")
     print(f"box cp of 100 MiB: {cp:.2f} s; tar | box exec -i tar x: {piped:.2f} s; ratio {cp / piped:.2f} "
           "(goal <= 1.0)")
 

@@ -10,8 +10,8 @@ export A3S_BOX_VENV=${A3S_BOX_TEST_VENV:-$PWD/.venv}
 A3S_BOX_HOME=$A3S_BOX_TEST_HOME bash scripts/setup.sh --test
 PY=$A3S_BOX_VENV/bin/python
 export PATH="$A3S_BOX_VENV/bin:$PATH"
-echo "==> mypy --strict (a3s_box)" >&2
-"$PY" -m mypy a3s_box
+echo "==> mypy --strict (a3s_box, tests, bench: [tool.mypy] in pyproject.toml)" >&2
+"$PY" -m mypy
 echo "==> import-linter (layering contracts in pyproject.toml)" >&2
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -148,7 +148,7 @@ def test_aliases_nesting_deeper_than_allowed_are_refused(tmp_path: Path) -> None
 def test_the_model_is_frozen(tmp_path: Path) -> None:
     bf = load([write(tmp_path, HEAD + "boxes:\n  a: {image: 'x:1'}\n")], {})
     with pytest.raises(ValidationError):
-        bf.boxes["a"].resources.vcpus = 3  # type: ignore[misc]
+        bf.boxes["a"].resources.vcpus = 3
 
 
 def test_interpolated_numbers_and_durations(tmp_path: Path) -> None:

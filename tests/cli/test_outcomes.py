@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from a3s_box.cli.box_cmds import _outcome_line
-from a3s_box.orchestrator.executor import STATUSES, BuildSteps, Outcome
+from a3s_box.orchestrator.executor import STATUSES, BuildSteps, Outcome, Status
 from a3s_box.orchestrator.plan import Action, Op
 
 HEAD = "apiVersion: box.a3s.dev/v1\n"
@@ -22,9 +22,9 @@ HEAD = "apiVersion: box.a3s.dev/v1\n"
 @pytest.mark.parametrize("op", list(Op))
 @pytest.mark.parametrize("status", STATUSES)
 @pytest.mark.parametrize("kind", ["image", "box", "pool"])
-def test_every_outcome_has_a_line(op: Op, status: str, kind: str) -> None:
+def test_every_outcome_has_a_line(op: Op, status: Status, kind: str) -> None:
     build = BuildSteps(5, 7) if op is Op.BUILD else None
-    line = _outcome_line(Outcome(Action(op, kind, "x"), status, "why", 12.34, build))  # type: ignore[arg-type]
+    line = _outcome_line(Outcome(Action(op, kind, "x"), status, "why", 12.34, build))
     assert line.split()[1:3] == [kind, "x:"], line
 
 

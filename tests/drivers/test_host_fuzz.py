@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,17 @@ event = st.one_of(st.tuples(st.just("client"), st.integers(1, 3), client_frame),
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(event, max_size=60))
-def test_the_mux_routes_only_to_clients_that_exist_whatever_the_guest_sends(events: list) -> None:
+def test_the_mux_routes_only_to_clients_that_exist_whatever_the_guest_sends(
+        events: list[tuple[str, int, Frame | None]]) -> None:
     mux = Mux(Frame(MsgType.HELLO, 0, b""))
     alive: set[int] = set()
     for kind, cid, f in events:
         if kind == "client":
+            assert f is not None  # client and guest events carry a frame
             alive.add(cid)
             outs = mux.from_client(cid, f)
         elif kind == "guest":
+            assert f is not None
             outs = mux.from_guest(f)
         elif kind == "drop":
             alive.discard(cid)
@@ -114,7 +118,7 @@ while True:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path):
+def hostile(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     rundir = tmp_path / "evil.box"
     rundir.mkdir()
     fake = tmp_path / "fake_guest.py"
@@ -144,7 +148,8 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def test_a_hostile_guest_ends_its_sessions_and_the_shim_stays_small_and_serving(hostile) -> None:
+def test_a_hostile_guest_ends_its_sessions_and_the_shim_stays_small_and_serving(
+        hostile: tuple[Path, subprocess.Popen[bytes]]) -> None:
     rundir, shim = hostile
     before = _rss_kib(shim.pid)
     for _ in range(3):

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from drivers_support import overlay, processes_mentioning
 
 from a3s_box.drivers import get_driver
 from a3s_box.drivers.common.artifacts import GuestArtifacts
@@ -28,6 +27,7 @@ from a3s_box.errors import DriverError, GuestError
 from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig, ExecRequest, Namespace
 from a3s_box.home import Home
+from tests.drivers.drivers_support import overlay, processes_mentioning
 
 pytestmark = pytest.mark.vm
 

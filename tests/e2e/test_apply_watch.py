@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def ps(box: BoxCli) -> dict[str, dict[str, object]]:
     return {b["name"]: b for b in box("ps", "-o", "json", check=True).json()}
 
 
-def wait_until(pred, timeout: float = 90) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(pred: Callable[[], bool], timeout: float = 90) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

@@ -271,4 +271,5 @@ def test_run_under_user_runs_as_that_user(based: BoxCli, tmp_path: Path) -> None
     with tarfile.open(fileobj=gzip.open(out / "blobs/sha256" / manifest["layers"][-1]["digest"][7:])) as t:
         m = t.getmember("w/ids")
         assert (m.uid, m.gid) == (1000, 1000)
-        assert t.extractfile(m).read() == b"1000\n1000\n"  # type: ignore[union-attr]
+        ids = t.extractfile(m)
+        assert ids is not None and ids.read() == b"1000\n1000\n"

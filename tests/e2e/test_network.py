@@ -266,4 +266,5 @@ def test_a_changed_policy_recreates_the_box(box: BoxCli, net: dict[str, object])
 
 
 def _box_id(box: BoxCli, name: str) -> str:
-    return next(b["id"] for b in box("ps", "-o", "json", check=True).json() if b["name"] == name)
+    box_id: str = next(b["id"] for b in box("ps", "-o", "json", check=True).json() if b["name"] == name)
+    return box_id

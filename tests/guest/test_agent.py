@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from a3s_box.errors import GuestError
-from a3s_box.guest.protocol import BoxConfig, ExecRequest, ExitKind, Isolate, Namespace, Restart
+from a3s_box.guest.protocol import BoxConfig, ExecRequest, ExitKind, GuestStatus, Isolate, Namespace, Restart
+
+if TYPE_CHECKING:
+    from tests.guest.conftest import LocalGuest
 
 
-def _status_until(g, pred, limit: float = 20.0):
+def _status_until(g: LocalGuest, pred: Callable[[GuestStatus], bool], limit: float = 20.0) -> GuestStatus:
     """Poll STATUS until `pred` holds (a deadline on waiting, not an assertion on time)."""
     end = time.monotonic() + limit
     while True:
@@ -22,13 +27,13 @@ def _status_until(g, pred, limit: float = 20.0):
         time.sleep(0.05)
 
 
-def test_status_before_config(make_guest) -> None:
+def test_status_before_config(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     st = g.client.status()
     assert st.agent_state == "not-configured" and st.restarts == 0
 
 
-def test_agent_runs_with_config_and_status_shows_it(guest) -> None:
+def test_agent_runs_with_config_and_status_shows_it(guest: LocalGuest) -> None:
     st = guest.client.status()
     assert st.agent_state == "running"
     pid = int(st.values["agent_pid"])
@@ -36,12 +41,12 @@ def test_agent_runs_with_config_and_status_shows_it(guest) -> None:
     assert "a3s-init: agent started" in guest.console()
 
 
-def test_second_config_is_refused(guest) -> None:
+def test_second_config_is_refused(guest: LocalGuest) -> None:
     with pytest.raises(GuestError, match="configure: already configured"):
         guest.client.configure(BoxConfig(hostname="again"), 5)
 
 
-def test_crashing_agent_is_restarted_with_backoff(make_guest) -> None:
+def test_crashing_agent_is_restarted_with_backoff(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("sh", "-c", "exit 3"),
                                  restart=Restart.ALWAYS), 5)
@@ -56,7 +61,7 @@ def test_crashing_agent_is_restarted_with_backoff(make_guest) -> None:
     assert max(seen) <= before + 1
 
 
-def test_agent_that_cannot_start_is_counted_as_not_started(make_guest) -> None:
+def test_agent_that_cannot_start_is_counted_as_not_started(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("no-such-agent-a3s",),
                                  restart=Restart.ON_FAILURE), 5)
@@ -65,14 +70,14 @@ def test_agent_that_cannot_start_is_counted_as_not_started(make_guest) -> None:
     assert "agent not started: no-such-agent-a3s: No such file or directory" in g.console()
 
 
-def test_agent_that_succeeds_is_not_restarted_on_failure_policy(make_guest) -> None:
+def test_agent_that_succeeds_is_not_restarted_on_failure_policy(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("true",), restart=Restart.ON_FAILURE), 5)
     st = _status_until(g, lambda s: s.agent_state == "exited")
     assert (st.agent_state, st.restarts, st.values["last_exit"]) == ("exited", 0, "exited:0")
 
 
-def test_never_policy_leaves_a_killed_agent_dead(make_guest) -> None:
+def test_never_policy_leaves_a_killed_agent_dead(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("sleep", "1000"), restart=Restart.NEVER,
                                  agent_isolate=Isolate(0)), 5)
@@ -82,7 +87,7 @@ def test_never_policy_leaves_a_killed_agent_dead(make_guest) -> None:
     assert (st.agent_state, st.values["last_exit"], st.restarts) == ("exited", "signaled:9", 0)
 
 
-def test_shutdown_answers_then_stops_everything(make_guest) -> None:
+def test_shutdown_answers_then_stops_everything(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("sleep", "1000")), 5)
     s = g.client.start(ExecRequest(argv=("sleep", "1000"), ns=Namespace.ROOT))
@@ -95,7 +100,7 @@ def test_shutdown_answers_then_stops_everything(make_guest) -> None:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
-def test_closing_the_connection_kills_its_sessions(make_guest) -> None:
+def test_closing_the_connection_kills_its_sessions(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     s = g.client.start(ExecRequest(argv=("sleep", "1000"), ns=Namespace.ROOT))
     g.client.ping()

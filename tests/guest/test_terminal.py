@@ -5,14 +5,19 @@ import fcntl
 import os
 import struct
 import termios
+from typing import TYPE_CHECKING
 
 import pytest
 
 from a3s_box.guest.protocol import ExecRequest, Namespace
 from a3s_box.guest.terminal import attach
 
+if TYPE_CHECKING:
+    from tests.guest.conftest import LocalGuest
 
-def test_attach_pipes_stdin_and_returns_the_exit_code(guest, capfdbinary) -> None:
+
+def test_attach_pipes_stdin_and_returns_the_exit_code(guest: LocalGuest,
+                                                      capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     r, w = os.pipe()
     os.write(w, b"from stdin\n")
     os.close(w)
@@ -27,7 +32,8 @@ def test_attach_pipes_stdin_and_returns_the_exit_code(guest, capfdbinary) -> Non
     assert out.out == b"from stdin\n" and out.err == b"oops\n"
 
 
-def test_attach_with_a_tty_sets_raw_mode_then_restores_it(guest, capfdbinary) -> None:
+def test_attach_with_a_tty_sets_raw_mode_then_restores_it(guest: LocalGuest,
+                                                          capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
     seen: list[list[object]] = []
@@ -48,12 +54,12 @@ def test_attach_with_a_tty_sets_raw_mode_then_restores_it(guest, capfdbinary) ->
     assert b"33 99" in out and b"got-hello" in out
 
 
-def test_attach_reports_a_command_that_did_not_start(guest) -> None:
+def test_attach_reports_a_command_that_did_not_start(guest: LocalGuest) -> None:
     s = guest.client.start(ExecRequest(argv=("no-such-cmd-a3s",)))
     assert attach(s, tty=False) == 127
 
 
 @pytest.mark.parametrize("sig", [15, 9])
-def test_attach_maps_signals_to_128_plus(guest, sig: int) -> None:
+def test_attach_maps_signals_to_128_plus(guest: LocalGuest, sig: int) -> None:
     s = guest.client.start(ExecRequest(argv=("sh", "-c", f"kill -{sig} $$")))
     assert attach(s, tty=False) == 128 + sig

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,8 +73,8 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Push
     return Pushed(base, two, amd, arm)
 
 
-def new_store(tmp: Path, **kw: object) -> ImageStore:
-    return ImageStore(Home(tmp / "home"), retries=3, backoff=0.001, **kw)  # type: ignore[arg-type]
+def new_store(tmp: Path, **kw: Any) -> ImageStore:
+    return ImageStore(Home(tmp / "home"), retries=3, backoff=0.001, **kw)
 
 
 def final_blobs(store: ImageStore) -> set[str]:

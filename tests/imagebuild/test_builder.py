@@ -8,10 +8,11 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from a3s_box.imagebuild.builder import Builder, BuildRequest, StepEvent
+from a3s_box.imagebuild.builder import Builder, BuildRequest, BuildResult, StepEvent
 from a3s_box.errors import BuildError, DockerfileError
 from a3s_box.home import Home
 from a3s_box.image.store import ImageStore
@@ -59,19 +60,20 @@ HEALTHCHECK --interval=5s --retries=2 CMD ["/usr/local/bin/tool"]
 """
 
 
-def _build(home: Home, store: ImageStore, ctx: Path, text: str = DOCKERFILE, **kw: object) -> tuple[
-        object, list[StepEvent]]:
+def _build(home: Home, store: ImageStore, ctx: Path, text: str = DOCKERFILE, **kw: Any) -> tuple[
+        BuildResult, list[StepEvent]]:
     (ctx / "Dockerfile").write_text(text)
     events: list[StepEvent] = []
-    req = BuildRequest(name="localhost/t-app:latest", context=ctx, dockerfile=ctx / "Dockerfile", **kw)  # type: ignore[arg-type]
+    req = BuildRequest(name="localhost/t-app:latest", context=ctx, dockerfile=ctx / "Dockerfile", **kw)
     return Builder(home, store, events.append).build(req), events
 
 
 def test_a_build_without_run_makes_the_image_copy_rules_say(env: tuple[Home, ImageStore, Path]) -> None:
     home, store, ctx = env
     result, events = _build(home, store, ctx, args={"GREETING": "hello"})
-    r = result.record  # type: ignore[attr-defined]
-    assert (result.total, result.cached) == (11, 0)  # type: ignore[attr-defined]
+    r = result.record
+    assert r is not None
+    assert (result.total, result.cached) == (11, 0)
     root = store.unpacked_dir(r)
     assert (root / "app/a.txt").read_text() == "a\n" and (root / "app/sub/b.txt").read_text() == "b\n"
     assert not (root / "app/skip.log").exists()  # .dockerignore
@@ -94,18 +96,20 @@ def test_an_unchanged_rebuild_is_all_cached_and_a_changed_source_rebuilds_from_i
     home, store, ctx = env
     first, _ = _build(home, store, ctx)
     again, events = _build(home, store, ctx)
-    assert (again.cached, again.record.digest) == (11, first.record.digest)  # type: ignore[attr-defined]
+    assert first.record is not None and again.record is not None
+    assert (again.cached, again.record.digest) == (11, first.record.digest)
     assert all(e.cached for e in events if e.number)
     (ctx / "src/skip.log").write_text("ignored, whatever it says\n")  # not in the context
-    assert _build(home, store, ctx)[0].cached == 11  # type: ignore[attr-defined]
+    assert _build(home, store, ctx)[0].cached == 11
     (ctx / "src/a.txt").write_text("changed\n")
     changed, events = _build(home, store, ctx)
     # COPY etc/, WORKDIR cached; COPY src and all after it run again
-    assert changed.cached == 2  # type: ignore[attr-defined]
+    assert changed.cached == 2
     assert [e.number for e in events if e.number and not e.cached][0] == 3
-    assert (store.unpacked_dir(changed.record) / "copied.txt").read_text() == "changed\n"  # type: ignore[attr-defined]
+    assert changed.record is not None
+    assert (store.unpacked_dir(changed.record) / "copied.txt").read_text() == "changed\n"
     nocache, _ = _build(home, store, ctx, no_cache=True)
-    assert nocache.cached == 0  # type: ignore[attr-defined]
+    assert nocache.cached == 0
 
 
 def test_the_preview_counts_what_the_cache_has_and_runs_nothing(env: tuple[Home, ImageStore, Path]) -> None:
@@ -117,7 +121,8 @@ def test_the_preview_counts_what_the_cache_has_and_runs_nothing(env: tuple[Home,
     built = Builder(home, store).build(req)
     after = Builder(home, store).preview(req)
     assert (after.cached, after.key) == (11, built.key)
-    assert store.get("localhost/t-app:latest").source_digest == built.key  # type: ignore[union-attr]
+    stored = store.get("localhost/t-app:latest")
+    assert stored is not None and stored.source_digest == built.key
 
 
 def test_the_preview_counts_cached_steps_past_a_miss_in_stages_that_do_not_depend_on_it(
@@ -141,14 +146,14 @@ CMD ["/tool.sh"]
     # COPY etc/ and LABEL are still cached, and its COPY --from=build is unknown
     assert (preview.total, preview.cached, preview.key) == (6, 2, None)
     rebuilt, _ = _build(home, store, ctx, two_stages)
-    assert rebuilt.cached == 2  # type: ignore[attr-defined]
-    assert rebuilt.key != built.key  # type: ignore[attr-defined]
+    assert rebuilt.cached == 2
+    assert rebuilt.key != built.key
 
 
 def test_a_target_stage_builds_only_what_it_needs(env: tuple[Home, ImageStore, Path]) -> None:
     home, store, ctx = env
     result, _ = _build(home, store, ctx, target="base")
-    assert result.total == 9  # type: ignore[attr-defined]
+    assert result.total == 9
     with pytest.raises(BuildError, match="target 'nope' is not a stage"):
         _build(home, store, ctx, target="nope")
 
@@ -174,9 +179,9 @@ def test_cached_steps_survive_garbage_collection_until_prune(env: tuple[Home, Im
     home, store, ctx = env
     _build(home, store, ctx)
     store.remove("localhost/t-app:latest")  # the image goes; its steps stay cached
-    assert _build(home, store, ctx)[0].cached == 11  # type: ignore[attr-defined]
+    assert _build(home, store, ctx)[0].cached == 11
     store.prune(set())
-    assert _build(home, store, ctx)[0].cached == 0  # type: ignore[attr-defined]
+    assert _build(home, store, ctx)[0].cached == 0
 
 
 HEREDOC_COPY = '''\
@@ -196,7 +201,8 @@ CONF
 def test_copy_heredocs_make_files_expanded_unless_quoted(env: tuple[Home, ImageStore, Path]) -> None:
     home, store, ctx = env
     result, _ = _build(home, store, ctx, HEREDOC_COPY, args={"WHO": "a heredoc"})
-    root = store.unpacked_dir(result.record)  # type: ignore[attr-defined]
+    assert result.record is not None
+    root = store.unpacked_dir(result.record)
     assert (root / "etc/greeting").read_text() == "hello from a heredoc\n"
     raw = root / "etc/app/RAW"
     assert raw.read_text() == "kept $WHO as written\n"  # quoted: no expansion; <<- strips tabs
@@ -204,8 +210,9 @@ def test_copy_heredocs_make_files_expanded_unless_quoted(env: tuple[Home, ImageS
     assert (root / "etc/app/CONF").read_text() == "name=a heredoc\n"
     # the content is in the cache key: another body is another step
     again, _ = _build(home, store, ctx, HEREDOC_COPY.replace("hello from", "hi from"), args={"WHO": "a heredoc"})
-    assert again.cached == 0  # type: ignore[attr-defined]
-    assert (store.unpacked_dir(again.record) / "etc/greeting").read_text() == "hi from a heredoc\n"  # type: ignore[attr-defined]
+    assert again.cached == 0
+    assert again.record is not None
+    assert (store.unpacked_dir(again.record) / "etc/greeting").read_text() == "hi from a heredoc\n"
 
 
 def test_run_heredocs_become_the_shells_script_or_an_executed_file() -> None:

@@ -7,10 +7,12 @@ import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
+from google.protobuf.message import Message
 
 from tests.k8s.cri import api_pb2 as pb
 from tests.k8s.cri import api_pb2_grpc as pb_grpc
@@ -115,35 +117,35 @@ def test_the_services_have_upstream_method_paths() -> None:
 
 class _FakeRuntime(pb_grpc.RuntimeServiceServicer):
     def __init__(self) -> None:
-        self.seen: list[object] = []
+        self.seen: list[Any] = []  # the requests of several types, in the order they came
         self.lock = threading.Lock()
 
-    def _saw(self, req: object) -> None:
+    def _saw(self, req: Message) -> None:
         with self.lock:
             self.seen.append(req)
 
-    def Version(self, req, ctx):  # type: ignore[no-untyped-def]
+    def Version(self, req: pb.VersionRequest, ctx: grpc.ServicerContext) -> pb.VersionResponse:
         return pb.VersionResponse(version="0.1.0", runtime_name="fake", runtime_api_version="v1")
 
-    def RunPodSandbox(self, req, ctx):  # type: ignore[no-untyped-def]
+    def RunPodSandbox(self, req: pb.RunPodSandboxRequest, ctx: grpc.ServicerContext) -> pb.RunPodSandboxResponse:
         self._saw(req)
         return pb.RunPodSandboxResponse(pod_sandbox_id="pod-1")
 
-    def CreateContainer(self, req, ctx):  # type: ignore[no-untyped-def]
+    def CreateContainer(self, req: pb.CreateContainerRequest, ctx: grpc.ServicerContext) -> pb.CreateContainerResponse:
         self._saw(req)
         return pb.CreateContainerResponse(container_id="ctr-1")
 
-    def ExecSync(self, req, ctx):  # type: ignore[no-untyped-def]
+    def ExecSync(self, req: pb.ExecSyncRequest, ctx: grpc.ServicerContext) -> pb.ExecSyncResponse:
         self._saw(req)
         return pb.ExecSyncResponse(stdout=" ".join(req.cmd).encode(), stderr=b"e", exit_code=3)
 
-    def ContainerStatus(self, req, ctx):  # type: ignore[no-untyped-def]
+    def ContainerStatus(self, req: pb.ContainerStatusRequest, ctx: grpc.ServicerContext) -> pb.ContainerStatusResponse:
         if req.container_id != "ctr-1":
             ctx.abort(grpc.StatusCode.NOT_FOUND, f"no container {req.container_id}")
         return pb.ContainerStatusResponse(status=pb.ContainerStatus(
             id=req.container_id, state=pb.CONTAINER_EXITED, exit_code=3, reason="Completed"))
 
-    def ListContainers(self, req, ctx):  # type: ignore[no-untyped-def]
+    def ListContainers(self, req: pb.ListContainersRequest, ctx: grpc.ServicerContext) -> pb.ListContainersResponse:
         self._saw(req)
         return pb.ListContainersResponse(containers=[pb.Container(id="ctr-1", pod_sandbox_id="pod-1")])
 
@@ -177,6 +179,10 @@ def test_the_client_calls_a_server_on_a_unix_socket() -> None:
                 assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         finally:
             server.stop(None).wait()
+        run: pb.RunPodSandboxRequest
+        create: pb.CreateContainerRequest
+        exec_: pb.ExecSyncRequest
+        listing: pb.ListContainersRequest
         run, create, exec_, listing = fake.seen
         assert (run.runtime_handler, run.config.metadata.namespace) == ("a3sbox", "ns")
         assert (create.pod_sandbox_id, create.config.image.image, create.sandbox_config.metadata.name) == \

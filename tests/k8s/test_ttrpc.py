@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -93,22 +94,22 @@ def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path
     s.connect(path)
     reader = ttrpc.Reader()
 
-    def call(stream: int, method: str) -> object:
+    def call(stream: int, method: str) -> Any:  # a ttrpc Response (ttrpc_pb2 is built at run time)
         s.sendall(ttrpc.encode(ttrpc.request(stream, "containerd.task.v2.Task", method, b"")))
         msgs: list[ttrpc.Message] = []
         while not msgs:
             msgs = reader.feed(s.recv(65536))
         return ttrpc.parse_response(msgs[0])
     connected = call(1, "Connect")
-    reply = shim_pb2.ConnectResponse()
-    reply.ParseFromString(connected.payload)  # type: ignore[attr-defined]
+    reply = shim_pb2.ConnectResponse()  # type: ignore[attr-defined]  # no .pyi: classes made at import
+    reply.ParseFromString(connected.payload)
     try:
         assert reply.version == "a3s-box" and reply.shim_pid > 0
         created = call(3, "Create")
-        assert created.status.code == 9  # type: ignore[attr-defined]
-        assert "has no readable config.json" in created.status.message  # type: ignore[attr-defined]
-        assert call(7, "Pids").status.code == 5  # type: ignore[attr-defined]
-        assert call(9, "Checkpoint").status.code == 12  # type: ignore[attr-defined]
+        assert created.status.code == 9
+        assert "has no readable config.json" in created.status.message
+        assert call(7, "Pids").status.code == 5
+        assert call(9, "Checkpoint").status.code == 12
         # a container of this pod (as the CRI plugin annotates it) gets the same daemon
         member = tmp_path / "member"
         member.mkdir()
@@ -131,6 +132,6 @@ def test_the_shim_starts_its_daemon_prints_its_address_and_serves_ttrpc(tmp_path
     assert not os.path.exists(path)  # the daemon is gone, and its socket with it
     d = subprocess.run([sys.executable, "-m", "a3s_box.k8s.shim", "-namespace", "default", "-id", "c1", "delete"],
                        cwd=tmp_path, env=env, capture_output=True, timeout=30)
-    gone = shim_pb2.DeleteResponse()
+    gone = shim_pb2.DeleteResponse()  # type: ignore[attr-defined]  # (no .pyi, as above)
     gone.ParseFromString(d.stdout)
     assert d.returncode == 0 and gone.exit_status == 137

@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -45,6 +46,12 @@ def test_the_library_rejects_bad_sizes(krun: Krun, vcpus: int, mib: int) -> None
                             "MiB): EINVAL (Invalid argument)")
 
 
+class _SizeChange(TypedDict, total=False):  # the KrunSpec fields the test below changes
+    vcpus: int
+    memory_mib: int
+    port: int
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"vcpus": 0}, "vcpus 0: libkrun takes 1 to "),
     ({"vcpus": 256}, "vcpus 256: libkrun takes 1 to "),
@@ -53,9 +60,9 @@ def test_the_library_rejects_bad_sizes(krun: Krun, vcpus: int, mib: int) -> None
     ({"port": 0}, "vsock port 0: out of range"),
 ])
 def test_values_libkrun_cannot_take_are_named(krun: Krun, spec: KrunSpec,
-                                              change: dict[str, int], message: str) -> None:
+                                              change: _SizeChange, message: str) -> None:
     with Context(krun, "p.web") as ctx, pytest.raises(DriverError) as e:
-        configure(ctx, replace(spec, **change))  # type: ignore[arg-type]
+        configure(ctx, replace(spec, **change))
     assert str(e.value).startswith(f"box p.web: {message}")
 
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,9 @@ def processes_in(rundir: Path) -> list[int]:
     return found
 
 
-def wait_until(cond: object, what: str, limit: float = 20.0) -> None:
+def wait_until(cond: Callable[[], bool], what: str, limit: float = 20.0) -> None:
     deadline = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() > deadline:
             pytest.fail(f"still waiting for {what}")
         time.sleep(0.05)

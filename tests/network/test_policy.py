@@ -141,7 +141,8 @@ def test_the_sniffer_reads_sni_and_host() -> None:
     http = sniff(b"GET /x HTTP/1.1\r\nHost: Files.PyPI.org:443\r\n\r\n")
     assert http is not None and (http.kind, http.server_name) == ("http", "files.pypi.org")
     assert sniff(b"GE") is None
-    assert sniff(b"SSH-2.0-OpenSSH\r\n") is not None and sniff(b"SSH-2.0-OpenSSH\r\n").kind == "other"  # type: ignore[union-attr]
+    ssh = sniff(b"SSH-2.0-OpenSSH\r\n")
+    assert ssh is not None and ssh.kind == "other"
 
 
 def test_secret_placeholders() -> None:

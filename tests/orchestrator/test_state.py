@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,12 +12,12 @@ from a3s_box.errors import StateError
 from a3s_box.orchestrator.state import SCHEMA_VERSION, BoxRow, ImageBinding, PoolRow, StateStore
 
 
-def _row(name: str, project: str = "p", **kw: object) -> BoxRow:
-    base = dict(id=f"{project}.{name}", project=project, name=name, spec_hash="sha256:1",
+def _row(name: str, project: str = "p", **kw: Any) -> BoxRow:
+    base: dict[str, Any] = dict(id=f"{project}.{name}", project=project, name=name, spec_hash="sha256:1",
                 spec={"a": [1, 2]}, image="sha256:abc", driver="qemu", handle=None,
                 status="running")
     base.update(kw)
-    return BoxRow(**base)  # type: ignore[arg-type]
+    return BoxRow(**base)
 
 
 def test_fresh_store_is_at_the_current_schema_version(tmp_path: Path) -> None:
@@ -48,8 +49,11 @@ def test_boxes_round_trip_and_update_in_place(tmp_path: Path) -> None:
     s.put_box(_row("a", handle={"pid": 3}))
     s.put_box(_row("x", project="other"))
     assert [r.id for r in s.boxes("p")] == ["p.a", "p.b"]
-    assert s.box("p.a").handle == {"pid": 3}  # type: ignore[union-attr]
-    created = s.box("p.b").created_at  # type: ignore[union-attr]
+    a = s.box("p.a")
+    assert a is not None and a.handle == {"pid": 3}
+    b = s.box("p.b")
+    assert b is not None
+    created = b.created_at
     s.put_box(_row("b", status="stopped", spec_hash="sha256:2"))
     b = s.box("p.b")
     assert b is not None and b.status == "stopped" and b.spec_hash == "sha256:2"

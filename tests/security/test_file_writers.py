@@ -38,7 +38,8 @@ def _in_child(body: Callable[[], dict[str, object]]) -> dict[str, object]:
         data += chunk
     os.close(r)
     os.waitpid(pid, 0)
-    return eval(data.decode())  # noqa: S307 - our own child's repr of a dict of str/int
+    result: dict[str, object] = eval(data.decode())  # noqa: S307 - our own child's repr of a dict of str/int
+    return result
 
 
 def _attempts(calls: dict[str, Callable[[], object]]) -> dict[str, object]:

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,10 +22,11 @@ from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import FrameReader, MsgType
 
 Answer = Callable[[socket.socket, p.Frame], None]
+LyingGuest = Callable[[Answer], GuestClient]  # the fixture: a client whose guest answers with `answer`
 
 
 @pytest.fixture
-def lying_guest() -> Iterator[Callable[[Answer], GuestClient]]:
+def lying_guest() -> Iterator[LyingGuest]:
     made: list[tuple[GuestClient, socket.socket]] = []
 
     def make(answer: Answer) -> GuestClient:
@@ -52,7 +54,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def test_a_small_read_answered_with_a_flood_fails_without_growing_the_host(lying_guest) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_read_answered_with_a_flood_fails_without_growing_the_host(lying_guest: LyingGuest) -> None:
     chunk = b"x" * (256 << 10)
 
     def flood(sock: socket.socket, f: p.Frame) -> None:
@@ -69,7 +71,7 @@ def test_a_small_read_answered_with_a_flood_fails_without_growing_the_host(lying
     assert _rss_mib() - before < 40  # the peak, not the last reading: nothing piled up
 
 
-def test_a_read_that_never_ends_hits_its_deadline(lying_guest) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_that_never_ends_hits_its_deadline(lying_guest: LyingGuest) -> None:
     def trickle(sock: socket.socket, f: p.Frame) -> None:
         if f.type == MsgType.GET:
             def forever() -> None:
@@ -85,7 +87,7 @@ def test_a_read_that_never_ends_hits_its_deadline(lying_guest) -> None:  # type:
         client.get("/x", timeout=1.0)
 
 
-def test_a_flooding_command_is_ended_and_the_call_fails(lying_guest) -> None:  # type: ignore[no-untyped-def]
+def test_a_flooding_command_is_ended_and_the_call_fails(lying_guest: LyingGuest) -> None:
     signalled = threading.Event()
 
     def flood(sock: socket.socket, f: p.Frame) -> None:
@@ -113,7 +115,7 @@ def test_a_flooding_command_is_ended_and_the_call_fails(lying_guest) -> None:  #
     "agent_state=" + "r" * 5000 + "\n",
     "".join(f"k{i}=v\n" for i in range(500)),
 ])
-def test_a_garbled_status_is_this_boxs_error(lying_guest, status: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_garbled_status_is_this_boxs_error(lying_guest: LyingGuest, status: str) -> None:
     def answer(sock: socket.socket, f: p.Frame) -> None:
         if f.type == MsgType.STATUS:
             sock.sendall(p.encode(MsgType.STATUS_REPLY, f.stream, p.Writer().str(status).bytes()))
@@ -122,7 +124,7 @@ def test_a_garbled_status_is_this_boxs_error(lying_guest, status: str) -> None: 
         client.status()
 
 
-def test_box_ps_lists_every_box_when_one_guest_lies(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_box_ps_lists_every_box_when_one_guest_lies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Host.ps asks each running box's guest for its status: the liar's row says so,
     the others are listed as usual (the runtime is faked: no VM is needed to lie)."""
     from contextlib import contextmanager

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def _m(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "",
     ("a bad time", lambda: _tar((_m("x", pax={"ctime": "soon"}), b""))),
     ("a socket-like type", lambda: _tar((_m("x", b"7"), None))),
 ])
-def test_a_hostile_stream_is_refused(tmp_path: Path, why: str, stream) -> None:  # type: ignore[no-untyped-def]
+def test_a_hostile_stream_is_refused(tmp_path: Path, why: str, stream: Callable[[], io.BytesIO]) -> None:
     with pytest.raises(GuestTreeError):
         GuestTree.read(stream(), tmp_path / "spool", 1 << 20)
     assert list((tmp_path / "spool").iterdir()) == [] or why == "listed twice"
