@@ -9,7 +9,6 @@ import json
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 import a3s_box
 from a3s_box import audit
-from a3s_box.orchestrator.host import Host
 from a3s_box.api import models as m
-from a3s_box.api.auth import check, token_id
 from a3s_box.api.channels import Channels
+from a3s_box.api.deps import ApiState, api_state
+from a3s_box.api.limits import MAX_BOXFILE, MAX_FILE, body_limit
 from a3s_box.api.metrics import Metrics
-from a3s_box.api.problems import RequestTooLarge, problem
+from a3s_box.api.problems import RequestTooLarge, as_response, problem
 from a3s_box.errors import BoxError
 
-MAX_BOXFILE = 1 << 20
-MAX_FILE = 256 << 20
-MAX_JSON = 8 << 20
 YAML = {"application/yaml": {"schema": {"type": "string"}}}
 BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
@@ -38,36 +34,12 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
     app = FastAPI(title="a3s-box", version=a3s_box.__version__,
                   description="AI agents in hardware-isolated microVMs: the `box` CLI over HTTP.",
                   responses={400: {"model": m.Problem}, 401: {"model": m.Problem}})
-    metrics = Metrics(home)
-    channels = Channels()
-    app.router.on_shutdown.append(channels.close)
-    who = f"token:{token_id(token)}" if token else None
-
-    @contextmanager
-    def host() -> Iterator[Any]:
-        with audit.acting_as(who or audit.who()), Host(home) as h:
-            yield h
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        if token is not None and not check(request.headers.get("authorization"), token):
-            return _problem_response(401, "unauthorized", "a bearer token is required (box serve --print-token)")
-        length = int(request.headers.get("content-length") or 0)
-        if request.url.path.endswith("/files/tar"):
-            limit = 1 << 62  # streamed, never held
-        else:
-            limit = MAX_FILE if request.url.path.endswith("/files") else MAX_JSON
-        if length > limit:
-            return _problem_response(413, "request too large", f"the body may be at most {limit >> 20} MiB")
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
-        return response
-
-    @app.exception_handler(BoxError)
-    async def box_error(_request: Request, e: BoxError) -> JSONResponse:
-        p = problem(e)
-        return JSONResponse(p.model_dump(), status_code=p.status, media_type="application/problem+json")
+    api = ApiState(home=home, token=token, metrics=Metrics(home), channels=Channels())
+    app.state.api = api
+    app.router.on_shutdown.append(api.channels.close)
+    app.middleware("http")(guard)
+    app.exception_handler(BoxError)(box_error)
+    metrics, channels, host = api.metrics, api.channels, api.host
 
     @app.get("/healthz", response_model=m.Health)
     def healthz() -> m.Health:
@@ -189,7 +161,7 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         then {"stdin": base64}, {"eof": true}, {"resize": [rows, cols]}, {"signal": N}.
         The server sends {"stdout"|"stderr": base64} and finally {"exit": {...}}. A
         client that goes away kills what it started."""
-        if token is not None and not check(ws.headers.get("authorization"), token):
+        if not api.admits(ws.headers.get("authorization")):
             await ws.close(code=4401)
             return
         await ws.accept()
@@ -349,9 +321,25 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
     return app
 
 
-def _problem_response(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(m.Problem(title=title, status=status, detail=detail).model_dump(), status_code=status,
-                        media_type="application/problem+json")
+async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    """The bearer token (TCP) and the body limits, before any route runs; counts requests."""
+    api = api_state(request)
+    if not api.admits(request.headers.get("authorization")):
+        return as_response(m.Problem(title="unauthorized", status=401,
+                                     detail="a bearer token is required (box serve --print-token)"))
+    length = int(request.headers.get("content-length") or 0)
+    limit = body_limit(request.url.path)
+    if length > limit:
+        return as_response(m.Problem(title="request too large", status=413,
+                                     detail=f"the body may be at most {limit >> 20} MiB"))
+    response: Response = await call_next(request)
+    route = request.scope.get("route")
+    api.metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
+    return response
+
+
+async def box_error(_request: Request, e: BoxError) -> JSONResponse:
+    return as_response(problem(e))
 
 
 async def _interactive(ws: WebSocket, name: str, host: Any, metrics: Metrics) -> None:
