@@ -4,9 +4,8 @@ a3s_box.Host, so the CLI, the Python API and HTTP clients see the same behaviour
 same messages)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -45,7 +44,7 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
     return app
 
 
-async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
+async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """The bearer token (TCP) and the body caps, before any route runs; counts requests."""
     api = api_state(request)
     if not api.admits(request.headers.get("authorization")):
@@ -56,7 +55,7 @@ async def guard(request: Request, call_next: Callable[[Request], Any]) -> Respon
     if length > limit:
         return as_response(m.Problem(title="request too large", status=413,
                                      detail=f"the body may be at most {limit >> 20} MiB"))
-    response: Response = await call_next(request)
+    response = await call_next(request)
     route = request.scope.get("route")
     api.metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
     return response

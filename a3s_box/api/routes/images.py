@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -13,6 +13,9 @@ from a3s_box.api import models as m
 from a3s_box.api.deps import ApiDep, HostDep
 from a3s_box.api.problems import problem
 from a3s_box.errors import BoxError
+
+if TYPE_CHECKING:
+    from a3s_box.image.records import ImageRecord
 
 router = APIRouter()
 
@@ -29,9 +32,10 @@ async def pull(req: m.PullRequest, api: ApiDep) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         yield f"event: pulling\ndata: {json.dumps({'ref': req.ref})}\n\n".encode()
 
-        def work() -> Any:
+        def work() -> ImageRecord:
             with api.host() as h:  # its own: the pull runs in the stream, after this endpoint returned
-                return h._audited("pull", req.ref, lambda: h.images.pull(req.ref))
+                record: ImageRecord = h._audited("pull", req.ref, lambda: h.images.pull(req.ref))
+                return record
         try:
             record = await asyncio.to_thread(work)
         except BoxError as e:
