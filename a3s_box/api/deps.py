@@ -35,7 +35,8 @@ class ApiState:
     @contextmanager
     def host(self) -> Iterator[Host]:
         """A Host over the home acting for the caller (the audit log's `who`), for work that
-        runs after the endpoint returns or after it has read its body: streams, uploads."""
+        may outlive its endpoint (a stream, a tar upload's extractor) or begins after a
+        WebSocket handshake. Work that ends with its endpoint takes HostDep instead."""
         with audit.acting_as(self.who()), Host(self.home) as h:
             yield h
 
@@ -45,6 +46,7 @@ class ApiState:
 
 
 def api_state(conn: HTTPConnection) -> ApiState:
+    """The ApiState create_app put on the app serving CONN (a request or a WebSocket)."""
     state: ApiState = conn.app.state.api
     return state
 
@@ -65,4 +67,7 @@ async def open_host(api: ApiDep) -> AsyncIterator[Host]:
             h.close()
 
 
+# "function": closed as the endpoint returns, before the response goes out, as a `with
+# Host(...)` in its body would be (FastAPI waits for a sync endpoint's thread even when the
+# client has gone, so the Host is never closed under work still using it)
 HostDep = Annotated[Host, Depends(open_host, scope="function")]

@@ -29,9 +29,8 @@ async def boxfile_body(request: Request) -> bytes:
     return bytes(data)
 
 
-# Read on the event loop before the endpoint runs (in a worker thread, as sync endpoints
-# do: FastAPI waits for it even when the client goes, so its Host is never closed under
-# it); declared before HostDep, so a body past the cap fails before a Host opens.
+# read on the event loop, so the endpoints can be sync (their work in a worker thread);
+# declared before HostDep: a Boxfile past the cap fails before a Host opens
 BoxfileBody = Annotated[bytes, Depends(boxfile_body)]
 
 

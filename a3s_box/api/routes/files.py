@@ -28,7 +28,8 @@ async def file_body(request: Request, name: str) -> bytes:
     return bytes(data)
 
 
-# read on the event loop, declared before HostDep: a body past the cap fails before a Host opens
+# read on the event loop, so write_file can be sync; declared before HostDep: a body past
+# the cap fails before a Host opens
 FileBody = Annotated[bytes, Depends(file_body)]
 
 
