@@ -5,9 +5,13 @@ box stopped or restarted is replaced on next use."""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from a3s_box.guest.client import GuestClient
+
+if TYPE_CHECKING:
+    from a3s_box.orchestrator.host import Host
+    from a3s_box.orchestrator.state import BoxRow
 
 
 class Channels:
@@ -15,7 +19,7 @@ class Channels:
         self._lock = threading.Lock()
         self._open: dict[str, tuple[str, GuestClient]] = {}
 
-    def client(self, host: Any, row: Any) -> GuestClient:
+    def client(self, host: Host, row: BoxRow) -> GuestClient:
         """A connected client for ROW (a BoxRow of HOST), opened if need be."""
         if row.status != "running":
             host.runtime.connect(row, 1.0).close()  # raises what state the box is in (paused, stopped...)

@@ -1,6 +1,8 @@
 """Every failure as RFC 9457 problem details, with the message the CLI prints."""
 from __future__ import annotations
 
+from fastapi.responses import JSONResponse
+
 from a3s_box.api.models import Problem
 from a3s_box.errors import BoxError, BoxfileError, GuestError, HostUnsupported, StateError
 
@@ -35,3 +37,7 @@ def problem(e: BoxError) -> Problem:
     problems = [str(p) for p in e.problems] if isinstance(e, BoxfileError) else []
     return Problem(type=f"https://a3s.dev/problems/{titles[status].replace(' ', '-')}", title=titles[status],
                    status=status, detail=str(e), problems=problems)
+
+
+def as_response(p: Problem) -> JSONResponse:
+    return JSONResponse(p.model_dump(), status_code=p.status, media_type="application/problem+json")
