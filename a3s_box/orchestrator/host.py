@@ -453,19 +453,23 @@ class Host:
                         "max": p.spec.get("max")})
         return out
 
-    def acquire(self, pool: str, project: str | None = None, name: str | None = None) -> BoxRow:
-        """Lease a ready box from a pool at once; the pool boots a replacement behind."""
+    def acquire(self, pool: str, project: str | None = None, name: str | None = None,
+                timeout: float = 0.0) -> BoxRow:
+        """Lease a ready box from a pool at once; the pool boots a replacement behind.
+        TIMEOUT (seconds): when none is ready, boot one on demand while the pool is
+        below its max, or wait for one (acquirers served in order); PoolExhausted after."""
         proj = project or self._project_of_pool(pool)
         return self._audited("acquire", pool,  # type: ignore[no-any-return]
-                             lambda: acquire(self.runtime, proj, pool, name))
+                             lambda: acquire(self.runtime, proj, pool, name, wait=timeout, images=self.images))
 
     def release(self, name: str, keep: bool = False) -> None:
         self._audited("release", name, lambda: release(self.runtime, self.images, self.find(name), keep))
 
     @contextmanager
-    def leased(self, pool: str, project: str | None = None, name: str | None = None) -> Iterator["LeasedBox"]:
+    def leased(self, pool: str, project: str | None = None, name: str | None = None,
+               timeout: float = 0.0) -> Iterator["LeasedBox"]:
         """`with host.leased("coders") as box: box.run(["echo", "hi"])`, released after."""
-        row = self.acquire(pool, project, name)
+        row = self.acquire(pool, project, name, timeout)
         try:
             yield LeasedBox(self, row)
         finally:

@@ -98,8 +98,13 @@ def members_of(runtime: BoxRuntime, project: str, pool: str) -> list[BoxRow]:
     return [r for r in runtime.store.boxes(project) if r.pool == pool]
 
 
+STALE_CREATING = 2 * READY_TIMEOUT + 60  # a slot taken by a process that died before booting
+
+
 def _as_member(runtime: BoxRuntime, row: BoxRow) -> Member:
     status = "running" if row.status in LIVE_STATUSES else row.status
+    if status == "creating" and row.handle is None and time.time() - row.updated_at > STALE_CREATING:
+        status = "failed"
     if status == "running":
         seen = runtime.observe(row)
         if seen is not None and seen.state.value != "running":
@@ -165,20 +170,34 @@ class PoolKeeper:
             return str(e)
         return "ok"
 
-    def _create(self, project: str, pool: str, row: PoolRow) -> BoxRow:
+    def _create(self, project: str, pool: str, row: PoolRow) -> BoxRow | None:
+        """A member to replenish with, its slot taken in one transaction (an acquirer
+        booting one on demand counts too: never past max); None when the pool is there."""
+        store = self.runtime.store
+        with store.transaction():
+            if len(members_of(self.runtime, project, pool)) >= int(row.spec["max"]):
+                return None
+            member = new_member(self.runtime, project, pool, row)
+            store.put_box(member)
+        return self.create_member(project, pool, member)
+
+    def create_member(self, project: str, pool: str, member: BoxRow) -> BoxRow:
+        """Boot MEMBER (a row from new_member, maybe leased already) from the template."""
+        row = next((p for p in self.runtime.store.pools(project) if p.name == pool), None)
+        if row is None:
+            self.runtime.store.delete_box(member.id)
+            raise PoolError(pool, "was deleted before its member booted")
         tmpl = row.spec["template"]
-        suffix = secrets.token_hex(3)
-        name = f"{pool}-{suffix}"
-        bid = f"{project}.{name}"
-        rundir = self.runtime.home.box_dir(bid)
-        launch = launch_from_json({**tmpl["launch"], "box_id": bid, "rundir": str(rundir),
+        rundir = self.runtime.home.box_dir(member.id)
+        launch = launch_from_json({**tmpl["launch"], "box_id": member.id, "rundir": str(rundir),
                                    "disk": str(rundir / "disk.qcow2"),
-                                   "park": bool(row.spec.get("park"))})
-        record = self.images_get(tmpl["image"])
-        new = BoxRow(id=bid, project=project, name=name, spec_hash=row.spec["box_spec"],
-                     spec=tmpl["spec"], image=tmpl["image"], driver=tmpl["driver"], handle=None,
-                     status="creating", pool=pool)
-        made = self.runtime.create(new, launch, self.images, record, READY_TIMEOUT)
+                                   "park": bool(row.spec.get("park")) and member.lease is None})
+        try:
+            record = self.images_get(tmpl["image"])
+        except BoxError:
+            self.runtime.store.delete_box(member.id)
+            raise
+        made = self.runtime.create(member, launch, self.images, record, READY_TIMEOUT)
         if not any(p.name == pool for p in self.runtime.store.pools(project)):
             # the pool was deleted while this member booted: it must not outlive it
             self.runtime.destroy(made, self.images)
@@ -195,28 +214,82 @@ class PoolKeeper:
 # --- handing members over -----------------------------------------------------
 
 
+def new_member(runtime: BoxRuntime, project: str, pool: str, row: PoolRow) -> BoxRow:
+    """A fresh member's row (`creating`, not stored yet) from the pool's template."""
+    tmpl = row.spec["template"]
+    name = f"{pool}-{secrets.token_hex(3)}"
+    return BoxRow(id=f"{project}.{name}", project=project, name=name, spec_hash=row.spec["box_spec"],
+                  spec=tmpl["spec"], image=tmpl["image"], driver=tmpl["driver"], handle=None,
+                  status="creating", pool=pool)
+
+
+class PoolExhausted(PoolError):
+    """No member could be handed over in the time given (the API's 409)."""
+
+
+class _Line:
+    """Acquirers of one pool in this process, served in the order they came: only the
+    first still waiting may take a member or reserve a boot. (Acquirers in other
+    processes take their chance between polls.)"""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.tickets: list[int] = []
+        self.next = 0
+
+
+_lines: dict[tuple[str, str, str], _Line] = {}
+_lines_lock = threading.Lock()
+POLL = 0.1  # seconds between looks at the store while waiting (members come from elsewhere)
+
+
+def _line(home: Path, project: str, pool: str) -> _Line:
+    with _lines_lock:
+        return _lines.setdefault((str(home), project, pool), _Line())
+
+
 def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = None,
-            refill: bool = True) -> BoxRow:
-    """Lease the oldest ready member at once (a database update, no boot); a
-    background filler boots a replacement."""
+            refill: bool = True, wait: float = 0.0, images: ImageBackend | None = None) -> BoxRow:
+    """Lease the oldest ready member (a database update, no boot); a background filler
+    boots a replacement. With WAIT (seconds) and IMAGES, an acquirer that finds no ready
+    member boots one for itself while the pool is below `max`, or waits for one, served
+    in order; PoolExhausted once WAIT runs out."""
     store = runtime.store
     prow = next((p for p in store.pools(project) if p.name == pool), None)
     if prow is None:
         raise PoolError(pool, f"no such pool in project {project} (see `box pool ls`)")
-    current = prow.spec["box_spec"]
     if name is not None and store.box(f"{project}.{name}") is not None:
         raise PoolError(pool, f"a box named {name} already exists in project {project}")
-    with store.transaction():
-        ready = [r for r in members_of(runtime, project, pool)
-                 if r.lease is None and r.status in LIVE_STATUSES and r.spec_hash == current]
-        if not ready:
-            total = len(members_of(runtime, project, pool))
-            raise PoolError(pool, f"no ready box (0 of min_ready {prow.spec['min_ready']}, "
-                                  f"{total} of max {prow.spec['max']} in use or booting); "
-                                  "retry shortly or raise min_ready")
-        chosen = min(ready, key=lambda r: (r.updated_at, r.id))
-        leased = replace(chosen, lease=name or chosen.name, name=name or chosen.name)
-        store.put_box(leased)
+    grow = wait > 0 and images is not None
+    deadline = time.monotonic() + wait
+    line = _line(runtime.home.root, project, pool)
+    with line.cond:
+        ticket = line.next
+        line.next += 1
+        line.tickets.append(ticket)
+    reserved: BoxRow | None = None
+    try:
+        while True:
+            with line.cond:
+                if line.tickets[0] == ticket:
+                    leased, reserved = _take(runtime, project, pool, name, grow)
+                    if leased is not None or reserved is not None:
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _exhausted(runtime, project, pool, prow, wait)
+                line.cond.wait(min(POLL, left))
+    finally:
+        with line.cond:
+            line.tickets.remove(ticket)
+            line.cond.notify_all()
+    if reserved is not None:
+        assert images is not None
+        try:
+            leased = PoolKeeper(runtime, images).create_member(project, pool, reserved)
+        except BoxError as e:
+            raise PoolError(pool, f"no ready box, and the one booted on demand failed: {e}") from e
+    assert leased is not None
     if refill:
         spawn_filler(runtime.home.root, project, pool)
     if leased.status == "parked":
@@ -224,8 +297,44 @@ def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = Non
             leased = runtime.unpark(leased, READY_TIMEOUT)
         except BoxError as e:
             runtime.destroy(leased, None)  # never hand over a member that did not come up
-            raise PoolError(pool, f"the parked box {chosen.name} did not resume: {e}") from e
+            raise PoolError(pool, f"the parked box {leased.name} did not resume: {e}") from e
     return leased
+
+
+def _take(runtime: BoxRuntime, project: str, pool: str, name: str | None,
+          grow: bool) -> tuple[BoxRow | None, BoxRow | None]:
+    """(a ready member, now leased) or, with GROW and the pool below max, (None, a
+    `creating` row leased to the caller that holds the pool's slot while it boots)."""
+    store = runtime.store
+    with store.transaction():
+        prow = next((p for p in store.pools(project) if p.name == pool), None)
+        if prow is None:
+            raise PoolError(pool, f"was deleted (project {project})")
+        current = prow.spec["box_spec"]
+        members = members_of(runtime, project, pool)
+        ready = [r for r in members if r.lease is None and r.status in LIVE_STATUSES and r.spec_hash == current]
+        if ready:
+            chosen = min(ready, key=lambda r: (r.updated_at, r.id))
+            leased = replace(chosen, lease=name or chosen.name, name=name or chosen.name)
+            store.put_box(leased)
+            return leased, None
+        if grow and len(members) < int(prow.spec["max"]):
+            member = new_member(runtime, project, pool, prow)
+            leased = replace(member, lease=name or member.name, name=name or member.name)
+            store.put_box(leased)
+            return None, leased
+    return None, None
+
+
+def _exhausted(runtime: BoxRuntime, project: str, pool: str, prow: PoolRow, wait: float) -> PoolExhausted:
+    members = members_of(runtime, project, pool)
+    leased = sum(1 for m in members if m.lease is not None)
+    if wait > 0:
+        return PoolExhausted(pool, f"no ready box after waiting {wait:g}s ({leased} of max "
+                                   f"{prow.spec['max']} leased, {len(members) - leased} booting or idle)")
+    return PoolExhausted(pool, f"no ready box (0 of min_ready {prow.spec['min_ready']}, "
+                               f"{len(members)} of max {prow.spec['max']} in use or booting); "
+                               "wait for one (--wait SECONDS) or raise min_ready")
 
 
 def release(runtime: BoxRuntime, images: ImageBackend, row: BoxRow, keep: bool = False) -> None:

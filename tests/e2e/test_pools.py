@@ -85,3 +85,30 @@ def test_pool_lifecycle(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
 def test_acquire_from_an_unknown_or_empty_pool_is_a_clear_error(box: BoxCli) -> None:
     r = box("pool", "acquire", "nope")
     assert r.code == 1 and "pool nope: no such pool" in r.err
+
+
+def test_a_burst_of_acquires_beyond_min_ready_is_served(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    """min_ready 1, max 3: three acquirers at once all get a box (one ready, two booted
+    on demand); a fourth, with the pool at max and every member leased, is refused once
+    its wait runs out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from a3s_box.orchestrator.pools import PoolExhausted
+
+    f = boxfile(tmp_path, hello_image, POOL.format(mem="128Mi", min_ready=1), "burst.yaml")
+    box("apply", "-f", str(f), check=True)
+    with a3s_box.Host(box.home) as host:
+        def take(i: int) -> str:
+            with a3s_box.Host(box.home) as h:
+                return h.acquire("coders", name=f"burst{i}", timeout=300).name
+        with ThreadPoolExecutor(3) as ex:
+            names = sorted(ex.map(take, range(3)))
+        assert names == ["burst0", "burst1", "burst2"]
+        for n in names:
+            assert host.box(n).run(["hostname"]).stdout == b"coder\n"
+        with pytest.raises(PoolExhausted, match=r"no ready box after waiting 1s \(3 of max 3 leased"):
+            host.acquire("coders", timeout=1)
+        for n in names:
+            host.release(n)
+    box("delete", "-f", str(f), check=True)
+    assert box.vm_processes() == []
