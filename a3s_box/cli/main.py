@@ -7,7 +7,7 @@ import traceback
 
 import click
 
-from a3s_box import __version__
+from a3s_box.version import __version__
 from a3s_box.cli.context import CliContext
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
