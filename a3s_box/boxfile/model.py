@@ -13,7 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       WithJsonSchema, field_validator, model_validator)
 from pydantic.json_schema import SkipJsonSchema
 
-from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+from a3s_box.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from a3s_box.network.policy import RuleError, parse_destination, parse_host_ip, parse_published
 
 API_VERSION = "box.a3s.dev/v1"

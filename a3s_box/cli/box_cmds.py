@@ -318,7 +318,7 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
 def _since(text: str) -> float:
     from datetime import datetime, timezone
 
-    from a3s_box.boxfile.units import parse_duration
+    from a3s_box.units import parse_duration
 
     try:
         return time.time() - parse_duration(text)

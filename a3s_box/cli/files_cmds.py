@@ -10,6 +10,7 @@ import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, emit_yaml, output_option
+from a3s_box.units import format_mi, format_size
 
 
 def _box_path(spec: str) -> tuple[str, str] | None:
@@ -133,10 +134,8 @@ def _users(c: CliContext, project: str, name: str) -> list[str]:
 
 
 def _volume_row(c: CliContext, v: Any, raw: bool = False) -> dict[str, Any]:
-    from a3s_box.orchestrator.desired import human_size
-
     row: dict[str, Any] = dict(v.to_json())
     row["in_use_by"] = ", ".join(_users(c, v.project, v.name))
     if not raw:
-        row["size"], row["used"] = human_size(v.size), f"{v.used / 2**20:.1f}Mi"
+        row["size"], row["used"] = format_size(v.size), format_mi(v.used)
     return row

@@ -1,7 +1,6 @@
 """`box image`: pull, import, ls, inspect, export, rm, prune."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, output_option
+from a3s_box.units import format_bytes, parse_size_arg
 
 if TYPE_CHECKING:
     from a3s_box.image import ImageRecord, ImageStore
@@ -25,15 +25,6 @@ def _store(c: CliContext) -> "ImageStore":
 def _row(r: "ImageRecord") -> dict[str, Any]:
     return {"name": r.name, "digest": r.digest, "size": r.size,
             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_used))}
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{n}B"
 
 
 def _in_use(c: CliContext) -> set[str]:
@@ -79,7 +70,7 @@ def register(cli: click.Group) -> None:
         rows = [_row(r) for r in _store(c).list()]
         fmt = output or c.output
         if fmt == "table":
-            rows = [{**r, "digest": r["digest"][7:19], "size": _human(r["size"])} for r in rows]
+            rows = [{**r, "digest": r["digest"][7:19], "size": format_bytes(r["size"])} for r in rows]
         emit(rows, [("name", "NAME"), ("digest", "DIGEST"), ("size", "SIZE"),
                     ("last_used", "LAST USED")], fmt)
 
@@ -138,18 +129,14 @@ def register(cli: click.Group) -> None:
         if max_size is None:
             gone = store.prune(_in_use(c))
         else:
-            gone = store.evict_to(parse_size(max_size), _in_use(c))
+            gone = store.evict_to(_max_size(max_size), _in_use(c))
         for r in gone:
             click.echo(f"removed {r.name}")
 
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """"10Gi" -> bytes; a click.BadParameter naming the text otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size like 10Gi or 500M", param_hint="--max-size")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+def _max_size(text: str) -> int:
+    """--max-size in bytes; a click.BadParameter naming the text otherwise."""
+    try:
+        return parse_size_arg(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-size") from None

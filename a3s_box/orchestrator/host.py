@@ -273,7 +273,7 @@ class Host:
         raw = os.environ.get("A3S_BOX_IMAGE_CAP")
         if not raw:
             return
-        from a3s_box.boxfile.units import parse_size
+        from a3s_box.units import parse_size
 
         try:
             cap = parse_size(raw)
