@@ -57,10 +57,8 @@ def register(cli: click.Group) -> None:
               images: tuple[str, ...]) -> None:
         """Build the Boxfile's `build:` images (IMAGES: only these): each RUN in a microVM
         with the build's network policy, unchanged steps from the cache."""
-        from a3s_box.orchestrator.host import Host
-
         printer = StepPrinter(c.quiet)
-        with Host(c.home) as host:
+        with c.host() as host:
             bf = host.load(list(files) or ["Boxfile.yaml"])
             with host.locked(on_wait=lambda: click.echo("waiting for another box command...", err=True)):
                 results = host.build(bf, project, images, no_cache, printer.event, printer.output)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, emit_yaml, output_option
 from a3s_box.units import format_mi, format_size
+
+if TYPE_CHECKING:
+    from a3s_box.orchestrator.volumes import Volumes
+    from a3s_box.volumes import VolumeInfo
 
 
 def _box_path(spec: str) -> tuple[str, str] | None:
@@ -40,13 +44,12 @@ def register(cli: click.Group) -> None:
         """
         from a3s_box.errors import BoxError
         from a3s_box.files import BoxFiles
-        from a3s_box.orchestrator.host import Host
 
         s, d = _box_path(src), _box_path(dst)
         if (s is None) == (d is None):
             raise click.UsageError("one of SRC and DST must be BOX:PATH, the other a host path or -")
         box = (s or d)[0]  # type: ignore[index]
-        with Host(c.home) as host:
+        with c.host() as host:
             row = host.find(box)
             with host.client(row) as client:
                 files = BoxFiles(client, row.name)
@@ -79,7 +82,9 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def volume_ls(c: CliContext, project: str | None, output: str | None) -> None:
         """List named volumes with their size and what their disk holds."""
-        rows = [_volume_row(c, v) for v in _store(c).list(project)]
+        with c.host() as host:
+            volumes = host.volumes
+            rows = [_volume_row(volumes, v) for v in volumes.list(project)]
         emit(rows, (("project", "PROJECT"), ("name", "NAME"), ("size", "SIZE"), ("used", "USED"),
                     ("in_use_by", "IN USE BY")), output or c.output)
 
@@ -90,7 +95,8 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def volume_inspect(c: CliContext, name: str, project: str | None, output: str | None) -> None:
         """One volume: its disk, size, use and the boxes mounting it."""
-        row = _volume_row(c, _store(c).find(name, project), raw=True)
+        with c.host() as host:
+            row = _volume_row(host.volumes, host.volumes.find(name, project), raw=True)
         if (output or c.output) == "json":
             click.echo(json.dumps(row, indent=2, sort_keys=True))
         else:
@@ -102,40 +108,15 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def volume_rm(c: CliContext, names: tuple[str, ...], project: str | None) -> None:
         """Remove named volumes and their data (refused while a box uses one)."""
-        from a3s_box.volumes import VolumeError
-
-        store = _store(c)
-        for n in names:
-            v = store.find(n, project)
-            users = _users(c, v.project, v.name)
-            if users:
-                raise VolumeError(f"volume {v.name}: in use by box {', '.join(users)}; delete "
-                                  "that box first")
-            store.remove(v.project, v.name)
-            click.echo(f"{v.name}: removed")
+        with c.host() as host:
+            for n in names:
+                v = host.volumes.remove(n, project)
+                click.echo(f"{v.name}: removed")
 
 
-def _store(c: CliContext) -> Any:
-    from a3s_box.volumes import VolumeStore
-
-    c.home.ensure()
-    return VolumeStore(c.home)
-
-
-def _users(c: CliContext, project: str, name: str) -> list[str]:
-    from a3s_box.orchestrator.state import StateStore
-
-    store = StateStore(c.home.state_db)
-    try:
-        return sorted(r.name for r in store.boxes(project) if any(
-            m.get("type") == "volume" and m.get("source") == name for m in r.spec.get("volumes") or ()))
-    finally:
-        store.close()
-
-
-def _volume_row(c: CliContext, v: Any, raw: bool = False) -> dict[str, Any]:
+def _volume_row(volumes: "Volumes", v: "VolumeInfo", raw: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = dict(v.to_json())
-    row["in_use_by"] = ", ".join(_users(c, v.project, v.name))
+    row["in_use_by"] = ", ".join(volumes.users(v))
     if not raw:
         row["size"], row["used"] = format_size(v.size), format_mi(v.used)
     return row

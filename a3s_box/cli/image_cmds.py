@@ -12,32 +12,12 @@ from a3s_box.cli.output import emit, output_option
 from a3s_box.units import format_bytes, parse_size_arg
 
 if TYPE_CHECKING:
-    from a3s_box.image import ImageRecord, ImageStore
-
-
-def _store(c: CliContext) -> "ImageStore":
-    from a3s_box.image import ImageStore  # on use: other commands should not pay for httpx
-
-    c.home.ensure()
-    return ImageStore(c.home)
+    from a3s_box.image import ImageRecord
 
 
 def _row(r: "ImageRecord") -> dict[str, Any]:
     return {"name": r.name, "digest": r.digest, "size": r.size,
             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_used))}
-
-
-def _in_use(c: CliContext) -> set[str]:
-    """Digests boxes use, from the state store when there is one."""
-    if not c.home.state_db.exists():
-        return set()
-    from a3s_box.orchestrator.state import StateStore
-
-    st = StateStore(c.home.state_db)
-    try:
-        return set(st.images_in_use())
-    finally:
-        st.close()
 
 
 def register(cli: click.Group) -> None:
@@ -50,7 +30,8 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def pull(c: CliContext, ref: str) -> None:
         """Pull REF (host[:port]/repo:tag, repo@sha256:..., or a Docker Hub name)."""
-        r = _store(c).pull(ref, progress=not c.quiet)
+        with c.host() as host:
+            r = host.image_catalog.pull(ref, progress=not c.quiet)
         click.echo(f"{r.name} {r.digest}")
 
     @image.command("import")
@@ -59,7 +40,8 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def import_(c: CliContext, path: Path, tag: str | None) -> None:
         """Import an OCI image layout folder or a `docker save` tarball."""
-        r = _store(c).import_path(path, tag=tag)
+        with c.host() as host:
+            r = host.image_catalog.import_path(path, tag=tag)
         click.echo(f"{r.name} {r.digest}")
 
     @image.command("ls")
@@ -67,7 +49,8 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def ls(c: CliContext, output: str | None) -> None:
         """List images: name, digest, size, last used."""
-        rows = [_row(r) for r in _store(c).list()]
+        with c.host() as host:
+            rows = [_row(r) for r in host.image_catalog.list()]
         fmt = output or c.output
         if fmt == "table":
             rows = [{**r, "digest": r["digest"][7:19], "size": format_bytes(r["size"])} for r in rows]
@@ -82,15 +65,11 @@ def register(cli: click.Group) -> None:
         dev.a3s.box.* labels give (JSON)."""
         import json
 
-        from a3s_box.image.box_labels import box_defaults
-
-        store = _store(c)
-        r = store.get(name)
-        if r is None:
-            raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
-        config = json.loads(store.blobs.read(r.config_digest)) if r.config_digest else {}
-        doc = {**_row(r), "layers": list(r.layers), "source": r.source, "config": config,
-               "box_defaults": box_defaults(r.name, r.config.labels)}
+        with c.host() as host:
+            r = host.image_catalog.get(name)
+            if r is None:
+                raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
+            doc = {**_row(r), **host.image_catalog.inspect(r)}
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
 
     @image.command("export")
@@ -99,13 +78,11 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def export(c: CliContext, name: str, dest: Path) -> None:
         """Write image NAME as an OCI image layout folder DEST (skopeo, umoci and others read it)."""
-        from a3s_box.image.layout import export_layout
-
-        store = _store(c)
-        r = store.get(name)
-        if r is None:
-            raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
-        export_layout(store.blobs, r.name, r.digest, dest)
+        with c.host() as host:
+            r = host.image_catalog.get(name)
+            if r is None:
+                raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
+            host.image_catalog.export(r, dest)
         click.echo(f"exported {r.name} to {dest}")
 
     @image.command("rm")
@@ -113,10 +90,10 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def rm(c: CliContext, names: tuple[str, ...]) -> None:
         """Remove images by name or digest."""
-        store = _store(c)
-        for n in names:
-            for r in store.remove(n):
-                click.echo(f"removed {r.name}")
+        with c.host() as host:
+            for n in names:
+                for r in host.image_catalog.remove(n):
+                    click.echo(f"removed {r.name}")
 
     @image.command("prune")
     @click.option("--max-size", default=None, metavar="SIZE",
@@ -125,11 +102,8 @@ def register(cli: click.Group) -> None:
     @pass_cli
     def prune(c: CliContext, max_size: str | None) -> None:
         """Remove images no box uses, and every blob no image needs."""
-        store = _store(c)
-        if max_size is None:
-            gone = store.prune(_in_use(c))
-        else:
-            gone = store.evict_to(_max_size(max_size), _in_use(c))
+        with c.host() as host:
+            gone = host.image_catalog.prune(None if max_size is None else _max_size(max_size))
         for r in gone:
             click.echo(f"removed {r.name}")
 
