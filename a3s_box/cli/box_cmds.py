@@ -540,8 +540,6 @@ def pool_fill(ctx: CliContext, project: str) -> None:
             click.echo(line)
 
 
-def register(cli: click.Group) -> None:
-    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd, fork_cmd, start_cmd, delete_cmd,
-                diff_cmd, pool_group):
-        cli.add_command(cmd)
-
+COMMANDS: tuple[click.Command, ...] = (
+    plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd,
+    fork_cmd, start_cmd, delete_cmd, diff_cmd, pool_group)
