@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from a3s_box.version import __version__ as __version__  # re-exported: a3s_box.__version__
 
 _EXPORTS = {
     "Host": "a3s_box.orchestrator.host",

@@ -175,11 +175,11 @@ def main() -> None:
                 s.box("delete", "-f", str(snap_f))
         import a3s_box
 
-        with a3s_box.Host(s.home) as host, host.client(host.find("one")) as c:
-            c.run(["true"])
+        with a3s_box.Host(s.home) as host, host.client(host.find("one")) as client:
+            client.run(["true"])
             t0 = time.perf_counter()
             for _ in range(30):
-                c.run(["true"])
+                client.run(["true"])
             api_rtt = (time.perf_counter() - t0) / 30
         cli_rtt = statistics.median(s.box("exec", "one", "--", "true") for _ in range(5))
         s.box("delete", "-f", str(snap_f))

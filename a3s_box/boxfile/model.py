@@ -14,7 +14,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.json_schema import SkipJsonSchema
 
 from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
-from a3s_box.boxfile.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+from a3s_box.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from a3s_box.network.policy import (Mode as NetworkMode, NetworkPolicy, RuleError, parse_destination,
                                     parse_host_ip, parse_published)
 

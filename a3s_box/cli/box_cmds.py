@@ -13,17 +13,11 @@ import click
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
 from a3s_box.cli.output import emit, output_option
-from a3s_box.drivers.base import VmState
 from a3s_box.errors import BoxError, BoxfileError
 
 if TYPE_CHECKING:
     from a3s_box.orchestrator.executor import Outcome
 
-
-def Host(home: Any) -> Any:  # noqa: N802 - imported on use: `box ps` should start fast
-    from a3s_box.orchestrator.host import Host as _Host
-
-    return _Host(home)
 
 _files = click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
                       help="Boxfile (repeat to merge several, later ones win). Default: Boxfile.yaml")
@@ -84,7 +78,7 @@ def plan_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prune
              detailed_exitcode: bool, output: str | None) -> None:
     """Show what `box apply` would change, like `terraform plan`."""
     try:
-        with Host(ctx.home) as host:
+        with ctx.host() as host:
             plan = host.plan(host.load(_files_or_default(files)), project, prune)
     except BoxError as e:
         if detailed_exitcode:  # 2 means "changes" here, so every error is 1, as terraform does
@@ -132,7 +126,7 @@ def apply_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, prun
             raise click.UsageError("--watch cannot be combined with --dry-run or -o json|yaml")
         _apply_watch(ctx, _files_or_default(files), project, prune, parallel, driver)
         return
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         bf = host.load(_files_or_default(files))
         if dry_run:
             plan = host.plan(bf, project, prune)
@@ -175,7 +169,7 @@ def _apply_watch(ctx: CliContext, files: list[str], project: str | None, prune: 
                  parallel: int | None, driver: str | None) -> None:
     from a3s_box.orchestrator.watch import file_changes, watch_loop
 
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         state: dict[str, Any] = {}
 
         def converge() -> None:
@@ -214,7 +208,7 @@ _PS_COLUMNS = (("name", "NAME"), ("project", "PROJECT"), ("status", "STATUS"),
 @pass_cli
 def ps_cmd(ctx: CliContext, project: str | None, output: str | None) -> None:
     """List boxes, with what their VMs and agents are doing."""
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         rows = [b.to_json() for b in host.ps(project)]
     emit(rows, _PS_COLUMNS, _fmt(ctx, output))
 
@@ -244,7 +238,7 @@ def exec_cmd(ctx: CliContext, name: str, ns: str, interactive: bool, tty: bool,
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-e")
     use_tty = tty and sys.stdin.isatty()
     rows, cols = _terminal_size() if use_tty else (24, 80)
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         row = host.find(name)
         with host.client(row) as client:
             session = client.start(ExecRequest(
@@ -286,7 +280,7 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
     from a3s_box.logs.reader import log_files, read_lines, select
 
     since_t = _since(since) if since else None
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         row = host.find(name)
         if network:
             from a3s_box.network.log import network_log_path
@@ -307,11 +301,7 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
         out.write(show(data) if show else data)
         out.flush()
         if follow:
-            def alive() -> bool:
-                fresh = host.store.box(row.id)
-                seen = host.runtime.observe(fresh) if fresh is not None else None
-                return seen is not None and seen.state is VmState.RUNNING
-            for chunk in follow_log(path, alive, timestamps=timestamps):
+            for chunk in follow_log(path, lambda: host.running(row.id), timestamps=timestamps):
                 out.write(show(chunk) if show else chunk)
                 out.flush()
 
@@ -319,7 +309,7 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
 def _since(text: str) -> float:
     from datetime import datetime, timezone
 
-    from a3s_box.boxfile.units import parse_duration
+    from a3s_box.units import parse_duration
 
     try:
         return time.time() - parse_duration(text)
@@ -364,7 +354,7 @@ def inspect_cmd(ctx: CliContext, name: str, output: str | None) -> None:
 
     from a3s_box.cli.output import emit_yaml
 
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         data = host.inspect(name)
     if _fmt(ctx, output) == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -377,7 +367,7 @@ def inspect_cmd(ctx: CliContext, name: str, output: str | None) -> None:
 @pass_cli
 def stop_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
     """Stop boxes (the VM shuts down; the disk is kept for `box start`)."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         for n in names:
             row = host.stop(n)
             click.echo(f"{row.name}: stopped")
@@ -388,7 +378,7 @@ def stop_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
 @pass_cli
 def pause_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
     """Pause boxes: their VMs stop using CPU; processes, memory and open files are kept."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         for n in names:
             click.echo(f"{host.pause(n).name}: paused")
 
@@ -398,7 +388,7 @@ def pause_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
 @pass_cli
 def resume_cmd(ctx: CliContext, names: tuple[str, ...]) -> None:
     """Resume paused boxes where they were."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         for n in names:
             click.echo(f"{host.resume(n).name}: running")
 
@@ -414,7 +404,7 @@ def fork_cmd(ctx: CliContext, name: str, new_name: str, timeout: float) -> None:
     NAME pauses for as long as its memory takes to copy, then runs on unchanged; both
     continue on new disk overlays over the frozen layer (`box snapshot ls`). The fork's
     processes are NAME's, mid-run. No Boxfile manages it: `box delete NEW` removes it."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         row = host.fork(name, new_name, timeout)
         click.echo(f"{row.name}: forked from {name}")
 
@@ -425,7 +415,7 @@ def fork_cmd(ctx: CliContext, name: str, new_name: str, timeout: float) -> None:
 @pass_cli
 def start_cmd(ctx: CliContext, names: tuple[str, ...], timeout: float) -> None:
     """Boot stopped boxes again from their own disks."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         for n in names:
             row = host.start(n, timeout)
             click.echo(f"{row.name}: {row.status}")
@@ -446,19 +436,14 @@ def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, wit
         raise click.UsageError("--volumes goes with -f FILE (the project's volumes)")
     if bool(files) == bool(names):
         raise click.UsageError("give either -f FILE or box NAMEs")
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         with host.locked():
             if files:
                 bf = host.load(list(files), for_apply=False)
                 gone = host.delete_project(bf, project)
                 if with_volumes:
-                    from a3s_box.orchestrator.desired import project_name
-                    from a3s_box.volumes import VolumeStore
-
-                    vstore = VolumeStore(host.home)
-                    for v in vstore.list(project_name(bf, project)):
-                        vstore.remove(v.project, v.name)
-                        click.echo(f"volume {v.name}: removed")
+                    host.volumes.remove_project(
+                        bf, project, on_removed=lambda v: click.echo(f"volume {v.name}: removed"))
             else:
                 gone = []
                 for n in names:
@@ -478,7 +463,7 @@ def delete_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, wit
 def diff_cmd(ctx: CliContext, files: tuple[str, ...], project: str | None, output: str | None) -> None:
     """Show drift: where the running host differs from what was applied (dead VMs,
     stopped boxes, boxes no longer in the Boxfile, pools below min_ready). Exit 2 on drift."""
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         plan = host.plan(host.load(_files_or_default(files)), project, prune=False)
     drift = [a for a in plan.changes if a.op.value in ("recreate", "start", "update")
              and not a.changes and a.kind != "image"]
@@ -507,7 +492,7 @@ def pool_group() -> None:
 @pass_cli
 def pool_ls(ctx: CliContext, project: str | None, output: str | None) -> None:
     """List pools with their ready, leased and total boxes."""
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         rows = host.pools(project)
     emit(rows, (("name", "POOL"), ("project", "PROJECT"), ("box", "TEMPLATE"), ("ready", "READY"),
                 ("leased", "LEASED"), ("total", "TOTAL"), ("min_ready", "MIN_READY"), ("max", "MAX")),
@@ -523,7 +508,7 @@ def pool_ls(ctx: CliContext, project: str | None, output: str | None) -> None:
 def pool_acquire(ctx: CliContext, pool: str, project: str | None, name: str | None,
                  output: str | None) -> None:
     """Lease a ready box from POOL at once; the pool boots a replacement behind."""
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         row = host.acquire(pool, project, name)
     if _fmt(ctx, output) == "json":
         click.echo(json.dumps({"id": row.id, "name": row.name, "project": row.project,
@@ -539,7 +524,7 @@ def pool_acquire(ctx: CliContext, pool: str, project: str | None, name: str | No
 @pass_cli
 def pool_release(ctx: CliContext, name: str, keep: bool) -> None:
     """Give a leased box back: destroyed (default), or kept for reuse with --keep."""
-    with Host(ctx.home) as host:
+    with ctx.host() as host:
         host.release(name, keep)
     click.echo(f"{name}: {'returned to its pool' if keep else 'destroyed'}")
 
@@ -549,15 +534,13 @@ def pool_release(ctx: CliContext, name: str, keep: bool) -> None:
 @pass_cli
 def pool_fill(ctx: CliContext, project: str) -> None:
     """One upkeep pass over a project's pools (what --watch does every few seconds)."""
-    with Host(ctx.home) as host, host.locked():
+    with ctx.host() as host, host.locked():
         if not host.pools(project):
             raise BoxError(f"project {project}: no pools (see `box pool ls`)")
         for line in host.keep_pools(project):
             click.echo(line)
 
 
-def register(cli: click.Group) -> None:
-    for cmd in (plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd, fork_cmd, start_cmd, delete_cmd,
-                diff_cmd, pool_group):
-        cli.add_command(cmd)
-
+COMMANDS: tuple[click.Command, ...] = (
+    plan_cmd, apply_cmd, ps_cmd, exec_cmd, logs_cmd, inspect_cmd, stop_cmd, pause_cmd, resume_cmd,
+    fork_cmd, start_cmd, delete_cmd, diff_cmd, pool_group)

@@ -29,6 +29,4 @@ def schema_cmd() -> None:
     sys.stdout.write(schema_text())
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(validate_cmd)
-    cli.add_command(schema_cmd)
+COMMANDS: tuple[click.Command, ...] = (validate_cmd, schema_cmd)

@@ -45,29 +45,29 @@ class StepPrinter:
             self._partial = b""
 
 
-def register(cli: click.Group) -> None:
-    @cli.command("build")
-    @click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
-                  help="Boxfile(s), merged in order [default: Boxfile.yaml].")
-    @click.option("-p", "--project", default=None, help="Project name (default: the Boxfile's).")
-    @click.option("--no-cache", is_flag=True, help="Run every step again, whatever the cache has.")
-    @click.argument("images", nargs=-1)
-    @pass_cli
-    def build(c: CliContext, files: tuple[str, ...], project: str | None, no_cache: bool,
+@click.command("build")
+@click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False),
+              help="Boxfile(s), merged in order [default: Boxfile.yaml].")
+@click.option("-p", "--project", default=None, help="Project name (default: the Boxfile's).")
+@click.option("--no-cache", is_flag=True, help="Run every step again, whatever the cache has.")
+@click.argument("images", nargs=-1)
+@pass_cli
+def build_cmd(c: CliContext, files: tuple[str, ...], project: str | None, no_cache: bool,
               images: tuple[str, ...]) -> None:
-        """Build the Boxfile's `build:` images (IMAGES: only these): each RUN in a microVM
-        with the build's network policy, unchanged steps from the cache."""
-        from a3s_box.orchestrator.host import Host
+    """Build the Boxfile's `build:` images (IMAGES: only these): each RUN in a microVM
+    with the build's network policy, unchanged steps from the cache."""
+    printer = StepPrinter(c.quiet)
+    with c.host() as host:
+        bf = host.load(list(files) or ["Boxfile.yaml"])
+        with host.locked(on_wait=lambda: click.echo("waiting for another box command...", err=True)):
+            results = host.build(bf, project, images, no_cache, printer.event, printer.output)
+    printer._flush()
+    if not results:
+        click.echo("no build images in this Boxfile (images: NAME: {build: {context: ...}})", err=True)
+        return
+    for name, r in results:
+        assert r.record is not None
+        click.echo(f"built {name}: {r.record.name} {r.record.digest} ({r.cached} of {r.total} steps cached)")
 
-        printer = StepPrinter(c.quiet)
-        with Host(c.home) as host:
-            bf = host.load(list(files) or ["Boxfile.yaml"])
-            with host.locked(on_wait=lambda: click.echo("waiting for another box command...", err=True)):
-                results = host.build(bf, project, images, no_cache, printer.event, printer.output)
-        printer._flush()
-        if not results:
-            click.echo("no build images in this Boxfile (images: NAME: {build: {context: ...}})", err=True)
-            return
-        for name, r in results:
-            assert r.record is not None
-            click.echo(f"built {name}: {r.record.name} {r.record.digest} ({r.cached} of {r.total} steps cached)")
+
+COMMANDS: tuple[click.Command, ...] = (build_cmd,)

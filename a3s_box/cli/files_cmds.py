@@ -4,12 +4,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, emit_yaml, output_option
+from a3s_box.units import format_mi, format_size
+
+if TYPE_CHECKING:
+    from a3s_box.orchestrator.volumes import Volumes
+    from a3s_box.volumes import VolumeInfo
 
 
 def _box_path(spec: str) -> tuple[str, str] | None:
@@ -20,123 +25,105 @@ def _box_path(spec: str) -> tuple[str, str] | None:
     return (box, path) if box else None
 
 
-def register(cli: click.Group) -> None:
-    @cli.command("cp")
-    @click.argument("src")
-    @click.argument("dst")
-    @pass_cli
-    def cp(c: CliContext, src: str, dst: str) -> None:
-        """Copy files or trees between the host and a running box.
+@click.command("cp")
+@click.argument("src")
+@click.argument("dst")
+@pass_cli
+def cp_cmd(c: CliContext, src: str, dst: str) -> None:
+    """Copy files or trees between the host and a running box.
 
-        \b
-          box cp ./dir coder:/workspace      into /workspace when it is a folder, else as it
-          box cp coder:/var/log/app.log .    out of the box
-          box cp - coder:/in                 a tar stream on stdin, extracted into /in
-          box cp coder:/out -                /out as a tar stream on stdout
+    \b
+      box cp ./dir coder:/workspace      into /workspace when it is a folder, else as it
+      box cp coder:/var/log/app.log .    out of the box
+      box cp - coder:/in                 a tar stream on stdin, extracted into /in
+      box cp coder:/out -                /out as a tar stream on stdout
 
-        Modes, symlinks (never followed), empty folders and mtimes are kept; files are
-        streamed, whatever their size; nothing partial is left at the destination.
-        """
-        from a3s_box.errors import BoxError
-        from a3s_box.files import BoxFiles
-        from a3s_box.orchestrator.host import Host
+    Modes, symlinks (never followed), empty folders and mtimes are kept; files are
+    streamed, whatever their size; nothing partial is left at the destination.
+    """
+    from a3s_box.errors import BoxError
+    from a3s_box.files import BoxFiles
 
-        s, d = _box_path(src), _box_path(dst)
-        if (s is None) == (d is None):
-            raise click.UsageError("one of SRC and DST must be BOX:PATH, the other a host path or -")
-        box = (s or d)[0]  # type: ignore[index]
-        with Host(c.home) as host:
-            row = host.find(box)
-            with host.client(row) as client:
-                files = BoxFiles(client, row.name)
-                if d is not None:
-                    if src == "-":
-                        files.upload_tar(sys.stdin.buffer, d[1])
-                    else:
-                        where = files.upload(Path(src), d[1])
-                        if not c.quiet:
-                            click.echo(f"{src} -> {row.name}:{where}", err=True)
+    s, d = _box_path(src), _box_path(dst)
+    if (s is None) == (d is None):
+        raise click.UsageError("one of SRC and DST must be BOX:PATH, the other a host path or -")
+    box = (s or d)[0]  # type: ignore[index]
+    with c.host() as host:
+        row = host.find(box)
+        with host.client(row) as client:
+            files = BoxFiles(client, row.name)
+            if d is not None:
+                if src == "-":
+                    files.upload_tar(sys.stdin.buffer, d[1])
                 else:
-                    assert s is not None
-                    if dst == "-":
-                        files.download_tar(s[1], sys.stdout.buffer)
-                        sys.stdout.buffer.flush()
-                    else:
-                        if not Path(dst).parent.exists() and not Path(dst).exists():
-                            raise BoxError(f"{dst}: no such folder on the host")
-                        out = files.download(s[1], Path(dst))
-                        if not c.quiet:
-                            click.echo(f"{row.name}:{s[1]} -> {out}", err=True)
+                    where = files.upload(Path(src), d[1])
+                    if not c.quiet:
+                        click.echo(f"{src} -> {row.name}:{where}", err=True)
+            else:
+                assert s is not None
+                if dst == "-":
+                    files.download_tar(s[1], sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+                else:
+                    if not Path(dst).parent.exists() and not Path(dst).exists():
+                        raise BoxError(f"{dst}: no such folder on the host")
+                    out = files.download(s[1], Path(dst))
+                    if not c.quiet:
+                        click.echo(f"{row.name}:{s[1]} -> {out}", err=True)
 
-    @cli.group("volume")
-    def volume() -> None:
-        """Named volumes: disks kept across recreate and delete."""
 
-    @volume.command("ls")
-    @click.option("-p", "--project", default=None, help="Only this project's volumes.")
-    @output_option
-    @pass_cli
-    def volume_ls(c: CliContext, project: str | None, output: str | None) -> None:
-        """List named volumes with their size and what their disk holds."""
-        rows = [_volume_row(c, v) for v in _store(c).list(project)]
-        emit(rows, (("project", "PROJECT"), ("name", "NAME"), ("size", "SIZE"), ("used", "USED"),
-                    ("in_use_by", "IN USE BY")), output or c.output)
+@click.group("volume")
+def volume_group() -> None:
+    """Named volumes: disks kept across recreate and delete."""
 
-    @volume.command("inspect")
-    @click.argument("name")
-    @click.option("-p", "--project", default=None)
-    @output_option
-    @pass_cli
-    def volume_inspect(c: CliContext, name: str, project: str | None, output: str | None) -> None:
-        """One volume: its disk, size, use and the boxes mounting it."""
-        row = _volume_row(c, _store(c).find(name, project), raw=True)
-        if (output or c.output) == "json":
-            click.echo(json.dumps(row, indent=2, sort_keys=True))
-        else:
-            emit_yaml(row)
 
-    @volume.command("rm")
-    @click.argument("names", nargs=-1, required=True)
-    @click.option("-p", "--project", default=None)
-    @pass_cli
-    def volume_rm(c: CliContext, names: tuple[str, ...], project: str | None) -> None:
-        """Remove named volumes and their data (refused while a box uses one)."""
-        from a3s_box.volumes import VolumeError
+@volume_group.command("ls")
+@click.option("-p", "--project", default=None, help="Only this project's volumes.")
+@output_option
+@pass_cli
+def volume_ls(c: CliContext, project: str | None, output: str | None) -> None:
+    """List named volumes with their size and what their disk holds."""
+    with c.host() as host:
+        volumes = host.volumes
+        rows = [_volume_row(volumes, v) for v in volumes.list(project)]
+    emit(rows, (("project", "PROJECT"), ("name", "NAME"), ("size", "SIZE"), ("used", "USED"),
+                ("in_use_by", "IN USE BY")), output or c.output)
 
-        store = _store(c)
+
+@volume_group.command("inspect")
+@click.argument("name")
+@click.option("-p", "--project", default=None)
+@output_option
+@pass_cli
+def volume_inspect(c: CliContext, name: str, project: str | None, output: str | None) -> None:
+    """One volume: its disk, size, use and the boxes mounting it."""
+    with c.host() as host:
+        row = _volume_row(host.volumes, host.volumes.find(name, project), raw=True)
+    if (output or c.output) == "json":
+        click.echo(json.dumps(row, indent=2, sort_keys=True))
+    else:
+        emit_yaml(row)
+
+
+@volume_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.option("-p", "--project", default=None)
+@pass_cli
+def volume_rm(c: CliContext, names: tuple[str, ...], project: str | None) -> None:
+    """Remove named volumes and their data (refused while a box uses one)."""
+    with c.host() as host:
         for n in names:
-            v = store.find(n, project)
-            users = _users(c, v.project, v.name)
-            if users:
-                raise VolumeError(f"volume {v.name}: in use by box {', '.join(users)}; delete "
-                                  "that box first")
-            store.remove(v.project, v.name)
+            v = host.volumes.remove(n, project)
             click.echo(f"{v.name}: removed")
 
 
-def _store(c: CliContext) -> Any:
-    from a3s_box.volumes import VolumeStore
 
-    c.home.ensure()
-    return VolumeStore(c.home)
-
-
-def _users(c: CliContext, project: str, name: str) -> list[str]:
-    from a3s_box.orchestrator.state import StateStore
-
-    store = StateStore(c.home.state_db)
-    try:
-        return sorted(r.name for r in store.boxes(project) if any(
-            m.get("type") == "volume" and m.get("source") == name for m in r.spec.get("volumes") or ()))
-    finally:
-        store.close()
-
-
-def _volume_row(c: CliContext, v: Any, raw: bool = False) -> dict[str, Any]:
-    from a3s_box.orchestrator.desired import human_size
-
+def _volume_row(volumes: "Volumes", v: "VolumeInfo", raw: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = dict(v.to_json())
-    row["in_use_by"] = ", ".join(_users(c, v.project, v.name))
+    row["in_use_by"] = ", ".join(volumes.users(v))
     if not raw:
-        row["size"], row["used"] = human_size(v.size), f"{v.used / 2**20:.1f}Mi"
+        row["size"], row["used"] = format_size(v.size), format_mi(v.used)
     return row
+
+
+COMMANDS: tuple[click.Command, ...] = (cp_cmd, volume_group)

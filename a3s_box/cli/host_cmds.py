@@ -27,30 +27,33 @@ def _exit_for(checks: list[Check]) -> None:
         sys.exit(1)
 
 
-def register(cli: click.Group) -> None:
-    @cli.command("setup")
-    @output_option
-    @pass_cli
-    def setup(c: CliContext, output: str | None) -> None:
-        """Provision the guest kernel and guest init into the cache, then probe KVM.
+@click.command("setup")
+@output_option
+@pass_cli
+def setup_cmd(c: CliContext, output: str | None) -> None:
+    """Provision the guest kernel and guest init into the cache, then probe KVM.
 
-        Idempotent: a second run only re-checks. Set A3S_BOX_KERNEL (and
-        A3S_BOX_KERNEL_MODULES) to boot your own kernel instead of Debian's.
-        """
-        from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
+    Idempotent: a second run only re-checks. Set A3S_BOX_KERNEL (and
+    A3S_BOX_KERNEL_MODULES) to boot your own kernel instead of Debian's.
+    """
+    from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 
-        ensure_guest_artifacts(c.home, progress=not c.quiet)
-        _show(host_checks(c.home), output or c.output)
+    ensure_guest_artifacts(c.home, progress=not c.quiet)
+    _show(host_checks(c.home), output or c.output)
 
-    @cli.command("doctor")
-    @click.option("--refresh", is_flag=True, help="Probe KVM again instead of the cached verdict.")
-    @output_option
-    @pass_cli
-    def doctor(c: CliContext, refresh: bool, output: str | None) -> None:
-        """What works on this host: QEMU, KVM (really usable?), kernel, guest init, libkrun.
 
-        Exits 1 when no box could run here; `box setup` fixes most of it.
-        """
-        checks = host_checks(c.home, refresh=refresh)
-        _show(checks, output or c.output)
-        _exit_for(checks)
+@click.command("doctor")
+@click.option("--refresh", is_flag=True, help="Probe KVM again instead of the cached verdict.")
+@output_option
+@pass_cli
+def doctor_cmd(c: CliContext, refresh: bool, output: str | None) -> None:
+    """What works on this host: QEMU, KVM (really usable?), kernel, guest init, libkrun.
+
+    Exits 1 when no box could run here; `box setup` fixes most of it.
+    """
+    checks = host_checks(c.home, refresh=refresh)
+    _show(checks, output or c.output)
+    _exit_for(checks)
+
+
+COMMANDS: tuple[click.Command, ...] = (setup_cmd, doctor_cmd)

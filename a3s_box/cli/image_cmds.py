@@ -1,7 +1,6 @@
 """`box image`: pull, import, ls, inspect, export, rm, prune."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,16 +9,10 @@ import click
 
 from a3s_box.cli.context import CliContext, pass_cli
 from a3s_box.cli.output import emit, output_option
+from a3s_box.units import format_bytes, parse_size_arg
 
 if TYPE_CHECKING:
-    from a3s_box.image import ImageRecord, ImageStore
-
-
-def _store(c: CliContext) -> "ImageStore":
-    from a3s_box.image import ImageStore  # on use: other commands should not pay for httpx
-
-    c.home.ensure()
-    return ImageStore(c.home)
+    from a3s_box.image import ImageRecord
 
 
 def _row(r: "ImageRecord") -> dict[str, Any]:
@@ -27,129 +20,107 @@ def _row(r: "ImageRecord") -> dict[str, Any]:
             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_used))}
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{n}B"
+@click.group("image")
+def image_group() -> None:
+    """Pull, import and manage OCI images."""
 
 
-def _in_use(c: CliContext) -> set[str]:
-    """Digests boxes use, from the state store when there is one."""
-    if not c.home.state_db.exists():
-        return set()
-    from a3s_box.orchestrator.state import StateStore
-
-    st = StateStore(c.home.state_db)
-    try:
-        return set(st.images_in_use())
-    finally:
-        st.close()
+@image_group.command("pull")
+@click.argument("ref")
+@pass_cli
+def image_pull(c: CliContext, ref: str) -> None:
+    """Pull REF (host[:port]/repo:tag, repo@sha256:..., or a Docker Hub name)."""
+    with c.host() as host:
+        r = host.image_catalog.pull(ref, progress=not c.quiet)
+    click.echo(f"{r.name} {r.digest}")
 
 
-def register(cli: click.Group) -> None:
-    @cli.group("image")
-    def image() -> None:
-        """Pull, import and manage OCI images."""
+@image_group.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--tag", "-t", default=None, help="Name to give the image in the store.")
+@pass_cli
+def image_import(c: CliContext, path: Path, tag: str | None) -> None:
+    """Import an OCI image layout folder or a `docker save` tarball."""
+    with c.host() as host:
+        r = host.image_catalog.import_path(path, tag=tag)
+    click.echo(f"{r.name} {r.digest}")
 
-    @image.command("pull")
-    @click.argument("ref")
-    @pass_cli
-    def pull(c: CliContext, ref: str) -> None:
-        """Pull REF (host[:port]/repo:tag, repo@sha256:..., or a Docker Hub name)."""
-        r = _store(c).pull(ref, progress=not c.quiet)
-        click.echo(f"{r.name} {r.digest}")
 
-    @image.command("import")
-    @click.argument("path", type=click.Path(path_type=Path))
-    @click.option("--tag", "-t", default=None, help="Name to give the image in the store.")
-    @pass_cli
-    def import_(c: CliContext, path: Path, tag: str | None) -> None:
-        """Import an OCI image layout folder or a `docker save` tarball."""
-        r = _store(c).import_path(path, tag=tag)
-        click.echo(f"{r.name} {r.digest}")
+@image_group.command("ls")
+@output_option
+@pass_cli
+def image_ls(c: CliContext, output: str | None) -> None:
+    """List images: name, digest, size, last used."""
+    with c.host() as host:
+        rows = [_row(r) for r in host.image_catalog.list()]
+    fmt = output or c.output
+    if fmt == "table":
+        rows = [{**r, "digest": r["digest"][7:19], "size": format_bytes(r["size"])} for r in rows]
+    emit(rows, [("name", "NAME"), ("digest", "DIGEST"), ("size", "SIZE"),
+                ("last_used", "LAST USED")], fmt)
 
-    @image.command("ls")
-    @output_option
-    @pass_cli
-    def ls(c: CliContext, output: str | None) -> None:
-        """List images: name, digest, size, last used."""
-        rows = [_row(r) for r in _store(c).list()]
-        fmt = output or c.output
-        if fmt == "table":
-            rows = [{**r, "digest": r["digest"][7:19], "size": _human(r["size"])} for r in rows]
-        emit(rows, [("name", "NAME"), ("digest", "DIGEST"), ("size", "SIZE"),
-                    ("last_used", "LAST USED")], fmt)
 
-    @image.command("inspect")
-    @click.argument("name")
-    @pass_cli
-    def inspect(c: CliContext, name: str) -> None:
-        """An image's record, its OCI config (labels included) and the box defaults its
-        dev.a3s.box.* labels give (JSON)."""
-        import json
+@image_group.command("inspect")
+@click.argument("name")
+@pass_cli
+def image_inspect(c: CliContext, name: str) -> None:
+    """An image's record, its OCI config (labels included) and the box defaults its
+    dev.a3s.box.* labels give (JSON)."""
+    import json
 
-        from a3s_box.image.box_labels import box_defaults
-
-        store = _store(c)
-        r = store.get(name)
+    with c.host() as host:
+        r = host.image_catalog.get(name)
         if r is None:
             raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
-        config = json.loads(store.blobs.read(r.config_digest)) if r.config_digest else {}
-        doc = {**_row(r), "layers": list(r.layers), "source": r.source, "config": config,
-               "box_defaults": box_defaults(r.name, r.config.labels)}
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        doc = {**_row(r), **host.image_catalog.inspect(r)}
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
 
-    @image.command("export")
-    @click.argument("name")
-    @click.argument("dest", type=click.Path(path_type=Path))
-    @pass_cli
-    def export(c: CliContext, name: str, dest: Path) -> None:
-        """Write image NAME as an OCI image layout folder DEST (skopeo, umoci and others read it)."""
-        from a3s_box.image.layout import export_layout
 
-        store = _store(c)
-        r = store.get(name)
+@image_group.command("export")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@pass_cli
+def image_export(c: CliContext, name: str, dest: Path) -> None:
+    """Write image NAME as an OCI image layout folder DEST (skopeo, umoci and others read it)."""
+    with c.host() as host:
+        r = host.image_catalog.get(name)
         if r is None:
             raise click.ClickException(f"image {name}: no such image in the store (see `box image ls`)")
-        export_layout(store.blobs, r.name, r.digest, dest)
-        click.echo(f"exported {r.name} to {dest}")
+        host.image_catalog.export(r, dest)
+    click.echo(f"exported {r.name} to {dest}")
 
-    @image.command("rm")
-    @click.argument("names", nargs=-1, required=True)
-    @pass_cli
-    def rm(c: CliContext, names: tuple[str, ...]) -> None:
-        """Remove images by name or digest."""
-        store = _store(c)
+
+@image_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@pass_cli
+def image_rm(c: CliContext, names: tuple[str, ...]) -> None:
+    """Remove images by name or digest."""
+    with c.host() as host:
         for n in names:
-            for r in store.remove(n):
+            for r in host.image_catalog.remove(n):
                 click.echo(f"removed {r.name}")
 
-    @image.command("prune")
-    @click.option("--max-size", default=None, metavar="SIZE",
-                  help="Instead of removing every unused image, evict least recently used "
-                       "ones until the store fits in SIZE (e.g. 10Gi, 500M).")
-    @pass_cli
-    def prune(c: CliContext, max_size: str | None) -> None:
-        """Remove images no box uses, and every blob no image needs."""
-        store = _store(c)
-        if max_size is None:
-            gone = store.prune(_in_use(c))
-        else:
-            gone = store.evict_to(parse_size(max_size), _in_use(c))
-        for r in gone:
-            click.echo(f"removed {r.name}")
+
+@image_group.command("prune")
+@click.option("--max-size", default=None, metavar="SIZE",
+              help="Instead of removing every unused image, evict least recently used "
+                   "ones until the store fits in SIZE (e.g. 10Gi, 500M).")
+@pass_cli
+def image_prune(c: CliContext, max_size: str | None) -> None:
+    """Remove images no box uses, and every blob no image needs."""
+    with c.host() as host:
+        gone = host.image_catalog.prune(None if max_size is None else _max_size(max_size))
+    for r in gone:
+        click.echo(f"removed {r.name}")
 
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+def _max_size(text: str) -> int:
+    """--max-size in bytes; a click.BadParameter naming the text otherwise."""
+    try:
+        return parse_size_arg(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-size") from None
 
 
-def parse_size(text: str) -> int:
-    """"10Gi" -> bytes; a click.BadParameter naming the text otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size like 10Gi or 500M", param_hint="--max-size")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+COMMANDS: tuple[click.Command, ...] = (image_group,)

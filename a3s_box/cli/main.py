@@ -1,16 +1,20 @@
-"""The `box` command: global options, and the subcommand groups each module registers."""
+"""The `box` command: its global options, the *_cmds modules whose commands it has,
+and the one way out of every command (main)."""
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+from typing import Protocol
 
 import click
 
-from a3s_box import __version__
+from a3s_box.cli import (box_cmds, boxfile_cmds, build_cmds, files_cmds, host_cmds, image_cmds,
+                         serve_cmds, snapshot_cmds)
 from a3s_box.cli.context import CliContext
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
+from a3s_box.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,17 +30,21 @@ def cli(ctx: click.Context, home: str | None, output: str, quiet: bool) -> None:
     ctx.obj = CliContext(home=Home.resolve(home), output=output, quiet=quiet)
 
 
-def _register() -> None:
-    # Each module owns its commands; import here so `box --help` lists them all.
-    import importlib
+class CommandModule(Protocol):
+    """A *_cmds module: it owns its commands (click objects at its top level) and lists
+    them in COMMANDS."""
 
-    for mod in ("a3s_box.cli.boxfile_cmds", "a3s_box.cli.image_cmds", "a3s_box.cli.box_cmds",
-                "a3s_box.cli.host_cmds", "a3s_box.cli.files_cmds", "a3s_box.cli.snapshot_cmds",
-                "a3s_box.cli.serve_cmds", "a3s_box.cli.build_cmds"):
-        importlib.import_module(mod).register(cli)
+    COMMANDS: tuple[click.Command, ...]
 
 
-_register()
+# Every command module, named once. Imported, not looked up by name: a missing module is an
+# import error and one without COMMANDS a mypy error, never a command quietly gone.
+COMMAND_MODULES: tuple[CommandModule, ...] = (
+    boxfile_cmds, image_cmds, box_cmds, host_cmds, files_cmds, snapshot_cmds, serve_cmds, build_cmds)
+
+for _module in COMMAND_MODULES:
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,48 +10,51 @@ import click
 from a3s_box.cli.context import CliContext, pass_cli
 
 
-def register(cli: click.Group) -> None:
-    @cli.command("serve")
-    @click.option("--listen", metavar="HOST:PORT", help="Serve on TCP (every request then needs the "
-                  "bearer token) instead of the home's unix socket.")
-    @click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
-                  help="The unix socket to serve on (default HOME/api.sock, mode 0600).")
-    @click.option("--token-file", type=click.Path(dir_okay=False),
-                  help="Where the TCP bearer token is kept (default HOME/api-token, made on first start).")
-    @click.option("--print-token", is_flag=True, help="Print the bearer token (making it if need be) and exit.")
-    @pass_cli
-    def serve(c: CliContext, listen: str | None, socket_path: str | None, token_file: str | None,
+@click.command("serve")
+@click.option("--listen", metavar="HOST:PORT", help="Serve on TCP (every request then needs the "
+              "bearer token) instead of the home's unix socket.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+              help="The unix socket to serve on (default HOME/api.sock, mode 0600).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Where the TCP bearer token is kept (default HOME/api-token, made on first start).")
+@click.option("--print-token", is_flag=True, help="Print the bearer token (making it if need be) and exit.")
+@pass_cli
+def serve_cmd(c: CliContext, listen: str | None, socket_path: str | None, token_file: str | None,
               print_token: bool) -> None:
-        """Serve the HTTP API (OpenAPI at /openapi.json) for the TypeScript SDK and others."""
-        from a3s_box.api.auth import ensure_token
-        from a3s_box.api.auth import token_file as default_token_file
-        from a3s_box.api.server import serve as run
+    """Serve the HTTP API (OpenAPI at /openapi.json) for the TypeScript SDK and others."""
+    from a3s_box.api.auth import ensure_token
+    from a3s_box.api.auth import token_file as default_token_file
+    from a3s_box.api.server import serve as run
 
-        c.home.ensure()
-        tok = Path(token_file) if token_file else default_token_file(c.home.root)
-        if print_token:
-            click.echo(ensure_token(tok))
+    c.home.ensure()
+    tok = Path(token_file) if token_file else default_token_file(c.home.root)
+    if print_token:
+        click.echo(ensure_token(tok))
+        return
+    if listen and ":" not in listen:
+        raise click.BadParameter("give HOST:PORT, e.g. 127.0.0.1:8100", param_hint="--listen")
+    run(c.home.root, listen, Path(socket_path) if socket_path else None, tok)
+
+
+@click.command("events")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@pass_cli
+def events_cmd(c: CliContext, follow: bool) -> None:
+    """The audit log: every state change, from the CLI or the API (time, who, what, result)."""
+    from a3s_box import audit
+
+    offset = 0
+    while True:
+        entries, offset = audit.read(c.home.root, offset)
+        for e in entries:
+            if c.output == "json":
+                click.echo(json.dumps(e, sort_keys=True))
+            else:
+                click.echo(f"{e.get('time')}  {e.get('who'):<18} {e.get('what'):<8} {e.get('target')}: "
+                           f"{e.get('result')}")
+        if not follow:
             return
-        if listen and ":" not in listen:
-            raise click.BadParameter("give HOST:PORT, e.g. 127.0.0.1:8100", param_hint="--listen")
-        run(c.home.root, listen, Path(socket_path) if socket_path else None, tok)
+        time.sleep(0.5)
 
-    @cli.command("events")
-    @click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
-    @pass_cli
-    def events(c: CliContext, follow: bool) -> None:
-        """The audit log: every state change, from the CLI or the API (time, who, what, result)."""
-        from a3s_box import audit
 
-        offset = 0
-        while True:
-            entries, offset = audit.read(c.home.root, offset)
-            for e in entries:
-                if c.output == "json":
-                    click.echo(json.dumps(e, sort_keys=True))
-                else:
-                    click.echo(f"{e.get('time')}  {e.get('who'):<18} {e.get('what'):<8} {e.get('target')}: "
-                               f"{e.get('result')}")
-            if not follow:
-                return
-            time.sleep(0.5)
+COMMANDS: tuple[click.Command, ...] = (serve_cmd, events_cmd)

@@ -38,7 +38,3 @@ def budget(new_disk: Path, others: list[Path], where: Path) -> Budget:
     may_write = sum(max(0, virtual_size(d) - allocated(d)) for d in others if d != new_disk)
     return Budget(free=shutil.disk_usage(where).free, may_write=may_write,
                   needed=max(0, virtual_size(new_disk) - allocated(new_disk)), overcommit=overcommit())
-
-
-def mib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"

@@ -130,6 +130,15 @@ class HostSupport:
     detail: str  # one plain sentence: why (not) and what to do
 
 
+class SnapshotStore(Protocol):
+    """A driver's saved templates and frozen fork layers on the host (`box snapshot`)."""
+
+    def entries(self) -> list[dict[str, Any]]: ...
+    def users(self, disks: dict[str, Path]) -> dict[str, list[str]]: ...
+    def unused(self, users: dict[str, list[str]]) -> list[str]: ...
+    def remove(self, name: str) -> None: ...
+
+
 @runtime_checkable
 class Driver(Protocol):
     name: str

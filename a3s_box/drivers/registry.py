@@ -13,7 +13,7 @@ import enum
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from a3s_box.drivers.base import Driver, HostSupport
+from a3s_box.drivers.base import Driver, HostSupport, SnapshotStore
 from a3s_box.errors import HostUnsupported
 from a3s_box.home import Home
 
@@ -46,6 +46,12 @@ def _qemu_support(home: Home) -> HostSupport:
     return _qemu(home).host_support()
 
 
+def _qemu_snapshots(home: Home) -> SnapshotStore:
+    from a3s_box.drivers.qemu.snapshot import TemplateStore
+
+    return TemplateStore(home.cache)
+
+
 def _krun_support(home: Home) -> HostSupport:
     from a3s_box.drivers.krun import host_support
 
@@ -60,6 +66,7 @@ class DriverEntry:
     make: Callable[[Home], Driver]
     support: Callable[[Home], HostSupport]  # cached probes; never downloads
     rank: int  # `auto` tries lower ranks first: the lighter VMM where it can do the job
+    snapshots: Callable[[Home], SnapshotStore] | None = None  # with Capability.SNAPSHOTS
 
     def can(self, needs: Collection[Capability]) -> bool:
         return set(needs) <= self.capabilities
@@ -67,7 +74,7 @@ class DriverEntry:
 
 REGISTRY: Mapping[str, DriverEntry] = {e.name: e for e in (
     DriverEntry("qemu", "QEMU microVMs (a jailed VMM, snapshot clones, virtio-fs)",
-                frozenset(Capability), _qemu, _qemu_support, rank=1),
+                frozenset(Capability), _qemu, _qemu_support, rank=1, snapshots=_qemu_snapshots),
     DriverEntry("libkrun", "libkrun microVMs (a library VMM, one supervisor per box)",
                 frozenset(), _krun, _krun_support, rank=0),
 )}
@@ -111,6 +118,11 @@ def _named(needs: Collection[Capability]) -> str:
 def probe_usable(names: Collection[str], home: Home) -> dict[str, bool]:
     """Whether this host runs each of NAMES (cached probes), for `choose`."""
     return {n: entry(n).support(home).usable for n in names}
+
+
+def snapshot_stores(home: Home) -> dict[str, SnapshotStore]:
+    """Each driver's snapshot store, by driver name (drivers that keep snapshots)."""
+    return {n: e.snapshots(home) for n, e in REGISTRY.items() if e.snapshots is not None}
 
 
 def get_driver(name: str, home: Home) -> Driver:

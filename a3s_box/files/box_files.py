@@ -14,7 +14,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from a3s_box.errors import BoxError
 from a3s_box.files.tarstream import QueueReader, TarError, extract_tar, run_in_thread, write_tar
@@ -22,6 +22,18 @@ from a3s_box.guest.protocol import ExecRequest, Namespace
 
 GUEST_TAR = "/.a3s/tar"
 NO_TIMEOUT = None
+
+
+class ByteSource(Protocol):
+    """What a tar stream into a box is read from (a file, a pipe, the API's request body)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What a tar stream out of a box is written to."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class FilesError(BoxError):
@@ -157,7 +169,7 @@ class BoxFiles:
             raise self._fail(posixpath.join(parent, name), err.decode(errors="replace").replace("tar: ", ""))
         return posixpath.join(parent, name)
 
-    def upload_tar(self, stream: IO[bytes], remote_dir: str) -> None:
+    def upload_tar(self, stream: ByteSource, remote_dir: str) -> None:
         """A tar stream (`box cp - BOX:DIR`) extracted into a folder of the box."""
         def feed() -> Any:
             while chunk := stream.read(1 << 20):
@@ -166,7 +178,7 @@ class BoxFiles:
         if code != 0:
             raise self._fail(remote_dir, err.decode(errors="replace").replace("tar: ", ""))
 
-    def download_tar(self, remote: str, sink: IO[bytes]) -> None:
+    def download_tar(self, remote: str, sink: ByteSink) -> None:
         """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`)."""
         parent, name = _split(remote)
         code, err = self._tar(["c", "-C", parent, name], on_stdout=sink.write)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from a3s_box import __version__
+from a3s_box.version import __version__
 from a3s_box.errors import RegistryError
 from a3s_box.image.auth import credentials, parse_challenge
 from a3s_box.image.blobs import BlobStore, sha256_bytes, sha256_file

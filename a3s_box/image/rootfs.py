@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 from a3s_box.errors import ImageError
-
-GiB = 1 << 30
+from a3s_box.units import GiB, round_up_mib
 
 
 def disk_usage(path: Path) -> int:
@@ -27,8 +26,7 @@ def disk_usage(path: Path) -> int:
 
 def base_size(content: int) -> int:
     """Room to spare: the guest writes into its overlay, which grows into this fs's free space."""
-    size = max(GiB, 2 * content)
-    return (size + (1 << 20) - 1) // (1 << 20) * (1 << 20)
+    return round_up_mib(max(GiB, 2 * content))
 
 
 def _run(argv: list[str], ref: str, what: str) -> None:

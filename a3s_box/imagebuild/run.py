@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 from a3s_box.home import Home
 from a3s_box.image.rootfs import build_ext4, create_overlay, disk_usage
 from a3s_box.drivers.registry import Capability, driver_with
+from a3s_box.units import round_up_mib
 
 HELPER = "/.a3s/container"
 GUEST_TAR = "/.a3s/tar"
@@ -119,7 +120,7 @@ def run_step(home: Home, tree: Path, spec: RunSpec, image: str, where: str,
     try:
         base = build_ext4(tree, work / "base.ext4", image)
         size = max(os.path.getsize(base), disk_usage(tree) + SPARE)
-        size = (size + (1 << 20) - 1) // (1 << 20) * (1 << 20)  # whole MiB: qemu-img wants sectors
+        size = round_up_mib(size)  # whole MiB: qemu-img wants sectors
         disk = _fresh_overlay(base, work / "disk.qcow2", size, image, where)
         # everything the tree had was written before this: what is newer, the step did
         touched_after = time.time()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.boxfile.model import BoxDef, Boxfile, ImageDef, PoolDef
+from a3s_box.units import format_size
 
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 
@@ -115,13 +116,6 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def human_size(n: int) -> str:
-    for unit, factor in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return str(n)
-
-
 def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
     """The fields whose change requires a new VM. depends_on, healthcheck, lifetime and
     timeouts are deliberately left out: changing them never needs a reboot."""
@@ -131,7 +125,7 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
         "image": image_identity,
         "driver": box.driver,
         "hostname": box.hostname,
-        "resources": {"vcpus": box.resources.vcpus, "memory": human_size(box.resources.memory)},
+        "resources": {"vcpus": box.resources.vcpus, "memory": format_size(box.resources.memory)},
         "env": dict(sorted(box.env.items())),
         "namespaces": {
             "agent": {
@@ -156,12 +150,12 @@ def box_spec(box: BoxDef, image_identity: str) -> dict[str, Any]:
     if box.security != "strict":
         spec["security"] = box.security
     if box.resources.disk is not None:
-        spec["resources"]["disk"] = human_size(box.resources.disk)
+        spec["resources"]["disk"] = format_size(box.resources.disk)
     if (box.logging.max_size, box.logging.max_files) != (10 << 20, 5):
-        spec["logging"] = {"max_size": human_size(box.logging.max_size), "max_files": box.logging.max_files}
+        spec["logging"] = {"max_size": format_size(box.logging.max_size), "max_files": box.logging.max_files}
     if box.volumes:
         spec["volumes"] = [{"type": v.type, "source": v.source, "target": v.target,
-                            "read_only": v.read_only, "size": human_size(v.size) if v.size else None}
+                            "read_only": v.read_only, "size": format_size(v.size) if v.size else None}
                            for v in box.volumes]
     if box.secrets:
         # names, variables and hosts: the values are never part of the spec (or the state)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,17 @@ from a3s_box.errors import BoxError
 
 if TYPE_CHECKING:  # the heavy parts are imported on use, so `box ps`/`exec` start fast
     from a3s_box.boxfile.model import Boxfile
+    from a3s_box.files import FileEntry
+    from a3s_box.files.box_files import ByteSink, ByteSource
+    from a3s_box.guest.client import CompletedExec, GuestClient
+    from a3s_box.image import ImageStore
     from a3s_box.imagebuild.builder import BuildResult, Events, Output
     from a3s_box.orchestrator.desired import BuildPreview, DesiredState
     from a3s_box.orchestrator.executor import Outcome, Report
+    from a3s_box.orchestrator.image_catalog import ImageCatalog
     from a3s_box.orchestrator.plan import DriverChoice, Plan
+    from a3s_box.orchestrator.snapshots import Snapshots
+    from a3s_box.orchestrator.volumes import Volumes
 from a3s_box.home import Home
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.lock import home_lock
@@ -100,16 +108,16 @@ class BoxFilesHandle:
     def download(self, remote: str, local: str | Path) -> Path:
         return Path(self._call("download", remote, local))
 
-    def list(self, path: str) -> list[Any]:
+    def list(self, path: str) -> list["FileEntry"]:
         return list(self._call("list", path))
 
     def remove(self, path: str) -> None:
         self._call("remove", path)
 
-    def upload_tar(self, stream: Any, remote_dir: str) -> None:
+    def upload_tar(self, stream: "ByteSource", remote_dir: str) -> None:
         self._call("upload_tar", stream, remote_dir)
 
-    def download_tar(self, remote: str, sink: Any) -> None:
+    def download_tar(self, remote: str, sink: "ByteSink") -> None:
         self._call("download_tar", remote, sink)
 
 
@@ -125,7 +133,7 @@ class BoxHandle:
         return self.row.name
 
     def run(self, argv: Sequence[str], ns: str = "agent", timeout: float | None = None,
-            stdin: bytes | None = None) -> Any:
+            stdin: bytes | None = None) -> "CompletedExec":
         from a3s_box.guest.protocol import Namespace
 
         with self.host.client(self.row) as c:
@@ -147,15 +155,39 @@ class Host:
         self.home.ensure()
         self.store = StateStore(self.home.state_db)
         self.runtime = BoxRuntime(self.home, self.store)
-        self._images: Any = None
+        self._images: ImageStore | None = None
 
     @property
-    def images(self) -> Any:
+    def images(self) -> "ImageStore":
+        """The home's image store, as plan and apply use it."""
         if self._images is None:
             from a3s_box.image import ImageStore
 
             self._images = ImageStore(self.home)
         return self._images
+
+    @cached_property
+    def image_catalog(self) -> "ImageCatalog":
+        """The images as people manage them: pull, import, list, inspect, export, remove,
+        prune (never one a box uses)."""
+        from a3s_box.orchestrator.image_catalog import ImageCatalog
+
+        return ImageCatalog(self.images, self.store)
+
+    @cached_property
+    def snapshots(self) -> "Snapshots":
+        """Snapshot templates and fork layers, with the boxes sitting on each."""
+        from a3s_box.orchestrator.snapshots import Snapshots
+
+        return Snapshots(self.home, self.store)
+
+    @cached_property
+    def volumes(self) -> "Volumes":
+        """Named volumes, with the boxes mounting each."""
+        from a3s_box.orchestrator.volumes import Volumes
+        from a3s_box.volumes import VolumeStore
+
+        return Volumes(VolumeStore(self.home), self.store)
 
     def close(self) -> None:
         self.store.close()
@@ -309,7 +341,7 @@ class Host:
         raw = os.environ.get("A3S_BOX_IMAGE_CAP")
         if not raw:
             return
-        from a3s_box.boxfile.units import parse_size
+        from a3s_box.units import parse_size
 
         try:
             cap = parse_size(raw)
@@ -381,9 +413,15 @@ class Host:
         """A handle on box NAME (id "project.name", or a name unique on the host)."""
         return BoxHandle(self, self.find(name))
 
-    def client(self, row: BoxRow, timeout: float = 10.0) -> AbstractContextManager[Any]:
+    def client(self, row: BoxRow, timeout: float = 10.0) -> AbstractContextManager["GuestClient"]:
         """A connected, greeted GuestClient for a running box (a context manager)."""
         return self.runtime.client(row, timeout)
+
+    def running(self, box_id: str) -> bool:
+        """Whether box BOX_ID (an id, "project.name") still exists and its VM runs."""
+        row = self.store.box(box_id)
+        seen = self.runtime.observe(row) if row is not None else None
+        return seen is not None and seen.state is VmState.RUNNING
 
     def _audited(self, what: str, target: str, fn: Callable[[], Any]) -> Any:
         """Run a state change and put it in the audit log, whatever its outcome."""

@@ -15,13 +15,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from a3s_box.disks.budget import MARGIN, budget, mib
+from a3s_box.disks.budget import MARGIN, budget
 from a3s_box.drivers import get_driver
 from a3s_box.drivers.base import BoxLaunch, Driver, VmHandle, VmObservation, VmState
 from a3s_box.errors import BoxError, DiskBudgetError, DriverError, GuestError
 from a3s_box.home import Home
 from a3s_box.orchestrator.launch import launch_from_json, launch_to_json
 from a3s_box.orchestrator.state import BoxRow, StateStore
+from a3s_box.units import format_space
 
 STOP_TIMEOUT = 10.0
 
@@ -148,9 +149,10 @@ class BoxRuntime:
             others += sorted(vols.glob("*/disk.*"))  # named volumes grow too
         b = budget(disk, others, disk.parent)
         if not b.fits:
-            raise DiskBudgetError(name, f"its disk ({mib(b.needed)}) does not fit on this host: {mib(b.free)} free "
-                              f"under {self.home.root}, of which the other boxes' disks may still write "
-                              f"{mib(b.may_write)} and {mib(MARGIN)} stays free (overcommit x{b.overcommit:g}; "
+            raise DiskBudgetError(name, f"its disk ({format_space(b.needed)}) does not fit on this host: "
+                              f"{format_space(b.free)} free under {self.home.root}, of which the other "
+                              f"boxes' disks may still write {format_space(b.may_write)} and "
+                              f"{format_space(MARGIN)} stays free (overcommit x{b.overcommit:g}; "
                               "A3S_BOX_DISK_OVERCOMMIT raises it)")
 
     def destroy(self, row: BoxRow, images: ImageBackend | None) -> None:
@@ -267,8 +269,8 @@ MIN_FREE_BYTES = 64 << 20
 def _check_free_space(name: str, rundir: Path) -> None:
     free = shutil.disk_usage(rundir).free
     if free < MIN_FREE_BYTES:
-        raise DriverError(name, f"No space left on device: {free >> 20} MiB free under "
-                                f"{rundir.parent}, a new box needs at least {MIN_FREE_BYTES >> 20} MiB")
+        raise DriverError(name, f"No space left on device: {format_space(free)} free under "
+                                f"{rundir.parent}, a new box needs at least {format_space(MIN_FREE_BYTES)}")
 
 
 def _with(row: BoxRow, **changes: Any) -> BoxRow:
