@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_ACQUIRE_WAIT = 600.0  # seconds: a waiting acquire holds one of the server's worker threads
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -108,6 +110,9 @@ class Pool(BaseModel):
 class AcquireRequest(_Body):
     name: str | None = Field(None, description="The leased box's name (default: the member's)")
     project: str | None = None
+    timeout: float = Field(0.0, ge=0, le=MAX_ACQUIRE_WAIT, description=(
+        "Seconds to wait when no box is ready: one is booted while the pool is below max, "
+        "or the request waits for one (acquirers served in order); 409 once it runs out"))
 
 
 class ReleaseRequest(_Body):

@@ -503,13 +503,16 @@ def pool_ls(ctx: CliContext, project: str | None, output: str | None) -> None:
 @click.argument("pool")
 @click.option("-p", "--project", default=None)
 @click.option("--name", default=None, help="Name the leased box (default: its pool member name).")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="When no box is ready: boot one while the pool is below max, or wait for one "
+                   "this long (default: 0, refuse at once).")
 @output_option
 @pass_cli
 def pool_acquire(ctx: CliContext, pool: str, project: str | None, name: str | None,
-                 output: str | None) -> None:
+                 wait: float, output: str | None) -> None:
     """Lease a ready box from POOL at once; the pool boots a replacement behind."""
     with ctx.host() as host:
-        row = host.acquire(pool, project, name)
+        row = host.acquire(pool, project, name, timeout=wait)
     if _fmt(ctx, output) == "json":
         click.echo(json.dumps({"id": row.id, "name": row.name, "project": row.project,
                                "pool": row.pool, "channel": (row.handle or {}).get("channel")},

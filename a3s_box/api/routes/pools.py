@@ -18,7 +18,7 @@ def pools(h: HostDep, project: str | None = None) -> list[m.Pool]:
 @router.post("/v1/pools/{pool}/acquire", response_model=m.Box, responses={409: {"model": m.Problem}})
 def acquire(pool: str, h: HostDep,
             req: m.AcquireRequest = Body(default_factory=lambda: m.AcquireRequest.model_validate({}))) -> m.Box:
-    row = h.acquire(pool, req.project, req.name)
+    row = h.acquire(pool, req.project, req.name, timeout=req.timeout)
     return m.Box(**h.info(h.find(row.id)).to_json())
 
 

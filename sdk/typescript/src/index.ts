@@ -192,8 +192,11 @@ export class Host {
     return this.call("GET", `/v1/pools${query({ project })}`);
   }
 
-  /** Lease a ready box from a warm pool at once; `release()` it when done. */
-  async acquire(pool: string, opts: { name?: string; project?: string } = {}): Promise<LeasedBox> {
+  /** Lease a ready box from a warm pool; `release()` it when done. With `timeout`
+   * (seconds), when none is ready one is booted while the pool is below max, or the call
+   * waits for one; an ApiError (409) once the wait runs out. */
+  async acquire(pool: string, opts: { name?: string; project?: string; timeout?: number } = {}):
+      Promise<LeasedBox> {
     const info = await this.call<BoxInfo>("POST", `/v1/pools/${enc(pool)}/acquire`, opts);
     return new LeasedBox(this, info);
   }

@@ -357,6 +357,12 @@ export interface components {
             name?: string | null;
             /** Project */
             project?: string | null;
+            /**
+             * Timeout
+             * @description Seconds to wait when no box is ready: one is booted while the pool is below max, or the request waits for one (acquirers served in order); 409 once it runs out
+             * @default 0
+             */
+            timeout: number;
         };
         /** ApplyResult */
         ApplyResult: {

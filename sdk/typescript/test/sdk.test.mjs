@@ -129,6 +129,19 @@ test("apply, exec, files, spawn, events, pools", async (t) => {
     await assert.rejects(host.box("job-1"), (e) => e instanceof ApiError && e.status === 404);
   });
 
+  await t.test("acquire waits: a burst past min_ready is served up to max, then 409", async () => {
+    const both = await Promise.all([host.acquire("warm", { name: "job-a", timeout: 300 }),
+                                    host.acquire("warm", { name: "job-b", timeout: 300 })]);
+    assert.deepEqual(both.map((b) => b.name).sort(), ["job-a", "job-b"]);
+    await assert.rejects(host.acquire("warm", { timeout: 1 }), (e) => {
+      assert.ok(e instanceof ApiError);
+      assert.equal(e.status, 409);
+      assert.match(e.message, /no ready box after waiting 1s \(2 of max 2 leased/);
+      return true;
+    });
+    for (const b of both) await b.release();
+  });
+
   await t.test("errors carry the CLI's message", async () => {
     await assert.rejects(host.box("nosuch"), (e) => {
       assert.ok(e instanceof ApiError);
