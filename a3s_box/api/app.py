@@ -4,6 +4,8 @@ a3s_box.Host, so the CLI, the Python API and HTTP clients see the same behaviour
 same messages)."""
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,14 +24,19 @@ from a3s_box.api.routes import exec as exec_  # the module's name is the route's
 from a3s_box.errors import BoxError
 
 
-def create_app(home: Path, token: str | None = None) -> FastAPI:
-    """The API for HOME; TOKEN: required as a bearer token on every request (TCP)."""
+def create_app(home: Path, token: str | None = None, reconcile: float | None = None) -> FastAPI:
+    """The API for HOME; TOKEN: required as a bearer token on every request (TCP).
+    RECONCILE (seconds): run the host's reconcile loop at that period while serving."""
     app = FastAPI(title="a3s-box", version=a3s_box.__version__,
                   description="AI agents in hardware-isolated microVMs: the `box` CLI over HTTP.",
                   responses={400: {"model": m.Problem}, 401: {"model": m.Problem}})
     api = ApiState(home=home, token=token, metrics=Metrics(home), channels=Channels())
     app.state.api = api
     app.router.on_shutdown.append(api.channels.close)
+    if reconcile is not None:
+        loop = ReconcileThread(home, reconcile)
+        app.router.on_startup.append(loop.start)
+        app.router.on_shutdown.append(loop.stop)
     app.middleware("http")(guard)
     app.exception_handler(BoxError)(box_error)
     # in the order the endpoints have always had (the OpenAPI document lists them so)
@@ -63,3 +70,27 @@ async def guard(request: Request, call_next: Callable[[Request], Awaitable[Respo
 
 async def box_error(_request: Request, e: BoxError) -> JSONResponse:
     return as_response(problem(e))
+
+
+class ReconcileThread:
+    """The orchestrator's reconcile loop on a thread of the server, its lines on stderr."""
+
+    def __init__(self, home: Path, period: float) -> None:
+        self.home, self.period = home, period
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from a3s_box.orchestrator.host import Host
+        from a3s_box.orchestrator.reconcile import Reconciler
+
+        host = Host(self.home)
+        loop = Reconciler(host.home, host.runtime, host.images, self.period,
+                          log=lambda line: print(f"a3s-box: {line}", file=sys.stderr, flush=True))
+        self._thread = threading.Thread(target=loop.run, args=(self._stop,), name="a3s-reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

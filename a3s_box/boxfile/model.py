@@ -550,6 +550,12 @@ class BoxDef(_Model):
                                                        "interval": "5s", "retries": 3}])
     lifetime: Lifetime | None = Field(None, description="Lifetime limits of leased pool boxes.",
                                       examples=[{"idle_timeout": "10m", "max_duration": "1h"}])
+    restart: Literal["always", "on-failure", "no"] = Field(
+        "always", description=(
+            "When the box's VM ends, `box serve` starts it again: always, only when it did not "
+            "power off cleanly (`on-failure`), or never (`no`); with back-off (2s doubling to "
+            "5m). A box stopped with `box stop` stays stopped. Changed in place."),
+        examples=["on-failure"])
     driver: DriverName = Field(
         AUTO, description="The VMM: `auto` picks the first driver the host runs that can do what "
         "the box needs (libkrun for a box without network, volumes or a jailed VMM, else QEMU).",

@@ -18,9 +18,14 @@ from a3s_box.cli.context import CliContext, pass_cli
 @click.option("--token-file", type=click.Path(dir_okay=False),
               help="Where the TCP bearer token is kept (default HOME/api-token, made on first start).")
 @click.option("--print-token", is_flag=True, help="Print the bearer token (making it if need be) and exit.")
+@click.option("--reconcile-period", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              metavar="SECONDS", help="How often the host's reconcile loop passes (boxes restarted "
+              "as their restart policy says, pools refilled, leases' lifetimes enforced).")
+@click.option("--no-reconcile", is_flag=True, help="Serve the API only: no reconcile loop "
+              "(pools are then refilled by filler processes, as without a server).")
 @pass_cli
 def serve_cmd(c: CliContext, listen: str | None, socket_path: str | None, token_file: str | None,
-              print_token: bool) -> None:
+              print_token: bool, reconcile_period: float, no_reconcile: bool) -> None:
     """Serve the HTTP API (OpenAPI at /openapi.json) for the TypeScript SDK and others."""
     from a3s_box.api.auth import ensure_token
     from a3s_box.api.auth import token_file as default_token_file
@@ -33,7 +38,8 @@ def serve_cmd(c: CliContext, listen: str | None, socket_path: str | None, token_
         return
     if listen and ":" not in listen:
         raise click.BadParameter("give HOST:PORT, e.g. 127.0.0.1:8100", param_hint="--listen")
-    run(c.home.root, listen, Path(socket_path) if socket_path else None, tok)
+    run(c.home.root, listen, Path(socket_path) if socket_path else None, tok,
+        reconcile=None if no_reconcile else reconcile_period)
 
 
 @click.command("events")

@@ -118,6 +118,7 @@ class VmState(str, enum.Enum):
 class VmObservation:
     state: VmState
     exit_reason: str = ""
+    clean: bool = False  # EXITED: the guest powered off by itself (status 0), not a crash or a kill
 
 
 @dataclass(frozen=True)

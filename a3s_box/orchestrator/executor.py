@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported, ImageError
@@ -267,7 +267,10 @@ class Executor:
         want = desired.boxes[action.name]
         timeout = want.definition.timeouts.ready if want.definition.timeouts else DEFAULT_READY_TIMEOUT
         if action.op is Op.START and row is not None:
-            self.runtime.start(row, timeout)
+            self.runtime.start(replace(row, restart=want.definition.restart), timeout)
+            return
+        if action.op is Op.UPDATE and row is not None:  # in place: the restart policy
+            self.store.put_box(replace(row, restart=want.definition.restart))
             return
         if row is not None:  # recreate
             self.runtime.destroy(row, self.images)
@@ -281,7 +284,7 @@ class Executor:
                             network=box_network(want.name, want.definition, self.environ),
                             volumes=volumes, image=record.digest)
         new = BoxRow(id=bid, project=project, name=want.name, spec_hash=want.spec_hash,
-                     spec=want.spec, image=record.digest, driver=action.driver,
+                     spec=want.spec, image=record.digest, driver=action.driver, restart=want.definition.restart,
                      handle=None, status="creating")
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             try:

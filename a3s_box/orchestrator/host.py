@@ -6,6 +6,7 @@ lock held by anything that changes the host.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -374,10 +375,13 @@ class Host:
             accel, pid, boot = handle.accel, handle.pid, handle.extra.get("boot", "cold")
             security = handle.extra.get("security", "none")
             seen = self.runtime.observe(row)
+            restarts = self._restarts(row)
             if seen is not None and seen.state is not VmState.RUNNING:
                 status, detail = "exited", seen.exit_reason
+                if restarts:
+                    detail += f" ({restarts})"
             elif status == "running":
-                detail = self._agent_detail(row)
+                detail = self._agent_detail(row) + (f"; VM {restarts}" if restarts else "")
             elif status == "parked":
                 detail = "loaded and paused; `box pool acquire` runs it"
         return BoxInfo(row.id, row.project, row.name, status, row.driver, accel,
@@ -394,6 +398,12 @@ class Host:
                 "logs": {"console": str(rundir / "console.log"),
                          "network": str(_network_log(rundir))},
                 "secrets": sorted((row.spec.get("secrets") or {}).keys())}
+
+    def _restarts(self, row: BoxRow) -> str:
+        """What the reconcile loop has done and will do about the box's VM ending."""
+        from a3s_box.orchestrator.reconcile import restart_summary
+
+        return restart_summary(self.store.restart_record(row.id), time.time())
 
     def _agent_detail(self, row: BoxRow) -> str:
         try:

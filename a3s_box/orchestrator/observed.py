@@ -24,6 +24,7 @@ class ObservedBox:
     status: str  # running | stopped | exited | creating | failed
     reason: str = ""
     pool: str | None = None
+    restart: str | None = None  # its restart policy as the store has it (None: always)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def observe(store: StateStore, project: str, probe: VmProbe) -> ObservedState:
                 status, reason = "exited", seen.exit_reason or "the VM is gone"
         boxes[row.name] = ObservedBox(
             id=row.id, name=row.name, spec_hash=row.spec_hash, spec=row.spec, image=row.image,
-            status=status, reason=reason, pool=row.pool,
+            status=status, reason=reason, pool=row.pool, restart=row.restart,
         )
     return ObservedState(
         project=project,

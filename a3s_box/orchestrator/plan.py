@@ -238,6 +238,9 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
         return Action(Op.RECREATE, "box", name, "spec changed")
     if have.status == "stopped":
         return Action(Op.START, "box", name, "stopped")
+    restart = want.definition.restart
+    if (have.restart or "always") != restart:  # in place: the reconcile loop reads it
+        return Action(Op.UPDATE, "box", name, changes=(Change("restart", have.restart or "always", restart),))
     if have.status in ("exited", "failed"):
         return Action(Op.RECREATE, "box", name, f"VM {have.status}: {have.reason}".rstrip(": "))
     if have.status == "creating":

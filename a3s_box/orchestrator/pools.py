@@ -358,7 +358,12 @@ def spawn_filler(home: Path, project: str, pool: str) -> None:
 
     Spawning a Python process costs ~15 ms here (exec), too much for `acquire`'s hot
     path, so it happens on a (non-daemon, so never lost at exit) thread. posix_spawn, no
-    Popen object: a long-lived API user reaps its fillers on later calls."""
+    Popen object: a long-lived API user reaps its fillers on later calls. Not while the
+    reconcile loop of `box serve` runs for this home: it is woken instead."""
+    from a3s_box.orchestrator.wakeup import wake_loop
+
+    if wake_loop(home):
+        return
     threading.Thread(target=_spawn_filler, args=(home, project, pool),
                      name=f"a3s-fill-{pool}").start()
 

@@ -69,6 +69,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE boxes ADD COLUMN origin TEXT
     """,
+    # v3: a box's restart policy (always | on-failure | no; NULL: the default, always), and
+    # what the reconcile loop of `box serve` knows of its restarts (for back-off and `box ps`)
+    """
+    ALTER TABLE boxes ADD COLUMN restart TEXT;
+    CREATE TABLE restarts (
+        box_id      TEXT PRIMARY KEY,
+        count       INTEGER NOT NULL,          -- restarts so far (reset after a long run)
+        last_exit   TEXT NOT NULL,             -- why the VM ended last
+        exited_at   REAL NOT NULL,             -- when the loop saw it gone
+        next_try    REAL NOT NULL              -- not before (back-off), 0 once restarted
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -89,6 +101,7 @@ class BoxRow:
     created_at: float = 0.0
     updated_at: float = 0.0
     origin: str | None = None  # "fork:<source box id>" for `box fork` boxes
+    restart: str | None = None  # always | on-failure | no (None: the default, always)
 
 
 # A VM that serves as soon as asked: running, or a pool member parked (loaded, paused)
@@ -109,6 +122,17 @@ class ImageBinding:
     name: str
     source: str
     digest: str
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """What the reconcile loop knows of a box's VM restarts (unix times)."""
+
+    box_id: str
+    count: int
+    last_exit: str
+    exited_at: float
+    next_try: float  # 0: restarted (running since exited_at..)
 
 
 @dataclass(frozen=True)
@@ -213,17 +237,17 @@ class StateStore:
         now = time.time()
         self._db.execute(
             """INSERT INTO boxes (id, project, name, spec_hash, spec_json, image, driver,
-                   handle_json, status, pool, lease, created_at, updated_at, origin)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   handle_json, status, pool, lease, created_at, updated_at, origin, restart)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec_hash=excluded.spec_hash,
                    spec_json=excluded.spec_json, image=excluded.image, driver=excluded.driver,
                    handle_json=excluded.handle_json, status=excluded.status,
                    pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at,
-                   origin=excluded.origin""",
+                   origin=excluded.origin, restart=excluded.restart""",
             (
                 row.id, row.project, row.name, row.spec_hash, _dump(row.spec), row.image,
                 row.driver, _dump(row.handle) if row.handle is not None else None, row.status,
-                row.pool, row.lease, row.created_at or now, now, row.origin,
+                row.pool, row.lease, row.created_at or now, now, row.origin, row.restart,
             ),
         )
 
@@ -234,6 +258,22 @@ class StateStore:
 
     def delete_box(self, id_: str) -> None:
         self._db.execute("DELETE FROM boxes WHERE id=?", (id_,))
+        self._db.execute("DELETE FROM restarts WHERE box_id=?", (id_,))
+
+    # --- restarts (the reconcile loop's) -----------------------------------------
+    def restart_record(self, id_: str) -> RestartRecord | None:
+        r = self._db.execute("SELECT * FROM restarts WHERE box_id=?", (id_,)).fetchone()
+        return RestartRecord(r["box_id"], r["count"], r["last_exit"], r["exited_at"], r["next_try"]) if r else None
+
+    def put_restart_record(self, rec: RestartRecord) -> None:
+        self._db.execute(
+            """INSERT INTO restarts (box_id, count, last_exit, exited_at, next_try) VALUES (?,?,?,?,?)
+               ON CONFLICT(box_id) DO UPDATE SET count=excluded.count, last_exit=excluded.last_exit,
+                   exited_at=excluded.exited_at, next_try=excluded.next_try""",
+            (rec.box_id, rec.count, rec.last_exit, rec.exited_at, rec.next_try))
+
+    def delete_restart_record(self, id_: str) -> None:
+        self._db.execute("DELETE FROM restarts WHERE box_id=?", (id_,))
 
     # --- pools ---------------------------------------------------------------
     def pools(self, project: str | None = None) -> list[PoolRow]:
@@ -345,4 +385,5 @@ def _box_row(r: sqlite3.Row) -> BoxRow:
         handle=json.loads(r["handle_json"]) if r["handle_json"] else None,
         status=r["status"], pool=r["pool"], lease=r["lease"],
         created_at=r["created_at"], updated_at=r["updated_at"], origin=r["origin"],
+        restart=r["restart"],
     )

@@ -79,6 +79,13 @@ CASES = [
 
         Plan: 0 to create, 1 to recreate, 0 to update, 0 to delete, 2 unchanged.
         """),
+    Case("a restart policy changes in place", BOXFILE.replace("memory: 256Mi}", "memory: 256Mi}, restart: no"),
+         {"db": "same", "app": "same"}, expected="""\
+        Project "p":
+          ~ box db                   update: restart always -> no
+
+        Plan: 0 to create, 0 to recreate, 1 to update, 0 to delete, 2 unchanged.
+        """),
     Case("an orphan is kept without --prune", BOXFILE, {"db": "same", "app": "same", "old": "same"}, expected="""\
         Project "p":
           No changes. The host matches the Boxfile.

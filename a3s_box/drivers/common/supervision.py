@@ -77,10 +77,15 @@ def send_signal(pid: int, sig: signal.Signals, group: bool = False) -> None:
 
 def exit_reason(rundir: Path) -> str:
     """What the supervisor wrote in exit.json when its VM ended ("" if nothing)."""
+    return str(_exit_record(rundir).get("reason") or "")
+
+
+def _exit_record(rundir: Path) -> dict[str, object]:
     try:
-        return str(json.loads((rundir / "exit.json").read_text()).get("reason") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+        data = json.loads((rundir / "exit.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def connect_unix(box_id: str, path: str, timeout: float) -> socket.socket:
@@ -116,9 +121,9 @@ def observe_supervised(handle: VmHandle, module: str, what: str) -> VmObservatio
     rundir = rundir_of(handle)
     if is_supervisor(handle.pid, str(rundir), module):
         return VmObservation(VmState.RUNNING)
-    reason = exit_reason(rundir)
-    if reason:
-        return VmObservation(VmState.EXITED, reason)
+    record = _exit_record(rundir)
+    if reason := str(record.get("reason") or ""):
+        return VmObservation(VmState.EXITED, reason, clean=record.get("status") == 0)
     if rundir.exists():
         return VmObservation(VmState.EXITED, f"the {what} is gone without a word (killed?)")
     return VmObservation(VmState.MISSING)
