@@ -18,30 +18,34 @@ class Channels:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, tuple[str, GuestClient]] = {}
+        self._opening: dict[str, threading.Lock] = {}  # one opener per box at a time
 
     def client(self, host: Host, row: BoxRow) -> GuestClient:
-        """A connected client for ROW (a BoxRow of HOST), opened if need be."""
+        """A connected client for ROW (a BoxRow of HOST), opened if need be. Concurrent
+        requests share it: one of them opens it while the others wait for that one (two
+        openers would each replace the other's, closing it under its requests)."""
         if row.status != "running":
             host.runtime.connect(row, 1.0).close()  # raises what state the box is in (paused, stopped...)
         ident = f"{(row.handle or {}).get('pid')}:{(row.handle or {}).get('channel')}"
         with self._lock:
-            held = self._open.get(row.id)
-            if held is not None and held[0] == ident and held[1]._closed is None:
-                return held[1]
-            if held is not None:
-                held[1].close()
-        c = GuestClient(host.runtime.connect(row, 10.0), box=row.name)
-        try:
-            c.hello(10.0)
-        except BaseException:
-            c.close()
-            raise
-        with self._lock:
-            old = self._open.get(row.id)
-            self._open[row.id] = (ident, c)
-        if old is not None and old[1] is not c:
-            old[1].close()
-        return c
+            opening = self._opening.setdefault(row.id, threading.Lock())
+        with opening:
+            with self._lock:
+                held = self._open.get(row.id)
+                if held is not None and held[0] == ident and held[1]._closed is None:
+                    return held[1]
+            c = GuestClient(host.runtime.connect(row, 10.0), box=row.name)
+            try:
+                c.hello(10.0)
+            except BaseException:
+                c.close()
+                raise
+            with self._lock:
+                old = self._open.get(row.id)
+                self._open[row.id] = (ident, c)
+            if old is not None:
+                old[1].close()  # stale: its box restarted, or its connection ended
+            return c
 
     def close(self) -> None:
         with self._lock:

@@ -5,8 +5,9 @@ Level-triggered, like kubelet's sync loop: every PERIOD seconds, and at once whe
 
 - crash recovery: what an interrupted command left half done (the journal) is finished
   or undone;
-- declared boxes (not pool members, not forks) whose VM ended while the store says
-  running are started again as their `restart` policy says (always | on-failure | no),
+- declared boxes and leased pool boxes (not idle members, not forks) whose VM ended while
+  the store says running are started again as their `restart` policy says (always |
+  on-failure | no; leased boxes: always),
   with back-off: at once the first time, then 2s doubling to 5m; a box that has run 10
   minutes since its last restart starts from zero again. `box ps` shows the count, the
   last exit and the next try (a RestartRecord in the state store);
@@ -113,7 +114,9 @@ class Reconciler:
             if got:
                 done += self.runtime.recover(self.images)
                 for row in self.runtime.store.boxes():
-                    if row.pool is None and row.origin is None and row.status == "running":
+                    # declared boxes, and leased pool boxes (their holder's: after a host
+                    # restart they come back rather than being replaced)
+                    if row.origin is None and row.status == "running" and (row.pool is None or row.lease):
                         done += self._box(row)
         for pool in self.runtime.store.pools():
             with pool_lock(self.home.root, pool.project, pool.name, wait=False) as mine:

@@ -1,0 +1,97 @@
+"""`box serve`'s reconcile loop on real microVMs: a box whose VMM is killed -9 comes
+back by itself (restart: always, the default), one with restart: no stays down and
+says so, and a pool is refilled by the loop (no filler process) after an acquire."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BoxCli, boxfile
+
+pytestmark = pytest.mark.vm
+
+BODY = """project: rec
+boxes:
+  keep:
+    image: hello
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+  once:
+    image: hello
+    restart: "no"
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+  worker:
+    image: hello
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+pools:
+  warm: {box: worker, min_ready: 1, max: 2}
+"""
+
+
+def until(check: Callable[[], Any], timeout: float = 120, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def ps(box: BoxCli) -> dict[str, dict[str, Any]]:
+    return {b["name"]: b for b in box("ps", "-o", "json", check=True).json()}
+
+
+def qemu_of(shim: int) -> int:
+    out = subprocess.run(["pgrep", "-P", str(shim), "-f", "qemu-system"], capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.fixture
+def server(box: BoxCli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    sock = tmp_path / "api.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--socket", str(sock),
+                             "--reconcile-period", "0.5"], env=box.env, stderr=subprocess.PIPE)
+    until(sock.exists, 30, "the server's socket")
+    yield proc
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image: Path, tmp_path: Path,
+                                                       server: subprocess.Popen[bytes]) -> None:
+    f = boxfile(tmp_path, hello_image, BODY)
+    box("apply", "-f", str(f), check=True)
+    before = ps(box)
+    os.kill(qemu_of(before["keep"]["pid"]), signal.SIGKILL)  # the VMM, under its shim
+    os.kill(before["once"]["pid"], signal.SIGKILL)  # the shim itself (its VMM follows it)
+
+    back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
+                 and "1 restart" in b["detail"] and b, what="keep restarted by the loop")
+    assert "last exit: qemu was killed by SIGKILL" in back["detail"]
+    assert box("exec", "keep", "--", "hostname", check=True).out == "keep\n"
+    down = until(lambda: "restart" in (b := ps(box)["once"])["detail"] and b, what="once left down")
+    assert down["status"] == "exited"
+    assert "0 restarts, last exit: the shim is gone without a word (killed?)" in down["detail"]
+
+    # an acquire while the server runs spawns no filler: the loop refills the pool
+    box("pool", "acquire", "warm", "--name", "job", check=True)
+    state = until(lambda: (p := box("pool", "ls", "-o", "json", check=True).json()[0])["ready"] == 1 and p,
+                  what="the pool refilled")
+    assert (state["leased"], state["total"]) == (1, 2)
+    fillers = subprocess.run(["pgrep", "-f", "a3s_box.orchestrator.pool_filler"], capture_output=True).stdout
+    assert fillers == b""
+    box("delete", "-f", str(f), check=True)
+    box("pool", "release", "job", check=True)
+    assert box.vm_processes() == []
