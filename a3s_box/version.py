@@ -7,4 +7,4 @@ keeps the two the same.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

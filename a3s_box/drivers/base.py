@@ -119,6 +119,9 @@ class VmObservation:
     state: VmState
     exit_reason: str = ""
     clean: bool = False  # EXITED: the guest powered off by itself (status 0), not a crash or a kill
+    # RUNNING under a supervisor an older a3s-box started, which this one cannot adopt:
+    # why (the plan replaces the box; stop() still ends it cleanly)
+    outdated: str = ""
 
 
 @dataclass(frozen=True)

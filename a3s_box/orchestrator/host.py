@@ -380,6 +380,8 @@ class Host:
                 status, detail = "exited", seen.exit_reason
                 if restarts:
                     detail += f" ({restarts})"
+            elif status == "running" and seen is not None and seen.outdated:
+                detail = f"{seen.outdated}; the next apply replaces it"
             elif status == "running":
                 detail = self._agent_detail(row) + (f"; VM {restarts}" if restarts else "")
             elif status == "parked":

@@ -59,6 +59,8 @@ def observe(store: StateStore, project: str, probe: VmProbe) -> ObservedState:
             seen = probe(row)
             if seen is not None and seen.state is not VmState.RUNNING:
                 status, reason = "exited", seen.exit_reason or "the VM is gone"
+            elif seen is not None and seen.outdated:
+                status, reason = "outdated", seen.outdated
         boxes[row.name] = ObservedBox(
             id=row.id, name=row.name, spec_hash=row.spec_hash, spec=row.spec, image=row.image,
             status=status, reason=reason, pool=row.pool, restart=row.restart,

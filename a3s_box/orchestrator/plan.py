@@ -231,6 +231,8 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
             extra += f" (from the image's labels: {', '.join(want.from_image)})"
         return Action(Op.CREATE, "box", name,
                       f"image {want.image}, {res['vcpus']} vcpu, {res['memory']}{extra}")
+    if have.status == "outdated":  # an upgrade: this release cannot adopt its supervisor
+        return Action(Op.RECREATE, "box", name, f"{have.reason}: stopped cleanly and booted again")
     if have.spec_hash != want.spec_hash:
         changes = tuple(diff_specs(have.spec, want.spec))
         if changes:

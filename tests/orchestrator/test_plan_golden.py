@@ -79,6 +79,13 @@ CASES = [
 
         Plan: 0 to create, 1 to recreate, 0 to update, 0 to delete, 2 unchanged.
         """),
+    Case("an upgrade: a box under an older release's supervisor", BOXFILE, {"db": "outdated", "app": "same"},
+         expected="""\
+        Project "p":
+          ~ box db                   recreate: its VM runs under an older a3s-box's shim (a3s_box.drivers.shim): stopped cleanly and booted again
+
+        Plan: 0 to create, 1 to recreate, 0 to update, 0 to delete, 2 unchanged.
+        """),
     Case("a restart policy changes in place", BOXFILE.replace("memory: 256Mi}", "memory: 256Mi}, restart: no"),
          {"db": "same", "app": "same"}, expected="""\
         Project "p":
@@ -140,6 +147,8 @@ def _observed(desired: DesiredState, case: Case) -> ObservedState:
             status = "stopped"
         elif how == "exited":
             status, reason = "exited", "killed"
+        elif how == "outdated":
+            status, reason = "outdated", "its VM runs under an older a3s-box's shim (a3s_box.drivers.shim)"
         elif how.startswith("memory "):
             spec["resources"]["memory"] = how.split()[1]
             spec_hash = "sha256:old"

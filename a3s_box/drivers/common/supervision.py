@@ -28,25 +28,31 @@ def tail(path: Path, lines: int = 15) -> list[str]:
     return [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()][-lines:]
 
 
-def is_supervisor(pid: int, rundir: str, module: str) -> bool:
-    """Alive, not a zombie, and really this box's supervisor (pids get reused)."""
+def is_supervisor(pid: int, rundir: str, module: str | tuple[str, ...]) -> bool:
+    """Alive, not a zombie, and really this box's supervisor (pids get reused). MODULE:
+    the supervisor's module, or several (this release's, then older releases')."""
+    return supervisor_module(pid, rundir, (module,) if isinstance(module, str) else module) is not None
+
+
+def supervisor_module(pid: int, rundir: str, modules: tuple[str, ...]) -> str | None:
+    """Which of MODULES runs as PID for RUNDIR (None: none, or gone)."""
     if sys.platform != "linux":
         try:
             os.kill(pid, 0)
         except OSError:
-            return False
-        return True
+            return None
+        return modules[0]
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-        return False
-    return module.encode() in cmdline and rundir.encode() in cmdline
+        return None
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X") or rundir.encode() not in cmdline:
+        return None
+    return next((m for m in modules if m.encode() in cmdline), None)
 
 
-def wait_gone(pid: int, rundir: str, module: str, timeout: float) -> bool:
+def wait_gone(pid: int, rundir: str, module: str | tuple[str, ...], timeout: float) -> bool:
     """Wait for the supervisor to end; False if it still runs after `timeout`."""
     try:
         fd = os.pidfd_open(pid)
@@ -116,11 +122,17 @@ def rundir_of(handle: VmHandle) -> Path:
     return Path(handle.extra.get("rundir") or Path(handle.channel).parent)
 
 
-def observe_supervised(handle: VmHandle, module: str, what: str) -> VmObservation:
-    """RUNNING while the supervisor lives; else why it ended, as far as anyone knows."""
+def observe_supervised(handle: VmHandle, module: str | tuple[str, ...], what: str) -> VmObservation:
+    """RUNNING while the supervisor lives (`outdated` says so when it is an older
+    release's: MODULE's later names); else why it ended, as far as anyone knows."""
     rundir = rundir_of(handle)
-    if is_supervisor(handle.pid, str(rundir), module):
+    modules = (module,) if isinstance(module, str) else module
+    running = supervisor_module(handle.pid, str(rundir), modules)
+    if running == modules[0]:
         return VmObservation(VmState.RUNNING)
+    if running is not None:
+        return VmObservation(VmState.RUNNING, outdated=f"its VM runs under an older a3s-box's {what} "
+                                                       f"({running})")
     record = _exit_record(rundir)
     if reason := str(record.get("reason") or ""):
         return VmObservation(VmState.EXITED, reason, clean=record.get("status") == 0)
@@ -129,7 +141,7 @@ def observe_supervised(handle: VmHandle, module: str, what: str) -> VmObservatio
     return VmObservation(VmState.MISSING)
 
 
-def stop_supervised(handle: VmHandle, module: str,
+def stop_supervised(handle: VmHandle, module: str | tuple[str, ...],
                     connect: Callable[[VmHandle, float], socket.socket], timeout: float) -> None:
     """Power off through the guest, then SIGTERM the supervisor (it ends the VM and
     reports), then SIGKILL (the VM follows by PDEATHSIG). Idempotent."""

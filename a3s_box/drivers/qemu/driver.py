@@ -49,6 +49,9 @@ RUNTIME_FILES = ("guest.sock", "channel.sock", "console.sock", "qmp.sock", "shim
 
 
 SHIM = "a3s_box.drivers.qemu.shim"
+# Shims of older releases that may still run boxes after an upgrade: seen as running
+# (outdated: the plan replaces their boxes) and stopped cleanly, never leaked.
+SHIMS = (SHIM, "a3s_box.drivers.shim")
 
 
 def console_tail(path: Path, lines: int = 15) -> str:
@@ -514,7 +517,7 @@ class QemuDriver:
 
     # --- running VMs ----------------------------------------------------------------------
     def observe(self, handle: VmHandle) -> VmObservation:
-        return observe_supervised(handle, SHIM, "shim")
+        return observe_supervised(handle, SHIMS, "shim")
 
     def connect(self, handle: VmHandle, timeout: float) -> socket.socket:
         return connect_unix(handle.box_id, handle.channel, timeout)
@@ -532,7 +535,7 @@ class QemuDriver:
             self.resume(handle)  # a paused guest cannot shut down cleanly
         except (QmpError, KeyError):
             pass
-        stop_supervised(handle, SHIM, self.connect, timeout)
+        stop_supervised(handle, SHIMS, self.connect, timeout)
         # no killpg here: once its leader is long gone a process group id may be reused
         _remove_runtime_files(rundir_of(handle))
 

@@ -1,0 +1,52 @@
+"""Supervisors of older releases after an upgrade: an older shim (its module's old name)
+is seen as running but outdated, so that the plan replaces its box instead of calling it
+dead and booting a second VM beside it (the leak this guards against), and stop() ends it.
+
+Faked: the older shim is a stand-in process with the old module name and the box's run
+folder on its command line (what the drivers recognise a supervisor by); building a
+release from 2026-11 to start a real one needs its own guest artifacts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from a3s_box.drivers.base import VmHandle, VmState
+from a3s_box.drivers.common.supervision import connect_unix, observe_supervised, stop_supervised
+from a3s_box.drivers.qemu.driver import SHIMS
+
+
+def _stand_in(rundir: Path, module: str) -> subprocess.Popen[bytes]:
+    # argv[0..] as `python -m MODULE RUNDIR`: sleep under that command line
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", module, str(rundir)])
+
+
+def test_an_older_shim_is_running_but_outdated_and_stop_ends_it(tmp_path: Path) -> None:
+    proc = _stand_in(tmp_path, "a3s_box.drivers.shim")
+    try:
+        handle = VmHandle("qemu", "p.b", proc.pid, str(tmp_path / "guest.sock"), "", "tcg",
+                          {"rundir": str(tmp_path)})
+        seen = observe_supervised(handle, SHIMS, "shim")
+        assert seen.state is VmState.RUNNING
+        assert seen.outdated == "its VM runs under an older a3s-box's shim (a3s_box.drivers.shim)"
+        # no guest to ask to power off (no channel): SIGTERM ends it
+        stop_supervised(handle, SHIMS, lambda h, t: connect_unix(h.box_id, h.channel, t), 1.0)
+        assert proc.wait(10) is not None
+        assert observe_supervised(handle, SHIMS, "shim").state is not VmState.RUNNING
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_this_releases_shim_is_not_outdated_and_a_stranger_is_not_a_shim(tmp_path: Path) -> None:
+    ours, stranger = _stand_in(tmp_path, SHIMS[0]), _stand_in(tmp_path, "some.other.module")
+    try:
+        mine = VmHandle("qemu", "p.b", ours.pid, "", "", "tcg", {"rundir": str(tmp_path)})
+        assert observe_supervised(mine, SHIMS, "shim") == observe_supervised(mine, SHIMS[0], "shim")
+        assert observe_supervised(mine, SHIMS, "shim").outdated == ""
+        other = VmHandle("qemu", "p.b", stranger.pid, "", "", "tcg", {"rundir": str(tmp_path)})
+        assert observe_supervised(other, SHIMS, "shim").state is not VmState.RUNNING
+    finally:
+        for p in (ours, stranger):
+            p.kill()
+            p.wait()
