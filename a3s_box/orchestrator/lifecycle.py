@@ -298,17 +298,34 @@ def _quietly(fn: Any) -> None:
 def _owner() -> str:
     import os
 
-    return f"pid={os.getpid()}"
+    return f"pid={os.getpid()} start={_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    """When PID started (clock ticks since boot): with the pid, one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _owner_alive(detail: str) -> bool:
-    """Whether the process that journaled an action is still running it."""
+    """Whether the process that journaled an action is still running it. This process's
+    own entries are in flight (a server's reconcile loop beside its requests), unless the
+    entry is older than its start (the same pid reused: a container's pid 1 restarted)."""
     import os
 
-    if not detail.startswith("pid="):
+    fields = dict(f.split("=", 1) for f in detail.split() if "=" in f)
+    try:
+        pid = int(fields.get("pid") or 0)
+    except ValueError:
         return False
-    pid = int(detail[4:] or 0)
-    if pid <= 0 or pid == os.getpid():
+    if pid <= 0:
+        return False
+    if "start" not in fields:  # journaled by an older release: no start time to compare
+        if pid == os.getpid():
+            return False
+    elif fields["start"] != _start_time(pid):
         return False
     try:
         os.kill(pid, 0)

@@ -1,6 +1,8 @@
 """`box serve`'s reconcile loop on real microVMs: a box whose VMM is killed -9 comes
-back by itself (restart: always, the default), one with restart: no stays down and
-says so, and a pool is refilled by the loop (no filler process) after an acquire."""
+back by itself (restart: always, the default), so does one whose egress proxy is killed
+(its shim stops the VM rather than run it without its policy), one with restart: no
+stays down and says so, and a pool is refilled by the loop (no filler process) after
+an acquire."""
 from __future__ import annotations
 
 import os
@@ -27,6 +29,10 @@ boxes:
     image: hello
     restart: "no"
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+  net:
+    image: hello
+    network: {mode: public}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
   worker:
     image: hello
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
@@ -50,6 +56,12 @@ def ps(box: BoxCli) -> dict[str, dict[str, Any]]:
     return {b["name"]: b for b in box("ps", "-o", "json", check=True).json()}
 
 
+def helper_of(box: BoxCli, name: str) -> int:
+    rundir = box("inspect", name, "-o", "json", check=True).json()["rundir"]
+    out = subprocess.run(["pgrep", "-f", f"a3s_box.network.helper {rundir}"], capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
 def qemu_of(shim: int) -> int:
     out = subprocess.run(["pgrep", "-P", str(shim), "-f", "qemu-system"], capture_output=True, text=True).stdout
     return int(out.split()[0])
@@ -57,9 +69,11 @@ def qemu_of(shim: int) -> int:
 
 @pytest.fixture
 def server(box: BoxCli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`box serve` with its loop every half second; its log in serve.log."""
     sock = tmp_path / "api.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--socket", str(sock),
-                             "--reconcile-period", "0.5"], env=box.env, stderr=subprocess.PIPE)
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--socket", str(sock),
+                                 "--reconcile-period", "0.5"], env=box.env, stderr=log)
     until(sock.exists, 30, "the server's socket")
     yield proc
     proc.send_signal(signal.SIGINT)
@@ -76,11 +90,16 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     before = ps(box)
     os.kill(qemu_of(before["keep"]["pid"]), signal.SIGKILL)  # the VMM, under its shim
     os.kill(before["once"]["pid"], signal.SIGKILL)  # the shim itself (its VMM follows it)
+    os.kill(helper_of(box, "net"), signal.SIGKILL)  # the egress proxy: no policy, so no VM
 
     back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
                  and "1 restart" in b["detail"] and b, what="keep restarted by the loop")
     assert "last exit: qemu was killed by SIGKILL" in back["detail"]
     assert box("exec", "keep", "--", "hostname", check=True).out == "keep\n"
+    net = until(lambda: (b := ps(box)["net"])["status"] == "running" and "1 restart" in b["detail"] and b,
+                what="net restarted with a fresh egress proxy")
+    assert "the egress proxy (network helper) ended (killed by SIGKILL); the VM was stopped" in net["detail"]
+    assert helper_of(box, "net")
     down = until(lambda: "restart" in (b := ps(box)["once"])["detail"] and b, what="once left down")
     assert down["status"] == "exited"
     assert "0 restarts, last exit: the shim is gone without a word (killed?)" in down["detail"]
@@ -92,6 +111,6 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     assert (state["leased"], state["total"]) == (1, 2)
     fillers = subprocess.run(["pgrep", "-f", "a3s_box.orchestrator.pool_filler"], capture_output=True).stdout
     assert fillers == b""
-    box("delete", "-f", str(f), check=True)
     box("pool", "release", "job", check=True)
+    box("delete", "-f", str(f), check=True)
     assert box.vm_processes() == []

@@ -177,6 +177,7 @@ class Shim:
         self.listener: socket.socket | None = None
         self.qemu: subprocess.Popen[bytes] | None = None
         self.stopping = ""
+        self.failure = ""  # a helper the box's promises rest on died: why the VM was stopped
 
     def log(self, msg: str) -> None:
         print(f"shim {self.box}: {msg}", file=sys.stderr, flush=True)
@@ -261,6 +262,13 @@ class Shim:
                     self._dispatch(key, events)
                 if any(c.using for c in self.clients.values()):
                     self._active()  # a long exec with no output is still use
+                if not self.failure and (dead := self._dead_helper()):
+                    # no proxy: no network policy, no secrets; no virtiofsd: no volume. The
+                    # box stops rather than run without what it was promised; the reconcile
+                    # loop (or the next apply) boots it again with fresh helpers.
+                    self.failure = dead
+                    self.log(f"{dead}: stopping the VM")
+                    self.qemu.terminate()
                 if not ready and self.mux is None and self.guest is not None:
                     # until the guest answers, repeat HELLO (extra answers are ignored)
                     self.guest.out += p.hello()
@@ -277,7 +285,9 @@ class Shim:
             if self.cgroup is not None:
                 self.cgroup.remove()
             result = exit_reason(status)
-            if self.stopping:
+            if self.failure:
+                result = {"status": None, "signal": 0, "reason": f"{self.failure}; the VM was stopped"}
+            elif self.stopping:
                 result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
                     f"{result['reason']} while stopping ({self.stopping})"
             self.log(str(result["reason"]))
@@ -288,6 +298,15 @@ class Shim:
                 path.unlink(missing_ok=True)
             write_json_atomic(self.rundir / "exit.json", result)
         return 0
+
+    def _dead_helper(self) -> str:
+        """Which helper process ended while the VM runs ("" if none)."""
+        if self.helper is not None and (rc := self.helper.poll()) is not None:
+            return f"the egress proxy (network helper) ended ({_status_text(rc)})"
+        for spec, proc in zip(self.virtiofsd_specs, self.virtiofsd):
+            if (rc := proc.poll()) is not None:
+                return f"virtiofsd of volume {spec.get('target')} ended ({_status_text(rc)})"
+        return ""
 
     def _stop_helpers(self) -> None:
         for proc in ([self.helper] if self.helper else []) + self.virtiofsd:
@@ -649,3 +668,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def _status_text(rc: int) -> str:
+    if rc < 0:
+        sig = -rc
+        return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
+    return f"status {rc}"
