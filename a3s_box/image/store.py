@@ -10,7 +10,13 @@
 Box disks are qcow2 overlays on a base, created wherever the caller says.
 
 An image is registered only once all its blobs are verified and its layers applied
-cleanly, so a failed pull/import leaves the index as it was. Garbage collection
+cleanly, so a failed pull/import leaves the index as it was.
+
+A full disk: a pull or import whose blobs (their sizes are in the manifest) would not
+fit the free space is refused before it writes any; one that fills the disk anyway
+(unpacking, or another writer) removes what it half wrote, sweeps the blobs it
+fetched, then raises DiskFullError naming the home with the space now free
+(a3s_box.disks.space). Garbage collection
 (remove/prune/evict) sweeps blobs and caches no remaining record refers to; pulls and
 imports in flight hold images/gc.lock shared, and a sweep takes it exclusively.
 """
@@ -24,11 +30,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
+from a3s_box.disks import space
 from a3s_box.disks.qcow2 import virtual_size
 from a3s_box.errors import ImageError
 from a3s_box.home import Home
@@ -82,11 +89,12 @@ class ImageStore:
 
     def pull(self, ref: str, progress: bool = False) -> ImageRecord:
         r = parse_reference(ref)
-        try:
-            with self._in_flight():
-                return self._pull(r, progress)
-        finally:
-            self._sweep(wait=False)  # an older version of this name, or a failed pull's blobs
+        with self._full_disk(str(r)):  # outside the sweep: the free space said is after it
+            try:
+                with self._in_flight():
+                    return self._pull(r, progress)
+            finally:
+                self._sweep(wait=False)  # an older version of this name, or a failed pull's blobs
 
     def _pull(self, r: Reference, progress: bool) -> ImageRecord:
         name = str(r)
@@ -104,6 +112,8 @@ class ImageStore:
                 m = parse_manifest(data, name, ctype)
                 if not isinstance(m, Manifest):
                     raise ImageError(name, "index points at another index, not an image")
+            # the blobs' sizes are known now: refuse before writing any if they cannot fit
+            self._room(name, (0 if self.blobs.has(digest) else len(data)) + self._missing_bytes(m))
             c.fetch_blob(m.config, self.blobs)
             self.blobs.put_bytes(data, digest, name)
             with layer_progress(progress, f"pulling {name}") as bars, \
@@ -124,11 +134,12 @@ class ImageStore:
 
     def register(self, name: str, digest: str, *, source: str, source_digest: str) -> ImageRecord:
         """An image whose blobs are in the store already (a build's) under NAME."""
-        try:
-            with self._in_flight():
-                return self._register(name, digest, source=source, source_digest=source_digest)
-        finally:
-            self._sweep(wait=False)  # what NAME pointed at before, if nothing else holds it
+        with self._full_disk(name):
+            try:
+                with self._in_flight():
+                    return self._register(name, digest, source=source, source_digest=source_digest)
+            finally:
+                self._sweep(wait=False)  # what NAME pointed at before, if nothing else holds it
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -140,14 +151,15 @@ class ImageStore:
         return self._import(path, tag)
 
     def _import(self, path: Path, name: str | None) -> ImageRecord:
-        try:
-            with self._in_flight():
-                return self._import_locked(path, name)
-        finally:
-            self._sweep(wait=False)
+        with self._full_disk(str(path)):
+            try:
+                with self._in_flight():
+                    return self._import_locked(path, name)
+            finally:
+                self._sweep(wait=False)
 
     def _import_locked(self, path: Path, name: str | None) -> ImageRecord:
-        imported = import_source(path, self.blobs)
+        imported = import_source(path, self.blobs, room=lambda n: self._room(str(path), n))
         if name is None:
             name = str(path.absolute())
             # A ref.name that is only a tag ("latest") names nothing; "repo:tag" does.
@@ -179,15 +191,17 @@ class ImageStore:
 
     # --- roots and disks -----------------------------------------------------------------
     def unpacked_dir(self, record: ImageRecord) -> Path:
-        return self._unpack(record.name, record.digest)
+        with self._full_disk(record.name):
+            return self._unpack(record.name, record.digest)
 
     def rootfs_base(self, record: ImageRecord) -> Path:
         dest = self.root / "rootfs" / f"{record.digest[7:]}.ext4"
         if dest.exists():
             return dest
-        with self._building(dest):
+        with self._full_disk(record.name), self._building(dest):
             if not dest.exists():
-                build_ext4(self.unpacked_dir(record), dest, record.name)
+                build_ext4(self.unpacked_dir(record), dest, record.name,
+                           room=lambda n: self._room(record.name, n))
         return dest
 
     def create_box_disk(self, record: ImageRecord, dest: Path, size: int | None = None) -> Path:
@@ -211,6 +225,9 @@ class ImageStore:
                     raise ImageError(record.name, f"cannot size box disk {dest}: {r.stderr.strip()}")
             os.replace(tmp, dest)
         except OSError as e:
+            if space.is_full(e):
+                tmp.unlink(missing_ok=True)
+                raise space.disk_full(f"image {record.name}: box disk {dest}", self.home.root) from e
             raise ImageError(record.name, f"cannot create box disk {dest}: {e.strerror or e}") from e
         finally:
             tmp.unlink(missing_ok=True)
@@ -348,6 +365,26 @@ class ImageStore:
                     p.unlink(missing_ok=True)
 
     # --- helpers -------------------------------------------------------------------------
+    def _full_disk(self, name: str) -> "AbstractContextManager[None]":
+        """ENOSPC/EDQUOT inside becomes DiskFullError naming image NAME and the home."""
+        return space.full_disk_is_error(f"image {name}", self.home.root)
+
+    def _room(self, name: str, needed: int) -> None:
+        """Refuse image NAME before it writes NEEDED bytes that the home has no room for."""
+        space.require(f"image {name}", self.home.root, needed)
+
+    def _missing_bytes(self, m: Manifest) -> int:
+        """What the config and layers of M not in the store yet will take, less what
+        partial downloads of them hold already."""
+        unique = {d.digest: d for d in (m.config, *m.layers)}
+        total = 0
+        for d in unique.values():
+            if not self.blobs.has(d.digest):
+                part = self.blobs.partial(d.digest)
+                have = part.stat().st_size if part.is_file() else 0
+                total += max(0, d.size - have)
+        return total
+
     def _complete(self, r: ImageRecord) -> bool:
         return all(self.blobs.has(b) for b in r.blobs)
 
