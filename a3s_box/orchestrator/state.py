@@ -4,6 +4,11 @@ It records intent and identity (which boxes and pools exist, for which project, 
 which spec hash and VM handle); the drivers remain the truth about whether a VM is
 actually alive (see observed.py). Writers hold the home's lock (lock.py); readers
 need none, WAL gives them a consistent snapshot.
+
+A full disk: a write SQLite cannot make (SQLITE_FULL, or ENOSPC opening the file) is a
+DiskFullError naming the home's folder; SQLite has undone the statement, and
+`transaction` rolls back the rest of the transaction (unless SQLite already did), so
+the store keeps what it had, readable, and writes again once there is space.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a3s_box.disks import space
 from a3s_box.errors import StateError
 
 # Each entry upgrades the schema by one version; never edit a released entry.
@@ -148,7 +154,8 @@ class StateStore:
     def _open(self) -> None:
         # Private before SQLite opens it (it gives -wal and -shm the same mode): pool
         # templates and box specs are no one else's business.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        with space.full_disk_is_error(f"state store {self.path}", self.path.parent):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         for p in (self.path, self.path.with_name(self.path.name + "-wal"),
                   self.path.with_name(self.path.name + "-shm")):
             try:
@@ -157,12 +164,16 @@ class StateStore:
             except FileNotFoundError:
                 pass
         self._db = _Locked(sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                           check_same_thread=False), self._lock)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+                                           check_same_thread=False), self._lock, self.path)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -189,11 +200,11 @@ class StateStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._db.execute("COMMIT")  # a COMMIT that fails (a full disk) rolls back too
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
-            else:
-                self._db.execute("COMMIT")
 
     # --- boxes ---------------------------------------------------------------
     def boxes(self, project: str | None = None) -> list[BoxRow]:
@@ -291,11 +302,17 @@ class StateStore:
 
 class _Locked:
     """A sqlite3 connection whose calls are serialised by a lock; results are fetched
-    inside the lock so no cursor is shared between threads."""
+    inside the lock so no cursor is shared between threads. SQLITE_FULL becomes
+    DiskFullError here, the one place every statement goes through."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
         self._conn = db
         self._lock = lock
+        self._path = path
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
 
     @property
     def row_factory(self) -> Any:
@@ -306,7 +323,7 @@ class _Locked:
         self._conn.row_factory = value
 
     def execute(self, sql: str, params: Any = ()) -> "_Result":
-        with self._lock:
+        with self._lock, space.full_disk_is_error(f"state store {self._path}", self._path.parent):
             cur = self._conn.execute(sql, params)
             return _Result(cur.fetchall(), cur.lastrowid)
 
