@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
 from a3s_box import __version__
 from a3s_box.cli.context import CliContext
+from a3s_box.disks.space import disk_full, is_full
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except OSError as e:
         _debug()
+        if is_full(e):  # no edge said it: still the folder and what is free, as they all do
+            path = Path(os.fsdecode(e.filename)) if e.filename else None
+            folder = path.parent if path is not None else Home.resolve().root
+            click.echo(f"error: {disk_full(str(path or ''), folder)}", err=True)
+            sys.exit(1)
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(1)

@@ -126,6 +126,24 @@ def test_an_os_error_names_its_path(workdir: Path, capsys: pytest.CaptureFixture
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import a3s_box.orchestrator.host as host
 
+    def denied(*a: object, **k: object) -> None:
+        raise OSError(13, "Permission denied", str(workdir / "home" / "state.db"))
+
+    monkeypatch.setattr(host.Host, "ps", denied)
+    with pytest.raises(SystemExit) as exit_:
+        main(["ps"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"error: {workdir}/home/state.db: Permission denied\n"
+
+
+def test_a_full_disk_no_edge_translated_still_names_the_disk(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last resort: an ENOSPC that reached the CLI as it was is said as every full
+    disk is (a3s_box.disks.space), naming the folder of the file and what is free."""
+    import re
+
+    import a3s_box.orchestrator.host as host
+
     def full(*a: object, **k: object) -> None:
         raise OSError(28, "No space left on device", str(workdir / "home" / "state.db"))
 
@@ -133,4 +151,6 @@ def test_an_os_error_names_its_path(workdir: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exit_:
         main(["ps"])
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == f"error: {workdir}/home/state.db: No space left on device\n"
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: {workdir}/home/state.db: no space left on {workdir}/home "
+                        r"\(file system [^;]+; [\d.]+ [KMG]iB free\)\n", err), err
