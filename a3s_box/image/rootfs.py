@@ -40,7 +40,7 @@ def _run(argv: list[str], ref: str, what: str) -> None:
         raise ImageError(ref, f"{what}: {argv[0]} is not installed") from e
     except subprocess.CalledProcessError as e:
         out = (e.stderr or e.stdout).strip()
-        if os.strerror(errno.ENOSPC) in out:  # as the tool said it (C locale: our environment's)
+        if os.strerror(errno.ENOSPC) in out:  # as the tool says it in English (else: quoted as it is)
             raise OSError(errno.ENOSPC, f"{what}: {out[-200:]}", argv[-1]) from e
         raise ImageError(ref, f"{what} failed: {out[-400:]}") from e
 
