@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from a3s_box.disks import space
 from a3s_box.errors import ImageError
 from a3s_box.image.blobs import CHUNK, BlobStore, sha256_bytes, sha256_file
 from a3s_box.image.manifest import (
@@ -178,22 +179,26 @@ def export_layout(blobs: BlobStore, name: str, manifest_digest: str, dest: Path)
     m = parse_manifest(blobs.read(manifest_digest), name)
     if not isinstance(m, Manifest):
         raise ImageError(name, "export: not an image manifest")
+    digests = sorted({manifest_digest, m.config.digest, *(layer.digest for layer in m.layers)})
+    what = f"image {name}: export to {dest}"
+    space.require(what, dest.parent, sum(blobs.size(d) for d in digests))
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "blobs" / "sha256").mkdir(parents=True)
-        for digest in (manifest_digest, m.config.digest, *(layer.digest for layer in m.layers)):
-            target = tmp / "blobs" / "sha256" / digest.split(":", 1)[1]
-            if not target.exists():
-                shutil.copyfile(blobs.path(digest), target)
-        (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        (tmp / "index.json").write_text(json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest_digest,
-                           "size": blobs.size(manifest_digest),
-                           "annotations": {"org.opencontainers.image.ref.name": name}}]}, sort_keys=True))
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise ImageError(name, f"export to {dest}: {e.strerror or e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with space.full_disk_is_error(what, dest.parent):  # said with the temp folder gone
+        try:
+            (tmp / "blobs" / "sha256").mkdir(parents=True)
+            for digest in digests:
+                shutil.copyfile(blobs.path(digest), tmp / "blobs" / "sha256" / digest.split(":", 1)[1])
+            (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+            (tmp / "index.json").write_text(json.dumps({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest_digest,
+                               "size": blobs.size(manifest_digest),
+                               "annotations": {"org.opencontainers.image.ref.name": name}}]}, sort_keys=True))
+            os.replace(tmp, dest)
+        except OSError as e:
+            if space.is_full(e):
+                raise
+            raise ImageError(name, f"export to {dest}: {e.strerror or e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

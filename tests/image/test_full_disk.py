@@ -1,6 +1,7 @@
 """Pulls and imports on a home whose disk is full (issue 24): a real 60 MiB tmpfs as the
 home, images of random (incompressible) data bigger than it, pulled from the local
-registry or imported from a layout or a `docker save` tar.
+registry or imported from a layout or a `docker save` tar; and an export to a folder
+too small for it.
 
 Each ends in one DiskFullError naming the home, with the figures when they are known
 before anything is written, and leaves no partial download, temp file or half-unpacked
@@ -19,6 +20,7 @@ from a3s_box.disks import space
 from a3s_box.errors import DiskFullError
 from a3s_box.home import Home
 from a3s_box.image import ImageStore
+from a3s_box.image.layout import export_layout
 from tests.image.test_image_store import docker_save_tar
 from tests.registry import Entry, Registry, layer_tar, write_oci_layout
 from tests.small_disk import SmallDisk, small_disk  # noqa: F401  (the fixture)
@@ -132,6 +134,19 @@ def test_an_import_whose_unpacking_fills_the_disk_leaves_nothing(small_disk: Sma
         _store(home).import_path(layouts / "medium")
     assert_nothing_left(home)
     assert small_disk.free(home) >= HOME_SIZE - MiB
+
+
+def test_an_export_bigger_than_its_destination_is_refused(small_disk: SmallDisk, layouts: Path,
+                                                          tmp_path: Path) -> None:
+    store = _store(tmp_path / "home")  # on the big disk
+    r = store.import_path(layouts / "medium", tag="medium:1")
+    out = small_disk.mount(16 * MiB, "out")
+    with pytest.raises(DiskFullError) as err:
+        export_layout(store.blobs, r.name, r.digest, out / "oci")
+    assert str(err.value).startswith(f"image medium:1: export to {out / 'oci'}: no space left on {out} (needs ")
+    needed, free = figures(str(err.value))
+    assert needed >= MEDIUM // MiB and free == 16
+    assert small_disk.files(out) == []
 
 
 @pytest.mark.registry
