@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -276,27 +277,28 @@ class ImageStore:
 
     # --- removal and eviction ------------------------------------------------------------
     def remove(self, name_or_digest: str) -> builtins.list[ImageRecord]:
-        with self.index.locked() as records:
+        def pick(records: dict[str, ImageRecord]) -> builtins.list[ImageRecord]:
             hit = _find(records, name_or_digest)
             if hit is None:
                 raise ImageError(name_or_digest, "no such image in the store")
-            gone = [r for r in records.values()
+            return [r for r in records.values()
                     if r.name == hit.name or (is_digest(name_or_digest) and r.digest == hit.digest)]
-            for r in gone:
-                del records[r.name]
-        self._sweep()
+
+        with self._full_disk(name_or_digest):
+            gone = self._unrecord(pick)
+            self._sweep()
         return gone
 
     def prune(self, in_use: set[str]) -> builtins.list[ImageRecord]:
         """Remove every image no box uses (by digest or name) and the build cache, then
         unreferenced blobs."""
-        with self.index.locked() as records:
-            gone = [r for r in records.values() if r.digest not in in_use and r.name not in in_use]
-            for r in gone:
-                del records[r.name]
-        with self.pins.locked() as pins:
-            pins.clear()
-        self._sweep(partials=True)
+        with self._full_disk("prune"):
+            gone = self._unrecord(lambda records: [r for r in records.values()
+                                                   if r.digest not in in_use and r.name not in in_use])
+            self._sweep()  # room for the pins' smaller file on a full disk
+            with self.pins.locked() as pins:
+                pins.clear()
+            self._sweep(partials=True)
         return gone
 
     def evict_to(self, cap_bytes: int, in_use: set[str]) -> builtins.list[ImageRecord]:
@@ -307,11 +309,34 @@ class ImageStore:
                 break
             if r.digest in in_use or r.name in in_use:
                 continue
-            with self.index.locked() as records:
-                records.pop(r.name, None)
-            self._sweep()
+            with self._full_disk(r.name):
+                self._unrecord(functools.partial(_named, r.name))
+                self._sweep()
             evicted.append(r)
         return evicted
+
+    def _unrecord(self, pick: Callable[[dict[str, ImageRecord]], builtins.list[ImageRecord]]
+                  ) -> builtins.list[ImageRecord]:
+        """Drop the records PICK chooses from the index. On a disk too full even for the
+        smaller index (it is written whole, then renamed), the caches of what goes
+        (unpacked roots, ext4 bases: rebuilt on use) are removed first, under the sweep's
+        lock, and it is written again: removing images is how a full home is freed."""
+        def drop(records: dict[str, ImageRecord]) -> builtins.list[ImageRecord]:
+            gone = pick(records)
+            for r in gone:
+                del records[r.name]
+            return gone
+
+        try:
+            with self.index.locked() as records:
+                return drop(records)
+        except OSError as e:
+            if not space.is_full(e):
+                raise
+        with self._gc_locked(), self.index.locked() as records:
+            gone = drop(records)
+            self._drop_caches({r.digest[7:] for r in records.values()})
+            return gone
 
     def disk_usage(self) -> int:
         """Bytes allocated on disk by blobs, unpacked roots and ext4 bases."""
@@ -340,6 +365,14 @@ class ImageStore:
                 return  # a pull/import is in flight; a later sweep collects this garbage
             self._sweep_locked(partials)
 
+    @contextmanager
+    def _gc_locked(self) -> Iterator[None]:
+        """The sweep's lock, exclusively: no pull, import or build holds blobs meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "gc.lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            yield
+
     def _sweep_locked(self, partials: bool) -> None:
         with self.index.locked() as records:
             live_blobs = {b for r in records.values() for b in r.blobs} | self.pins.blobs()
@@ -351,18 +384,22 @@ class ImageStore:
                 if p.name.startswith(".") and p.name.endswith(".lock") \
                         and p.name[1:].split(".")[0] not in live:
                     p.unlink(missing_ok=True)  # the build lock of a swept cache entry
-            for p in _children(self.root / "unpacked"):
-                if not p.name.startswith(".") and p.name not in live:
-                    _rmtree(p)
-            for p in _children(self.root / "rootfs"):
-                if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") \
-                        and p.stem not in live:
-                    p.unlink(missing_ok=True)
+            self._drop_caches(live)
             for p in _children(self.root / "locks"):  # nobody holds these: gc.lock is ours
                 p.unlink(missing_ok=True)
             if partials:
                 for p in _children(self.root / "tmp"):
                     p.unlink(missing_ok=True)
+
+    def _drop_caches(self, live: set[str]) -> None:
+        """Unpacked roots and ext4 bases of manifests (hex digests) not in LIVE; the sweep's
+        lock is held."""
+        for p in _children(self.root / "unpacked"):
+            if not p.name.startswith(".") and p.name not in live:
+                _rmtree(p)
+        for p in _children(self.root / "rootfs"):
+            if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") and p.stem not in live:
+                p.unlink(missing_ok=True)
 
     # --- helpers -------------------------------------------------------------------------
     def _full_disk(self, name: str) -> "AbstractContextManager[None]":
@@ -389,11 +426,17 @@ class ImageStore:
         return all(self.blobs.has(b) for b in r.blobs)
 
     def _touch(self, r: ImageRecord) -> ImageRecord:
+        """R, marked used now (for eviction); on a full disk, R as it was: a timestamp is
+        not worth failing for."""
         now = time.time()
-        with self.index.locked() as records:
-            if r.name in records:
-                records[r.name] = replace(records[r.name], last_used=now)
-                return records[r.name]
+        try:
+            with self.index.locked() as records:
+                if r.name in records:
+                    records[r.name] = replace(records[r.name], last_used=now)
+                    return records[r.name]
+        except OSError as e:
+            if not space.is_full(e):
+                raise
         return r
 
 
@@ -414,6 +457,10 @@ def _find(records: dict[str, ImageRecord], key: str) -> ImageRecord | None:
     if p.exists():
         return records.get(str(p.absolute()))
     return None
+
+
+def _named(name: str, records: dict[str, ImageRecord]) -> list[ImageRecord]:
+    return [records[name]] if name in records else []
 
 
 def _children(d: Path) -> list[Path]:

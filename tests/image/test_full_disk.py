@@ -22,7 +22,7 @@ from a3s_box.home import Home
 from a3s_box.image import ImageStore
 from a3s_box.image.layout import export_layout
 from tests.image.test_image_store import docker_save_tar
-from tests.registry import Entry, Registry, layer_tar, write_oci_layout
+from tests.registry import Entry, Registry, busybox_layout, layer_tar, write_oci_layout
 from tests.small_disk import SmallDisk, small_disk  # noqa: F401  (the fixture)
 
 MiB = 1 << 20
@@ -55,9 +55,11 @@ def _store(home: Path) -> ImageStore:
 
 
 def assert_nothing_left(home: Path) -> None:
-    """No partial, temp file, blob or unpacked root: every file left is an empty lock."""
+    """No partial, temp file, blob or unpacked root: every file left is an empty lock (or
+    the index, with no record)."""
     held = {str(p.relative_to(home)): p.stat().st_size for p in home.rglob("*")
-            if p.is_file() and (p.stat().st_size or p.name.endswith((".partial", ".tmp")) or "put-" in p.name)}
+            if p.is_file() and p.name != "index.json"
+            and (p.stat().st_size or p.name.endswith((".partial", ".tmp")) or "put-" in p.name)}
     assert held == {}
     unpacked = home / "images" / "unpacked"
     assert not unpacked.is_dir() or [p.name for p in unpacked.iterdir() if not p.name.endswith(".lock")] == []
@@ -134,6 +136,29 @@ def test_an_import_whose_unpacking_fills_the_disk_leaves_nothing(small_disk: Sma
         _store(home).import_path(layouts / "medium")
     assert_nothing_left(home)
     assert small_disk.free(home) >= HOME_SIZE - MiB
+
+
+def test_a_full_home_still_uses_its_images_and_frees_itself_by_removing_them(
+        small_disk: SmallDisk, tmp_path: Path) -> None:
+    """Filled to the last byte by something else: an image in the store is still handed
+    out (its last-used time is not worth failing for), and `box image rm` / `prune` make
+    room though even the smaller index needs some to be written."""
+    home = small_disk.mount(16 * MiB)
+    busybox_layout(tmp_path / "a")
+    busybox_layout(tmp_path / "b", [[Entry("b", data=os.urandom(1 << 20))]])
+    store = _store(home)
+    a = store.import_path(tmp_path / "a")
+    store.import_path(tmp_path / "b", tag="b:1")
+    filler = small_disk.fill(home)
+    assert small_disk.free(home) < 4096
+    assert store.ensure(tmp_path / "a").digest == a.digest
+    assert [r.name for r in store.remove("b:1")] == ["b:1"]
+    assert small_disk.free(home) > MiB
+    small_disk.fill(home, name=".filler2")
+    assert [r.name for r in store.prune(set())] == [a.name]
+    filler.unlink()
+    (home / ".filler2").unlink()
+    assert_nothing_left(home)
 
 
 def test_an_export_bigger_than_its_destination_is_refused(small_disk: SmallDisk, layouts: Path,
