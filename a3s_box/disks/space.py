@@ -27,15 +27,17 @@ from a3s_box.errors import DiskFullError
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 SQLITE_FULL = 13
+SQLITE_IOERR_SHMSIZE = 4874  # WAL's shared-memory file could not grow: "out of space", says SQLite
 
 
 def is_full(e: BaseException) -> bool:
     """An OSError of a full file system or quota, or SQLite's SQLITE_FULL ('database or
-    disk is full'; read from the error's code, so sqlite3 need not be imported here)."""
+    disk is full') or SQLITE_IOERR_SHMSIZE (read from the error's code, so sqlite3 need
+    not be imported here)."""
     if isinstance(e, OSError):
         return e.errno in FULL_ERRNOS
     code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == SQLITE_FULL
+    return isinstance(code, int) and (code & 0xFF == SQLITE_FULL or code == SQLITE_IOERR_SHMSIZE)
 
 
 def _existing(path: Path) -> Path:

@@ -34,6 +34,9 @@ def test_what_counts_as_a_full_disk() -> None:
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = 13  # what sqlite3 sets on SQLITE_FULL
     assert space.is_full(full)
+    shm = sqlite3.OperationalError("disk I/O error")
+    shm.sqlite_errorcode = 4874  # SQLITE_IOERR_SHMSIZE: WAL's shared memory could not grow
+    assert space.is_full(shm)
     assert not space.is_full(sqlite3.OperationalError("database is locked"))
 
 

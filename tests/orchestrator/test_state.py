@@ -160,3 +160,29 @@ def test_a_full_disk_fails_the_write_and_leaves_the_store_readable_and_whole(sma
     check.close()
     again.close()
     StateStore(home / "new.db").close()  # what could not be made then is made now
+
+
+def test_a_store_opened_on_a_full_disk_reads_and_refuses_writes(small_disk: SmallDisk) -> None:
+    """The last connection removed WAL's files; a new one (`box ps`, `box image prune`)
+    finds no room to make them again: it still reads, and a write is a DiskFullError."""
+    home = small_disk.mount(8 << 20)
+    s = StateStore(home / "state.db")
+    s.put_box(_row("kept"))
+    s.close()
+    filler = small_disk.fill(home)
+
+    full = StateStore(home / "state.db")
+    assert [r.name for r in full.boxes()] == ["kept"] and full.images_in_use() == {"sha256:abc"}
+    with pytest.raises(DiskFullError, match=f"^state store {home / 'state.db'}: no space left on {home} "):
+        full.delete_box("p.kept")
+    with pytest.raises(DiskFullError):
+        with full.transaction():
+            full.put_box(_row("new"))
+    assert [r.name for r in full.boxes()] == ["kept"]
+    full.close()
+
+    filler.unlink()
+    s = StateStore(home / "state.db")
+    s.put_box(_row("after"))
+    assert [r.name for r in s.boxes()] == ["after", "kept"]
+    s.close()
