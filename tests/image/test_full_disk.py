@@ -174,14 +174,35 @@ def test_an_export_bigger_than_its_destination_is_refused(small_disk: SmallDisk,
     assert small_disk.files(out) == []
 
 
+def _box(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "A3S_BOX_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("A3S_BOX_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "a3s_box.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_a_full_home_still_lists_and_prunes_through_the_cli(small_disk: SmallDisk, tmp_path: Path) -> None:
+    """What the message says to do works on a home filled to the last byte."""
+    home = small_disk.mount(16 * MiB)
+    busybox_layout(tmp_path / "a")
+    assert _box(home, "image", "import", str(tmp_path / "a"), "--tag", "a:1").returncode == 0
+    assert _box(home, "ps").returncode == 0  # the state store exists, its last connection closed
+    small_disk.fill(home)
+    for args in (["ps"], ["image", "ls"], ["volume", "ls"], ["snapshot", "ls"]):
+        r = _box(home, *args)
+        assert r.returncode == 0 and r.stderr == "", (args, r.stderr)
+    r = _box(home, "delete", "nobox")
+    assert (r.returncode, r.stderr) == (1, "error: box nobox: no such box (see `box ps`)\n")
+    r = _box(home, "image", "prune")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "removed a:1\n", "")
+    assert small_disk.free(home) > MiB
+
+
 @pytest.mark.registry
 def test_box_image_pull_on_a_full_home_says_so_and_exits_1(small_disk: SmallDisk,
                                                            refs: dict[str, str]) -> None:
     home = small_disk.mount(HOME_SIZE)
-    env = {**os.environ, "A3S_BOX_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[2])}
-    env.pop("A3S_BOX_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "a3s_box.cli", "image", "pull", refs["big"]],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = _box(home, "image", "pull", refs["big"])
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
