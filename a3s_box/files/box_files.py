@@ -172,9 +172,25 @@ class BoxFiles:
             raise self._fail(remote_dir, err.decode(errors="replace").replace("tar: ", ""))
 
     def download_tar(self, remote: str, sink: IO[bytes]) -> None:
-        """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`)."""
+        """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`). A SINK
+        that cannot take it (a full disk under a redirected stdout) stops the guest's tar,
+        and its OSError is raised as it was, once the session is over."""
         parent, name = _split(remote)
-        code, err = self._tar(["c", "-C", parent, name], on_stdout=sink.write)
+        session: list[Any] = []
+        failed: list[OSError] = []
+
+        def out(data: bytes) -> None:  # on the client's reader thread: must not raise
+            if failed:
+                return
+            try:
+                sink.write(data)
+            except OSError as e:
+                failed.append(e)
+                if session:
+                    session[0].signal(signal.SIGKILL)
+        code, err = self._tar(["c", "-C", parent, name], on_stdout=out, started=session.append)
+        if failed:
+            raise failed[0]
         if code != 0:
             raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
 

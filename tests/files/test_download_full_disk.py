@@ -8,6 +8,7 @@ on a stream nobody reads any more. The CLI itself needs a running box (a VM): no
 here; it prints this error like any other (exit 1)."""
 from __future__ import annotations
 
+import errno
 import io
 import signal
 import tarfile
@@ -145,3 +146,16 @@ def test_a_copy_out_that_fills_the_host_disk_leaves_nothing_and_says_so(small_di
     assert err.free is not None and err.free >= 59 * MiB  # said once the half-copied tree was gone
     assert guest.sessions[0].signals == [signal.SIGKILL]  # its tar was stopped, not drained
     assert small_disk.files(dest) == []
+
+
+def test_a_tar_stream_out_onto_a_full_disk_stops_the_guest_and_raises_its_error(small_disk: SmallDisk) -> None:
+    """`box cp coder:/out - > FILE` with FILE on a full disk: the OSError reaches the CLI
+    (which names standard output's file and folder), the guest's tar is stopped."""
+    dest = small_disk.mount(16 * MiB)
+    guest = FakeGuest(100 * MiB)
+    files = BoxFiles(guest, "coder")
+    with open(dest / "out.tar", "wb", buffering=0) as sink:
+        with pytest.raises(OSError) as err:
+            files.download_tar("/out", sink)
+    assert err.value.errno == errno.ENOSPC
+    assert guest.sessions[0].signals == [signal.SIGKILL]
