@@ -10,15 +10,16 @@
 Box disks are qcow2 overlays on a base, created wherever the caller says.
 
 An image is registered only once all its blobs are verified and its layers applied
-cleanly, so a failed pull/import leaves the index as it was.
+cleanly, so a failed pull/import leaves the index as it was. Garbage collection
+(remove/prune/evict) sweeps blobs and caches no remaining record refers to; pulls and
+imports in flight hold images/gc.lock shared, and a sweep takes it exclusively.
 
 A full disk: a pull or import whose blobs (their sizes are in the manifest) would not
 fit the free space is refused before it writes any; one that fills the disk anyway
 (unpacking, or another writer) removes what it half wrote, sweeps the blobs it
 fetched, then raises DiskFullError naming the home with the space now free
-(a3s_box.disks.space). Garbage collection
-(remove/prune/evict) sweeps blobs and caches no remaining record refers to; pulls and
-imports in flight hold images/gc.lock shared, and a sweep takes it exclusively.
+(a3s_box.disks.space). Removing images works on a disk full to the last byte (the
+caches of what goes are dropped first when even the smaller index finds no room).
 """
 from __future__ import annotations
 
