@@ -2,9 +2,9 @@
 
 This is the edge where httpx errors and HTTP statuses become RegistryError (raised
 from the original). Retried with exponential backoff: 5xx, 429 and dropped
-connections. Blob downloads resume from the partial file with a Range request; a download that
-finds the disk full removes its partial file (kept, it would keep the disk full) and
-lets the OSError through for the store to say which disk and how much.
+connections. Blob downloads resume from the partial file with a Range request; a
+download that finds the disk full removes its partial file (kept, it would keep the
+disk full) and lets the OSError through for the store to say which disk and how much.
 Plain HTTP only for loopback registries or those listed in A3S_BOX_INSECURE_REGISTRIES
 (comma-separated host[:port]), as Docker does.
 """
