@@ -40,6 +40,7 @@ _EXPORTS = {
     "ImageError": "a3s_box.errors",
     "RegistryError": "a3s_box.errors",
     "StateError": "a3s_box.errors",
+    "DiskFullError": "a3s_box.errors",
     "DriverError": "a3s_box.errors",
     "HostUnsupported": "a3s_box.errors",
     "GuestError": "a3s_box.errors",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (`X as 
     from a3s_box.boxfile.model import Boxfile as Boxfile
     from a3s_box.errors import BoxError as BoxError
     from a3s_box.errors import BoxfileError as BoxfileError
+    from a3s_box.errors import DiskFullError as DiskFullError
     from a3s_box.errors import DriverError as DriverError
     from a3s_box.errors import GuestError as GuestError
     from a3s_box.errors import HostUnsupported as HostUnsupported

@@ -11,10 +11,13 @@
     ├── DriverError               a VM could not be created/started/stopped: .box
     │   └── HostUnsupported       the host cannot run this driver (no KVM, no libkrun...): .reason
     ├── DiskBudgetError           a box's disk would not fit the host's free space: .box
+    ├── DiskFullError             a write to the host's disk found no space, or was refused
+    │                             before it began: .path, .mount, .needed, .free
     └── GuestError                the guest init did not answer or broke the protocol: .box
 
 Foreign errors (OSError, httpx, subprocess, sqlite3, libkrun -errno) are translated
-into these at the edge that calls them, and raised `from` the original.
+into these at the edge that calls them, and raised `from` the original. ENOSPC/EDQUOT
+and SQLITE_FULL become DiskFullError (a3s_box.disks.space), whatever was being written.
 """
 from __future__ import annotations
 
@@ -105,6 +108,39 @@ class DiskBudgetError(BoxError):
     def __init__(self, box: str, message: str) -> None:
         self.box = box
         super().__init__(f"box {box}: {message}")
+
+
+class DiskFullError(BoxError):
+    """No space on the host's disk for what WHAT writes under PATH (the folder written
+    to: the home, a `box cp` destination; MOUNT is its file system when that is
+    elsewhere). NEEDED: the bytes it still had to write, FREE: the bytes free after
+    what it half wrote was removed (None when not known). Never retried: space has to
+    be made first."""
+
+    def __init__(self, what: str, path: str, *, mount: str | None = None, needed: int | None = None,
+                 free: int | None = None) -> None:
+        self.what, self.path, self.mount, self.needed, self.free = what, path, mount, needed, free
+        figures = [f"file system {mount}"] if mount and mount != path else []
+        if needed is not None:
+            figures.append(f"needs {_size(needed, up=True)} more")
+        if free is not None:
+            figures.append(f"{_size(free, up=False)} free")
+        tail = f" ({'; '.join(figures)})" if figures else ""
+        super().__init__(f"{what}: no space left on {path}{tail}" if what else f"no space left on {path}{tail}")
+
+
+def _size(n: int, *, up: bool) -> str:
+    """Bytes for people, rounded UP (what is needed) or down (what is free), so that
+    the figures never make a refusal look wrong: KiB below 1 MiB, MiB below 1 GiB,
+    then GiB to a tenth."""
+    def div(a: int, b: int) -> int:
+        return -(-a // b) if up else a // b
+
+    if n >= 1 << 30:
+        return f"{div(n * 10, 1 << 30) / 10:.1f} GiB"
+    if n >= 1 << 20:
+        return f"{div(n, 1 << 20)} MiB"
+    return f"{div(n, 1 << 10)} KiB"
 
 
 class GuestError(BoxError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from a3s_box.api.models import Problem
-from a3s_box.errors import BoxError, BoxfileError, GuestError, HostUnsupported, StateError
+from a3s_box.errors import BoxError, BoxfileError, DiskFullError, GuestError, HostUnsupported, StateError
 
 
 class RequestTooLarge(BoxError):
@@ -23,6 +23,8 @@ def status_of(e: BoxError) -> int:
         return 409
     if isinstance(e, HostUnsupported):
         return 501
+    if isinstance(e, DiskFullError):
+        return 507
     if isinstance(e, StateError) or "locked by" in msg:
         return 503
     if isinstance(e, GuestError):
@@ -33,7 +35,8 @@ def status_of(e: BoxError) -> int:
 def problem(e: BoxError) -> Problem:
     status = status_of(e)
     titles = {422: "invalid Boxfile", 404: "not found", 409: "conflict", 501: "not supported here",
-              502: "the guest did not answer", 503: "busy", 400: "request failed", 413: "request too large"}
+              502: "the guest did not answer", 503: "busy", 400: "request failed", 413: "request too large",
+              507: "no space left"}
     problems = [str(p) for p in e.problems] if isinstance(e, BoxfileError) else []
     return Problem(type=f"https://a3s.dev/problems/{titles[status].replace(' ', '-')}", title=titles[status],
                    status=status, detail=str(e), problems=problems)

@@ -3,8 +3,10 @@ and the one way out of every command (main)."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import traceback
+from pathlib import Path
 from typing import Protocol
 
 import click
@@ -12,6 +14,7 @@ import click
 from a3s_box.cli import (box_cmds, boxfile_cmds, build_cmds, files_cmds, host_cmds, image_cmds,
                          serve_cmds, snapshot_cmds)
 from a3s_box.cli.context import CliContext
+from a3s_box.disks.space import disk_full, free_bytes, is_full
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 from a3s_box.version import __version__
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except OSError as e:
         _debug()
+        full = _full_disk(e)
+        if full:
+            click.echo(f"error: {full}", err=True)
+            sys.exit(1)
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(1)
@@ -77,6 +84,26 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: internal error ({type(e).__name__}: {e}); this is a bug in a3s-box, "
                    "please report it with the output of A3S_BOX_DEBUG=1 box ...", err=True)
         sys.exit(70)  # EX_SOFTWARE
+
+
+def _full_disk(e: OSError) -> str:
+    """An ENOSPC no edge translated, said as every full disk is (the folder and what is
+    free) when it is known where it happened: the file it names, or standard output
+    redirected to a file on a disk that is full now (`box logs x > f`). "" otherwise."""
+    if not is_full(e):
+        return ""
+    if e.filename:
+        path = Path(os.fsdecode(e.filename))
+        return str(disk_full(str(path), path.parent))
+    try:
+        if stat.S_ISREG(os.fstat(1).st_mode):
+            out = Path(os.readlink("/proc/self/fd/1"))
+            free = free_bytes(out.parent)
+            if free is not None and free < 1 << 20:  # full: it is the one that failed
+                return str(disk_full(f"standard output ({out})", out.parent, free=free))
+    except OSError:
+        pass
+    return ""
 
 
 def _debug() -> None:

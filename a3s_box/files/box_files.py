@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from a3s_box.disks import space
 from a3s_box.errors import BoxError
 from a3s_box.files.tarstream import QueueReader, TarError, extract_tar, run_in_thread, write_tar
 from a3s_box.guest.protocol import ExecRequest, Namespace
@@ -73,11 +75,14 @@ class BoxFiles:
         return FilesError(f"box {self.box}: {path}: {why.strip() or 'failed'}")
 
     def _tar(self, args: list[str], stdin: Any = None, on_stdout: Any = None,
-             timeout: float | None = NO_TIMEOUT) -> tuple[int, bytes]:
+             timeout: float | None = NO_TIMEOUT, started: Any = None) -> tuple[int, bytes]:
+        """STARTED(session): called with the guest's session as soon as it exists."""
         err: list[bytes] = []
         out: list[bytes] = []
         req = ExecRequest(argv=(GUEST_TAR, *args), ns=self.ns, stdin=stdin is not None)
         s = self.client.start(req, on_stdout or out.append, err.append)
+        if started is not None:
+            started(s)
         if stdin is not None:
             try:
                 for chunk in stdin:
@@ -179,15 +184,32 @@ class BoxFiles:
             raise self._fail(remote_dir, err.decode(errors="replace").replace("tar: ", ""))
 
     def download_tar(self, remote: str, sink: ByteSink) -> None:
-        """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`)."""
+        """REMOTE (a file or tree) as a tar stream into SINK (`box cp BOX:PATH -`). A SINK
+        that cannot take it (a full disk under a redirected stdout) stops the guest's tar,
+        and its OSError is raised as it was, once the session is over."""
         parent, name = _split(remote)
-        code, err = self._tar(["c", "-C", parent, name], on_stdout=sink.write)
+        session: list[Any] = []
+        failed: list[OSError] = []
+
+        def out(data: bytes) -> None:  # on the client's reader thread: must not raise
+            if failed:
+                return
+            try:
+                sink.write(data)
+            except OSError as e:
+                failed.append(e)
+                if session:
+                    session[0].signal(signal.SIGKILL)
+        code, err = self._tar(["c", "-C", parent, name], on_stdout=out, started=session.append)
+        if failed:
+            raise failed[0]
         if code != 0:
             raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
 
     def download(self, remote: str, local: Path | str) -> Path:
         """Copy a file or tree out of the box: into LOCAL when it is an existing folder,
-        else as LOCAL. Nothing appears there unless the whole copy succeeded."""
+        else as LOCAL. Nothing appears there unless the whole copy succeeded. A host disk
+        that fills stops the guest's tar and is a DiskFullError naming LOCAL's folder."""
         local = Path(local)
         parent, name = _split(remote)
         final = local / name if local.is_dir() else local
@@ -196,28 +218,44 @@ class BoxFiles:
         stage = Path(tempfile.mkdtemp(prefix=".a3s-cp.", dir=final.parent))
         reader = QueueReader()
         result: list[list[str]] = []
-        t, errors = run_in_thread(lambda: result.append(extract_tar(reader, stage)))
+        session: list[Any] = []
+        stopped: list[bool] = []
+
+        def extract() -> None:
+            try:
+                result.append(extract_tar(reader, stage))
+            except BaseException:
+                if session:  # its output has nowhere to go now: stop it rather than drain it all
+                    session[0].signal(signal.SIGKILL)
+                    stopped.append(True)
+                reader.discard()  # the client's reader thread must never block on us
+                raise
+        t, errors = run_in_thread(extract)
         try:
-            code, err = self._tar(["c", "-C", parent, name], on_stdout=reader.feed)
+            code, err = self._tar(["c", "-C", parent, name], on_stdout=reader.feed, started=session.append)
         finally:
             reader.close_feed()
             t.join()
-        try:
-            if code != 0:
-                raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
-            if errors:
-                e = errors[0]
-                if isinstance(e, OSError):
-                    raise FilesError(f"{final}: {e.strerror or e}") from e
-                if isinstance(e, TarError):
-                    raise FilesError(f"box {self.box}: {remote}: {e}") from e
-                raise e
-            got = stage / name
-            if final.is_dir() and not final.is_symlink() and got.is_dir():
-                shutil.rmtree(final)
-            os.replace(got, final)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        # outside the clean-up: the free space it says is with the half-copied tree gone
+        with space.full_disk_is_error(f"box {self.box}: {remote}", final.parent):
+            try:
+                if errors and space.is_full(errors[0]):
+                    raise errors[0]
+                if code != 0 and not stopped:  # the guest's own failure (when we did not kill it)
+                    raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
+                if errors:
+                    e = errors[0]
+                    if isinstance(e, OSError):
+                        raise FilesError(f"{final}: {e.strerror or e}") from e
+                    if isinstance(e, TarError):
+                        raise FilesError(f"box {self.box}: {remote}: {e}") from e
+                    raise e
+                got = stage / name
+                if final.is_dir() and not final.is_symlink() and got.is_dir():
+                    shutil.rmtree(final)
+                os.replace(got, final)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
         return final
 
 

@@ -84,6 +84,14 @@ class QueueReader:
             out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    def discard(self) -> None:
+        """Read on to the end, keeping nothing: a reader that gave up must not leave the
+        feeding thread blocked on a full queue."""
+        self.buf = b""
+        while not self.eof:
+            if self.q.get() is None:
+                self.eof = True
+
 
 def _parts(name: str) -> list[str]:
     if name.startswith("/") or "\0" in name:

@@ -3,6 +3,7 @@
 A blob only appears under its final name after its bytes hashed to that name
 (temp file, fsync, rename), so a crash never leaves a half blob that looks whole.
 Partial downloads live under images/tmp/<hex>.partial so a pull can resume them.
+A write that fails (a full disk) removes its temp file.
 """
 from __future__ import annotations
 
@@ -69,11 +70,15 @@ class BlobStore:
         if not self.has(digest):
             self._mkdirs()
             fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(digest))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path(digest))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return digest
 
     def put_stream(self, chunks: Iterable[bytes], expect: str, ref: str = "") -> str:

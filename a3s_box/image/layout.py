@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from a3s_box.disks import space
 from a3s_box.errors import ImageError
 from a3s_box.image.blobs import CHUNK, BlobStore, sha256_bytes, sha256_file
 from a3s_box.image.manifest import (
@@ -44,7 +45,12 @@ def source_digest(path: Path, ref: str) -> str:
         raise ImageError(ref, f"cannot read {path}: {e.strerror or e}") from e
 
 
-def import_source(path: Path, blobs: BlobStore) -> Imported:
+Room = Callable[[int], None]
+
+
+def import_source(path: Path, blobs: BlobStore, room: Room = lambda n: None) -> Imported:
+    """ROOM(bytes) is asked, before the image's config and layers are copied, for what
+    they will take; it raises if the store has no room for them."""
     ref = str(path)
     if not path.exists():
         raise ImageError(ref, "no such file or folder")
@@ -52,7 +58,7 @@ def import_source(path: Path, blobs: BlobStore) -> Imported:
         if not (path / "index.json").is_file():
             raise ImageError(ref, "not an OCI image layout (no index.json)")
         return _import_oci(ref, lambda n: _open_dir_file(path, n, ref), blobs,
-                           source_digest(path, ref))
+                           source_digest(path, ref), room)
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as e:
@@ -70,10 +76,16 @@ def import_source(path: Path, blobs: BlobStore) -> Imported:
                 raise ImageError(ref, f"{n} in the archive is not a file")
             return f
 
+        def size(n: str) -> int:
+            try:
+                return int(tar.getmember(n if n in tar.getnames() else f"./{n}").size)
+            except KeyError:
+                return 0  # said when it is opened
+
         if "manifest.json" in names:
-            return _import_docker(ref, opener, blobs, sd)
+            return _import_docker(ref, opener, blobs, sd, lambda ns: room(sum(size(n) for n in ns)))
         if "index.json" in names:
-            return _import_oci(ref, opener, blobs, sd)
+            return _import_oci(ref, opener, blobs, sd, room)
         raise ImageError(ref, "archive is neither an OCI layout nor a docker save tarball")
 
 
@@ -97,7 +109,7 @@ def _copy(opener: Callable[[str], IO[bytes]], d: Descriptor, blobs: BlobStore, r
 
 
 def _import_oci(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStore,
-                sd: str) -> Imported:
+                sd: str, room: Room) -> Imported:
     with opener("index.json") as f:
         raw = f.read()
     try:
@@ -114,6 +126,8 @@ def _import_oci(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStore,
         _copy(opener, desc, blobs, ref)
         m = parse_manifest(blobs.read(desc.digest), ref, desc.media_type)
         if isinstance(m, Manifest):
+            unique = {d.digest: d for d in (m.config, *m.layers)}
+            room(sum(d.size for d in unique.values() if not blobs.has(d.digest)))
             for d in (m.config, *m.layers):
                 _copy(opener, d, blobs, ref)
             return Imported(desc.digest, sd, name)
@@ -122,7 +136,7 @@ def _import_oci(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStore,
 
 
 def _import_docker(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStore,
-                   sd: str) -> Imported:
+                   sd: str, room: Callable[[list[str]], None]) -> Imported:
     with opener("manifest.json") as f:
         try:
             entries: Any = json.load(f)
@@ -131,6 +145,7 @@ def _import_docker(ref: str, opener: Callable[[str], IO[bytes]], blobs: BlobStor
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ImageError(ref, f"manifest.json is not a docker save manifest: {e}") from e
     tags = entry.get("RepoTags") or []
+    room([config_name, *layer_names])  # the layers' digests are not known before they are read
     with opener(config_name) as f:
         config = f.read()
     config_digest = blobs.put_bytes(config)
@@ -164,22 +179,26 @@ def export_layout(blobs: BlobStore, name: str, manifest_digest: str, dest: Path)
     m = parse_manifest(blobs.read(manifest_digest), name)
     if not isinstance(m, Manifest):
         raise ImageError(name, "export: not an image manifest")
+    digests = sorted({manifest_digest, m.config.digest, *(layer.digest for layer in m.layers)})
+    what = f"image {name}: export to {dest}"
+    space.require(what, dest.parent, sum(blobs.size(d) for d in digests))
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "blobs" / "sha256").mkdir(parents=True)
-        for digest in (manifest_digest, m.config.digest, *(layer.digest for layer in m.layers)):
-            target = tmp / "blobs" / "sha256" / digest.split(":", 1)[1]
-            if not target.exists():
-                shutil.copyfile(blobs.path(digest), target)
-        (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        (tmp / "index.json").write_text(json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest_digest,
-                           "size": blobs.size(manifest_digest),
-                           "annotations": {"org.opencontainers.image.ref.name": name}}]}, sort_keys=True))
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise ImageError(name, f"export to {dest}: {e.strerror or e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with space.full_disk_is_error(what, dest.parent):  # said with the temp folder gone
+        try:
+            (tmp / "blobs" / "sha256").mkdir(parents=True)
+            for digest in digests:
+                shutil.copyfile(blobs.path(digest), tmp / "blobs" / "sha256" / digest.split(":", 1)[1])
+            (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+            (tmp / "index.json").write_text(json.dumps({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest_digest,
+                               "size": blobs.size(manifest_digest),
+                               "annotations": {"org.opencontainers.image.ref.name": name}}]}, sort_keys=True))
+            os.replace(tmp, dest)
+        except OSError as e:
+            if space.is_full(e):
+                raise
+            raise ImageError(name, f"export to {dest}: {e.strerror or e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 This is the edge where httpx errors and HTTP statuses become RegistryError (raised
 from the original). Retried with exponential backoff: 5xx, 429 and dropped
-connections. Blob downloads resume from the partial file with a Range request.
+connections. Blob downloads resume from the partial file with a Range request; a
+download that finds the disk full removes its partial file (kept, it would keep the
+disk full) and lets the OSError through for the store to say which disk and how much.
 Plain HTTP only for loopback registries or those listed in A3S_BOX_INSECURE_REGISTRIES
 (comma-separated host[:port]), as Docker does.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from a3s_box.disks.space import is_full
 from a3s_box.version import __version__
 from a3s_box.errors import RegistryError
 from a3s_box.image.auth import credentials, parse_challenge
@@ -227,6 +230,10 @@ class RegistryClient:
                 problem = f"connection dropped: {e}"
                 self._wait(attempt)
                 continue
+            except OSError as e:
+                if is_full(e):
+                    part.unlink(missing_ok=True)
+                raise
             finally:
                 resp.close()
             size = part.stat().st_size

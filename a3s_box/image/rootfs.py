@@ -6,8 +6,10 @@ a qcow2 overlay backed by the base: milliseconds and a few hundred KiB per box.
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from a3s_box.errors import ImageError
@@ -35,14 +37,20 @@ def _run(argv: list[str], ref: str, what: str) -> None:
     except FileNotFoundError as e:
         raise ImageError(ref, f"{what}: {argv[0]} is not installed") from e
     except subprocess.CalledProcessError as e:
-        raise ImageError(ref, f"{what} failed: {(e.stderr or e.stdout).strip()[-400:]}") from e
+        out = (e.stderr or e.stdout).strip()
+        if os.strerror(errno.ENOSPC) in out:  # as the tool says it in English (else: quoted as it is)
+            raise OSError(errno.ENOSPC, f"{what}: {out[-200:]}", argv[-1]) from e
+        raise ImageError(ref, f"{what} failed: {out[-400:]}") from e
 
 
-def build_ext4(src: Path, dest: Path, ref: str) -> Path:
+def build_ext4(src: Path, dest: Path, ref: str, room: Callable[[int], None] = lambda n: None) -> Path:
+    """ROOM(bytes) is asked first for what the base will take (it raises if there is none)."""
+    content = disk_usage(src)
+    room(content)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.truncate(base_size(disk_usage(src)))  # sparse
+            f.truncate(base_size(content))  # sparse
         _run(["mkfs.ext4", "-q", "-F", "-d", str(src), "-L", "a3sroot", "-E", "root_owner=0:0",
               str(tmp)], ref, "building the root filesystem")
         os.replace(tmp, dest)

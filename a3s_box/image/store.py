@@ -13,22 +13,31 @@ An image is registered only once all its blobs are verified and its layers appli
 cleanly, so a failed pull/import leaves the index as it was. Garbage collection
 (remove/prune/evict) sweeps blobs and caches no remaining record refers to; pulls and
 imports in flight hold images/gc.lock shared, and a sweep takes it exclusively.
+
+A full disk: a pull or import whose blobs (their sizes are in the manifest) would not
+fit the free space is refused before it writes any; one that fills the disk anyway
+(unpacking, or another writer) removes what it half wrote, sweeps the blobs it
+fetched, then raises DiskFullError naming the home with the space now free
+(a3s_box.disks.space). Removing images works on a disk full to the last byte (the
+caches of what goes are dropped first when even the smaller index finds no room).
 """
 from __future__ import annotations
 
 import builtins
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
+from a3s_box.disks import space
 from a3s_box.disks.qcow2 import virtual_size
 from a3s_box.errors import ImageError
 from a3s_box.home import Home
@@ -82,11 +91,12 @@ class ImageStore:
 
     def pull(self, ref: str, progress: bool = False) -> ImageRecord:
         r = parse_reference(ref)
-        try:
-            with self._in_flight():
-                return self._pull(r, progress)
-        finally:
-            self._sweep(wait=False)  # an older version of this name, or a failed pull's blobs
+        with self._full_disk(str(r)):  # outside the sweep: the free space said is after it
+            try:
+                with self._in_flight():
+                    return self._pull(r, progress)
+            finally:
+                self._sweep(wait=False)  # an older version of this name, or a failed pull's blobs
 
     def _pull(self, r: Reference, progress: bool) -> ImageRecord:
         name = str(r)
@@ -104,6 +114,8 @@ class ImageStore:
                 m = parse_manifest(data, name, ctype)
                 if not isinstance(m, Manifest):
                     raise ImageError(name, "index points at another index, not an image")
+            # the blobs' sizes are known now: refuse before writing any if they cannot fit
+            self._room(name, (0 if self.blobs.has(digest) else len(data)) + self._missing_bytes(m))
             c.fetch_blob(m.config, self.blobs)
             self.blobs.put_bytes(data, digest, name)
             with layer_progress(progress, f"pulling {name}") as bars, \
@@ -124,11 +136,12 @@ class ImageStore:
 
     def register(self, name: str, digest: str, *, source: str, source_digest: str) -> ImageRecord:
         """An image whose blobs are in the store already (a build's) under NAME."""
-        try:
-            with self._in_flight():
-                return self._register(name, digest, source=source, source_digest=source_digest)
-        finally:
-            self._sweep(wait=False)  # what NAME pointed at before, if nothing else holds it
+        with self._full_disk(name):
+            try:
+                with self._in_flight():
+                    return self._register(name, digest, source=source, source_digest=source_digest)
+            finally:
+                self._sweep(wait=False)  # what NAME pointed at before, if nothing else holds it
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -140,14 +153,15 @@ class ImageStore:
         return self._import(path, tag)
 
     def _import(self, path: Path, name: str | None) -> ImageRecord:
-        try:
-            with self._in_flight():
-                return self._import_locked(path, name)
-        finally:
-            self._sweep(wait=False)
+        with self._full_disk(str(path)):
+            try:
+                with self._in_flight():
+                    return self._import_locked(path, name)
+            finally:
+                self._sweep(wait=False)
 
     def _import_locked(self, path: Path, name: str | None) -> ImageRecord:
-        imported = import_source(path, self.blobs)
+        imported = import_source(path, self.blobs, room=lambda n: self._room(str(path), n))
         if name is None:
             name = str(path.absolute())
             # A ref.name that is only a tag ("latest") names nothing; "repo:tag" does.
@@ -179,15 +193,17 @@ class ImageStore:
 
     # --- roots and disks -----------------------------------------------------------------
     def unpacked_dir(self, record: ImageRecord) -> Path:
-        return self._unpack(record.name, record.digest)
+        with self._full_disk(record.name):
+            return self._unpack(record.name, record.digest)
 
     def rootfs_base(self, record: ImageRecord) -> Path:
         dest = self.root / "rootfs" / f"{record.digest[7:]}.ext4"
         if dest.exists():
             return dest
-        with self._building(dest):
+        with self._full_disk(record.name), self._building(dest):
             if not dest.exists():
-                build_ext4(self.unpacked_dir(record), dest, record.name)
+                build_ext4(self.unpacked_dir(record), dest, record.name,
+                           room=lambda n: self._room(record.name, n))
         return dest
 
     def create_box_disk(self, record: ImageRecord, dest: Path, size: int | None = None) -> Path:
@@ -211,6 +227,9 @@ class ImageStore:
                     raise ImageError(record.name, f"cannot size box disk {dest}: {r.stderr.strip()}")
             os.replace(tmp, dest)
         except OSError as e:
+            if space.is_full(e):
+                tmp.unlink(missing_ok=True)
+                raise space.disk_full(f"image {record.name}: box disk {dest}", self.home.root) from e
             raise ImageError(record.name, f"cannot create box disk {dest}: {e.strerror or e}") from e
         finally:
             tmp.unlink(missing_ok=True)
@@ -259,27 +278,28 @@ class ImageStore:
 
     # --- removal and eviction ------------------------------------------------------------
     def remove(self, name_or_digest: str) -> builtins.list[ImageRecord]:
-        with self.index.locked() as records:
+        def pick(records: dict[str, ImageRecord]) -> builtins.list[ImageRecord]:
             hit = _find(records, name_or_digest)
             if hit is None:
                 raise ImageError(name_or_digest, "no such image in the store")
-            gone = [r for r in records.values()
+            return [r for r in records.values()
                     if r.name == hit.name or (is_digest(name_or_digest) and r.digest == hit.digest)]
-            for r in gone:
-                del records[r.name]
-        self._sweep()
+
+        with self._full_disk(name_or_digest):
+            gone = self._unrecord(pick)
+            self._sweep()
         return gone
 
     def prune(self, in_use: set[str]) -> builtins.list[ImageRecord]:
         """Remove every image no box uses (by digest or name) and the build cache, then
         unreferenced blobs."""
-        with self.index.locked() as records:
-            gone = [r for r in records.values() if r.digest not in in_use and r.name not in in_use]
-            for r in gone:
-                del records[r.name]
-        with self.pins.locked() as pins:
-            pins.clear()
-        self._sweep(partials=True)
+        with self._full_disk("prune"):
+            gone = self._unrecord(lambda records: [r for r in records.values()
+                                                   if r.digest not in in_use and r.name not in in_use])
+            self._sweep()  # room for the pins' smaller file on a full disk
+            with self.pins.locked() as pins:
+                pins.clear()
+            self._sweep(partials=True)
         return gone
 
     def evict_to(self, cap_bytes: int, in_use: set[str]) -> builtins.list[ImageRecord]:
@@ -290,11 +310,34 @@ class ImageStore:
                 break
             if r.digest in in_use or r.name in in_use:
                 continue
-            with self.index.locked() as records:
-                records.pop(r.name, None)
-            self._sweep()
+            with self._full_disk(r.name):
+                self._unrecord(functools.partial(_named, r.name))
+                self._sweep()
             evicted.append(r)
         return evicted
+
+    def _unrecord(self, pick: Callable[[dict[str, ImageRecord]], builtins.list[ImageRecord]]
+                  ) -> builtins.list[ImageRecord]:
+        """Drop the records PICK chooses from the index. On a disk too full even for the
+        smaller index (it is written whole, then renamed), the caches of what goes
+        (unpacked roots, ext4 bases: rebuilt on use) are removed first, under the sweep's
+        lock, and it is written again: removing images is how a full home is freed."""
+        def drop(records: dict[str, ImageRecord]) -> builtins.list[ImageRecord]:
+            gone = pick(records)
+            for r in gone:
+                del records[r.name]
+            return gone
+
+        try:
+            with self.index.locked() as records:
+                return drop(records)
+        except OSError as e:
+            if not space.is_full(e):
+                raise
+        with self._gc_locked(), self.index.locked() as records:
+            gone = drop(records)
+            self._drop_caches({r.digest[7:] for r in records.values()})
+            return gone
 
     def disk_usage(self) -> int:
         """Bytes allocated on disk by blobs, unpacked roots and ext4 bases."""
@@ -323,6 +366,14 @@ class ImageStore:
                 return  # a pull/import is in flight; a later sweep collects this garbage
             self._sweep_locked(partials)
 
+    @contextmanager
+    def _gc_locked(self) -> Iterator[None]:
+        """The sweep's lock, exclusively: no pull, import or build holds blobs meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "gc.lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            yield
+
     def _sweep_locked(self, partials: bool) -> None:
         with self.index.locked() as records:
             live_blobs = {b for r in records.values() for b in r.blobs} | self.pins.blobs()
@@ -334,29 +385,59 @@ class ImageStore:
                 if p.name.startswith(".") and p.name.endswith(".lock") \
                         and p.name[1:].split(".")[0] not in live:
                     p.unlink(missing_ok=True)  # the build lock of a swept cache entry
-            for p in _children(self.root / "unpacked"):
-                if not p.name.startswith(".") and p.name not in live:
-                    _rmtree(p)
-            for p in _children(self.root / "rootfs"):
-                if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") \
-                        and p.stem not in live:
-                    p.unlink(missing_ok=True)
+            self._drop_caches(live)
             for p in _children(self.root / "locks"):  # nobody holds these: gc.lock is ours
                 p.unlink(missing_ok=True)
             if partials:
                 for p in _children(self.root / "tmp"):
                     p.unlink(missing_ok=True)
 
+    def _drop_caches(self, live: set[str]) -> None:
+        """Unpacked roots and ext4 bases of manifests (hex digests) not in LIVE; the sweep's
+        lock is held."""
+        for p in _children(self.root / "unpacked"):
+            if not p.name.startswith(".") and p.name not in live:
+                _rmtree(p)
+        for p in _children(self.root / "rootfs"):
+            if p.suffix in (".ext4", ".qcow2") and not p.name.startswith(".") and p.stem not in live:
+                p.unlink(missing_ok=True)
+
     # --- helpers -------------------------------------------------------------------------
+    def _full_disk(self, name: str) -> "AbstractContextManager[None]":
+        """ENOSPC/EDQUOT inside becomes DiskFullError naming image NAME and the home."""
+        return space.full_disk_is_error(f"image {name}", self.home.root)
+
+    def _room(self, name: str, needed: int) -> None:
+        """Refuse image NAME before it writes NEEDED bytes that the home has no room for."""
+        space.require(f"image {name}", self.home.root, needed)
+
+    def _missing_bytes(self, m: Manifest) -> int:
+        """What the config and layers of M not in the store yet will take, less what
+        partial downloads of them hold already."""
+        unique = {d.digest: d for d in (m.config, *m.layers)}
+        total = 0
+        for d in unique.values():
+            if not self.blobs.has(d.digest):
+                part = self.blobs.partial(d.digest)
+                have = part.stat().st_size if part.is_file() else 0
+                total += max(0, d.size - have)
+        return total
+
     def _complete(self, r: ImageRecord) -> bool:
         return all(self.blobs.has(b) for b in r.blobs)
 
     def _touch(self, r: ImageRecord) -> ImageRecord:
+        """R, marked used now (for eviction); on a full disk, R as it was: a timestamp is
+        not worth failing for."""
         now = time.time()
-        with self.index.locked() as records:
-            if r.name in records:
-                records[r.name] = replace(records[r.name], last_used=now)
-                return records[r.name]
+        try:
+            with self.index.locked() as records:
+                if r.name in records:
+                    records[r.name] = replace(records[r.name], last_used=now)
+                    return records[r.name]
+        except OSError as e:
+            if not space.is_full(e):
+                raise
         return r
 
 
@@ -377,6 +458,10 @@ def _find(records: dict[str, ImageRecord], key: str) -> ImageRecord | None:
     if p.exists():
         return records.get(str(p.absolute()))
     return None
+
+
+def _named(name: str, records: dict[str, ImageRecord]) -> list[ImageRecord]:
+    return [records[name]] if name in records else []
 
 
 def _children(d: Path) -> list[Path]:

@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, BinaryIO
 
+from a3s_box.disks.space import is_full
 from a3s_box.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class RootWriter:
                     self._entry(tar, m, created, what)
             got = reader.drain()
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            if is_full(e):
+                raise  # not the layer's fault: the caller names the disk (a3s_box.disks.space)
             raise ImageError(self.ref, f"{what} could not be unpacked: {e}") from e
         if diff_id and got != diff_id:
             raise ImageError(self.ref, f"{what} content does not match its diff_id {diff_id} (got {got})")

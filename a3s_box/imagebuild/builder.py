@@ -14,6 +14,7 @@ needs it, and follows the stage's layers as they are made or found in the cache.
 image digest when all are (what `box plan` shows)."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from a3s_box.imagebuild.dockerfile import Dockerfile, Heredoc, Instruction, Stag
 from a3s_box.imagebuild.expand import expand
 from a3s_box.imagebuild.ignore import IgnoreRules
 from a3s_box.imagebuild.oci import ImageState
+from a3s_box.disks import space
 from a3s_box.drivers.base import BoxNetwork
 from a3s_box.errors import BuildError, ImageError
 from a3s_box.home import Home
@@ -138,7 +140,10 @@ class Builder:
 
     # --- entry points -----------------------------------------------------------------
     def build(self, req: BuildRequest) -> BuildResult:
-        return self._walk(req, execute=True)
+        """A full home (a layer, its gzip, a stage's tree, a RUN's disk) is a DiskFullError
+        naming the image, said once the build's work folder is gone."""
+        with space.full_disk_is_error(f"image {req.name}", self.home.root):
+            return self._walk(req, execute=True)
 
     def preview(self, req: BuildRequest) -> BuildResult:
         return self._walk(req, execute=False)
@@ -580,6 +585,8 @@ def _copy(src: Path, dest: Path) -> None:
     """A root tree copied with owners, modes, times, links and hard links (cp -a)."""
     r = subprocess.run(["cp", "-a", f"{src}/.", str(dest)], capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
+        if os.strerror(errno.ENOSPC) in r.stderr:  # as cp said it: the build names the disk
+            raise OSError(errno.ENOSPC, "cannot copy the stage's tree", str(dest))
         raise ImageError(str(src), f"cannot copy the stage's tree: {r.stderr.strip()[-300:]}")
 
 

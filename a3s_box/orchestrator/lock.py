@@ -1,7 +1,8 @@
 """One writer at a time per home: mutating commands hold an exclusive file lock.
 
 flock is released by the kernel when the process dies, so a `kill -9`ed apply never
-leaves a stale lock behind.
+leaves a stale lock behind. The holder's pid is written into the file for messages
+only: on a full disk it is left out, and the lock still holds.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from a3s_box.disks.space import is_full
 from a3s_box.errors import StateError
 
 
@@ -41,7 +43,11 @@ def home_lock(path: Path, wait: bool = True, timeout: float | None = None,
                                          f"held by {holder}") from None
                     time.sleep(0.1)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        except OSError as e:  # who holds it is for messages; the flock is the lock
+            if not is_full(e):
+                raise
         yield
     finally:
         os.close(fd)  # closing releases the flock

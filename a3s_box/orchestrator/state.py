@@ -4,6 +4,14 @@ It records intent and identity (which boxes and pools exist, for which project, 
 which spec hash and VM handle); the drivers remain the truth about whether a VM is
 actually alive (see observed.py). Writers hold the home's lock (lock.py); readers
 need none, WAL gives them a consistent snapshot.
+
+A full disk: a write SQLite cannot make (SQLITE_FULL, or ENOSPC opening the file) is a
+DiskFullError naming the home's folder; SQLite has undone the statement, and
+`transaction` rolls back the rest of the transaction (unless SQLite already did), so
+the store keeps what it had, readable, and writes again once there is space. A store
+opened on a disk with no room even for WAL's shared-memory file (the last connection
+removed it) and no WAL to replay is opened read-only (`immutable`): `box ps`, `box
+image prune` and the like still read it, and every write is that DiskFullError.
 """
 from __future__ import annotations
 
@@ -18,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a3s_box.errors import StateError
+from a3s_box.disks import space
+from a3s_box.errors import DiskFullError, StateError
 
 # Each entry upgrades the schema by one version; never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -83,6 +92,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+SQLITE_READONLY = 8
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,11 @@ class StateStore:
             try:
                 self._open()
                 return
+            except DiskFullError as full:
+                if not self._frozen_readable():
+                    raise
+                self._open_frozen(full)
+                return
             except sqlite3.OperationalError as e:
                 # Switching a new file to WAL does not wait for a busy handler: another
                 # process creating the same home at this moment makes it fail at once.
@@ -172,7 +187,8 @@ class StateStore:
     def _open(self) -> None:
         # Private before SQLite opens it (it gives -wal and -shm the same mode): pool
         # templates and box specs are no one else's business.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        with space.full_disk_is_error(f"state store {self.path}", self.path.parent):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         for p in (self.path, self.path.with_name(self.path.name + "-wal"),
                   self.path.with_name(self.path.name + "-shm")):
             try:
@@ -181,12 +197,36 @@ class StateStore:
             except FileNotFoundError:
                 pass
         self._db = _Locked(sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                           check_same_thread=False), self._lock)
+                                           check_same_thread=False), self._lock, self.path)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _frozen_readable(self) -> bool:
+        """The database file holds the whole store: made, and no WAL frames beside it."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            return self.path.stat().st_size > 0 and (not wal.exists() or wal.stat().st_size == 0)
+        except OSError:
+            return False
+
+    def _open_frozen(self, full: DiskFullError) -> None:
+        """Read-only and immutable (no shared memory, no lock: nothing to write them to);
+        any write raises a DiskFullError of its own."""
+        self._db = _Locked(sqlite3.connect(self.path.absolute().as_uri() + "?immutable=1", uri=True,
+                                           isolation_level=None, check_same_thread=False),
+                           self._lock, self.path, frozen=True)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version != SCHEMA_VERSION:  # to migrate it, it must be written
+            self._db.close()
+            raise full
 
     def close(self) -> None:
         self._db.close()
@@ -213,11 +253,11 @@ class StateStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._db.execute("COMMIT")  # a COMMIT that fails (a full disk) rolls back too
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
-            else:
-                self._db.execute("COMMIT")
 
     # --- boxes ---------------------------------------------------------------
     def boxes(self, project: str | None = None) -> list[BoxRow]:
@@ -331,11 +371,18 @@ class StateStore:
 
 class _Locked:
     """A sqlite3 connection whose calls are serialised by a lock; results are fetched
-    inside the lock so no cursor is shared between threads."""
+    inside the lock so no cursor is shared between threads. SQLITE_FULL becomes
+    DiskFullError here, the one place every statement goes through."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, path: Path, frozen: bool = False) -> None:
         self._conn = db
         self._lock = lock
+        self._path = path
+        self._frozen = frozen  # opened read-only for want of space: a write is a full disk
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
 
     @property
     def row_factory(self) -> Any:
@@ -346,8 +393,14 @@ class _Locked:
         self._conn.row_factory = value
 
     def execute(self, sql: str, params: Any = ()) -> "_Result":
-        with self._lock:
-            cur = self._conn.execute(sql, params)
+        what = f"state store {self._path}"
+        with self._lock, space.full_disk_is_error(what, self._path.parent):
+            try:
+                cur = self._conn.execute(sql, params)
+            except sqlite3.OperationalError as e:
+                if self._frozen and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_READONLY:
+                    raise space.disk_full(what, self._path.parent) from e
+                raise
             return _Result(cur.fetchall(), cur.lastrowid)
 
     def close(self) -> None:

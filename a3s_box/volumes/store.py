@@ -2,10 +2,12 @@
 size is a cap, the file holds what was written) and volume.json beside it.
 
 A disk is made whole in a temporary file and renamed into place, so a crash never
-leaves a half-made volume that a box would mount.
+leaves a half-made volume that a box would mount; a full disk removes it and is a
+DiskFullError naming the home.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from a3s_box.disks import space
 from a3s_box.errors import BoxError
 from a3s_box.home import Home
 
@@ -56,25 +59,32 @@ class VolumeStore:
         if disk.is_file():
             return disk
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{project}.{name}.", dir=self.root))
-        try:
-            with open(tmp / DISK, "wb") as f:
-                f.truncate(size)
-            r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", name[:16], "-E", "root_owner=0:0",
-                                "-O", "^has_journal" if size < (64 << 20) else "has_journal",
-                                str(tmp / DISK)], capture_output=True, text=True, timeout=120)
-            if r.returncode != 0:
-                raise VolumeError(f"volume {name}: mkfs.ext4 failed: {r.stderr.strip()[-300:]}")
-            (tmp / "volume.json").write_text(json.dumps(
-                {"project": project, "name": name, "size": size,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True))
-            os.replace(tmp, self.folder(project, name))
-        except FileNotFoundError as e:
-            raise VolumeError(f"volume {name}: mkfs.ext4 not found (install e2fsprogs)") from e
-        except OSError as e:
-            raise VolumeError(f"volume {name}: cannot create it in {self.root}: {e}") from e
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # outside the clean-up: the free space it says is with the half-made disk gone
+        with space.full_disk_is_error(f"volume {name}", self.root.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{project}.{name}.", dir=self.root))
+            try:
+                with open(tmp / DISK, "wb") as f:
+                    f.truncate(size)
+                r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", name[:16], "-E", "root_owner=0:0",
+                                    "-O", "^has_journal" if size < (64 << 20) else "has_journal",
+                                    str(tmp / DISK)], capture_output=True, text=True, timeout=120)
+                if r.returncode != 0 and os.strerror(errno.ENOSPC) in r.stderr:  # as mkfs said it
+                    raise OSError(errno.ENOSPC, "mkfs.ext4 could not write the volume's file system",
+                                  str(tmp / DISK))
+                if r.returncode != 0:
+                    raise VolumeError(f"volume {name}: mkfs.ext4 failed: {r.stderr.strip()[-300:]}")
+                (tmp / "volume.json").write_text(json.dumps(
+                    {"project": project, "name": name, "size": size,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True))
+                os.replace(tmp, self.folder(project, name))
+            except FileNotFoundError as e:
+                raise VolumeError(f"volume {name}: mkfs.ext4 not found (install e2fsprogs)") from e
+            except OSError as e:
+                if space.is_full(e):
+                    raise
+                raise VolumeError(f"volume {name}: cannot create it in {self.root}: {e}") from e
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return disk
 
     def list(self, project: str | None = None) -> list[VolumeInfo]:

@@ -12,6 +12,7 @@ import click
 import pytest
 
 from a3s_box.cli.main import cli, main
+from tests.small_disk import SmallDisk, small_disk  # noqa: F401  (the fixture)
 
 HEAD = "apiVersion: box.a3s.dev/v1\n"
 
@@ -126,6 +127,24 @@ def test_an_os_error_names_its_path(workdir: Path, capsys: pytest.CaptureFixture
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import a3s_box.orchestrator.host as host
 
+    def denied(*a: object, **k: object) -> None:
+        raise OSError(13, "Permission denied", str(workdir / "home" / "state.db"))
+
+    monkeypatch.setattr(host.Host, "ps", denied)
+    with pytest.raises(SystemExit) as exit_:
+        main(["ps"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"error: {workdir}/home/state.db: Permission denied\n"
+
+
+def test_a_full_disk_no_edge_translated_still_names_the_disk(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last resort: an ENOSPC that reached the CLI as it was is said as every full
+    disk is (a3s_box.disks.space), naming the folder of the file and what is free."""
+    import re
+
+    import a3s_box.orchestrator.host as host
+
     def full(*a: object, **k: object) -> None:
         raise OSError(28, "No space left on device", str(workdir / "home" / "state.db"))
 
@@ -133,4 +152,25 @@ def test_an_os_error_names_its_path(workdir: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exit_:
         main(["ps"])
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == f"error: {workdir}/home/state.db: No space left on device\n"
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: {workdir}/home/state.db: no space left on {workdir}/home "
+                        r"\(file system [^;]+; [\d.]+ [KMG]iB free\)\n", err), err
+
+
+def test_standard_output_on_a_full_disk_is_named(small_disk: SmallDisk, tmp_path: Path) -> None:
+    """`box schema > FILE` (or `box logs x > FILE`) on a full disk: its file and folder."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    disk = small_disk.mount(64 << 10)
+    small_disk.fill(disk)
+    env = {**os.environ, "A3S_BOX_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("A3S_BOX_DEBUG", None)
+    with open(disk / "schema.json", "wb") as out:
+        r = subprocess.run([sys.executable, "-m", "a3s_box.cli", "schema"], stdout=out, stderr=subprocess.PIPE,
+                           text=True, env=env, timeout=60)
+    assert r.returncode == 1
+    assert re.fullmatch(rf"error: standard output \({disk}/schema.json\): no space left on {disk} "
+                        r"\(\d+ KiB free\)\n", r.stderr), r.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from a3s_box.errors import StateError
 from a3s_box.orchestrator.lock import home_lock
+from tests.small_disk import SmallDisk, small_disk  # noqa: F401  (the fixture)
 
 HOLD = """
 import sys, time
@@ -66,3 +67,14 @@ def test_a_waiting_writer_gets_the_lock_when_the_holder_exits(tmp_path: Path) ->
         got = time.monotonic()
     p.wait()
     assert waited == [True] and got > 0
+
+
+def test_the_lock_holds_on_a_full_disk(small_disk: SmallDisk) -> None:
+    """A full home must still be lockable: the commands that free it (or say it is
+    full) take the lock first; the holder's pid is then left out of the file."""
+    home = small_disk.mount(1 << 20)
+    small_disk.fill(home)
+    with home_lock(home / "apply.lock"):
+        with pytest.raises(StateError, match="unknown process"):
+            with home_lock(home / "apply.lock", wait=False):
+                pass

@@ -1,4 +1,4 @@
-"""The state store on a real SQLite file: migrations, round trips, concurrent writers."""
+"""The state store on a real SQLite file: migrations, round trips, concurrent writers, a full disk."""
 from __future__ import annotations
 
 import multiprocessing
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from a3s_box.errors import StateError
+from a3s_box.errors import DiskFullError, StateError
 from a3s_box.orchestrator.state import SCHEMA_VERSION, BoxRow, ImageBinding, PoolRow, StateStore
+from tests.small_disk import SmallDisk, small_disk  # noqa: F401  (the fixture)
 
 
 def _row(name: str, project: str = "p", **kw: Any) -> BoxRow:
@@ -114,3 +115,74 @@ def test_processes_opening_a_new_home_at_once_all_succeed(tmp_path: Path) -> Non
         for p in procs:
             p.join(60)
             assert p.exitcode == 0
+
+
+def test_a_full_disk_fails_the_write_and_leaves_the_store_readable_and_whole(small_disk: SmallDisk) -> None:
+    """A real full disk under the store (a tmpfs filled to the last byte): every write
+    that cannot be made is a DiskFullError naming the folder, the rows before it stay,
+    none of a failed transaction's rows is kept, and once space is freed the same
+    store (and a new one) reads and writes as before."""
+    home = small_disk.mount(8 << 20)
+    s = StateStore(home / "state.db")
+    s.put_box(_row("kept"))
+    with s.transaction():
+        s.put_pool(PoolRow("p", "coders", "h1", {"min_ready": 2}))
+    big = {"blob": "x" * (1 << 20)}  # more than the WAL holds already: it must grow
+    filler = small_disk.fill(home)
+
+    with pytest.raises(DiskFullError) as err:
+        s.put_box(_row("big", spec=big))
+    assert str(err.value).startswith(f"state store {home / 'state.db'}: no space left on {home} (")
+    with pytest.raises(DiskFullError):
+        with s.transaction():
+            s.put_box(_row("small"))
+            s.put_box(_row("big", spec=big))
+    with pytest.raises(DiskFullError):
+        with s.transaction():
+            s.put_pool(PoolRow("p", "other", "h", big))
+    with pytest.raises(DiskFullError):
+        StateStore(home / "new.db")  # its tables cannot be made
+    assert [r.name for r in s.boxes()] == ["kept"]  # still readable, on the same connection
+    other = sqlite3.connect(home / "state.db")
+    assert [r[0] for r in other.execute("SELECT name FROM boxes")] == ["kept"]
+    other.close()
+
+    filler.unlink()
+    s.put_box(_row("after"))  # the same store writes again
+    with s.transaction():
+        s.put_pool(PoolRow("p", "later", "h2"))
+    s.close()
+    again = StateStore(home / "state.db")
+    assert [r.name for r in again.boxes()] == ["after", "kept"]
+    assert [p.name for p in again.pools()] == ["coders", "later"]
+    check = sqlite3.connect(home / "state.db")
+    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    check.close()
+    again.close()
+    StateStore(home / "new.db").close()  # what could not be made then is made now
+
+
+def test_a_store_opened_on_a_full_disk_reads_and_refuses_writes(small_disk: SmallDisk) -> None:
+    """The last connection removed WAL's files; a new one (`box ps`, `box image prune`)
+    finds no room to make them again: it still reads, and a write is a DiskFullError."""
+    home = small_disk.mount(8 << 20)
+    s = StateStore(home / "state.db")
+    s.put_box(_row("kept"))
+    s.close()
+    filler = small_disk.fill(home)
+
+    full = StateStore(home / "state.db")
+    assert [r.name for r in full.boxes()] == ["kept"] and full.images_in_use() == {"sha256:abc"}
+    with pytest.raises(DiskFullError, match=f"^state store {home / 'state.db'}: no space left on {home} "):
+        full.delete_box("p.kept")
+    with pytest.raises(DiskFullError):
+        with full.transaction():
+            full.put_box(_row("new"))
+    assert [r.name for r in full.boxes()] == ["kept"]
+    full.close()
+
+    filler.unlink()
+    s = StateStore(home / "state.db")
+    s.put_box(_row("after"))
+    assert [r.name for r in s.boxes()] == ["after", "kept"]
+    s.close()

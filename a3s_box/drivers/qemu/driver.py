@@ -27,13 +27,15 @@ from a3s_box.drivers.common.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
-from a3s_box.drivers.qemu.snapshot import SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key
+from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key,
+                                           template_bytes)
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
 from a3s_box.jail.ids import IdTable
 from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
-from a3s_box.errors import BoxError, DriverError, GuestError, HostUnsupported
+from a3s_box.disks import space
+from a3s_box.errors import BoxError, DiskFullError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, stop_supervised,
                                          wait_gone)
@@ -332,53 +334,68 @@ class QemuDriver:
             found = store.get(key)
             if found is not None:
                 return found
-            st = store.staging(key)
             assert launch.disk is not None
-            shutil.copyfile(launch.disk, st / "disk.qcow2")  # a fresh overlay of the image
-            with open(st / "ram", "wb") as f:
-                f.truncate(launch.memory_mib << 20)
-            tspec = replace(spec, console_log=st / CONSOLE, console_socket=st / "console.sock",
-                            channel=st / "channel.sock",
-                            qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
-                            memory_shared=True)
-            gid = self._template_gid(key)
-            os.chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
-            os.chmod(st / "ram", 0o660)
-            jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
-            handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
-                                       detach=False, jail=jail, label=conf.label)
             try:
-                self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
-                with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
-                    q.command("migrate-set-capabilities",
-                              capabilities=[{"capability": "x-ignore-shared", "state": True}])
-                    q.command("stop")
-                    with open(st / "state", "wb") as state_file:
-                        q.pass_fd("state", state_file.fileno())
-                    q.command("migrate", uri="fd:state")
-                    q.wait_status(("completed",), 60.0)
-                    try:
-                        q.command("quit")  # its image locks must be gone before a clone opens the disk
-                    except QmpError:
-                        pass
-                _wait_gone(handle.pid, str(st), 10.0)
-            except (DriverError, GuestError) as e:
-                raise SnapshotError(launch.box_id, f"making the template: {e}") from e
-            finally:
-                _killpg(pgid, signal.SIGKILL)
-                _wait_gone(handle.pid, str(st), 5.0)
-            for name in RUNTIME_FILES + ("exit.json",):
-                (st / name).unlink(missing_ok=True)
-            shutil.rmtree(vmm_dir(st), ignore_errors=True)
-            shutil.rmtree(st / "jail", ignore_errors=True)
-            for frozen in ("disk.qcow2", "state", CONSOLE):  # no VMM may change them again
-                if (st / frozen).exists():
-                    os.chown(st / frozen, 0, 0)
-                    os.chmod(st / frozen, 0o644)
-            if jail is not None:
-                self._ids().release(f"template-{key}")
-            return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
-                                          "memory_mib": launch.memory_mib, "accel": spec.accel})
+                st = store.staging(key, template_bytes(launch.memory_mib, launch.disk))
+            except DiskFullError as e:
+                raise SnapshotError(launch.box_id, f"no template saved: {e}") from e
+            try:
+                return self._make_template(store, key, st, launch, spec, timeout, conf)
+            except BaseException as e:
+                shutil.rmtree(st, ignore_errors=True)  # a half-made template holds its RAM file
+                if space.is_full(e):
+                    raise SnapshotError(launch.box_id, "no template saved: " + str(space.disk_full(
+                        f"snapshot template {key[:12]}", store.root))) from e
+                raise
+
+    def _make_template(self, store: TemplateStore, key: str, st: Path, launch: BoxLaunch, spec: QemuSpec,
+                       timeout: float, conf: "_Confinement") -> Template:
+        assert launch.disk is not None
+        shutil.copyfile(launch.disk, st / "disk.qcow2")  # a fresh overlay of the image
+        with open(st / "ram", "wb") as f:
+            f.truncate(launch.memory_mib << 20)
+        tspec = replace(spec, console_log=st / CONSOLE, console_socket=st / "console.sock",
+                        channel=st / "channel.sock",
+                        qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
+                        memory_shared=True)
+        gid = self._template_gid(key)
+        os.chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
+        os.chmod(st / "ram", 0o660)
+        jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
+        handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
+                                   detach=False, jail=jail, label=conf.label)
+        try:
+            self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
+            with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
+                q.command("migrate-set-capabilities",
+                          capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                q.command("stop")
+                with open(st / "state", "wb") as state_file:
+                    q.pass_fd("state", state_file.fileno())
+                q.command("migrate", uri="fd:state")
+                q.wait_status(("completed",), 60.0)
+                try:
+                    q.command("quit")  # its image locks must be gone before a clone opens the disk
+                except QmpError:
+                    pass
+            _wait_gone(handle.pid, str(st), 10.0)
+        except (DriverError, GuestError) as e:
+            raise SnapshotError(launch.box_id, f"making the template: {e}") from e
+        finally:
+            _killpg(pgid, signal.SIGKILL)
+            _wait_gone(handle.pid, str(st), 5.0)
+        for name in RUNTIME_FILES + ("exit.json",):
+            (st / name).unlink(missing_ok=True)
+        shutil.rmtree(vmm_dir(st), ignore_errors=True)
+        shutil.rmtree(st / "jail", ignore_errors=True)
+        for frozen in ("disk.qcow2", "state", CONSOLE):  # no VMM may change them again
+            if (st / frozen).exists():
+                os.chown(st / frozen, 0, 0)
+                os.chmod(st / frozen, 0o644)
+        if jail is not None:
+            self._ids().release(f"template-{key}")
+        return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
+                                      "memory_mib": launch.memory_mib, "accel": spec.accel})
 
     # --- fork ----------------------------------------------------------------------------
     def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,

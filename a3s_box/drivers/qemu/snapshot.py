@@ -13,7 +13,10 @@ box of that key as a clone of it (Kata's VM templating, on QEMU 7.2).
 
 HOME.cache/snapshots/<key>/ holds ram, state, disk.qcow2 and meta.json; it is built in
 a temporary folder and renamed into place, so a crash never leaves a half-made
-template that a box would use. HOME.cache/snapshots/fork-<id>/ holds the frozen disk
+template that a box would use; one that cannot fit the free space (its RAM file may
+be written whole: a guest writing to a shared mapping on a full disk would die of
+SIGBUS) is refused before its VM boots, and a build that fails is removed. Either way
+the box boots cold. HOME.cache/snapshots/fork-<id>/ holds the frozen disk
 layer a `box fork` left under both boxes. Which boxes use a template or layer is read
 from the backing chains of their disks (a restarted clone still sits on its
 template's disk), never from how they last booted. The key covers everything a restore depends on: the
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.atomic import write_text_atomic
+from a3s_box.disks import space
 from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
@@ -46,6 +50,16 @@ KEY_VERSION = "a3s-snapshot-1"
 
 class SnapshotError(DriverError):
     """A template could not be made or restored (the box then boots cold)."""
+
+
+def template_bytes(memory_mib: int, disk: Path) -> int:
+    """What a template may take: its RAM file (sparse, but the guest may touch all of
+    it), a copy of the box's fresh overlay, and a margin for its device state and logs."""
+    try:
+        overlay = disk.stat().st_size
+    except OSError:
+        overlay = 0
+    return (memory_mib << 20) + overlay + (4 << 20)
 
 
 def _file_id(path: Path) -> str:
@@ -142,11 +156,14 @@ class TemplateStore:
                 return t
         return None
 
-    def staging(self, key: str) -> Path:
+    def staging(self, key: str, needs: int = 0) -> Path:
+        """An empty folder to build KEY's template in, once NEEDS bytes are known to fit
+        (DiskFullError otherwise: the caller boots the box cold)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._reap()
         d = self.root / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(d, ignore_errors=True)
+        space.require(f"snapshot template {key[:12]}", self.root, needs)
         d.mkdir()
         return d
 
