@@ -654,6 +654,14 @@ def _detach(rundir: Path) -> None:
         os._exit(0)
 
 
+
+def _status_text(rc: int) -> str:
+    if rc < 0:
+        sig = -rc
+        return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
+    return f"status {rc}"
+
+
 def main(argv: list[str]) -> int:
     if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--detach"):
         print("usage: python -m a3s_box.drivers.qemu.shim RUNDIR [--detach]", file=sys.stderr)
@@ -668,10 +676,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-def _status_text(rc: int) -> str:
-    if rc < 0:
-        sig = -rc
-        return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
-    return f"status {rc}"
