@@ -8,6 +8,8 @@ the lock taken exits at once, the running one re-reads the pool each pass.
 """
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,8 @@ def main() -> int:
     logfile = home.root / "pools" / f"{project}.{pool}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "a") as log:
+        # `kill -USR1 PID` writes where each thread is into the pool's log (a stuck boot)
+        faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
         for _ in range(3):  # an acquire may land just as the previous filler exits
             with pool_lock(home.root, project, pool, wait=False) as got:
                 if not got:

@@ -114,3 +114,36 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     box("pool", "release", "job", check=True)
     box("delete", "-f", str(f), check=True)
     assert box.vm_processes() == []
+
+
+def test_after_a_host_restart_the_server_brings_everything_back(box: BoxCli, hello_image: Path,
+                                                                tmp_path: Path) -> None:
+    """Every a3s-box process gone at once (as at a host restart: VMs, shims, helpers),
+    then `box serve` started: declared boxes back, the pool full again, the lease kept."""
+    f = boxfile(tmp_path, hello_image, BODY.replace('    restart: "no"\n', ""), "restart.yaml")
+    box("apply", "-f", str(f), check=True)
+    box("pool", "acquire", "warm", "--name", "held", check=True)
+    for pid in box.vm_processes():
+        os.kill(pid, signal.SIGKILL)
+    until(lambda: box.vm_processes() == [], 30, "every VM process gone")
+    assert all(b["status"] == "exited" for b in ps(box).values())
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--socket",
+                                   str(tmp_path / "api2.sock"), "--reconcile-period", "0.5"],
+                                  env=box.env, stderr=out)
+    try:
+        back = until(lambda: (s := ps(box)) and all(s[n]["status"] == "running" and "restart" in s[n]["detail"]
+                                                    for n in ("keep", "once", "net", "held")) and s,
+                     timeout=300, what="every box back")
+        assert box("exec", "held", "--", "hostname", check=True).out == "worker\n"  # the lease, kept
+        pool = until(lambda: (p := box("pool", "ls", "-o", "json", check=True).json()[0])["ready"] == 1 and p,
+                     what="the pool full again")
+        assert (pool["leased"], pool["total"]) == (1, 2)
+        assert back["held"]["pid"] is not None
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    box("pool", "release", "held", check=True)
+    box("delete", "-f", str(f), check=True)
+    assert box.vm_processes() == []
