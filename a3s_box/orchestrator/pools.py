@@ -63,11 +63,16 @@ class PoolStep:
     reason: str
 
 
-def reconcile_pool(spec: PoolSpec, members: list[Member], now: float) -> list[PoolStep]:
+def reconcile_pool(spec: PoolSpec, members: list[Member], now: float,
+                   restarts_leased: bool = False) -> list[PoolStep]:
+    """RESTARTS_LEASED: a reconcile loop boots leased members whose VM ended again (they
+    are their holder's), so they are kept; without one, they are deleted."""
     steps: list[PoolStep] = []
     alive: list[Member] = []
     for m in sorted(members, key=lambda m: (m.since, m.id)):
-        if m.status not in ("running", "creating"):
+        if m.status not in ("running", "creating") and m.leased and restarts_leased:
+            alive.append(m)
+        elif m.status not in ("running", "creating"):
             steps.append(PoolStep("delete", m.id, f"VM {m.status}"))
         elif m.leased and spec.max_duration is not None and now - m.since > spec.max_duration:
             steps.append(PoolStep("delete", m.id, "lease exceeded lifetime.max_duration"))
@@ -134,7 +139,8 @@ class PoolKeeper:
         self.images = images
         self.parallel = parallel or os.cpu_count() or 1
 
-    def converge(self, project: str, pool: str, now: float | None = None) -> list[tuple[PoolStep, str]]:
+    def converge(self, project: str, pool: str, now: float | None = None,
+                 restarts_leased: bool = False) -> list[tuple[PoolStep, str]]:
         """One pass: returns (step, "ok" or the error) for every step taken."""
         row = next((p for p in self.runtime.store.pools(project) if p.name == pool), None)
         if row is None:
@@ -142,7 +148,7 @@ class PoolKeeper:
         spec = pool_spec(row)
         rows = {r.id: r for r in members_of(self.runtime, project, pool)}
         steps = reconcile_pool(spec, [_as_member(self.runtime, r) for r in rows.values()],
-                               time.time() if now is None else now)
+                               time.time() if now is None else now, restarts_leased)
         results: list[tuple[PoolStep, str]] = []
         for step in [s for s in steps if s.op == "delete"]:
             results.append((step, self._guard(lambda: self.runtime.destroy(rows[step.member or ""], self.images))))

@@ -122,7 +122,8 @@ class Reconciler:
             with pool_lock(self.home.root, pool.project, pool.name, wait=False) as mine:
                 if not mine:
                     continue  # a filler or an apply is at it
-                for step, outcome in PoolKeeper(self.runtime, self.images).converge(pool.project, pool.name):
+                keeper = PoolKeeper(self.runtime, self.images)
+                for step, outcome in keeper.converge(pool.project, pool.name, restarts_leased=True):
                     done.append(f"pool {pool.project}.{pool.name}: {step.op} {step.member or 'member'} "
                                 f"({step.reason}): {outcome}")
         return done

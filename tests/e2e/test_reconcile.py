@@ -123,6 +123,9 @@ def test_after_a_host_restart_the_server_brings_everything_back(box: BoxCli, hel
     f = boxfile(tmp_path, hello_image, BODY.replace('    restart: "no"\n', ""), "restart.yaml")
     box("apply", "-f", str(f), check=True)
     box("pool", "acquire", "warm", "--name", "held", check=True)
+    # the filler that acquire started has refilled and gone (a host restart leaves none)
+    until(lambda: subprocess.run(["pgrep", "-f", f"pool_filler {box.home}"], capture_output=True).returncode == 1,
+          120, "the pool's filler done")
     for pid in box.vm_processes():
         os.kill(pid, signal.SIGKILL)
     until(lambda: box.vm_processes() == [], 30, "every VM process gone")

@@ -37,6 +37,12 @@ def test_dead_members_are_deleted_and_replaced() -> None:
     assert steps[0].reason == "VM exited"
 
 
+def test_a_dead_leased_member_is_kept_where_a_loop_restarts_it() -> None:
+    members = [m("a", status="exited", leased=True), m("b"), m("c")]
+    assert ops(reconcile_pool(SPEC, members, 100)) == [("delete", "a")]  # no loop: gone
+    assert reconcile_pool(SPEC, members, 100, restarts_leased=True) == []  # the holder's, back soon
+
+
 def test_a_changed_template_replaces_idle_members_only_with_update_recreate() -> None:
     members = [m("a", spec="h0"), m("b", spec="h0", leased=True), m("c")]
     assert ops(reconcile_pool(SPEC, members, 100)) == [("delete", "a"), ("create", None)]
