@@ -241,7 +241,9 @@ class BoxFiles:
             try:
                 if errors and space.is_full(errors[0]):
                     raise errors[0]
-                if code != 0 and not stopped:  # the guest's own failure (when we did not kill it)
+                # the guest's own failure: it said why (a tar we killed says nothing), or we
+                # did not kill it. Its words win over the empty stream it left us.
+                if code != 0 and (err.strip() or not stopped):
                     raise self._fail(remote, err.decode(errors="replace").split(": ", 1)[-1])
                 if errors:
                     e = errors[0]
