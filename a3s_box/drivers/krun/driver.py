@@ -67,6 +67,23 @@ def _wait_gone(pid: int, rundir: str, timeout: float) -> bool:
     return wait_gone(pid, rundir, SUPERVISOR, timeout)
 
 
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no process of the group is left but zombies (or TIMEOUT passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive_in_group(p, pgid) for p in Path("/proc").iterdir() if p.name.isdigit()):
+            return
+        time.sleep(0.02)
+
+
+def _alive_in_group(proc: Path, pgid: int) -> bool:
+    try:
+        fields = (proc / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[2]) == pgid
+
+
 def remove_runtime_files(rundir: Path) -> None:
     for name in RUNTIME_FILES:
         (rundir / name).unlink(missing_ok=True)
@@ -164,6 +181,7 @@ class KrunDriver:
             # Ctrl-C included: nothing of this VM may outlive a failed start
             _signal(pgid, signal.SIGKILL, group=True)
             _wait_gone(handle.pid, str(rundir), 5.0)
+            _wait_group_gone(pgid, 5.0)  # the VM's other processes take a moment to die too
             (rundir / GUEST_SOCK).unlink(missing_ok=True)
             (rundir / "supervisor.pid").unlink(missing_ok=True)
             if isinstance(e, (OSError, ValueError)):
