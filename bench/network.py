@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import http.server
 import ipaddress
+import socket
 import socketserver
 import subprocess
 import sys
@@ -77,8 +78,9 @@ def proxy_alone(port: int, policy: NetworkPolicy, secrets: SecretBook = SecretBo
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(asyncio.start_server(egress.on_flow, "127.0.0.1", 0))
-        out.append(server.sockets[0].getsockname()[1])
+        listener = socket.create_server(("127.0.0.1", 0))
+        out.append(listener.getsockname()[1])
+        loop.create_task(egress.serve(listener))
         ready.set()
         loop.run_forever()
     threading.Thread(target=run, daemon=True).start()
@@ -111,11 +113,9 @@ def _proxy_process(ports: Any, name: str, port: int, policy: dict[str, Any], sec
     ip = egress.dns.book.address_of(name)
     egress.destination = lambda _s: (ipaddress.IPv4Address(str(ip)), port)
 
-    async def serve() -> None:
-        server = await asyncio.start_server(egress.on_flow, "127.0.0.1", 0)
-        ports.put(server.sockets[0].getsockname()[1])
-        await server.serve_forever()
-    asyncio.run(serve())
+    listener = socket.create_server(("127.0.0.1", 0))
+    ports.put(listener.getsockname()[1])
+    asyncio.run(egress.serve(listener))
 
 
 def tls_figures(size: int, folder: Path) -> tuple[float, float]:

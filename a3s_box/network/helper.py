@@ -86,7 +86,8 @@ async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
     egress = Egress(policy, secrets, log, Path(conf["ca_dir"]) if conf.get("ca_dir") else None,
                     leaves=here / "leaves")
     loop = asyncio.get_running_loop()
-    servers = [await asyncio.start_server(egress.on_flow, sock=tcp, limit=1 << 20)]
+    flows = asyncio.create_task(egress.serve(tcp))
+    servers: list[asyncio.Server] = []
     await loop.create_datagram_endpoint(lambda: DnsProtocol(egress), sock=udp)
     for index, inner_port in conf.get("forwards", []):
         pub = policy.ports[int(index)]
@@ -107,6 +108,7 @@ async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    flows.cancel()
     for s in servers:
         s.close()
     log.close()

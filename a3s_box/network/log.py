@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,13 @@ class NetworkLog:
         self.dropped = 0
         self.file = RotatingFile(path, limits, mode=0o600) if path is not None else None
         self.lines: list[dict[str, Any]] = []  # kept only without a file (tests)
+        self._lock = threading.Lock()  # HTTP flows write from threads of their own (exchange.py)
 
     def write(self, **fields: Any) -> None:
+        with self._lock:
+            self._write(fields)
+
+    def _write(self, fields: dict[str, Any]) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
                   "box": self.box, **{k: v for k, v in fields.items() if v not in (None, "")}}
         if self.dropped:

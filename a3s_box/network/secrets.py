@@ -163,6 +163,16 @@ class Scrubber:
         self._held = data[len(data) - keep:] if keep else b""
         return data[:len(data) - keep] if keep else data
 
+    def passes(self, buffer: bytearray, size: int) -> bool:
+        """Whether BUFFER[:SIZE] goes out as it is: nothing held from before, no value in
+        it, and no value's first byte among its last bytes (then feed() decides)."""
+        if self._held:
+            return False
+        for value in self.replacements:
+            if buffer.find(value, 0, size) >= 0 or buffer.find(value[:1], max(0, size - len(value) + 1), size) >= 0:
+                return False
+        return True
+
     def flush(self) -> bytes:
         out, self._held = self._held, b""
         return out

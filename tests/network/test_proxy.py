@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -40,8 +41,9 @@ class ProxyUnderTest:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            server = self.loop.run_until_complete(asyncio.start_server(egress.on_flow, "127.0.0.1", 0))
-            self.port = server.sockets[0].getsockname()[1]
+            listener = socket.create_server(("127.0.0.1", 0))
+            self.port = listener.getsockname()[1]
+            self.loop.create_task(egress.serve(listener))
             ready.set()
             self.loop.run_forever()
         threading.Thread(target=run, daemon=True).start()
