@@ -253,3 +253,29 @@ def test_nothing_is_relayed_to_a_name_on_a_web_port_undecided(data: bytes, port:
         if verdict.allowed:
             assert seen.kind in ("tls", "http")
             assert seen.server_name in ("api.example", None if seen.kind == "tls" else "api.example")
+
+
+def _unchunked(out: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 response (what a client reads, chunk edges gone)."""
+    rest = out.split(b"\r\n\r\n", 1)[1]
+    body = b""
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return body
+        body, rest = body + rest[:size], rest[size + 2:]
+
+
+def test_a_large_body_echoing_the_value_reaches_the_guest_scrubbed_at_every_chunk_edge(
+        proxy: ProxyUnderTest, internet: Internet, tmp_path: Path) -> None:  # noqa: F811
+    """The scrubber's fast path (exchange.py relays Content-Length bodies from one buffer,
+    256 KiB reads): values at offsets that fall on every side of the read edges."""
+    body = b"".join(b"y" * (9973 + i) + TOKEN_VALUE.encode() for i in range(80))
+    out = _intercepted(proxy, internet, tmp_path, (
+        f"POST /echo HTTP/1.1\r\nHost: api.test\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+    assert out.startswith(b"HTTP/1.1 200"), out[:300]
+    seen = _unchunked(out)
+    assert TOKEN_VALUE.encode() not in seen
+    assert seen.count(PLACEHOLDER.encode()) == 80
+    assert json.loads(seen)["body"] == body.decode().replace(TOKEN_VALUE, PLACEHOLDER)
