@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import threading
+from contextlib import closing
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from a3s_box.network.policy import Flow, NetworkPolicy, Verdict
 from a3s_box.network.http1 import could_be_http
 from a3s_box.network.secrets import SecretBook
 from a3s_box.network.sniff import MAX_PEEK, Sniffed, sniff
+from a3s_box.network.tls import Stream, TlsStream
 
 SO_ORIGINAL_DST = 80
 SNIFF_WAIT = 0.3  # server-first protocols (ssh, smtp) send nothing: do not wait for them longer
@@ -349,7 +351,7 @@ class Egress:
         raise Denied(f"cannot connect to {last}")
 
     def _connect(self, verdict: Verdict, candidates: list[str], tls_name: str | None
-                 ) -> tuple[socket.socket, str]:
+                 ) -> tuple[Stream, str]:
         """A blocking socket (TLS to TLS_NAME when given) to the first candidate that
         answers, with the idle timeout (HTTP flows, in their thread)."""
         assert verdict.dial is not None
@@ -365,7 +367,7 @@ class Egress:
             if tls_name is None:
                 return sock, ip
             try:
-                return self.upstream_tls.wrap_socket(sock, server_hostname=tls_name), ip
+                return TlsStream.connect(sock, self.upstream_tls, tls_name), ip
             except ssl.SSLError as e:
                 sock.close()
                 raise Denied(f"{host}: upstream TLS failed ({e.reason or e})") from e
@@ -406,14 +408,14 @@ class Egress:
         given (intercepted), the upstream dialled, requests relayed until either ends."""
         sock.setblocking(True)
         sock.settimeout(self.idle_timeout)
-        box: socket.socket = sock
+        box: Stream = sock
         if context is not None:
             try:
-                box = context.wrap_socket(sock, server_side=True)
+                box = TlsStream.accept(sock, context)
             except (ssl.SSLError, OSError) as e:
                 self.log.write(proto="tcp", dst=where, verdict="deny", reason=f"TLS with the box failed: {e}")
                 return
-        with box:
+        with closing(box):
             try:
                 if refusal is not None:
                     raise Denied(refusal)
@@ -426,7 +428,7 @@ class Egress:
                     pass
                 return
             count, idled = Counter(), False
-            with upstream:
+            with closing(upstream):
                 try:
                     Exchange(box, upstream, host, self.secrets, self.log, count, tls=context is not None).run(first)
                 except TimeoutError:

@@ -9,9 +9,9 @@ the response (head and body, decoded from gzip/deflate when the upstream insists
 scrubbed back to the placeholders before the guest sees a byte of it.
 
 Why blocking sockets, one thread per flow (egress.py starts them, bounded by its per-box
-flow cap): an intercepted download is TLS on both sides, and asyncio's memory-BIO TLS
-copies each record several times under the GIL. Blocking `ssl.SSLSocket`s decrypt and
-encrypt with the GIL released; bench/network.py measures the difference. A socket
+flow cap): an intercepted download is TLS on both sides, and asyncio's streams and TLS
+protocol cost more per record than the crypto itself. Here TLS (tls.py) decrypts and
+encrypts with the GIL released; bench/network.py measures the difference. A socket
 timeout is the flow's idle timeout: a read or write that makes no progress that long
 raises TimeoutError, and the caller logs the flow as ended idle.
 """
@@ -30,6 +30,7 @@ import h11
 from a3s_box.network.http1 import HeadError, parse_request_head
 from a3s_box.network.log import NetworkLog
 from a3s_box.network.secrets import Scrubber, SecretBook
+from a3s_box.network.tls import Stream, TlsStream
 
 CHUNK = 256 << 10
 PLACEHOLDER_SPAN = 128  # longer than any placeholder: the overlap kept between body chunks
@@ -72,15 +73,15 @@ def _keeps_alive(resp: h11.Response) -> bool:
     return resp.http_version == b"1.1" and not close
 
 
-def linger(sock: socket.socket) -> None:
+def linger(sock: Stream) -> None:
     """After a last answer: drains what the box sent that was not read, for a while, as
     closing on unread bytes resets the flow and the box would lose the answer."""
-    if not isinstance(sock, ssl.SSLSocket):  # TLS: a close_notify ends it cleanly enough
+    if isinstance(sock, socket.socket):  # TLS: the close_notify at its close ends it
         sock.shutdown(socket.SHUT_WR)
     sock.settimeout(LINGER)
-    drained = 0
-    while drained < LINGER_BYTES and (chunk := sock.recv(CHUNK)):
-        drained += len(chunk)
+    drained, sink = 0, memoryview(bytearray(CHUNK))
+    while drained < LINGER_BYTES and (n := sock.recv_into(sink, CHUNK)):
+        drained += n
 
 
 class _End(Exception):
@@ -89,8 +90,8 @@ class _End(Exception):
 
 @dataclass
 class Exchange:
-    box: socket.socket  # a plain socket or an ssl.SSLSocket (intercepted)
-    upstream: socket.socket
+    box: Stream  # a plain socket, or a TlsStream when intercepted
+    upstream: Stream
     host: str  # the name the flow was decided for
     secrets: SecretBook
     log: NetworkLog
@@ -116,7 +117,7 @@ class Exchange:
             return
 
     # --- reading ------------------------------------------------------------------
-    def _fill(self, conn: h11.Connection, sock: socket.socket) -> Any:
+    def _fill(self, conn: h11.Connection, sock: Stream) -> Any:
         while True:
             ev = conn.next_event()
             if ev is h11.NEED_DATA:
@@ -124,10 +125,10 @@ class Exchange:
                 continue
             return ev
 
-    def _recv(self, sock: socket.socket) -> bytes:
+    def _recv(self, sock: Stream) -> bytes:
         return bytes(self._buffer[:self._read(sock, CHUNK)])
 
-    def _read(self, sock: socket.socket, limit: int) -> int:
+    def _read(self, sock: Stream, limit: int) -> int:
         """Reads what SOCK has (waiting for its first bytes), up to LIMIT, into the
         flow's buffer; how much. Batched: a TLS socket gives one record (16 KiB) per read,
         and h11 and the scrubber cost per call. One buffer, reused: a fresh 256 KiB
@@ -140,7 +141,7 @@ class Exchange:
         if poll is None:
             poll = self._polls[sock.fileno()] = select.poll()
             poll.register(sock.fileno(), select.POLLIN)
-        pending = sock.pending if isinstance(sock, ssl.SSLSocket) else (lambda: 0)
+        pending = sock.pending if isinstance(sock, TlsStream) else (lambda: 0)
         while size < limit and (pending() or poll.poll(0)):
             more = sock.recv_into(view[size:], limit - size)
             if not more:
@@ -156,7 +157,7 @@ class Exchange:
                 self._refuse(str(e))
             if head is not None:
                 return head, pending
-            data = self.box.recv(CHUNK)
+            data = self._recv(self.box)
             if not data:
                 return None
             pending += data
