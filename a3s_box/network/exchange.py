@@ -29,6 +29,7 @@ import h11
 
 from a3s_box.network.http1 import HeadError, parse_request_head
 from a3s_box.network.log import NetworkLog
+from a3s_box.network.scan import ScanBuffer
 from a3s_box.network.secrets import Scrubber, SecretBook
 from a3s_box.network.tls import Stream, TlsStream
 
@@ -98,7 +99,7 @@ class Exchange:
     count: Counter
     tls: bool  # only TLS flows to a secret's host get values (and are scrubbed)
     _polls: dict[int, select.poll] = field(default_factory=dict, repr=False)
-    _buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(CHUNK)), repr=False)
+    _scan: ScanBuffer = field(default_factory=lambda: ScanBuffer(CHUNK), repr=False)
 
     def run(self, first: bytes) -> None:
         """Serves requests until a peer closes or a request is refused. FIRST: what
@@ -126,14 +127,14 @@ class Exchange:
             return ev
 
     def _recv(self, sock: Stream) -> bytes:
-        return bytes(self._buffer[:self._read(sock, CHUNK)])
+        return bytes(self._scan.view[:self._read(sock, CHUNK)])
 
     def _read(self, sock: Stream, limit: int) -> int:
         """Reads what SOCK has (waiting for its first bytes), up to LIMIT, into the
         flow's buffer; how much. Batched: a TLS socket gives one record (16 KiB) per read,
         and h11 and the scrubber cost per call. One buffer, reused: a fresh 256 KiB
         object per read is fresh pages from the allocator each time."""
-        view = self._buffer
+        view = self._scan.view
         size = sock.recv_into(view, limit)
         if not size:
             return 0
@@ -298,9 +299,9 @@ class Exchange:
             if not size:
                 return False  # the upstream ended early: so does the box's body
             left -= size
-            if scrub.passes(self._buffer.obj, size):
-                chunk(self._buffer[:size])
-            elif out := scrub.feed(bytes(self._buffer[:size])):
+            if scrub.passes(self._scan, size):
+                chunk(self._scan.view[:size])
+            elif out := scrub.feed(bytes(self._scan.view[:size])):
                 chunk(out)
         if rest := scrub.flush():
             chunk(rest)

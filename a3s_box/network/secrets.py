@@ -18,6 +18,7 @@ import binascii
 import secrets as _random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from a3s_box.network.policy import normalize_name
 
@@ -137,6 +138,12 @@ def _basic(token: bytes, bound: dict[bytes, Secret]) -> tuple[bytes, list[str]] 
     return base64.b64encode(user + b":" + password), names
 
 
+class Searchable(Protocol):
+    """A bytearray, or the proxy's ScanBuffer (the same find, faster)."""
+
+    def find(self, needle: bytes, start: int, end: int, /) -> int: ...
+
+
 class Scrubber:
     """Replaces secret values by their placeholders in a stream, across chunk edges: it
     holds back only a tail that could be the start of a value, so a stream (SSE) is
@@ -163,7 +170,7 @@ class Scrubber:
         self._held = data[len(data) - keep:] if keep else b""
         return data[:len(data) - keep] if keep else data
 
-    def passes(self, buffer: bytearray, size: int) -> bool:
+    def passes(self, buffer: Searchable, size: int) -> bool:
         """Whether BUFFER[:SIZE] goes out as it is: nothing held from before, no value in
         it, and no value's first byte among its last bytes (then feed() decides)."""
         if self._held:
