@@ -74,7 +74,8 @@ def merge_binds(binds: list[Bind]) -> tuple[Bind, ...]:
 
 
 # Measured (bench/boot.py, docs/security.md): what a VMM uses beyond its guest's RAM.
-# Under TCG the translated-code cache dominates; the helpers (egress proxy, virtiofsd)
+# Under TCG the translated-code cache dominates (bounded by drivers.qemu.argv's
+# TCG_CODE_CACHE_MIB, 128 of these 256 MiB); the helpers (egress proxy, virtiofsd)
 # share the box's cgroup.
 VMM_OVERHEAD_TCG = 256 << 20
 VMM_OVERHEAD_KVM = 96 << 20

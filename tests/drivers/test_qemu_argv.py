@@ -14,7 +14,7 @@ SPEC = QemuSpec(binary="qemu-system-x86_64", accel="tcg", vcpus=2, memory_mib=51
 def test_full_box_argv() -> None:
     assert " ".join(qemu_argv(SPEC)) == (
         "qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot"
-        " -M microvm,x-option-roms=off -accel tcg -smp 2 -m 512M"
+        " -M microvm,x-option-roms=off -accel tcg,tb-size=128 -smp 2 -m 512M"
         " -kernel /c/vmlinuz -initrd /c/initrd.gz"
         " -append console=ttyS0 reboot=t panic=-1 quiet pci=off a3s.root=/dev/vda"
         " a3s.channel=virtio-serial:a3s.0 tsc_early_khz=2596140 tsc=reliable"
@@ -63,3 +63,12 @@ def test_host_tsc_rate_from_cpuinfo() -> None:
     assert host_tsc_khz(info) == 2596140
     assert host_tsc_khz(info.replace("constant_tsc ", "")) == 0  # rate varies: let it calibrate
     assert host_tsc_khz("flags : constant_tsc\n") == 0
+
+
+def test_the_tcg_code_cache_is_bounded_inside_the_cgroups_overhead() -> None:
+    """QEMU's default 1 GiB code cache outgrew the box's cgroup (an OOM kill after some 50
+    curl runs in a box): the bound leaves half the TCG overhead for QEMU's own memory."""
+    from a3s_box.drivers.qemu.argv import TCG_CODE_CACHE_MIB
+    from a3s_box.jail.spec import VMM_OVERHEAD_TCG
+    assert f"tcg,tb-size={TCG_CODE_CACHE_MIB}" in qemu_argv(SPEC)
+    assert TCG_CODE_CACHE_MIB << 20 <= VMM_OVERHEAD_TCG // 2

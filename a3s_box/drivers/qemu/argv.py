@@ -115,6 +115,12 @@ def read_host_tsc_khz() -> int:
         return 0
 
 
+# TCG's translated-code cache defaults to 1 GiB, touched as the guest runs new code: a box
+# that ran enough programs outgrew its cgroup (guest RAM + jail.spec.VMM_OVERHEAD_TCG) and
+# was OOM-killed. Bounded here, inside that overhead; a full cache is flushed, not grown.
+TCG_CODE_CACHE_MIB = 128
+
+
 def _opt(path: Path) -> str:
     # QEMU splits options on ","; a comma in a path is written doubled
     return str(path).replace(",", ",,")
@@ -124,7 +130,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     argv = [spec.binary,
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-M", spec.machine + (",memory-backend=mem" if spec.shares or spec.memory_file else ""),
-            "-accel", spec.accel,
+            "-accel", f"tcg,tb-size={TCG_CODE_CACHE_MIB}" if spec.accel == "tcg" else spec.accel,
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M",
             "-kernel", str(spec.kernel),
