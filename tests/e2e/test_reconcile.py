@@ -1,6 +1,7 @@
 """`box serve`'s reconcile loop on real microVMs: a box whose VMM is killed -9 comes
-back by itself (restart: always, the default), so does one whose egress proxy is killed
-(its shim stops the VM rather than run it without its policy), one with restart: no
+back by itself (restart: always, the default), so do one whose egress proxy is killed
+(its shim stops the VM rather than run it without its policy) and one whose virtiofsd is
+killed (rather than run with its folder gone), one with restart: no
 stays down and says so, and a pool is refilled by the loop (no filler process) after
 an acquire."""
 from __future__ import annotations
@@ -33,6 +34,10 @@ boxes:
     image: hello
     network: {mode: public}
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+  shared:
+    image: hello
+    volumes: ["./src:/workspace"]
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
   worker:
     image: hello
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
@@ -62,6 +67,11 @@ def helper_of(box: BoxCli, name: str) -> int:
     return int(out.stdout.split()[0])
 
 
+def virtiofsd_of(shim: int) -> int:
+    out = subprocess.run(["pgrep", "-P", str(shim), "-f", "virtiofsd"], capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
 def qemu_of(shim: int) -> int:
     out = subprocess.run(["pgrep", "-P", str(shim), "-f", "qemu-system"], capture_output=True, text=True).stdout
     return int(out.split()[0])
@@ -86,11 +96,14 @@ def server(box: BoxCli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image: Path, tmp_path: Path,
                                                        server: subprocess.Popen[bytes]) -> None:
     f = boxfile(tmp_path, hello_image, BODY)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "kept.txt").write_text("still here\n")
     box("apply", "-f", str(f), check=True)
     before = ps(box)
     os.kill(qemu_of(before["keep"]["pid"]), signal.SIGKILL)  # the VMM, under its shim
     os.kill(before["once"]["pid"], signal.SIGKILL)  # the shim itself (its VMM follows it)
     os.kill(helper_of(box, "net"), signal.SIGKILL)  # the egress proxy: no policy, so no VM
+    os.kill(virtiofsd_of(before["shared"]["pid"]), signal.SIGKILL)  # the volume's server: no folder, no VM
 
     back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
                  and "1 restart" in b["detail"] and b, what="keep restarted by the loop")
@@ -100,6 +113,10 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
                 what="net restarted with a fresh egress proxy")
     assert "the egress proxy (network helper) ended (killed by SIGKILL); the VM was stopped" in net["detail"]
     assert helper_of(box, "net")
+    shared = until(lambda: (b := ps(box)["shared"])["status"] == "running" and "1 restart" in b["detail"] and b,
+                   what="shared restarted with a fresh virtiofsd")
+    assert "virtiofsd of volume /workspace ended (killed by SIGKILL); the VM was stopped" in shared["detail"], shared
+    assert box("exec", "shared", "--", "cat", "/workspace/kept.txt", check=True).out == "still here\n"
     down = until(lambda: "restart" in (b := ps(box)["once"])["detail"] and b, what="once left down")
     assert down["status"] == "exited"
     assert "0 restarts, last exit: the shim is gone without a word (killed?)" in down["detail"]
