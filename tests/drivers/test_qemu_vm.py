@@ -149,6 +149,11 @@ def test_a_client_speaking_garbage_is_dropped_and_the_shim_lives_on(
         assert c.run(["echo", "still here"], ns=Namespace.ROOT).stdout == b"still here\n"
 
 
+def test_the_shim_says_which_protocol_it_speaks(box: VmHandle) -> None:
+    from a3s_box.drivers.common.supervision import SUPERVISOR_PROTOCOL, read_supervisor_record
+    assert read_supervisor_record(Path(box.extra["rundir"])).protocol == SUPERVISOR_PROTOCOL
+
+
 def test_stop_shuts_down_cleanly_and_is_idempotent(driver: QemuDriver, box: VmHandle) -> None:
     # ends the shared box: keep this the last test that uses `box`
     rundir = Path(box.extra["rundir"])

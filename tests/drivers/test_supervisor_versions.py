@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 from a3s_box.drivers.base import VmHandle, VmState
-from a3s_box.drivers.common.supervision import connect_unix, observe_supervised, stop_supervised
+from a3s_box.drivers.common.supervision import (SUPERVISOR_PROTOCOL, SupervisorRecord, connect_unix,
+                                                observe_supervised, read_supervisor_record, stop_supervised,
+                                                write_supervisor_record)
 from a3s_box.drivers.qemu.driver import SHIMS
+from a3s_box.version import __version__
 
 
 def _stand_in(rundir: Path, module: str) -> subprocess.Popen[bytes]:
@@ -50,3 +53,26 @@ def test_this_releases_shim_is_not_outdated_and_a_stranger_is_not_a_shim(tmp_pat
         for p in (ours, stranger):
             p.kill()
             p.wait()
+
+
+def test_the_handshake_adopts_the_protocols_it_knows_and_calls_the_others_outdated(tmp_path: Path) -> None:
+    """supervisor.json: none (v0.1.0) and this release's are adopted; a newer host's
+    protocol, or a record that cannot be read, makes the box outdated (the plan replaces
+    it, stopping the VM cleanly) instead of a host driving a supervisor it does not know."""
+    ours = _stand_in(tmp_path, SHIMS[0])
+    try:
+        handle = VmHandle("qemu", "p.b", ours.pid, "", "", "tcg", {"rundir": str(tmp_path)})
+        assert observe_supervised(handle, SHIMS, "shim").outdated == ""  # no record: v0.1.0's
+        write_supervisor_record(tmp_path)
+        assert read_supervisor_record(tmp_path) == SupervisorRecord(SUPERVISOR_PROTOCOL, __version__)
+        assert observe_supervised(handle, SHIMS, "shim").outdated == ""
+        (tmp_path / "supervisor.json").write_text('{"protocol": 7, "release": "9.0.0"}')
+        seen = observe_supervised(handle, SHIMS, "shim")
+        assert seen.state is VmState.RUNNING
+        assert seen.outdated == ("its VM runs under a shim of a3s-box 9.0.0 speaking protocol 7; "
+                                 "this release adopts protocols 1, 2")
+        (tmp_path / "supervisor.json").write_text("{not json")
+        assert "speaking protocol 0" in observe_supervised(handle, SHIMS, "shim").outdated
+    finally:
+        ours.kill()
+        ours.wait()

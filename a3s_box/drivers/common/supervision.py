@@ -1,6 +1,13 @@
 """What every driver does with its per-box supervisor process (QEMU's shim, libkrun's
 worker): recognise it, wait for it to go, signal it, read why it ended, reach the guest
 through its socket, and ask the guest to power off.
+
+Supervisors outlive the a3s-box that started them (as containerd's shims outlive a
+containerd upgrade). The handshake: each supervisor writes RUNDIR/supervisor.json when it
+starts, naming the protocol it speaks with the host (its run folder's files, its
+socket, its signals) and its release. A host adopts the protocols in ADOPTABLE and calls
+every other one outdated: the plan then stops that box's VM cleanly and boots it again
+under this release, and says so. Supervisors of v0.1.0 wrote no record: protocol 1.
 """
 from __future__ import annotations
 
@@ -14,9 +21,44 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dataclasses import dataclass
+
+from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.base import VmHandle, VmObservation, VmState
 from a3s_box.errors import BoxError, GuestError
 from a3s_box.guest.client import GuestClient
+from a3s_box.version import __version__
+
+# 1: v0.1.0 (no record). 2: the record itself; exit.json names a helper (egress proxy,
+# virtiofsd) whose death stopped the VM.
+SUPERVISOR_PROTOCOL = 2
+ADOPTABLE = frozenset({1, 2})
+RECORD = "supervisor.json"
+
+
+@dataclass(frozen=True)
+class SupervisorRecord:
+    protocol: int  # 0: a record this release cannot read
+    release: str
+
+
+def write_supervisor_record(rundir: Path) -> None:
+    """What the supervisor starting now speaks (written before it serves anything)."""
+    write_text_atomic(rundir / RECORD, json.dumps({"protocol": SUPERVISOR_PROTOCOL, "release": __version__,
+                                                   "pid": os.getpid()}, sort_keys=True) + "\n")
+
+
+def read_supervisor_record(rundir: Path) -> SupervisorRecord:
+    try:
+        data = json.loads((rundir / RECORD).read_text())
+    except FileNotFoundError:
+        return SupervisorRecord(1, "0.1.0 or older")
+    except (OSError, ValueError):
+        return SupervisorRecord(0, "unknown")
+    protocol = data.get("protocol") if isinstance(data, dict) else None
+    if not isinstance(protocol, int) or isinstance(protocol, bool):
+        return SupervisorRecord(0, "unknown")
+    return SupervisorRecord(protocol, str(data.get("release") or "unknown"))
 
 
 def tail(path: Path, lines: int = 15) -> list[str]:
@@ -128,11 +170,16 @@ def observe_supervised(handle: VmHandle, module: str | tuple[str, ...], what: st
     rundir = rundir_of(handle)
     modules = (module,) if isinstance(module, str) else module
     running = supervisor_module(handle.pid, str(rundir), modules)
-    if running == modules[0]:
-        return VmObservation(VmState.RUNNING)
-    if running is not None:
+    if running is not None and running != modules[0]:
         return VmObservation(VmState.RUNNING, outdated=f"its VM runs under an older a3s-box's {what} "
                                                        f"({running})")
+    if running is not None:
+        said = read_supervisor_record(rundir)
+        if said.protocol not in ADOPTABLE:
+            return VmObservation(VmState.RUNNING, outdated=(
+                f"its VM runs under a {what} of a3s-box {said.release} speaking protocol {said.protocol}; "
+                f"this release adopts protocols {', '.join(map(str, sorted(ADOPTABLE)))}"))
+        return VmObservation(VmState.RUNNING)
     record = _exit_record(rundir)
     if reason := str(record.get("reason") or ""):
         return VmObservation(VmState.EXITED, reason, clean=record.get("status") == 0)

@@ -33,7 +33,7 @@ from a3s_box.home import Home
 
 GUEST_SOCK = "guest.sock"
 CONSOLE = "console.log"
-RUNTIME_FILES = (GUEST_SOCK, "supervisor.pid", "exit.json", "config-error.txt")
+RUNTIME_FILES = (GUEST_SOCK, "supervisor.pid", "supervisor.json", "exit.json", "config-error.txt")
 SUPERVISOR = "a3s_box.drivers.krun.supervisor"
 
 

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from a3s_box.drivers.common.supervision import write_supervisor_record
 from a3s_box.drivers.krun.spec import KrunSpec, describe_exit
 from a3s_box.errors import BoxError
 
@@ -94,6 +95,7 @@ def supervise(rundir: Path, ready_fd: int = -1) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, stop)
+    write_supervisor_record(rundir)
     tmp = rundir / ".supervisor.pid"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, rundir / "supervisor.pid")

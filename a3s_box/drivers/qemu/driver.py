@@ -47,7 +47,7 @@ from a3s_box.logs.writer import LogLimits
 CONSOLE = "console.log"
 GUEST_SOCK = "guest.sock"
 RUNTIME_FILES = ("guest.sock", "channel.sock", "console.sock", "qmp.sock", "shim.pid", "launch.json",
-                 ".guest.sock.tmp", "network.json")
+                 ".guest.sock.tmp", "network.json", "supervisor.json")
 
 
 SHIM = "a3s_box.drivers.qemu.shim"

@@ -9,6 +9,7 @@ a3s_box.drivers.qemu.mux). Files in RUNDIR:
     channel.sock  QEMU connects here: the virtio-serial port a3s.0
     guest.sock    appears only once the guest said HELLO: its existence means "ready"
     exit.json     written when QEMU has exited: {"status", "signal", "reason"}
+    supervisor.json  the protocol this shim speaks with the host (drivers/common/supervision.py)
 
 Single-threaded (selectors), so a misbehaving client can only lose its own connection.
 QEMU dies with the shim (PR_SET_PDEATHSIG), so a killed shim leaves no VM behind.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
+from a3s_box.drivers.common.supervision import write_supervisor_record
 from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
 from a3s_box.jail import cgroup, fsguard, userns
 from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
@@ -188,6 +190,7 @@ class Shim:
             signal.signal(sig, self._on_signal)
         for path in (self.channel_path, self.guest_path, self.rundir / "exit.json"):
             path.unlink(missing_ok=True)
+        write_supervisor_record(self.rundir)
         chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan.bind(str(self.channel_path))
         chan.listen(1)
