@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from a3s_box import audit
 from a3s_box.drivers.base import VmState
 from a3s_box.errors import BoxError, StateError
 from a3s_box.home import Home
@@ -151,9 +152,19 @@ class Reconciler:
             self.runtime.start(row, RESTART_TIMEOUT)
         except BoxError as e:
             store.put_restart_record(after_restart(plan, self.clock(), str(e)))
+            self._audit(row, f"failed: {e}", plan.count + 1, reason)
             return [f"box {row.id}: restart {plan.count + 1} failed: {e}"]
         store.put_restart_record(after_restart(plan, self.clock()))
+        self._audit(row, "ok", plan.count + 1, reason)
         return [f"box {row.id}: restarted ({plan.count + 1}; it had ended: {reason})"]
+
+    def _audit(self, row: BoxRow, result: str, count: int, reason: str) -> None:
+        """A restart in the audit log, so in `box events` and the API's event stream:
+        how a lease's holder learns that its box's VM was booted again (its processes and
+        memory are gone; its disk is kept)."""
+        with audit.acting_as("reconcile"):
+            audit.record(self.home.root, "restart", row.id, result, restarts=count, exited=reason,
+                         lease=row.lease or None)
 
 
 @contextmanager

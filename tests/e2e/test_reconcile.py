@@ -6,6 +6,7 @@ stays down and says so, and a pool is refilled by the loop (no filler process) a
 an acquire."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,10 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
                  and "1 restart" in b["detail"] and b, what="keep restarted by the loop")
     assert "last exit: qemu was killed by SIGKILL" in back["detail"]
+    events = [json.loads(line) for line in box("events", "-o", "json", check=True).out.splitlines()]
+    said = [e for e in events if e["what"] == "restart" and e["target"] == "rec.keep"]
+    assert said and said[-1]["who"] == "reconcile" and said[-1]["result"] == "ok", events[-5:]
+    assert said[-1]["exited"] == "qemu was killed by SIGKILL" and said[-1]["restarts"] == 1
     assert box("exec", "keep", "--", "hostname", check=True).out == "keep\n"
     net = until(lambda: (b := ps(box)["net"])["status"] == "running" and "1 restart" in b["detail"] and b,
                 what="net restarted with a fresh egress proxy")
