@@ -109,7 +109,7 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
                  and "1 restart" in b["detail"] and b, what="keep restarted by the loop")
     assert "last exit: qemu was killed by SIGKILL" in back["detail"]
-    events = [json.loads(line) for line in box("events", "-o", "json", check=True).out.splitlines()]
+    events = [json.loads(line) for line in box("-o", "json", "events", check=True).out.splitlines()]
     said = [e for e in events if e["what"] == "restart" and e["target"] == "rec.keep"]
     assert said and said[-1]["who"] == "reconcile" and said[-1]["result"] == "ok", events[-5:]
     assert said[-1]["exited"] == "qemu was killed by SIGKILL" and said[-1]["restarts"] == 1
