@@ -143,6 +143,7 @@ def test_after_a_host_restart_the_server_brings_everything_back(box: BoxCli, hel
     """Every a3s-box process gone at once (as at a host restart: VMs, shims, helpers),
     then `box serve` started: declared boxes back, the pool full again, the lease kept."""
     f = boxfile(tmp_path, hello_image, BODY.replace('    restart: "no"\n', ""), "restart.yaml")
+    (tmp_path / "src").mkdir()
     box("apply", "-f", str(f), check=True)
     box("pool", "acquire", "warm", "--name", "held", check=True)
     # the filler that acquire started has refilled and gone (a host restart leaves none)
@@ -159,7 +160,7 @@ def test_after_a_host_restart_the_server_brings_everything_back(box: BoxCli, hel
                                   env=box.env, stderr=out)
     try:
         back = until(lambda: (s := ps(box)) and all(s[n]["status"] == "running" and "restart" in s[n]["detail"]
-                                                    for n in ("keep", "once", "net", "held")) and s,
+                                                    for n in ("keep", "once", "net", "shared", "held")) and s,
                      timeout=300, what="every box back")
         assert box("exec", "held", "--", "hostname", check=True).out == "worker\n"  # the lease, kept
         pool = until(lambda: (p := box("pool", "ls", "-o", "json", check=True).json()[0])["ready"] == 1 and p,
