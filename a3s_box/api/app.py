@@ -9,17 +9,18 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import a3s_box
 from a3s_box.api import models as m
 from a3s_box.api.channels import Channels
-from a3s_box.api.deps import ApiState, api_state
+from a3s_box.api.access import TokenBook
+from a3s_box.api.deps import ApiState, api_state, authorize
 from a3s_box.api.limits import body_limit
 from a3s_box.api.metrics import Metrics
 from a3s_box.api.problems import as_response, problem
-from a3s_box.api.routes import boxes, boxfile, events, files, images, pools, system
+from a3s_box.api.routes import boxes, boxfile, events, files, images, pools, system, tokens
 from a3s_box.api.routes import exec as exec_  # the module's name is the route's; `exec` is a builtin
 from a3s_box.errors import BoxError
 
@@ -29,10 +30,12 @@ def create_app(home: Path, token: str | None = None, reconcile: float | None = N
     RECONCILE (seconds): run the host's reconcile loop at that period while serving."""
     app = FastAPI(title="a3s-box", version=a3s_box.__version__,
                   description="AI agents in hardware-isolated microVMs: the `box` CLI over HTTP.",
-                  responses={400: {"model": m.Problem}, 401: {"model": m.Problem}})
-    api = ApiState(home=home, token=token, metrics=Metrics(home), channels=Channels())
+                  responses={400: {"model": m.Problem}, 401: {"model": m.Problem}},
+                  dependencies=[Depends(authorize)])  # every route: who calls, and may they (access.py)
+    api = ApiState(home=home, token=token, metrics=Metrics(home), channels=Channels(), tokens=TokenBook(home, token))
     app.state.api = api
     app.router.on_shutdown.append(api.channels.close)
+    app.router.on_shutdown.append(api.tokens.close)
     if reconcile is not None:
         loop = ReconcileThread(home, reconcile)
         app.router.on_startup.append(loop.start)
@@ -48,13 +51,14 @@ def create_app(home: Path, token: str | None = None, reconcile: float | None = N
     app.include_router(pools.router)
     app.include_router(images.router)
     app.include_router(events.router)
+    app.include_router(tokens.router)
     return app
 
 
 async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """The bearer token (TCP) and the body caps, before any route runs; counts requests."""
     api = api_state(request)
-    if not api.admits(request.headers.get("authorization")):
+    if api.caller(request.headers.get("authorization")) is None:
         return as_response(m.Problem(title="unauthorized", status=401,
                                      detail="a bearer token is required (box serve --print-token)"))
     length = int(request.headers.get("content-length") or 0)

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, WebSocketException
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from a3s_box import audit
-from a3s_box.api.auth import check, token_id
+from a3s_box.api.access import Caller, TokenBook, check_route, owned_box, usable_pool
 from a3s_box.api.channels import Channels
 from a3s_box.api.metrics import Metrics
+from a3s_box.api.problems import Unauthorized, status_of
+from a3s_box.errors import BoxError
 from a3s_box.orchestrator.host import Host
 
 
@@ -24,25 +26,27 @@ class ApiState:
     module, so two apps in one process stay apart)."""
 
     home: Path
-    token: str | None  # required as a bearer token on every request (TCP); None: the socket's mode guards
+    token: str | None  # the admin token, required over TCP; None: the socket's mode guards
     metrics: Metrics
     channels: Channels
+    tokens: TokenBook
 
-    def admits(self, authorization: str | None) -> bool:
-        """Whether a request with this Authorization header may go on."""
-        return self.token is None or check(authorization, self.token)
+    def caller(self, authorization: str | None) -> Caller | None:
+        """Who sent a request with this Authorization header (None: not admitted)."""
+        return self.tokens.caller(authorization)
 
     @contextmanager
-    def host(self) -> Iterator[Host]:
-        """A Host over the home acting for the caller (the audit log's `who`), for work that
+    def host(self, caller: Caller) -> Iterator[Host]:
+        """A Host over the home acting for CALLER (the audit log's `who`), for work that
         may outlive its endpoint (a stream, a tar upload's extractor) or begins after a
         WebSocket handshake. Work that ends with its endpoint takes HostDep instead."""
-        with audit.acting_as(self.who()), Host(self.home) as h:
+        with audit.acting_as(who(caller)), Host(self.home) as h:
             yield h
 
-    def who(self) -> str:
-        """Who the audit log says acted: the token's id over TCP, else whoever runs the server."""
-        return f"token:{token_id(self.token)}" if self.token else audit.who()
+
+def who(caller: Caller) -> str:
+    """Who the audit log says acted: the token's id over TCP, else whoever runs the server."""
+    return audit.who() if caller.id == "local" else f"token:{caller.id}"
 
 
 def api_state(conn: HTTPConnection) -> ApiState:
@@ -54,12 +58,37 @@ def api_state(conn: HTTPConnection) -> ApiState:
 ApiDep = Annotated[ApiState, Depends(api_state)]
 
 
-async def open_host(api: ApiDep) -> AsyncIterator[Host]:
+async def authorize(conn: HTTPConnection) -> Caller:
+    """Every route's first dependency: who calls (401 without a token we know) and whether
+    that token may call this route, on this box or pool (access.py)."""
+    api = api_state(conn)
+    caller = api.caller(conn.headers.get("authorization"))
+    websocket = conn.scope["type"] == "websocket"
+    try:
+        if caller is None:
+            raise Unauthorized("a bearer token is required (box serve --print-token)")
+        route = conn.scope.get("route")
+        check_route(caller, "WS" if websocket else conn.scope["method"], getattr(route, "path", ""))
+        if "name" in conn.path_params:
+            await run_in_threadpool(owned_box, caller, api.tokens.store(), conn.path_params["name"])
+        if "pool" in conn.path_params:
+            usable_pool(caller, conn.path_params["pool"])
+    except BoxError as e:
+        if websocket:  # no exception handlers for WebSockets: a close code and the reason
+            raise WebSocketException(code=4000 + status_of(e), reason=str(e)[:120]) from e
+        raise
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(authorize)]
+
+
+async def open_host(caller: CallerDep, api: ApiDep) -> AsyncIterator[Host]:
     """A fresh Host for the request (the state store and the home lock serialise what must
     be), closed when the endpoint returns."""
     # async, so that acting_as sets the caller in the request's own context: a sync
     # dependency would set it in a worker thread's copy, which the endpoint never sees
-    with audit.acting_as(api.who()):
+    with audit.acting_as(who(caller)):
         h = await run_in_threadpool(Host, api.home)  # it opens files and the state database
         try:
             yield h

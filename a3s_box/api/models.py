@@ -142,3 +142,21 @@ class Event(BaseModel):
 class Health(BaseModel):
     ok: bool
     version: str
+
+
+class TokenRequest(_Body):
+    templates: list[str] = Field(..., min_length=1, description=(
+        "Pools the token may acquire from (a pool's name, or project.pool)"))
+    name: str = Field("", max_length=200, description="A label for `box token ls`")
+
+
+class Token(BaseModel):
+    id: str = Field(description="What the audit log names; revoke by it")
+    scope: str = Field(description="sandbox (the admin token is the server's own)")
+    templates: list[str]
+    name: str = ""
+    created_at: float
+
+
+class TokenCreated(Token):
+    token: str = Field(description="The bearer token: shown once, never stored (only its digest is)")

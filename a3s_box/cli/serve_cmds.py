@@ -1,4 +1,4 @@
-"""`box serve` (the HTTP API) and `box events` (the audit log)."""
+"""`box serve` (the HTTP API), `box token` (its sandbox tokens) and `box events` (the audit log)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from a3s_box.cli.context import CliContext, pass_cli
+from a3s_box.cli.output import emit, output_option
 
 
 @click.command("serve")
@@ -63,4 +64,50 @@ def events_cmd(c: CliContext, follow: bool) -> None:
         time.sleep(0.5)
 
 
-COMMANDS: tuple[click.Command, ...] = (serve_cmd, events_cmd)
+@click.group("token")
+def token_group() -> None:
+    """Sandbox tokens for `box serve`: they acquire from the pools they name and use only
+    what they acquired (the server's own token, --print-token, may do everything)."""
+
+
+@token_group.command("create")
+@click.option("-t", "--template", "templates", multiple=True, required=True, metavar="POOL",
+              help="A pool the token may acquire from (a name, or project.pool); repeat for more.")
+@click.option("--name", default="", help="A label, shown by `box token ls`.")
+@pass_cli
+def token_create(c: CliContext, templates: tuple[str, ...], name: str) -> None:
+    """Issue a sandbox token; it is printed once (only its digest is kept)."""
+    from a3s_box.api.access import mint_sandbox_token
+
+    token, row = mint_sandbox_token(list(templates), name)
+    with c.host() as h:
+        h.add_token(row)
+    if c.output == "json":
+        click.echo(json.dumps({"id": row.id, "token": token, "scope": row.scope,
+                               "templates": list(row.templates), "name": row.name}, sort_keys=True))
+    else:
+        click.echo(token)
+
+
+@token_group.command("ls")
+@output_option
+@pass_cli
+def token_ls(c: CliContext, output: str | None) -> None:
+    """The sandbox tokens: id (the audit log's name for it), pools, label."""
+    with c.host() as h:
+        rows = [{"id": r.id, "scope": r.scope, "templates": ",".join(r.templates), "name": r.name,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at))} for r in h.tokens()]
+    emit(rows, (("id", "ID"), ("scope", "SCOPE"), ("templates", "POOLS"), ("name", "NAME"), ("created", "CREATED")),
+         output or c.output)
+
+
+@token_group.command("revoke")
+@click.argument("token_id", metavar="ID")
+@pass_cli
+def token_revoke(c: CliContext, token_id: str) -> None:
+    """Revoke a sandbox token at once (its next request gets 401); its boxes stay."""
+    with c.host() as h:
+        h.revoke_token(token_id)
+
+
+COMMANDS: tuple[click.Command, ...] = (serve_cmd, token_group, events_cmd)

@@ -34,7 +34,7 @@ from a3s_box.home import Home
 from a3s_box.orchestrator.lifecycle import BoxRuntime
 from a3s_box.orchestrator.lock import home_lock
 from a3s_box.orchestrator.pools import PoolKeeper, acquire, members_of, release
-from a3s_box.orchestrator.state import LIVE_STATUSES, BoxRow, StateStore
+from a3s_box.orchestrator.state import LIVE_STATUSES, BoxRow, StateStore, TokenRow
 
 
 @dataclass(frozen=True)
@@ -504,13 +504,31 @@ class Host:
         return out
 
     def acquire(self, pool: str, project: str | None = None, name: str | None = None,
-                timeout: float = 0.0) -> BoxRow:
+                timeout: float = 0.0, owner: str | None = None) -> BoxRow:
         """Lease a ready box from a pool at once; the pool boots a replacement behind.
         TIMEOUT (seconds): when none is ready, boot one on demand while the pool is
-        below its max, or wait for one (acquirers served in order); PoolExhausted after."""
-        proj = project or self._project_of_pool(pool)
+        below its max, or wait for one (acquirers served in order); PoolExhausted after.
+        OWNER: the sandbox token it is leased for (the API lets only that token use it)."""
+        proj = project or self.project_of_pool(pool)
         return self._audited("acquire", pool,  # type: ignore[no-any-return]
-                             lambda: acquire(self.runtime, proj, pool, name, wait=timeout, images=self.images))
+                             lambda: acquire(self.runtime, proj, pool, name, wait=timeout, images=self.images,
+                                             owner=owner))
+
+    # --- API tokens (a3s_box/api/access.py mints and checks them; kept here) ----------
+    def tokens(self) -> list[TokenRow]:
+        return self.store.tokens()
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        return self.store.token_by_digest(digest)
+
+    def add_token(self, row: TokenRow) -> None:
+        self._audited("token create", row.id, lambda: self.store.put_token(row))
+
+    def revoke_token(self, token_id: str) -> None:
+        def revoke() -> None:
+            if not self.store.delete_token(token_id):
+                raise BoxError(f"token {token_id}: no such token (see `box token ls`)")
+        self._audited("token revoke", token_id, revoke)
 
     def release(self, name: str, keep: bool = False) -> None:
         self._audited("release", name, lambda: release(self.runtime, self.images, self.find(name), keep))
@@ -527,7 +545,7 @@ class Host:
             if fresh is not None:
                 self.release(fresh.id)
 
-    def _project_of_pool(self, pool: str) -> str:
+    def project_of_pool(self, pool: str) -> str:
         projects = sorted({p.project for p in self.store.pools() if p.name == pool})
         if len(projects) == 1:
             return projects[0]

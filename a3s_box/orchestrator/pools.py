@@ -255,11 +255,12 @@ def _line(home: Path, project: str, pool: str) -> _Line:
 
 
 def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = None,
-            refill: bool = True, wait: float = 0.0, images: ImageBackend | None = None) -> BoxRow:
+            refill: bool = True, wait: float = 0.0, images: ImageBackend | None = None,
+            owner: str | None = None) -> BoxRow:
     """Lease the oldest ready member (a database update, no boot); a background filler
     boots a replacement. With WAIT (seconds) and IMAGES, an acquirer that finds no ready
     member boots one for itself while the pool is below `max`, or waits for one, served
-    in order; PoolExhausted once WAIT runs out."""
+    in order; PoolExhausted once WAIT runs out. OWNER: the API token the box is leased for."""
     store = runtime.store
     prow = next((p for p in store.pools(project) if p.name == pool), None)
     if prow is None:
@@ -278,7 +279,7 @@ def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = Non
         while True:
             with line.cond:
                 if line.tickets[0] == ticket:
-                    leased, reserved = _take(runtime, project, pool, name, grow)
+                    leased, reserved = _take(runtime, project, pool, name, grow, owner)
                     if leased is not None or reserved is not None:
                         break
                 left = deadline - time.monotonic()
@@ -308,7 +309,7 @@ def acquire(runtime: BoxRuntime, project: str, pool: str, name: str | None = Non
 
 
 def _take(runtime: BoxRuntime, project: str, pool: str, name: str | None,
-          grow: bool) -> tuple[BoxRow | None, BoxRow | None]:
+          grow: bool, owner: str | None = None) -> tuple[BoxRow | None, BoxRow | None]:
     """(a ready member, now leased) or, with GROW and the pool below max, (None, a
     `creating` row leased to the caller that holds the pool's slot while it boots)."""
     store = runtime.store
@@ -321,12 +322,12 @@ def _take(runtime: BoxRuntime, project: str, pool: str, name: str | None,
         ready = [r for r in members if r.lease is None and r.status in LIVE_STATUSES and r.spec_hash == current]
         if ready:
             chosen = min(ready, key=lambda r: (r.updated_at, r.id))
-            leased = replace(chosen, lease=name or chosen.name, name=name or chosen.name)
+            leased = replace(chosen, lease=name or chosen.name, name=name or chosen.name, owner=owner)
             store.put_box(leased)
             return leased, None
         if grow and len(members) < int(prow.spec["max"]):
             member = new_member(runtime, project, pool, prow)
-            leased = replace(member, lease=name or member.name, name=name or member.name)
+            leased = replace(member, lease=name or member.name, name=name or member.name, owner=owner)
             store.put_box(leased)
             return None, leased
     return None, None
@@ -349,7 +350,7 @@ def release(runtime: BoxRuntime, images: ImageBackend, row: BoxRow, keep: bool =
     if row.pool is None or row.lease is None:
         raise BoxError(f"box {row.name}: not a leased pool box")
     if keep:
-        runtime.store.put_box(replace(row, lease=None))
+        runtime.store.put_box(replace(row, lease=None, owner=None))
     else:
         runtime.destroy(row, images)
     spawn_filler(runtime.home.root, row.project, row.pool)

@@ -90,6 +90,19 @@ MIGRATIONS: tuple[str, ...] = (
         next_try    REAL NOT NULL              -- not before (back-off), 0 once restarted
     );
     """,
+    # v4: sandbox tokens of `box serve` (scoped to templates; the admin token stays in
+    # HOME/api-token), and which token a box was leased for (only it may use the box)
+    """
+    ALTER TABLE boxes ADD COLUMN owner TEXT;
+    CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,          -- what the audit log names (a hash prefix)
+        digest      TEXT NOT NULL UNIQUE,      -- sha256 of the token (the token is never stored)
+        scope       TEXT NOT NULL,             -- sandbox
+        templates   TEXT NOT NULL,             -- JSON list: the pools it may acquire from
+        name        TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 SQLITE_READONLY = 8
@@ -112,6 +125,17 @@ class BoxRow:
     updated_at: float = 0.0
     origin: str | None = None  # "fork:<source box id>" for `box fork` boxes
     restart: str | None = None  # always | on-failure | no (None: the default, always)
+    owner: str | None = None  # the sandbox token (its id) the box is leased for
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: str
+    digest: str
+    scope: str
+    templates: tuple[str, ...]
+    name: str = ""
+    created_at: float = 0.0
 
 
 # A VM that serves as soon as asked: running, or a pool member parked (loaded, paused)
@@ -277,17 +301,17 @@ class StateStore:
         now = time.time()
         self._db.execute(
             """INSERT INTO boxes (id, project, name, spec_hash, spec_json, image, driver,
-                   handle_json, status, pool, lease, created_at, updated_at, origin, restart)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   handle_json, status, pool, lease, created_at, updated_at, origin, restart, owner)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec_hash=excluded.spec_hash,
                    spec_json=excluded.spec_json, image=excluded.image, driver=excluded.driver,
                    handle_json=excluded.handle_json, status=excluded.status,
                    pool=excluded.pool, lease=excluded.lease, updated_at=excluded.updated_at,
-                   origin=excluded.origin, restart=excluded.restart""",
+                   origin=excluded.origin, restart=excluded.restart, owner=excluded.owner""",
             (
                 row.id, row.project, row.name, row.spec_hash, _dump(row.spec), row.image,
                 row.driver, _dump(row.handle) if row.handle is not None else None, row.status,
-                row.pool, row.lease, row.created_at or now, now, row.origin, row.restart,
+                row.pool, row.lease, row.created_at or now, now, row.origin, row.restart, row.owner,
             ),
         )
 
@@ -314,6 +338,25 @@ class StateStore:
 
     def delete_restart_record(self, id_: str) -> None:
         self._db.execute("DELETE FROM restarts WHERE box_id=?", (id_,))
+
+    # --- API tokens (sandbox scope; a3s_box/api/access.py decides with them) ---------
+    def tokens(self) -> list[TokenRow]:
+        rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at, id").fetchall()
+        return [_token_row(r) for r in rows]
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        r = self._db.execute("SELECT * FROM tokens WHERE digest=?", (digest,)).fetchone()
+        return _token_row(r) if r else None
+
+    def put_token(self, row: TokenRow) -> None:
+        self._db.execute(
+            "INSERT INTO tokens (id, digest, scope, templates, name, created_at) VALUES (?,?,?,?,?,?)",
+            (row.id, row.digest, row.scope, _dump(list(row.templates)), row.name, row.created_at or time.time()))
+
+    def delete_token(self, id_: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM tokens WHERE id=?", (id_,)).fetchone() is not None
+        self._db.execute("DELETE FROM tokens WHERE id=?", (id_,))
+        return found
 
     # --- pools ---------------------------------------------------------------
     def pools(self, project: str | None = None) -> list[PoolRow]:
@@ -431,6 +474,10 @@ def _dump(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _token_row(r: sqlite3.Row) -> TokenRow:
+    return TokenRow(r["id"], r["digest"], r["scope"], tuple(json.loads(r["templates"])), r["name"], r["created_at"])
+
+
 def _box_row(r: sqlite3.Row) -> BoxRow:
     return BoxRow(
         id=r["id"], project=r["project"], name=r["name"], spec_hash=r["spec_hash"],
@@ -438,5 +485,5 @@ def _box_row(r: sqlite3.Row) -> BoxRow:
         handle=json.loads(r["handle_json"]) if r["handle_json"] else None,
         status=r["status"], pool=r["pool"], lease=r["lease"],
         created_at=r["created_at"], updated_at=r["updated_at"], origin=r["origin"],
-        restart=r["restart"],
+        restart=r["restart"], owner=r["owner"],
     )

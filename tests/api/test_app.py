@@ -82,5 +82,6 @@ def handshake(app: FastAPI, headers: list[tuple[bytes, bytes]]) -> list[MutableM
 def test_a_websocket_without_the_token_is_closed_before_a_host_opens(tmp_path: Path) -> None:
     app = create_app(tmp_path, "secret")
     for headers in ([], [(b"authorization", b"Bearer nope")]):
-        assert handshake(app, headers) == [{"type": "websocket.close", "code": 4401, "reason": ""}]
+        assert handshake(app, headers) == [{"type": "websocket.close", "code": 4401, "reason":
+                                            "a bearer token is required (box serve --print-token)"}]
     assert not (tmp_path / "state.db").exists()

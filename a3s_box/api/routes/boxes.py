@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import HostDep
+from a3s_box.api.deps import CallerDep, HostDep
 from a3s_box.orchestrator.host import Host
 
 router = APIRouter()
@@ -16,8 +16,9 @@ def box_out(h: Host, name: str) -> m.Box:
 
 
 @router.get("/v1/boxes", response_model=list[m.Box])
-def boxes(h: HostDep, project: str | None = None) -> list[m.Box]:
-    return [m.Box(**b.to_json()) for b in h.ps(project)]
+def boxes(h: HostDep, caller: CallerDep, project: str | None = None) -> list[m.Box]:
+    """Every box (a sandbox token: the boxes leased for it)."""
+    return [m.Box(**h.info(row).to_json()) for row in h.store.boxes(project) if caller.may_use_box(row)]
 
 
 @router.get("/v1/boxes/{name}", response_model=m.Box, responses={404: {"model": m.Problem}})

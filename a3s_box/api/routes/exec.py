@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import ApiDep, HostDep
+from a3s_box.api.deps import ApiDep, CallerDep, HostDep
 from a3s_box.api.metrics import Metrics
 from a3s_box.api.problems import problem
 from a3s_box.errors import BoxError
@@ -37,17 +37,15 @@ def exec_(name: str, req: m.ExecRequest, h: HostDep, api: ApiDep) -> m.ExecResul
 
 
 @router.websocket("/v1/boxes/{name}/exec/ws")
-async def exec_ws(ws: WebSocket, name: str, api: ApiDep) -> None:
+async def exec_ws(ws: WebSocket, name: str, api: ApiDep, caller: CallerDep) -> None:
     """Interactive: the first message {"argv", "tty", "env", "workdir", "rows", "cols"};
     then {"stdin": base64}, {"eof": true}, {"resize": [rows, cols]}, {"signal": N}.
     The server sends {"stdout"|"stderr": base64} and finally {"exit": {...}}. A
     client that goes away kills what it started."""
-    # the HTTP guard does not see WebSockets; and no Host opens for a client without the token
-    if not api.admits(ws.headers.get("authorization")):
-        await ws.close(code=4401)
-        return
+    # the HTTP guard does not see WebSockets: `authorize` (CallerDep) closed the handshake
+    # with 4401/4403/4404 before this runs, and no Host opens for a client it refused
     await ws.accept()
-    await _interactive(ws, name, api.host, api.metrics)
+    await _interactive(ws, name, lambda: api.host(caller), api.metrics)
 
 
 async def _interactive(ws: WebSocket, name: str, host: Callable[[], AbstractContextManager[Host]],

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import ApiDep, HostDep
+from a3s_box.api.deps import ApiDep, CallerDep, HostDep
 from a3s_box.api.limits import MAX_FILE
 from a3s_box.api.problems import RequestTooLarge
 
@@ -57,7 +57,7 @@ def list_files(name: str, path: str, h: HostDep) -> list[m.FileEntry]:
 
 @router.get("/v1/boxes/{name}/files/tar", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
-async def download_tar(name: str, path: str, h: HostDep, api: ApiDep) -> StreamingResponse:
+async def download_tar(name: str, path: str, h: HostDep, api: ApiDep, caller: CallerDep) -> StreamingResponse:
     """A file or tree of the box as a tar stream, as it is read (any size)."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
@@ -69,7 +69,7 @@ async def download_tar(name: str, path: str, h: HostDep, api: ApiDep) -> Streami
 
     def work() -> None:
         try:
-            with api.host() as h2:  # its own: the stream outlives this endpoint and its HostDep
+            with api.host(caller) as h2:  # its own: the stream outlives this endpoint and its HostDep
                 h2.box(name).files.download_tar(path, Sink())
         finally:
             asyncio.run_coroutine_threadsafe(q.put(None), loop).result()
@@ -85,14 +85,14 @@ async def download_tar(name: str, path: str, h: HostDep, api: ApiDep) -> Streami
 
 @router.put("/v1/boxes/{name}/files/tar", status_code=204, openapi_extra={"requestBody": {
     "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
-async def upload_tar(request: Request, name: str, path: str, api: ApiDep) -> Response:
+async def upload_tar(request: Request, name: str, path: str, api: ApiDep, caller: CallerDep) -> Response:
     """A tar stream extracted into folder PATH of the box as it arrives (any size)."""
     from a3s_box.files.tarstream import QueueReader
 
     reader = QueueReader()
 
     def work() -> None:
-        with api.host() as h:  # its own: a client that goes mid-stream ends this endpoint, not the task
+        with api.host(caller) as h:  # its own: a client that goes mid-stream ends this endpoint, not the task
             h.box(name).files.upload_tar(reader, path)
     task = asyncio.ensure_future(asyncio.to_thread(work))
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import ApiDep, HostDep
+from a3s_box.api.deps import ApiDep, CallerDep, HostDep
 from a3s_box.api.problems import problem
 from a3s_box.errors import BoxError
 
@@ -26,14 +26,14 @@ def images(h: HostDep) -> list[m.Image]:
 
 
 @router.post("/v1/images/pull", responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
-async def pull(req: m.PullRequest, api: ApiDep) -> StreamingResponse:
+async def pull(req: m.PullRequest, api: ApiDep, caller: CallerDep) -> StreamingResponse:
     """Pull an image; server-sent events: `pulling`, then `done` (with the digest) or
     `error` (a problem)."""
     async def stream() -> AsyncIterator[bytes]:
         yield f"event: pulling\ndata: {json.dumps({'ref': req.ref})}\n\n".encode()
 
         def work() -> ImageRecord:
-            with api.host() as h:  # its own: the pull runs in the stream, after this endpoint returned
+            with api.host(caller) as h:  # its own: the pull runs in the stream, after this endpoint returned
                 record: ImageRecord = h._audited("pull", req.ref, lambda: h.images.pull(req.ref))
                 return record
         try:

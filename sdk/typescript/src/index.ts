@@ -22,6 +22,8 @@ export type PoolInfo = Schemas["Pool"];
 export type ImageInfo = Schemas["Image"];
 export type FileEntry = Schemas["FileEntry"];
 export type Problem = Schemas["Problem"];
+export type TokenInfo = Schemas["Token"];
+export type TokenCreated = Schemas["TokenCreated"];
 
 export interface HostOptions {
   /** http://HOST:PORT of `box serve --listen` */
@@ -203,6 +205,22 @@ export class Host {
 
   images(): Promise<ImageInfo[]> {
     return this.call("GET", "/v1/images");
+  }
+
+  // --- sandbox tokens (an admin token's calls) -----------------------------------------
+  /** Issue a sandbox token: it may acquire from `templates` (pool names) and use only the
+   * boxes it acquired. `token` is shown once; the server keeps its digest. */
+  createToken(templates: string[], name = ""): Promise<TokenCreated> {
+    return this.call("POST", "/v1/tokens", { templates, name });
+  }
+
+  tokens(): Promise<TokenInfo[]> {
+    return this.call("GET", "/v1/tokens");
+  }
+
+  /** Revoked at once: the token's next request gets a 401. */
+  async revokeToken(id: string): Promise<void> {
+    await this.call("DELETE", `/v1/tokens/${enc(id)}`);
   }
 
   /** Pull an image into the store; onEvent sees each progress event. */

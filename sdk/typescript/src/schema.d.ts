@@ -45,7 +45,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Boxes */
+        /**
+         * Boxes
+         * @description Every box (a sandbox token: the boxes leased for it).
+         */
         get: operations["boxes_v1_boxes_get"];
         put?: never;
         post?: never;
@@ -317,7 +320,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Pools */
+        /**
+         * Pools
+         * @description Every pool (a sandbox token: the pools it may acquire from).
+         */
         get: operations["pools_v1_pools_get"];
         put?: never;
         post?: never;
@@ -336,9 +342,53 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Acquire */
+        /**
+         * Acquire
+         * @description A ready box leased from the pool (to a sandbox token: for it alone).
+         */
         post: operations["acquire_v1_pools__pool__acquire_post"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Tokens */
+        get: operations["tokens_v1_tokens_get"];
+        put?: never;
+        /**
+         * Create
+         * @description A sandbox token for the pools named: it may acquire from them and use what it acquired.
+         */
+        post: operations["create_v1_tokens_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke
+         * @description Revoked at once: the token's next request is refused (401).
+         */
+        delete: operations["revoke_v1_tokens__token_id__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -576,6 +626,69 @@ export interface components {
              * @default false
              */
             keep: boolean;
+        };
+        /** Token */
+        Token: {
+            /** Created At */
+            created_at: number;
+            /**
+             * Id
+             * @description What the audit log names; revoke by it
+             */
+            id: string;
+            /**
+             * Name
+             * @default
+             */
+            name: string;
+            /**
+             * Scope
+             * @description sandbox (the admin token is the server's own)
+             */
+            scope: string;
+            /** Templates */
+            templates: string[];
+        };
+        /** TokenCreated */
+        TokenCreated: {
+            /** Created At */
+            created_at: number;
+            /**
+             * Id
+             * @description What the audit log names; revoke by it
+             */
+            id: string;
+            /**
+             * Name
+             * @default
+             */
+            name: string;
+            /**
+             * Scope
+             * @description sandbox (the admin token is the server's own)
+             */
+            scope: string;
+            /** Templates */
+            templates: string[];
+            /**
+             * Token
+             * @description The bearer token: shown once, never stored (only its digest is)
+             */
+            token: string;
+        };
+        /** TokenRequest */
+        TokenRequest: {
+            /**
+             * Name
+             * @description A label for `box token ls`
+             * @default
+             */
+            name: string;
+            /**
+             * Templates
+             * @description Pools the token may acquire from (a pool's name, or project.pool)
+             */
+            templates: string[];
         };
         /** ValidateResult */
         ValidateResult: {
@@ -1782,8 +1895,162 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflict */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    tokens_v1_tokens_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Token"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    create_v1_tokens_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TokenRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenCreated"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    revoke_v1_tokens__token_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
