@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from a3s_box.version import __version__ as __version__  # re-exported: a3s_box.__version__
 
 _EXPORTS = {
+    "Client": "a3s_box.client",  # box serve from elsewhere (remote), sync
+    "AsyncClient": "a3s_box.client",
     "Host": "a3s_box.orchestrator.host",
     "ApplyResult": "a3s_box.orchestrator.host",
     "BoxInfo": "a3s_box.orchestrator.host",
@@ -65,6 +67,8 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (`X as X`: re-exported,
     # as mypy cannot read the computed __all__ above)
     from a3s_box.boxfile.model import Boxfile as Boxfile
+    from a3s_box.client import AsyncClient as AsyncClient
+    from a3s_box.client import Client as Client
     from a3s_box.errors import BoxError as BoxError
     from a3s_box.errors import BoxfileError as BoxfileError
     from a3s_box.errors import DiskFullError as DiskFullError
