@@ -120,9 +120,12 @@ class Client:
     def websocket(self, path: str) -> ClientConnection:
         headers = {"authorization": f"Bearer {self.token}"} if self.token else None
         if self.socket:
-            return unix_connect(self.socket, f"ws://box{path}", additional_headers=headers)
-        assert self.url is not None
-        return connect(self.url.replace("http", "ws", 1) + path, additional_headers=headers)
+            ws = unix_connect(self.socket, f"ws://box{path}", additional_headers=headers)
+        else:
+            assert self.url is not None
+            ws = connect(self.url.replace("http", "ws", 1) + path, additional_headers=headers)
+        # entered as a context manager would (websockets 17 warns otherwise); Process closes it
+        return ws.__enter__()
 
 
 class RemoteFiles:
