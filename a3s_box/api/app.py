@@ -52,7 +52,26 @@ def create_app(home: Path, token: str | None = None, reconcile: float | None = N
     app.include_router(images.router)
     app.include_router(events.router)
     app.include_router(tokens.router)
+    _mount_mcp(app, api)
     return app
+
+
+def _mount_mcp(app: FastAPI, api: ApiState) -> None:
+    """MCP's streamable HTTP at /mcp (api/mcp.py): the guard's token check applies as to
+    every route; the tools act with the token's scope. Not an OpenAPI route (its own
+    protocol). No DNS-rebinding host check: TCP needs the bearer token, which a browser
+    page cannot send cross-origin, and the unix socket is not reachable from one."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from a3s_box.api import mcp
+
+    server = mcp.build(api.home, mcp.caller_over_http(api.tokens))
+    sub = server.streamable_http_app(streamable_http_path="/mcp", transport_security=TransportSecuritySettings(
+        enable_dns_rebinding_protection=False))
+    app.router.routes.extend(sub.routes)
+    sessions = server.session_manager.run()
+    app.router.on_startup.append(sessions.__aenter__)
+    app.router.on_shutdown.append(lambda: sessions.__aexit__(None, None, None))
 
 
 async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

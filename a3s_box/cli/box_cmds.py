@@ -289,9 +289,7 @@ def logs_cmd(ctx: CliContext, name: str, follow: bool, tail: int | None, since: 
             if not row.spec.get("network"):
                 raise BoxError(f"box {row.name}: has no network (mode none), so no network log")
         else:
-            path = host.home.box_dir(row.id) / "console.log"
-            if row.handle is not None:
-                path = Path(str(row.handle.get("console_log") or path))
+            path = host.console_log(row)
         if not log_files(path):
             what = "network" if network else "console"
             raise BoxError(f"box {row.name}: no {what} log yet ({path})")

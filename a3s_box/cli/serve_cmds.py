@@ -1,4 +1,5 @@
-"""`box serve` (the HTTP API), `box token` (its sandbox tokens) and `box events` (the audit log)."""
+"""`box serve` (the HTTP API), `box token` (its sandbox tokens), `box mcp` (MCP on stdio)
+and `box events` (the audit log)."""
 from __future__ import annotations
 
 import json
@@ -110,4 +111,16 @@ def token_revoke(c: CliContext, token_id: str) -> None:
         h.revoke_token(token_id)
 
 
-COMMANDS: tuple[click.Command, ...] = (serve_cmd, token_group, events_cmd)
+@click.command("mcp")
+@pass_cli
+def mcp_cmd(c: CliContext) -> None:
+    """An MCP server on stdin/stdout, for an MCP host (an IDE, an agent) that starts it:
+    tools to acquire boxes, run commands and move files, as this user. (`box serve` has
+    the same tools over HTTP at /mcp, scoped by the caller's token.)"""
+    from a3s_box.api import mcp
+
+    c.home.ensure()
+    mcp.build(c.home.root, mcp.local_caller).run("stdio")
+
+
+COMMANDS: tuple[click.Command, ...] = (serve_cmd, token_group, mcp_cmd, events_cmd)

@@ -421,6 +421,11 @@ class Host:
             detail += f", last {last}"
         return detail
 
+    def console_log(self, row: BoxRow) -> Path:
+        """Where ROW's console log is (its VM's handle says, once it has booted)."""
+        path = self.home.box_dir(row.id) / "console.log"
+        return Path(str(row.handle.get("console_log") or path)) if row.handle is not None else path
+
     def box(self, name: str) -> BoxHandle:
         """A handle on box NAME (id "project.name", or a name unique on the host)."""
         return BoxHandle(self, self.find(name))

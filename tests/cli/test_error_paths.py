@@ -36,6 +36,7 @@ CASES: dict[str, list[list[str]]] = {
     "image pull": [["bad ref!"], ["localhost:1/nope:1"]],
     "image rm": [["nope"]],
     "inspect": [["nobox"]],
+    "mcp": [["extra"]],
     "logs": [["nobox"], ["--since", "yesterday", "nobox"], ["--network", "nobox"]],
     "pause": [["nobox"]],
     "plan": [["-f", "bad.yaml"], ["--detailed-exitcode", "-f", "bad.yaml"], ["-f", "nocontext.yaml"]],
