@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,31 +21,19 @@ from a3s_box import audit
 from a3s_box.api.auth import token_id
 from a3s_box.api.openapi import text
 from a3s_box.cli.main import cli
+from tests.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, str, Path]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "A3S_BOX_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    token = (tmp_path / "api-token").read_text().strip()
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        yield client, token, tmp_path
-    proc.terminate()
-    _, err = proc.communicate(timeout=20)
-    assert b"Traceback" not in err, err.decode(errors="replace")
+def api(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str, Path]]:
+    log = tmp_path_factory.mktemp("serve") / "stderr"
+    with served({**os.environ, "A3S_BOX_HOME": str(tmp_path)}, log) as url:
+        token = (tmp_path / "api-token").read_text().strip()
+        with httpx.Client(base_url=url) as client:
+            yield client, token, tmp_path
+    assert b"Traceback" not in log.read_bytes(), log.read_text(errors="replace")
 
 
 def test_the_committed_openapi_document_is_the_served_one(api: tuple[httpx.Client, str, Path]) -> None:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent, TextResourceContents
 
 from tests.e2e.conftest import BoxCli, boxfile
+from tests.served import served
 
 pytestmark = pytest.mark.vm
 HERE = Path(__file__).parent
@@ -44,26 +42,12 @@ pools:
 
 
 @pytest.fixture
-def served(box: BoxCli, hello_image: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def server(box: BoxCli, hello_image: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A Boxfile applied, `box serve` on TCP; (its /mcp URL, a sandbox token for pool warm)."""
     f = boxfile(tmp_path, hello_image, BODY)
     box("apply", "-f", str(f), check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                            env=box.env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    token = box("token", "create", "--template", "warm", check=True).out.strip()
-    yield f"http://127.0.0.1:{port}/mcp", token
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+    with served(box.env, tmp_path / "serve.log") as url:
+        yield url + "/mcp", box("token", "create", "--template", "warm", check=True).out.strip()
     box("delete", "-f", str(f), check=True)
     assert box.vm_processes() == []
 
@@ -83,8 +67,8 @@ async def _http(url: str, token: str) -> AsyncIterator[Client]:
         yield c
 
 
-def test_the_python_mcp_client_over_http_with_a_sandbox_token(served: tuple[str, str]) -> None:
-    url, token = served
+def test_the_python_mcp_client_over_http_with_a_sandbox_token(server: tuple[str, str]) -> None:
+    url, token = server
 
     async def session() -> None:
         async with _http(url, token) as c:
@@ -133,8 +117,8 @@ def test_the_python_mcp_client_over_stdio(box: BoxCli, hello_image: Path, tmp_pa
 
 
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
-def test_the_typescript_mcp_client_over_http(served: tuple[str, str], tmp_path: Path) -> None:
-    url, token = served
+def test_the_typescript_mcp_client_over_http(server: tuple[str, str], tmp_path: Path) -> None:
+    url, token = server
     work = tmp_path / "ts"
     shutil.copytree(HERE / "mcp_client_ts", work)
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=work, check=True, capture_output=True, timeout=600)

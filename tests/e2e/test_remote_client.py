@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +15,7 @@ import pytest
 from a3s_box import AsyncClient, Client
 from a3s_box.client import ApiError
 from tests.e2e.conftest import BoxCli
+from tests.served import served
 
 pytestmark = pytest.mark.vm
 
@@ -38,21 +34,8 @@ pools:
 
 @pytest.fixture
 def server(box: BoxCli, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                            env=box.env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", box("serve", "--print-token", check=True).out.strip()
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+    with served(box.env, tmp_path / "serve.log") as url:
+        yield url, box("serve", "--print-token", check=True).out.strip()
 
 
 def test_the_remote_client_drives_boxes(server: tuple[str, str], box: BoxCli, hello_image: Path,

@@ -4,11 +4,6 @@ only that, cannot exec in the declared box or in another tenant's box, cannot ac
 a pool outside its list nor apply; release gives the box back; the audit log names it."""
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import BoxCli, boxfile
+from tests.served import served
 
 pytestmark = pytest.mark.vm
 
@@ -37,23 +33,8 @@ pools:
 def server(box: BoxCli, hello_image: Path, tmp_path: Path) -> Iterator[tuple[httpx.Client, str]]:
     f = boxfile(tmp_path, hello_image, BODY)
     box("apply", "-f", str(f), check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                            env=box.env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    admin = box("serve", "--print-token", check=True).out.strip()
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
-        yield c, admin
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+    with served(box.env, tmp_path / "serve.log") as url, httpx.Client(base_url=url, timeout=300) as c:
+        yield c, box("serve", "--print-token", check=True).out.strip()
     box("delete", "-f", str(f), check=True)
     assert box.vm_processes() == []
 
