@@ -69,9 +69,15 @@ def _mount_mcp(app: FastAPI, api: ApiState) -> None:
     sub = server.streamable_http_app(streamable_http_path="/mcp", transport_security=TransportSecuritySettings(
         enable_dns_rebinding_protection=False))
     app.router.routes.extend(sub.routes)
-    sessions = server.session_manager.run()
-    app.router.on_startup.append(sessions.__aenter__)
-    app.router.on_shutdown.append(lambda: sessions.__aexit__(None, None, None))
+    sessions = server.session_manager.run()  # entered and left in the lifespan's one task
+
+    async def start() -> None:
+        await sessions.__aenter__()
+
+    async def stop() -> None:
+        await sessions.__aexit__(None, None, None)
+    app.router.on_startup.append(start)
+    app.router.on_shutdown.append(stop)
 
 
 async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -43,7 +43,9 @@ files, and delete it when done. Boxes are disposable: nothing you do in one reac
 def build(home: Path, caller_of: Callable[[Context[Any]], Caller]) -> MCPServer:
     """The MCP server over HOME; CALLER_OF says who calls (from the HTTP request's token,
     or the local user over stdio)."""
-    server: MCPServer = MCPServer("a3s-box", version=__version__, instructions=INSTRUCTIONS)
+    # WARNING: the SDK's INFO lines (sessions opened, a tool's expected failure) are noise
+    # on box serve's stderr, and the model gets each failure's message anyway
+    server: MCPServer = MCPServer("a3s-box", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
 
     @contextmanager
     def acting(ctx: Context[Any], route: tuple[str, str], box: str | None = None) -> Iterator[Host]:
