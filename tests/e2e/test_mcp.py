@@ -126,7 +126,7 @@ def test_the_typescript_mcp_client_over_http(server: tuple[str, str], tmp_path: 
                          timeout=300)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
-    assert "run" in seen["tools"] and seen["box"].startswith("worker")
+    assert "run" in seen["tools"] and seen["box"].startswith("warm-")  # a pool member
     assert seen["ran"] == {"exit_code": 4, "signal": None, "stdout": "ts\n", "stderr": ""}
     assert seen["read"] == "from ts\n"
     assert seen["denied"]["isError"] and "no such box" in seen["denied"]["text"]
