@@ -83,9 +83,11 @@ def _mount_mcp(app: FastAPI, api: ApiState) -> None:
 async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """The bearer token (TCP) and the body caps, before any route runs; counts requests."""
     api = api_state(request)
-    if api.caller(request.headers.get("authorization")) is None:
+    caller = api.caller(request.headers.get("authorization"))
+    if caller is None:
         return as_response(m.Problem(title="unauthorized", status=401,
                                      detail="a bearer token is required (box serve --print-token)"))
+    request.state.caller = caller  # authorize (deps.py) and /mcp's tools take it from here: one lookup
     length = int(request.headers.get("content-length") or 0)
     limit = body_limit(request.url.path)
     if length > limit:

@@ -9,13 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends, WebSocketException
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
 from a3s_box import audit
 from a3s_box.api.access import Caller, TokenBook, check_route, owned_box, usable_pool
 from a3s_box.api.channels import Channels
 from a3s_box.api.metrics import Metrics
-from a3s_box.api.problems import Unauthorized, status_of
+from a3s_box.api.problems import RequestTooLarge, Unauthorized, status_of
 from a3s_box.errors import BoxError
 from a3s_box.orchestrator.host import Host
 
@@ -62,7 +62,8 @@ async def authorize(conn: HTTPConnection) -> Caller:
     """Every route's first dependency: who calls (401 without a token we know) and whether
     that token may call this route, on this box or pool (access.py)."""
     api = api_state(conn)
-    caller = api.caller(conn.headers.get("authorization"))
+    # HTTP: the guard resolved it already; a WebSocket is not seen by the guard
+    caller = getattr(conn.state, "caller", None) or api.caller(conn.headers.get("authorization"))
     websocket = conn.scope["type"] == "websocket"
     try:
         if caller is None:
@@ -81,6 +82,17 @@ async def authorize(conn: HTTPConnection) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(authorize)]
+
+
+async def capped_body(request: Request, limit: int, what: str) -> bytes:
+    """The request's body, read on the event loop as it arrives; RequestTooLarge (413)
+    naming WHAT once it passes LIMIT bytes (a chunked body has no length to refuse early)."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise RequestTooLarge(f"{what} may be at most {limit >> 20} MiB")
+    return bytes(data)
 
 
 async def open_host(caller: CallerDep, api: ApiDep) -> AsyncIterator[Host]:

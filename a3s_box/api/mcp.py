@@ -182,8 +182,9 @@ def caller_over_http(tokens: Any) -> Callable[[Context[Any]], Caller]:
     """The caller of an MCP request that came over `box serve`'s HTTP (its token)."""
     def caller(ctx: Context[Any]) -> Caller:
         request = ctx.request_context.request
-        header = request.headers.get("authorization") if request is not None else None
-        found: Caller | None = tokens.caller(header)
+        found: Caller | None = None
+        if request is not None:  # the guard resolved the token of this very request
+            found = getattr(request.state, "caller", None) or tokens.caller(request.headers.get("authorization"))
         if found is None:  # the HTTP guard refused it already; never act for nobody
             raise Forbidden("a bearer token is required")
         return found

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import ROOT, BoxCli, boxfile
+from tests.served import served
 
 pytestmark = pytest.mark.vm
 SDK = ROOT / "sdk" / "typescript"
@@ -32,12 +30,6 @@ pools:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def built_sdk() -> Path:
     npm = shutil.which("npm")
@@ -53,22 +45,11 @@ def built_sdk() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(box: BoxCli) -> Iterator[tuple[str, str]]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "a3s_box.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                            env=box.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    token = box("serve", "--print-token", check=True).out.strip()
-    yield f"http://127.0.0.1:{port}", token
-    proc.terminate()
-    out, _ = proc.communicate(timeout=20)
-    assert b"Traceback" not in out, out.decode(errors="replace")
+def server(box: BoxCli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    log = tmp_path_factory.mktemp("serve") / "stderr"
+    with served(box.env, log) as url:
+        yield url, box("serve", "--print-token", check=True).out.strip()
+    assert b"Traceback" not in log.read_bytes(), log.read_text(errors="replace")
 
 
 def test_the_typescript_sdk_against_a_real_server(built_sdk: Path, server: tuple[str, str], box: BoxCli,

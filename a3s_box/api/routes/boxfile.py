@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import ApiDep, HostDep
+from a3s_box.api.deps import ApiDep, HostDep, capped_body
 from a3s_box.api.limits import MAX_BOXFILE
-from a3s_box.api.problems import RequestTooLarge
 from a3s_box.orchestrator.host import Host
 
 if TYPE_CHECKING:
@@ -21,12 +20,7 @@ router = APIRouter()
 
 
 async def boxfile_body(request: Request) -> bytes:
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BOXFILE:
-            raise RequestTooLarge(f"the Boxfile may be at most {MAX_BOXFILE >> 20} MiB")
-    return bytes(data)
+    return await capped_body(request, MAX_BOXFILE, "the Boxfile")
 
 
 # read on the event loop, so the endpoints can be sync (their work in a worker thread);

@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from a3s_box.api import models as m
-from a3s_box.api.deps import ApiDep, CallerDep, HostDep
+from a3s_box.api.deps import ApiDep, CallerDep, HostDep, capped_body
 from a3s_box.api.limits import MAX_FILE
-from a3s_box.api.problems import RequestTooLarge
 
 BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
@@ -20,12 +19,7 @@ router = APIRouter()
 
 
 async def file_body(request: Request, name: str) -> bytes:
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_FILE:
-            raise RequestTooLarge(f"box {name}: a file sent at once may be at most {MAX_FILE >> 20} MiB")
-    return bytes(data)
+    return await capped_body(request, MAX_FILE, f"box {name}: a file sent at once")
 
 
 # read on the event loop, so write_file can be sync; declared before HostDep: a body past
