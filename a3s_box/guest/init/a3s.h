@@ -28,6 +28,7 @@ void lo_up(void); /* spawn.c */
 void buf_put(struct buf *b, const void *d, size_t n);
 void buf_drop(struct buf *b, size_t n); /* remove n bytes from the front */
 void buf_free(struct buf *b);
+void nonblock(int fd); /* server.c */
 
 /* --- payload writer / reader (big-endian, str = u32 len + bytes) ---------- */
 void w_u8(struct buf *b, uint8_t v);
@@ -111,6 +112,7 @@ void boot_late(void);
 int net_up(const char *spec);
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
 int tar_main(int argc, char **argv); /* tar.c: /.a3s/tar for box cp */
+int fs_main(int argc, char **argv);  /* fs.c: /.a3s/fs, stat/ls/mkdir/mv/watch/connect */
 int layer_main(const char *since);   /* layer.c: /.a3s/tar L SINCE for builds */
 int full_write(int fd, const void *p, size_t n);            /* tar.c, for layer.c */
 void octal(char *f, size_t w, unsigned long long v);        /* ustar's octal fields */ /* net.c: a3s.net=ADDR/PREFIX,GW,DNS */

@@ -189,16 +189,13 @@ static int wait_for(const char *path, int ms)
 
 static void install_self(const char *self, const char *dir)
 {
+	static const char *names[] = {"init", "nsexec", "tar", "container", "fs"};
 	char p[256];
 	mkdir(dir, 0755);
-	snprintf(p, sizeof p, "%s/init", dir);
-	copy_file(self, p, 0755);
-	snprintf(p, sizeof p, "%s/nsexec", dir);
-	copy_file(self, p, 0755);
-	snprintf(p, sizeof p, "%s/tar", dir);
-	copy_file(self, p, 0755);
-	snprintf(p, sizeof p, "%s/container", dir);
-	copy_file(self, p, 0755);
+	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+		snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+		copy_file(self, p, 0755);
+	}
 }
 
 /* The host may have given the box a bigger disk than the image's file system

@@ -1,4 +1,5 @@
-/* Entry: `nsexec` by argv[0]; PID 1 in a VM; or `init --serve-stdio` on a host. */
+/* Entry: an applet by argv[0] (nsexec, tar, fs, container); PID 1 in a VM; or
+ * `init --serve-stdio` on a host. */
 #include "a3s.h"
 
 #include <errno.h>
@@ -56,6 +57,8 @@ int main(int argc, char **argv)
 		return nsexec_main(argc, argv);
 	if (!strcmp(name, "tar"))
 		return tar_main(argc, argv);
+	if (!strcmp(name, "fs"))
+		return fs_main(argc, argv);
 	if (!strcmp(name, "container"))
 		return container_main(argc, argv);
 	if (getpid() == 1)
@@ -84,12 +87,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	mkdir(state, 0755);
-	/* `nsexec` on the agent's PATH, as /.a3s/nsexec is in a VM */
+	/* the applets in DIR, as they are in /.a3s in a VM: `nsexec` is on the agent's PATH */
 	char self[4096], link[4200];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-	if (n > 0) {
+	static const char *applets[] = {"nsexec", "tar", "fs"};
+	for (size_t i = 0; n > 0 && i < sizeof applets / sizeof *applets; i++) {
 		self[n] = 0;
-		snprintf(link, sizeof link, "%s/nsexec", state);
+		snprintf(link, sizeof link, "%s/%s", state, applets[i]);
 		unlink(link);
 		if (symlink(self, link) < 0)
 			fprintf(stderr, "a3s-init: %s: %s\n", link, strerror(errno));

@@ -91,7 +91,6 @@ extern char nsx_env[600];
 #define send_error(c, s, e, m) send_errno_msg(c, M_ERROR, s, e, m)
 
 long long now_ms(void);
-void nonblock(int fd);
 void flush_conn(struct conn *c);
 void send_frame(struct conn *c, uint8_t type, uint32_t stream, const void *p, size_t n);
 void send_errno_msg(struct conn *c, uint8_t type, uint32_t stream, int err, const char *msg);
