@@ -73,6 +73,7 @@ class Session:
         self._done = threading.Event()
         self._exit: ExitStatus | None = None
         self._error: str | None = None
+        self._on_done: list[Callable[[], None]] = []
 
     # --- host -> guest ---------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -114,6 +115,21 @@ class Session:
         assert self._exit is not None
         return self._exit
 
+    @property
+    def done(self) -> bool:
+        """The session is over: its process exited, or the guest or the connection dropped it."""
+        return self._done.is_set()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call FN once the session is over (then `wait(0)` answers at once): on the
+        client's reader thread, after the last output, or now if it is over already. FN
+        must not block; what it raises is dropped (the reader thread must live on)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._on_done.append(fn)
+                return
+        _call_quietly(fn)
+
     def _output(self, fd: int, data: bytes) -> None:
         with self._lock:
             if self._handlers is not None:
@@ -122,11 +138,15 @@ class Session:
                 self._queued.put((fd, data))
 
     def _finish(self, exit_: ExitStatus | None, error: str | None) -> None:
-        if self._done.is_set():
-            return
-        self._exit, self._error = exit_, error
-        self._queued.put(None)
-        self._done.set()
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._exit, self._error = exit_, error
+            self._queued.put(None)
+            self._done.set()
+            callbacks, self._on_done = self._on_done, []
+        for fn in callbacks:
+            _call_quietly(fn)
 
     def _on_frame(self, f: Frame) -> bool:
         """Handle one frame; True when the session is over."""
@@ -151,6 +171,13 @@ class Session:
             self._finish(None, f"session {self.stream}: bad frame from guest: {e}")
             return True
         return False
+
+
+def _call_quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - a caller's bug must not stop the reader thread
+        pass
 
 
 class GuestClient:
