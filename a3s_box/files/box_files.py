@@ -1,12 +1,14 @@
 """Files of a running box, through its guest init: single files with PUT/GET, trees as
-tar streams through /.a3s/tar (the guest init's own, so any image works). Paths are
-as the box's agent sees them (its mount namespace: the image's root and its volumes).
+tar streams through /.a3s/tar, the rest through /.a3s/fs (the guest init's own applets,
+so any image works). Paths are as the box's agent sees them (its mount namespace: the
+image's root and its volumes).
 
 The names (write, read, upload, download, list, remove) are the ones the HTTP API and
-the TypeScript SDK mirror.
+the TypeScript SDK mirror; stat, walk, make_dir, move and watch serve the E2B API.
 """
 from __future__ import annotations
 
+import builtins
 import os
 import posixpath
 import shutil
@@ -18,12 +20,22 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from a3s_box.disks import space
-from a3s_box.errors import BoxError
+from a3s_box.errors import BoxError, GuestError
+from a3s_box.files import records
+from a3s_box.files.errors import FilesError
+from a3s_box.files.records import FsEntry
 from a3s_box.files.tarstream import QueueReader, TarError, extract_tar, run_in_thread, write_tar
-from a3s_box.guest.protocol import ExecRequest, Namespace
+from a3s_box.files.watch import EventHandler, Watch
+from a3s_box.guest.protocol import ExecRequest, ExitKind, Namespace
 
-GUEST_TAR = "/.a3s/tar"
+APPLETS = "/.a3s"  # where the guest init puts its applets (tar, fs)
+GUEST_TAR = f"{APPLETS}/tar"
 NO_TIMEOUT = None
+MAX_ENTRIES = 100_000  # entries one walk returns
+MAX_DEPTH = 4096  # PATH_MAX: no path has more levels
+MAX_STDERR = 64 << 10  # bytes of an applet's complaints kept
+Records = list[tuple[bytes, ...]]  # (BoxFiles.list hides the builtin in the class)
+Entries = list[FsEntry]
 
 
 class ByteSource(Protocol):
@@ -36,10 +48,6 @@ class ByteSink(Protocol):
     """What a tar stream out of a box is written to."""
 
     def write(self, data: bytes, /) -> object: ...
-
-
-class FilesError(BoxError):
-    """A copy into or out of a box failed: names the box and the path."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,14 @@ def _split(path: str) -> tuple[str, str]:
 
 
 class BoxFiles:
-    def __init__(self, client: Any, box: str, ns: Namespace = Namespace.AGENT) -> None:
+    """APPLETS: the guest's folder of applets (/.a3s in a VM; a local guest's state dir)."""
+
+    def __init__(self, client: Any, box: str, ns: Namespace = Namespace.AGENT,
+                 applets: str = APPLETS) -> None:
         self.client = client
         self.box = box
         self.ns = ns
+        self.applets = applets
 
     def _fail(self, path: str, why: str) -> FilesError:
         return FilesError(f"box {self.box}: {path}: {why.strip() or 'failed'}")
@@ -79,7 +91,7 @@ class BoxFiles:
         """STARTED(session): called with the guest's session as soon as it exists."""
         err: list[bytes] = []
         out: list[bytes] = []
-        req = ExecRequest(argv=(GUEST_TAR, *args), ns=self.ns, stdin=stdin is not None)
+        req = ExecRequest(argv=(f"{self.applets}/tar", *args), ns=self.ns, stdin=stdin is not None)
         s = self.client.start(req, on_stdout or out.append, err.append)
         if started is not None:
             started(s)
@@ -137,6 +149,110 @@ class BoxFiles:
         code, err = self._tar(["r", "-C", parent, name], timeout=300)
         if code != 0:
             raise self._fail(path, err.decode(errors="replace").split(": ", 1)[-1])
+
+    # --- through /.a3s/fs -------------------------------------------------------------
+    def _fs(self, args: builtins.list[str], path: str, fields: int = 0, limit: int = 0,
+            timeout: float = 60.0) -> tuple[int, Records]:
+        """Run `fs ARGS`: its exit code and records (of FIELDS fields, at most LIMIT). A
+        failure that is not a plain exit code names the box and PATH."""
+        parser = records.RecordParser(fields or 1)
+        got: Records = []
+        err = bytearray()
+        bad: builtins.list[Exception] = []
+        session: builtins.list[Any] = []
+
+        def out(data: bytes) -> None:  # on the client's reader thread: must not raise
+            if bad:
+                return
+            try:
+                got.extend(parser.feed(data) if fields else ())
+                if fields == 0 and data:
+                    raise FilesError("the guest wrote what nobody asked for")
+                if len(got) > limit:
+                    raise FilesError(f"more than {limit} entries")
+            except FilesError as e:
+                bad.append(e)
+                if session:
+                    session[0].signal(signal.SIGKILL)
+
+        def complain(data: bytes) -> None:
+            err.extend(data[:MAX_STDERR - len(err)])
+        s = self.client.start(ExecRequest(argv=(f"{self.applets}/fs", *args), ns=self.ns), out, complain)
+        session.append(s)
+        if bad:  # it went wrong before `out` could see the session
+            s.signal(signal.SIGKILL)
+        try:
+            status = s.wait(timeout)
+        except GuestError as e:
+            if s.done:  # the connection went, or the guest dropped the session
+                raise self._fail(path, str(e).removeprefix(f"box {self.box}: ")) from e
+            s.signal(signal.SIGKILL)  # leave no runaway behind our timeout
+            raise self._fail(path, f"no answer after {timeout}s") from e
+        if not bad and status.code == 0:
+            try:
+                parser.close()
+            except FilesError as e:
+                bad.append(e)
+        if bad:
+            raise self._fail(path, str(bad[0])) from bad[0]
+        if status.kind is not ExitKind.EXITED or status.code not in (0, 3):
+            raise self._fail(path, records.failure(bytes(err), status))
+        return status.code, got
+
+    def stat(self, path: str) -> FsEntry:
+        """PATH itself (a symlink is not followed)."""
+        _split(path)
+        path = posixpath.normpath(path)
+        _, got = self._fs(["stat", path], path, records.ENTRY_FIELDS, limit=1)
+        if len(got) != 1:
+            raise self._fail(path, "the guest sent no entry")
+        return self._entry(path, got[0])
+
+    def walk(self, path: str, depth: int = 1, limit: int = MAX_ENTRIES) -> Entries:
+        """What is under folder PATH, DEPTH levels down (1: its entries), sorted by path.
+        Symlinks are listed, never followed. More than LIMIT entries is an error."""
+        _split(path)
+        if depth < 1:
+            raise ValueError(f"depth {depth}: must be at least 1")
+        path = posixpath.normpath(path)
+        depth = min(depth, MAX_DEPTH)  # deeper than any path can go
+        _, got = self._fs(["ls", str(depth), path], path, records.ENTRY_FIELDS, limit, timeout=300)
+        return sorted((self._entry(path, r) for r in got), key=lambda e: e.path)
+
+    def make_dir(self, path: str) -> bool:
+        """mkdir -p PATH: True if it made it, False if a folder was there already."""
+        _split(path)
+        path = posixpath.normpath(path)
+        code, _ = self._fs(["mkdir", path], path)
+        return code == 0
+
+    def move(self, src: str, dst: str) -> FsEntry:
+        """Rename SRC to DST (replacing a file there, as rename(2) does); DST's entry."""
+        _split(src)
+        _split(dst)
+        src, dst = posixpath.normpath(src), posixpath.normpath(dst)
+        code, _ = self._fs(["mv", src, dst], src)
+        if code != 0:
+            raise self._fail(src, "failed (exit 3)")
+        return self.stat(dst)
+
+    def watch(self, path: str, recursive: bool, on_event: EventHandler,
+              timeout: float = 30.0) -> Watch:
+        """Watch folder PATH (RECURSIVE: every folder below it too): ON_EVENT(kind, name)
+        for each change, kind one of create write remove rename chmod, name under PATH.
+        Returns once the guest watches, so later changes are seen; `stop()` ends it.
+        ON_EVENT runs on the guest client's reader thread: it must not block. The client
+        must stay open while the watch runs."""
+        _split(path)
+        path = posixpath.normpath(path)
+        argv = (f"{self.applets}/fs", "watch", *(("-r",) if recursive else ()), path)
+        return Watch.start(self.client, ExecRequest(argv=argv, ns=self.ns), self.box, path, on_event, timeout)
+
+    def _entry(self, path: str, fields: tuple[bytes, ...]) -> FsEntry:
+        try:
+            return records.entry(fields)
+        except FilesError as e:
+            raise self._fail(path, str(e)) from e
 
     # --- trees -------------------------------------------------------------------
     def upload(self, local: Path | str, remote: str) -> str:
