@@ -13,7 +13,9 @@
     ├── DiskBudgetError           a box's disk would not fit the host's free space: .box
     ├── DiskFullError             a write to the host's disk found no space, or was refused
     │                             before it began: .path, .mount, .needed, .free
-    └── GuestError                the guest init did not answer or broke the protocol: .box
+    ├── GuestError                the guest init did not answer or broke the protocol: .box
+    └── PortError                 a TCP port inside a box could not be reached (nothing
+                                  listens there), or the connection to it failed: .box, .port
 
 Foreign errors (OSError, httpx, subprocess, sqlite3, libkrun -errno) are translated
 into these at the edge that calls them, and raised `from` the original. ENOSPC/EDQUOT
@@ -147,3 +149,12 @@ class GuestError(BoxError):
     def __init__(self, box: str, message: str) -> None:
         self.box = box
         super().__init__(f"box {box}: {message}" if box else message)
+
+
+class PortError(BoxError):
+    """A connection to PORT inside BOX (its loopback) failed: refused, reset, or the
+    guest's relay went wrong."""
+
+    def __init__(self, box: str, port: int, message: str) -> None:
+        self.box, self.port = box, port
+        super().__init__(f"box {box}: port {port}: {message}")
