@@ -215,12 +215,15 @@ def test_watch_recursive_follows_new_folders(watching: Callable[..., Events], tm
 
 def test_watch_writes_are_not_flooded(watching: Callable[..., Events], tmp_path: Path) -> None:
     ev = watching(tmp_path, False)
+    t = time.monotonic()
     with open(tmp_path / "log", "wb", buffering=0) as f:
         for _ in range(2000):
             f.write(b"x")
+    took = time.monotonic() - t
     ev.wait_for(("write", "log"))
     time.sleep(0.2)
-    assert ev.got.count(("write", "log")) < 20, ev.got
+    # one write event per 100 ms at most, however slow a busy host makes the writes
+    assert ev.got.count(("write", "log")) <= 2 + took / 0.1, (took, ev.got)
 
 
 def test_watch_without_r_sees_only_the_folder(watching: Callable[..., Events], tmp_path: Path) -> None:
