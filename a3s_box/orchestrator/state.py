@@ -103,6 +103,24 @@ MIGRATIONS: tuple[str, ...] = (
         created_at  REAL NOT NULL
     );
     """,
+    # v5: the sandboxes the E2B-compatible API made (a3s_box/api/e2b): which box, from which
+    # template, the SDK's metadata and environment, the nonce its envd and traffic tokens
+    # are derived from (with the server's key: no token is stored), whether its ports are
+    # public, and when it times out (then: kill, or pause)
+    """
+    CREATE TABLE sandboxes (
+        box_id         TEXT PRIMARY KEY,
+        sandbox_id     TEXT NOT NULL UNIQUE,   -- the box's name: what the SDK calls it
+        template       TEXT NOT NULL,
+        metadata       TEXT NOT NULL,          -- JSON object of strings
+        env            TEXT NOT NULL,          -- JSON object: envVars, for every command
+        nonce          TEXT NOT NULL,          -- its tokens are HMACs of this (a3s_box/api/e2b/keys.py)
+        public         INTEGER NOT NULL,       -- 1: its ports answer without the traffic token
+        started_at     REAL NOT NULL,
+        end_at         REAL NOT NULL,
+        on_timeout     TEXT NOT NULL           -- kill | pause
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 SQLITE_READONLY = 8
@@ -136,6 +154,21 @@ class TokenRow:
     templates: tuple[str, ...]
     name: str = ""
     created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SandboxRow:
+    """A box the E2B-compatible API made, as that API sees it (a3s_box/api/e2b)."""
+    box_id: str
+    sandbox_id: str
+    template: str
+    metadata: dict[str, str]
+    env: dict[str, str]
+    nonce: str
+    public: bool
+    started_at: float
+    end_at: float
+    on_timeout: str  # kill | pause
 
 
 # A VM that serves as soon as asked: running, or a pool member parked (loaded, paused)
@@ -211,8 +244,15 @@ class StateStore:
     def _open(self) -> None:
         # Private before SQLite opens it (it gives -wal and -shm the same mode): pool
         # templates and box specs are no one else's business.
+        # Only a file that is not there yet is opened here: closing a descriptor of a
+        # database this process has open drops every POSIX lock the process holds on it
+        # (SQLite's own connections included), which other threads' connections then
+        # meet as "disk I/O error".
         with space.full_disk_is_error(f"state store {self.path}", self.path.parent):
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except FileExistsError:
+                pass
         for p in (self.path, self.path.with_name(self.path.name + "-wal"),
                   self.path.with_name(self.path.name + "-shm")):
             try:
@@ -358,6 +398,27 @@ class StateStore:
         self._db.execute("DELETE FROM tokens WHERE id=?", (id_,))
         return found
 
+    # --- E2B sandboxes (a3s_box/api/e2b keeps them) ------------------------------------
+    def sandboxes(self) -> list[SandboxRow]:
+        rows = self._db.execute("SELECT * FROM sandboxes ORDER BY started_at, box_id").fetchall()
+        return [_sandbox_row(r) for r in rows]
+
+    def sandbox(self, sandbox_id: str) -> SandboxRow | None:
+        r = self._db.execute("SELECT * FROM sandboxes WHERE sandbox_id=?", (sandbox_id,)).fetchone()
+        return _sandbox_row(r) if r else None
+
+    def put_sandbox(self, row: SandboxRow) -> None:
+        self._db.execute(
+            """INSERT INTO sandboxes (box_id, sandbox_id, template, metadata, env, nonce,
+                   public, started_at, end_at, on_timeout) VALUES (?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(box_id) DO UPDATE SET end_at=excluded.end_at, on_timeout=excluded.on_timeout,
+                   metadata=excluded.metadata""",
+            (row.box_id, row.sandbox_id, row.template, _dump(row.metadata), _dump(row.env), row.nonce,
+             int(row.public), row.started_at, row.end_at, row.on_timeout))
+
+    def delete_sandbox(self, box_id: str) -> None:
+        self._db.execute("DELETE FROM sandboxes WHERE box_id=?", (box_id,))
+
     # --- pools ---------------------------------------------------------------
     def pools(self, project: str | None = None) -> list[PoolRow]:
         q = "SELECT * FROM pools" + (" WHERE project=?" if project is not None else "")
@@ -476,6 +537,11 @@ def _dump(value: object) -> str:
 
 def _token_row(r: sqlite3.Row) -> TokenRow:
     return TokenRow(r["id"], r["digest"], r["scope"], tuple(json.loads(r["templates"])), r["name"], r["created_at"])
+
+
+def _sandbox_row(r: sqlite3.Row) -> SandboxRow:
+    return SandboxRow(r["box_id"], r["sandbox_id"], r["template"], json.loads(r["metadata"]), json.loads(r["env"]),
+                      r["nonce"], bool(r["public"]), r["started_at"], r["end_at"], r["on_timeout"])
 
 
 def _box_row(r: sqlite3.Row) -> BoxRow:
