@@ -71,6 +71,7 @@ class Session:
         self._handlers: tuple[OutputHandler, OutputHandler] | None = None
         self._queued: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
         self._done = threading.Event()
+        self._started = threading.Event()  # STARTED came (pid is known), or the session ended
         self._exit: ExitStatus | None = None
         self._error: str | None = None
         self._on_done: list[Callable[[], None]] = []
@@ -130,6 +131,11 @@ class Session:
                 return
         _call_quietly(fn)
 
+    def wait_started(self, timeout: float) -> int | None:
+        """The guest pid once the process started (None: it ended, or failed to start)."""
+        self._started.wait(timeout)
+        return self.pid
+
     def _output(self, fd: int, data: bytes) -> None:
         with self._lock:
             if self._handlers is not None:
@@ -144,6 +150,7 @@ class Session:
             self._exit, self._error = exit_, error
             self._queued.put(None)
             self._done.set()
+            self._started.set()
             callbacks, self._on_done = self._on_done, []
         for fn in callbacks:
             _call_quietly(fn)
@@ -153,6 +160,7 @@ class Session:
         try:
             if f.type == MsgType.STARTED:
                 self.pid = p.Reader(f.payload).u32()
+                self._started.set()
             elif f.type == MsgType.STDOUT:
                 self._output(1, f.payload)
             elif f.type == MsgType.STDERR:

@@ -473,6 +473,25 @@ class Host:
         return self._audited("fork", f"{name} -> {new_name}",  # type: ignore[no-any-return]
                              lambda: self.runtime.fork(self.find(name), new_name, timeout))
 
+    def create_like(self, name: str, new_name: str, owner: str | None = None,
+                    timeout: float = 120.0) -> BoxRow:
+        """A new box NEW_NAME booted as declared box NAME was, on a fresh disk (the E2B API's
+        create from a box template). No Boxfile manages it; OWNER: its sandbox token."""
+        import re
+
+        from a3s_box.boxfile.model import NAME_PATTERN
+
+        if not re.match(NAME_PATTERN, new_name):
+            raise BoxError(f"box {new_name}: not a valid name (lower-case letters, digits and '-', at most 63)")
+        return self._audited("create", f"{name} -> {new_name}",  # type: ignore[no-any-return]
+                             lambda: self.runtime.create_like(self.find(name), new_name, self.images, timeout, owner))
+
+    def own(self, name: str, owner: str) -> BoxRow:
+        """Give box NAME to sandbox token OWNER (only it, and the admin, may use it then)."""
+        row = replace(self.find(name), owner=owner)
+        self.store.put_box(row)
+        return row
+
     def start(self, name: str, timeout: float = 120.0) -> BoxRow:
         row = self.find(name)
         if row.status == "running":

@@ -140,6 +140,32 @@ class BoxRuntime:
         finally:
             self.store.journal_end(entry)
 
+    def create_like(self, source: BoxRow, name: str, images: ImageBackend, timeout: float,
+                    owner: str | None = None) -> BoxRow:
+        """A new box NAME booted as declared box SOURCE was (its launch record: image,
+        resources, network policy, secrets, volumes), on a fresh disk. No Boxfile manages
+        it (`box delete` removes it); OWNER: the sandbox token it is made for. Refused when
+        two boxes cannot share what SOURCE has: a published host port, a named volume's disk."""
+        new_id = f"{source.project}.{name}"
+        if self.store.box(new_id) is not None:
+            raise BoxError(f"box {name}: already exists in project {source.project}")
+        src = self._launch(source)
+        if src.network is not None and src.network.policy.ports:
+            raise BoxError(f"box {source.name}: publishes host ports, which a second box cannot share: "
+                           "make it a pool's template instead, without ports")
+        if any(v.kind == "volume" for v in src.volumes):
+            raise BoxError(f"box {source.name}: has a named volume, whose disk a second box cannot share")
+        record = images.get(source.image)  # type: ignore[attr-defined]
+        if record is None:
+            raise BoxError(f"box {source.name}: its image {source.image} is no longer in the store")
+        rundir = self.home.box_dir(new_id)
+        launch = replace(src, box_id=new_id, rundir=rundir, disk=rundir / "disk.qcow2", park=False,
+                         config=replace(src.config, hostname=name))
+        row = BoxRow(id=new_id, project=source.project, name=name, spec_hash=source.spec_hash, spec=source.spec,
+                     image=source.image, driver=source.driver, handle=None, status="creating",
+                     origin=f"like:{source.id}", owner=owner)
+        return self.create(row, launch, images, record, timeout)
+
     def _check_disk_budget(self, name: str, disk: Path) -> None:
         """Refuse a box whose disk, with what the other disks here may still write, does
         not fit the free space (a3s_box.disks.budget)."""
@@ -162,6 +188,7 @@ class BoxRuntime:
             self.stop_vm(row)
             self._remove_files(self.home.box_dir(row.id), images)
             self.store.delete_box(row.id)
+            self.store.delete_sandbox(row.id)  # an E2B sandbox ends with its box
         finally:
             self.store.journal_end(entry)
 
