@@ -25,9 +25,11 @@ from a3s_box.api.routes import exec as exec_  # the module's name is the route's
 from a3s_box.errors import BoxError
 
 
-def create_app(home: Path, token: str | None = None, reconcile: float | None = None) -> FastAPI:
+def create_app(home: Path, token: str | None = None, reconcile: float | None = None,
+               e2b_domain: str | None = None) -> FastAPI:
     """The API for HOME; TOKEN: required as a bearer token on every request (TCP).
-    RECONCILE (seconds): run the host's reconcile loop at that period while serving."""
+    RECONCILE (seconds): run the host's reconcile loop at that period while serving.
+    E2B_DOMAIN: the domain of sandbox port URLs (api/e2b; default: the host called)."""
     app = FastAPI(title="a3s-box", version=a3s_box.__version__,
                   description="AI agents in hardware-isolated microVMs: the `box` CLI over HTTP.",
                   responses={400: {"model": m.Problem}, 401: {"model": m.Problem}},
@@ -41,6 +43,7 @@ def create_app(home: Path, token: str | None = None, reconcile: float | None = N
         app.router.on_startup.append(loop.start)
         app.router.on_shutdown.append(loop.stop)
     app.middleware("http")(guard)
+    _mount_e2b(app, api, e2b_domain)  # after the guard: outside it, E2B admits its own callers
     app.exception_handler(BoxError)(box_error)
     # in the order the endpoints have always had (the OpenAPI document lists them so)
     app.include_router(system.router)
@@ -54,6 +57,16 @@ def create_app(home: Path, token: str | None = None, reconcile: float | None = N
     app.include_router(tokens.router)
     _mount_mcp(app, api)
     return app
+
+
+def _mount_e2b(app: FastAPI, api: ApiState, domain: str | None) -> None:
+    """E2B's REST API and envd under /e2b, and sandbox port URLs by Host (api/e2b/gateway.py)."""
+    from a3s_box.api.e2b.gateway import E2bGateway, GatewayMiddleware
+
+    gateway = E2bGateway(api.home, api.tokens, api.channels, domain)
+    app.add_middleware(GatewayMiddleware, gateway=gateway)
+    app.router.on_startup.append(gateway.start)
+    app.router.on_shutdown.append(gateway.stop)
 
 
 def _mount_mcp(app: FastAPI, api: ApiState) -> None:

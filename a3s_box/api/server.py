@@ -13,8 +13,9 @@ API_SOCKET = "api.sock"
 
 def serve(home: Path, listen: str | None = None, socket_path: Path | None = None,
           token_path: Path | None = None, log_level: str = "warning",
-          reconcile: float | None = None) -> None:
-    """RECONCILE: the period of the host's reconcile loop (None: no loop)."""
+          reconcile: float | None = None, e2b_domain: str | None = None) -> None:
+    """RECONCILE: the period of the host's reconcile loop (None: no loop). E2B_DOMAIN: the
+    domain of E2B sandbox port URLs (default: the host the SDK called)."""
     import uvicorn
 
     from a3s_box.api.app import create_app
@@ -23,7 +24,7 @@ def serve(home: Path, listen: str | None = None, socket_path: Path | None = None
     if listen:
         host, _, port = listen.rpartition(":")
         token = ensure_token(token_path or token_file(home))
-        app = create_app(home, token, reconcile)
+        app = create_app(home, token, reconcile, e2b_domain)
         uvicorn.run(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level=log_level,
                     ws="websockets-sansio")
         return
@@ -38,4 +39,4 @@ def serve(home: Path, listen: str | None = None, socket_path: Path | None = None
         os.umask(old)
     os.chmod(path, 0o600)
     listener.listen(128)
-    uvicorn.run(create_app(home, None, reconcile), fd=listener.fileno(), log_level=log_level, ws="websockets-sansio")
+    uvicorn.run(create_app(home, None, reconcile, e2b_domain), fd=listener.fileno(), log_level=log_level, ws="websockets-sansio")

@@ -25,10 +25,14 @@ from a3s_box.cli.output import emit, output_option
               "as their restart policy says, pools refilled, leases' lifetimes enforced).")
 @click.option("--no-reconcile", is_flag=True, help="Serve the API only: no reconcile loop "
               "(pools are then refilled by filler processes, as without a server).")
+@click.option("--e2b-domain", metavar="DOMAIN", help="The domain of E2B sandbox port URLs "
+              "({port}-{sandbox}.DOMAIN, which must resolve to this server); default: the host the SDK "
+              "called, a loopback address as localhost:PORT. See docs/e2b.md.")
 @pass_cli
 def serve_cmd(c: CliContext, listen: str | None, socket_path: str | None, token_file: str | None,
-              print_token: bool, reconcile_period: float, no_reconcile: bool) -> None:
-    """Serve the HTTP API (OpenAPI at /openapi.json) for the TypeScript SDK and others."""
+              print_token: bool, reconcile_period: float, no_reconcile: bool, e2b_domain: str | None) -> None:
+    """Serve the HTTP API (OpenAPI at /openapi.json) for the TypeScript SDK and others, the
+    E2B-compatible API under /e2b (docs/e2b.md) and MCP at /mcp (docs/mcp.md)."""
     from a3s_box.api.auth import ensure_token
     from a3s_box.api.auth import token_file as default_token_file
     from a3s_box.api.server import serve as run
@@ -41,7 +45,7 @@ def serve_cmd(c: CliContext, listen: str | None, socket_path: str | None, token_
     if listen and ":" not in listen:
         raise click.BadParameter("give HOST:PORT, e.g. 127.0.0.1:8100", param_hint="--listen")
     run(c.home.root, listen, Path(socket_path) if socket_path else None, tok,
-        reconcile=None if no_reconcile else reconcile_period)
+        reconcile=None if no_reconcile else reconcile_period, e2b_domain=e2b_domain)
 
 
 @click.command("events")

@@ -34,10 +34,11 @@ def _libraries(binary: str) -> set[Path]:
     return libs
 
 
-def build_tools_image(out: Path) -> Path:
+def build_tools_image(out: Path, tools: tuple[str, ...] = TOOLS) -> Path:
+    """TOOLS: host binaries to add, with what they need (the E2B tests add bash)."""
     mi = _make_image_module()
-    files: set[Path] = {Path(t) for t in TOOLS}
-    for t in TOOLS:
+    files: set[Path] = {Path(t) for t in tools}
+    for t in tools:
         files |= _libraries(t)
     libdir = next(p.parent for p in files if p.name.startswith("libc.so"))
     files |= {libdir / n for n in NSS if (libdir / n).exists()}
