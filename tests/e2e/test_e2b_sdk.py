@@ -142,6 +142,15 @@ def test_commands_files_and_lifecycle_with_the_python_sdk(box: BoxCli, e2b_serve
     watcher.stop()
     assert any(e.name == "notes/c.txt" for e in events), events
 
+    # a fork: the sandbox's memory and disk at this instant, then a life of its own
+    sbx.files.write("/tmp/before-fork.txt", "shared past\n")
+    [child] = sbx.fork(timeout=120)
+    assert isinstance(child, Sandbox) and child.sandbox_id != sbx.sandbox_id
+    assert child.files.read("/tmp/before-fork.txt") == "shared past\n"
+    child.files.write("/tmp/only-child.txt", "mine\n")
+    assert not sbx.files.exists("/tmp/only-child.txt")
+    child.kill()
+
     # pause, then connect resumes it
     sbx.pause()
     assert _ps(box)[sbx.sandbox_id]["status"] == "paused"

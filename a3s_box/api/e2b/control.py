@@ -132,7 +132,8 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
         body = await request.body()
         req = m.ForkRequest.model_validate_json(body) if body.strip() else m.ForkRequest()
         made = await call(request, lambda s: s.fork(sandbox_id, req.count, req.timeout))
-        return JSONResponse([{"sandbox": x.model_dump(by_alias=True, exclude_none=True)} for x in made],
+        return JSONResponse([{"sandbox": x.model_dump(by_alias=True, exclude_none=True)} if isinstance(x, m.Sandbox)
+                             else {"error": {"code": status_of(x), "message": str(x)}} for x in made],
                             status_code=201)
 
     async def logs(request: Request, sandbox_id: str) -> JSONResponse:

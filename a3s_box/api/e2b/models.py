@@ -91,7 +91,7 @@ class ResumeRequest(_Wire):
 
 
 class ForkRequest(_Wire):
-    count: Annotated[int, Field(ge=1, le=16)] = 1
+    count: Annotated[int, Field(ge=1, le=16)] = 1  # E2B allows 100; each is a VM here
     timeout: Annotated[int | None, Field(ge=0)] = None
 
 

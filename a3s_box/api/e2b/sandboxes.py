@@ -183,18 +183,23 @@ class Sandboxes:
         self.host.store.put_sandbox(rec)
         return self.sandbox(rec), resumed
 
-    def fork(self, sandbox_id: str, count: int, seconds: int | None) -> list[m.Sandbox]:
-        """COUNT new sandboxes from this one's memory and disk at this instant."""
+    def fork(self, sandbox_id: str, count: int, seconds: int | None) -> list[m.Sandbox | BoxError]:
+        """COUNT new sandboxes from this one's memory and disk at this instant; each fork
+        succeeds or fails on its own (E2B reports one outcome per fork)."""
         rec, row = self.record(sandbox_id)
-        out = []
+        out: list[m.Sandbox | BoxError] = []
         for _ in range(count):
             name = f"{rec.template.rpartition('.')[2]}-{secrets.token_hex(3)}"
-            made = self.host.fork(row.id, name)
-            if not self.caller.admin:
-                made = self.host.own(made.id, self.caller.id)
+            try:
+                made = self.host.fork(row.id, name)
+                if not self.caller.admin:
+                    made = self.host.own(made.id, self.caller.id)
+            except BoxError as e:
+                out.append(e)
+                continue
             now = time.time()
             new = replace(rec, box_id=made.id, sandbox_id=made.name, nonce=secrets.token_hex(16), started_at=now,
-                          end_at=now + (seconds if seconds is not None else max(rec.end_at - now, 15)))
+                          end_at=now + (seconds if seconds is not None else m.DEFAULT_TIMEOUT), on_timeout="kill")
             self.host.store.put_sandbox(new)
             out.append(self.sandbox(new))
         return out
