@@ -116,7 +116,7 @@ def snapshot_check(home: Home) -> Check:
     usable = sum(1 for e in entries if e["kind"] == "template")
     size = sum(int(e["disk_and_memory_bytes"]) for e in entries) >> 20
     return Check("snapshots", True, f"qemu: boxes start as clones of templates ({usable} ready, "
-                 f"{len(entries)} in the store, {size} MiB; `box snapshot ls`); boxes with bind "
-                 "volumes boot cold (virtio-fs is not migratable in QEMU 7.2), as do boxes with a "
-                 "network or named volumes for now; libkrun: every box boots cold (libkrun has "
-                 "no API to save or restore a VM)", essential=False)
+                 f"{len(entries)} in the store, {size} MiB; `box snapshot ls`), networks, secrets, named "
+                 "volumes and tmpfs included; boxes with bind volumes boot cold (virtio-fs is not "
+                 "migratable in QEMU 7.2); libkrun: every box boots cold (libkrun has no API to save "
+                 "or restore a VM)", essential=False)

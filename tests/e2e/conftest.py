@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,14 @@ class BoxCli:
         return subprocess.Popen([sys.executable, "-m", "a3s_box.cli", *args], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
+
+    def vm_processes_after(self, seconds: float) -> list[int]:
+        """vm_processes once they are gone, or after SECONDS: a pool filler that was booting a
+        member when its pool was deleted takes that member down once its boot ends."""
+        deadline = time.monotonic() + seconds
+        while (left := self.vm_processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
 
     def vm_processes(self) -> list[int]:
         """Pids of every process (shim, qemu) that belongs to this home's boxes."""

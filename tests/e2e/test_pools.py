@@ -109,6 +109,6 @@ def test_a_burst_of_acquires_beyond_min_ready_is_served(box: BoxCli, hello_image
         with pytest.raises(PoolExhausted, match=r"no ready box after waiting 1s \(3 of max 3 leased"):
             host.acquire("coders", timeout=1)
         for n in names:
-            host.release(n)
+            host.release(n)  # each release starts a filler, which may be booting as the pool goes
     box("delete", "-f", str(f), check=True)
-    assert box.vm_processes() == []
+    assert box.vm_processes_after(60) == []

@@ -128,7 +128,7 @@ class QemuDriver:
                 boot = f"cold ({why_not})"
             else:
                 try:
-                    return self._start_clone(launch, spec, timeout, conf)
+                    return self._start_clone(launch, spec, timeout, conf, network=forwards is not None)
                 except SnapshotError as e:
                     boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
                     _note(rundir, boot)
@@ -262,7 +262,11 @@ class QemuDriver:
 
     # --- snapshots ---------------------------------------------------------------------
     def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float,
-                     conf: "_Confinement") -> VmHandle:
+                     conf: "_Confinement", network: bool = False) -> VmHandle:
+        """NETWORK: the box has one. The template's NIC (user-mode networking, the same
+        guest address in every box) ran in an empty namespace; the clone's runs in the box's
+        own, behind its own egress proxy, and CONFIG gives the guest its resolver, trust
+        store and secrets' placeholders as after a cold boot."""
         key = snapshot_key(spec, launch.image, qemu_version(self.binary),
                            host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0)
         store = TemplateStore(self.home.cache)
@@ -278,9 +282,9 @@ class QemuDriver:
                 with open(launch.rundir / CONSOLE, "ab") as out:
                     out.write(boot_log.read_bytes()[-(1 << 20):])
             clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
-            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=False, helpers=0,
+            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=int(network),
                               groups=(self._template_gid(key),))
-            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": False, "virtiofsd": []},
+            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": network, "virtiofsd": []},
                                        jail=jail, label=conf.label, logging=launch.logging)
             boot = f"snapshot {key[:12]}"
             fresh = _unique_randomness(store, key, launch.box_id)
@@ -418,7 +422,15 @@ class QemuDriver:
         rundir.mkdir(parents=True, exist_ok=True)
         _remove_runtime_files(rundir)
         store = TemplateStore(self.home.cache)
-        spec = self._spec(launch, art, source.accel, None, (), ())
+        if launch.network is not None and launch.network.secrets:
+            # the fork's memory trusts its source's CA: its own proxy signs with that CA
+            for name in ("ca.pem", "ca.key"):
+                if (source_launch.rundir / name).is_file():
+                    shutil.copy2(source_launch.rundir / name, rundir / name)
+                    os.chmod(rundir / name, 0o600)
+        forwards = prepare_network(launch) if launch.network and launch.network.enabled else None
+        _shares, volume_disks, _virtiofsd = volume_devices(launch)
+        spec = self._spec(launch, art, source.accel, forwards, (), volume_disks)
         conf = _Confinement(*security_level(launch.box_id, launch.security, self.binary))
         if conf.seccomp:
             spec = replace(spec, sandbox=QEMU_SANDBOX)
@@ -438,8 +450,9 @@ class QemuDriver:
                 layer = store.new_layer(source_launch.box_id)
                 self._freeze_disk(src, source_launch.disk, layer, int(source.extra.get("uid", 0)))
                 create_overlay_on(layer, launch.disk)
-                jail = self._jail(launch.box_id, rundir, spec, conf, network=False, helpers=0)
-                handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": False, "virtiofsd": []},
+                network = forwards is not None  # its own namespace and proxy; the source's flows stay the source's
+                jail = self._jail(launch.box_id, rundir, spec, conf, network=network, helpers=int(network))
+                handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": network, "virtiofsd": []},
                                            jail=jail, label=conf.label, logging=launch.logging)
 
                 def migrate(h: VmHandle) -> None:
@@ -590,24 +603,23 @@ def _note(rundir: Path, text: str) -> None:
 
 
 def snapshot_ineligible(launch: BoxLaunch) -> str:
-    """Why this box cannot start from a snapshot ("" when it can)."""
-    if launch.network is not None and launch.network.enabled:
-        return "boxes with a network boot cold for now"
+    """Why this box cannot start from a snapshot ("" when it can). A network, named
+    volumes (their disks: same sizes share a template) and tmpfs (mounted after the
+    restore) can; virtio-fs cannot be migrated by QEMU 7.2."""
     if any(v.kind == "bind" for v in launch.volumes):
         return "bind volumes (virtio-fs) cannot be migrated in QEMU 7.2"
-    if launch.volumes:
-        return "boxes with volumes boot cold for now"
     if launch.disk is None or not launch.image:
         return "no disk image to snapshot"
     return ""
 
 
 def fork_ineligible(launch: BoxLaunch) -> str:
-    """Why a box cannot be forked ("" when it can)."""
-    if launch.network is not None and launch.network.enabled:
-        return "boxes with a network cannot be forked yet"
-    if launch.volumes:
-        return "boxes with volumes cannot be forked yet (virtio-fs is not migratable in QEMU 7.2)"
+    """Why a box cannot be forked ("" when it can). A fork with a network gets its own
+    namespace and proxy (the source's open connections do not follow it)."""
+    if any(v.kind == "bind" for v in launch.volumes):
+        return "bind volumes (virtio-fs) are not migratable in QEMU 7.2"
+    if any(v.kind == "volume" for v in launch.volumes):
+        return "a named volume's disk cannot be shared by two boxes"
     if launch.disk is None:
         return "it has no disk"
     return ""

@@ -93,7 +93,8 @@ def normalized_argv(spec: QemuSpec) -> list[str]:
                    console_socket=Path("CONSOLE.SOCK") if spec.console_socket else None,
                    channel=Path("CHANNEL") if spec.channel else None,
                    qmp=Path("QMP") if spec.qmp else None, disk=Path("DISK") if spec.disk else None,
-                   memory_file=Path("RAM"), memory_shared=False, incoming=None)
+                   memory_file=Path("RAM"), memory_shared=False, incoming=None,
+                   volume_disks=tuple(Path(f"VOLUME{i}") for i in range(len(spec.volume_disks))))
     return qemu_argv(anon)
 
 
@@ -105,8 +106,17 @@ def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str =
         "initramfs": spec.initramfs.name,  # named by the hash of init + modules
         "accel": spec.accel, "tsc_khz": spec.tsc_khz, "cpu": cpu_model, "image": image,
         **({"disk": disk_size} if disk_size else {}),  # the template's root was grown to it
+        # a named volume's size: the guest learnt its capacity when the template booted
+        **({"volumes": [_size(d) for d in spec.volume_disks]} if spec.volume_disks else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def host_cpu_model() -> str:

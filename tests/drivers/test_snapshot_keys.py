@@ -1,0 +1,62 @@
+"""What a snapshot template's key holds and what a box may start from one: the device
+set, not a box's own paths; a named volume's size, not its file; who boots cold."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
+from a3s_box.drivers.qemu.argv import QemuSpec
+from a3s_box.drivers.qemu.driver import fork_ineligible, snapshot_ineligible
+from a3s_box.drivers.qemu.snapshot import snapshot_key
+from a3s_box.guest.protocol import BoxConfig
+from a3s_box.network.policy import NetworkPolicy
+
+
+def _spec(tmp: Path, box: str, volumes: tuple[Path, ...] = (), forwards: tuple[tuple[int, int], ...] | None = None
+          ) -> QemuSpec:
+    kernel = tmp / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    run = tmp / box
+    return QemuSpec(binary="/bin/true", accel="tcg", vcpus=1, memory_mib=256, kernel=kernel,
+                    initramfs=tmp / "initramfs-abc.cpio", console_log=run / "console.log",
+                    channel=run / "channel.sock", qmp=run / "qmp.sock", disk=run / "disk.qcow2",
+                    volume_disks=volumes, forwards=forwards)
+
+
+def _disk(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_clones_of_one_template_differ_only_in_their_own_files(tmp_path: Path) -> None:
+    a = _spec(tmp_path, "a", (_disk(tmp_path / "vols/a.ext4", 64 << 20),))
+    b = _spec(tmp_path, "b", (_disk(tmp_path / "vols/b.ext4", 64 << 20),))
+    bigger = _spec(tmp_path, "c", (_disk(tmp_path / "vols/c.ext4", 128 << 20),))
+    key = snapshot_key(a, "sha256:img", "7.2")
+    assert snapshot_key(b, "sha256:img", "7.2") == key  # the same devices: one template
+    assert snapshot_key(bigger, "sha256:img", "7.2") != key  # the guest learnt the volume's size
+    assert snapshot_key(_spec(tmp_path, "d"), "sha256:img", "7.2") != key  # no volume device
+    net = replace(a, forwards=())
+    assert snapshot_key(net, "sha256:img", "7.2") != key  # a NIC is a device too
+    assert snapshot_key(replace(net, forwards=((15100, 80),)), "sha256:img", "7.2") != \
+        snapshot_key(net, "sha256:img", "7.2")  # QEMU's forwards are in its argv
+
+
+def _launch(tmp: Path, network: bool = False, volumes: tuple[BoxVolume, ...] = ()) -> BoxLaunch:
+    return BoxLaunch(box_id="p.x", rundir=tmp, vcpus=1, memory_mib=256, config=BoxConfig(hostname="x"),
+                     disk=tmp / "disk.qcow2", image="sha256:img", volumes=volumes,
+                     network=BoxNetwork(NetworkPolicy.from_json({"mode": "public"})) if network else None)
+
+
+def test_who_starts_from_a_snapshot_and_who_forks(tmp_path: Path) -> None:
+    tmpfs = BoxVolume(kind="tmpfs", target="/scratch")
+    named = BoxVolume(kind="volume", target="/data", source=str(tmp_path / "v.ext4"), name="v")
+    bind = BoxVolume(kind="bind", target="/src", source=str(tmp_path))
+    assert snapshot_ineligible(_launch(tmp_path, network=True, volumes=(tmpfs, named))) == ""
+    assert "virtio-fs" in snapshot_ineligible(_launch(tmp_path, volumes=(bind,)))
+    assert fork_ineligible(_launch(tmp_path, network=True, volumes=(tmpfs,))) == ""
+    assert "disk" in fork_ineligible(_launch(tmp_path, volumes=(named,)))
+    assert "virtio-fs" in fork_ineligible(_launch(tmp_path, volumes=(bind,)))
