@@ -155,7 +155,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--connected", action="store_true", help="only the connected boxes' figures")
     args = ap.parse_args()
+    if args.connected:
+        with Scratch() as s:
+            print(connected(s, Home(s.home), args.rounds))
+        return
     with Scratch() as s:
         cold_f = s.boxfile("cold.yaml", ONE.format(boot="cold"))
         snap_f = s.boxfile("snap.yaml", ONE.format(boot="snapshot"))
@@ -202,6 +207,80 @@ def main() -> None:
     print(f"cold start, VMM confined (strict) / unconfined: {confined:.2f} s / {unconfined:.2f} s = "
           f"{confined / unconfined:.2f}  (goal <= 1.1)")
     print(krun_line)
+    with Scratch() as s:
+        print(connected(s, Home(s.home), args.rounds))
+
+
+CONNECTED = """project: conn
+boxes:
+  one:
+    image: hello
+    resources: {{memory: 256Mi}}
+    namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 100000"]}}}}
+    network: {{mode: allowlist, egress: ["api.example.com:443"]}}
+    secrets: {{TOKEN: {{env: BENCH_TOKEN, hosts: ["api.example.com:443"]}}}}
+    volumes: [{{type: tmpfs, target: /scratch, size: 8Mi}}]
+{more}"""
+CONNECTED_POOL = """  member:
+    image: hello
+    resources: {{memory: 256Mi}}
+    namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 100000"]}}}}
+    network: {{mode: allowlist, egress: ["api.example.com:443"]}}
+    secrets: {{TOKEN: {{env: BENCH_TOKEN, hosts: ["api.example.com:443"]}}}}
+pools:
+  four: {{box: member, min_ready: 4, max: 4, park: {park}, idle_timeout: 1h}}
+"""
+
+
+def host_pids(home: Path) -> tuple[list[int], list[int]]:
+    """(QEMU, every other process of the home's boxes: shims, network helpers, virtiofsd)."""
+    needle = str(home / "boxes").encode()
+    qemu: list[int] = []
+    other: list[int] = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd and d.name.isdigit():
+            (qemu if cmd.split(b"\0")[0].endswith(b"qemu-system-x86_64") else other).append(int(d.name))
+    return qemu, other
+
+
+def connected(s: Scratch, home: Home, rounds: int) -> str:
+    """A box with an allow-list, a secret and a tmpfs: apply -> first exec from its template
+    against raw QEMU; a start through the Python API; a pool of 4 filled, running and
+    parked, with the Pss per box of QEMU and of everything else apart."""
+    s.env["BENCH_TOKEN"] = "bench-secret-value"
+    one = s.boxfile("conn.yaml", CONNECTED.format(more=""))
+    s.box("apply", "-q", "-f", str(one))  # the template
+    s.box("delete", "-f", str(one))
+    raw, snap = [], []
+    for _ in range(rounds):
+        raw.append(raw_qemu(home, s.dir))
+        snap.append(apply_to_exec(s, one))
+        s.box("delete", "-f", str(one))
+    import os
+
+    os.environ["BENCH_TOKEN"] = "bench-secret-value"  # the in-process start reads it here
+    api = api_start(s, one, max(rounds, 5))
+    lines = []
+    r, o = statistics.median(raw), statistics.median(snap)
+    lines.append(f"connected box (allow-list, secret, tmpfs): apply -> first exec from a snapshot {o:.2f} s, "
+                 f"ratio to raw qemu {o / r:.2f}  (goal <= 0.5); Python API start {api * 1000:.0f} ms "
+                 "(goal < 250 ms)")
+    for park in (False, True):
+        f = s.boxfile(f"conn-pool-{park}.yaml", CONNECTED.format(more="") .split("boxes:")[0] + "boxes:\n"
+                      + CONNECTED_POOL.format(park=str(park).lower()))
+        seconds = s.box("apply", "-q", "-f", str(f))
+        time.sleep(2)
+        qemu, other = host_pids(s.home)
+        n = max(len(qemu), 1)
+        lines.append(f"pool of 4 connected boxes, {'parked' if park else 'running'}: filled at {4 / seconds:.2f} "
+                     f"boxes/s; Pss per box: QEMU {pss_mib(qemu) / n:.0f} MiB, the other host processes "
+                     f"{pss_mib(other) / n:.1f} MiB ({len(other)} processes for {len(qemu)} boxes)")
+        s.box("delete", "-f", str(f))
+    return "\n".join(lines)
 
 
 def libkrun_vs_qemu(s: Scratch, boxfile: Path, qemu_seconds: float, rounds: int) -> str:

@@ -53,10 +53,7 @@ class Gate:
         if not sid or not token:
             raise EnvdRefused("envd: E2b-Sandbox-Id and X-Access-Token are required")
         with audit.acting_as(f"sandbox:{sid}"), Host(self.home) as h:
-            rec = h.store.sandbox(sid)
-            row = h.store.box(rec.box_id) if rec is not None else None
-            if rec is None or row is None:  # as E2B's proxy: IDs are not secret, tokens are
-                raise SandboxUnavailable(f"sandbox {sid}: not found")
+            rec, row = find_sandbox(h, sid)
             if not keys.matches(token, keys.envd_token(self.key.value, rec)):
                 raise EnvdRefused(f"sandbox {sid}: the access token is not this sandbox's")
             if row.status != "running":
@@ -65,6 +62,16 @@ class Gate:
                 return Target(rec, row, self.channels.client(h, row))
             except GuestError as e:
                 raise SandboxUnavailable(f"sandbox {sid}: {e}") from e
+
+
+def find_sandbox(h: Host, sandbox_id: str) -> tuple[SandboxRow, BoxRow]:
+    """The sandbox and its box; SandboxUnavailable (not found) as E2B's proxy answers:
+    IDs are not secret, tokens are."""
+    rec = h.store.sandbox(sandbox_id)
+    row = h.store.box(rec.box_id) if rec is not None else None
+    if rec is None or row is None:
+        raise SandboxUnavailable(f"sandbox {sandbox_id}: not found")
+    return rec, row
 
 
 def connect_error(e: BoxError) -> ConnectError:

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from a3s_box import audit
 from a3s_box.api.channels import Channels
 from a3s_box.api.e2b import keys
+from a3s_box.api.e2b.gate import find_sandbox
 from a3s_box.api.limits import MAX_FILE
 from a3s_box.errors import BoxError
 from a3s_box.guest.client import GuestClient
@@ -40,10 +41,7 @@ class PortProxy:
 
     def _client(self, sandbox_id: str, token: str | None) -> tuple[GuestClient, str]:
         with audit.acting_as(f"sandbox:{sandbox_id}"), Host(self.home) as h:
-            rec = h.store.sandbox(sandbox_id)
-            row = h.store.box(rec.box_id) if rec is not None else None
-            if rec is None or row is None:
-                raise PortRefused(f"sandbox {sandbox_id}: not found")
+            rec, row = find_sandbox(h, sandbox_id)
             if not rec.public and not keys.matches(token, keys.traffic_token(self.key.value, rec)):
                 raise PortRefused(f"sandbox {sandbox_id}: its traffic is private: send its traffic access token")
             if row.status != "running":
