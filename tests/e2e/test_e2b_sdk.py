@@ -7,6 +7,7 @@ expiry, pause and resume through connect, list, kill, an HTTP server in the box 
 through the SDK's port URL, and what a sandbox token may not do."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -249,3 +250,22 @@ def test_the_javascript_sdk(box: BoxCli, e2b_server: tuple[str, str, str], tmp_p
     assert seen["host"].startswith(f"8000-{seen['id']}.localhost:")
     assert seen["inList"] is True and seen["runningAfterKill"] is False
     assert seen["id"] not in _ps(box)
+
+
+def test_the_async_python_sdk(e2b_server: tuple[str, str, str]) -> None:
+    """AsyncSandbox: the same API over asyncio (streams read as they come)."""
+    from e2b import AsyncSandbox
+
+    async def go() -> tuple[str, list[str], str, bool]:
+        sbx = await AsyncSandbox.create("warm", **_opts(e2b_server))
+        try:
+            seen: list[str] = []
+            r = await sbx.commands.run("echo one; sleep 0.2; echo two", on_stdout=seen.append)
+            await sbx.files.write("/tmp/async.txt", "async\n")
+            read = await sbx.files.read("/tmp/async.txt")
+            return r.stdout, seen, read, await sbx.is_running()
+        finally:
+            await sbx.kill()
+    stdout, seen, read, running = asyncio.run(go())
+    assert stdout == "one\ntwo\n" and "".join(seen) == "one\ntwo\n"
+    assert read == "async\n" and running
