@@ -94,6 +94,9 @@ def test_a_sandbox_key_creates_only_from_its_templates_and_never_insecure(
     r = client.post("/e2b/v2/sandboxes", json={"templateID": "warm", "network": {"allowOut": ["0.0.0.0/0"]}},
                     headers=key)
     assert r.status_code == 400 and "Boxfile" in r.json()["message"]
+    # the template has no network: asking for the internet is refused, not silently ignored
+    r = client.post("/e2b/v2/sandboxes", json={"templateID": "warm", "allow_internet_access": True}, headers=key)
+    assert r.status_code == 400 and "no network" in r.json()["message"]
 
 
 def test_envd_needs_the_sandboxs_own_access_token(tenants: tuple[httpx.Client, str, str, Path]) -> None:

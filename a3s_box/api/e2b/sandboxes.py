@@ -68,7 +68,7 @@ class Sandboxes:
         if req.volume_mounts:
             raise BoxError(f"template {req.template_id}: volumes are declared in the Boxfile, not by the SDK")
         timeout = min(req.timeout, MAX_TIMEOUT)
-        row = self._start(req.template_id)
+        row = self._start(req.template_id, req.allow_internet_access)
         now = time.time()
         rec = SandboxRow(box_id=row.id, sandbox_id=row.name, template=req.template_id, metadata=dict(req.metadata),
                          env=dict(req.env_vars), nonce=secrets.token_hex(16),
@@ -81,15 +81,17 @@ class Sandboxes:
             raise
         return self.sandbox(rec)
 
-    def _start(self, template: str) -> BoxRow:
+    def _start(self, template: str, internet: bool | None = None) -> BoxRow:
         """A running box for TEMPLATE: a pool's member (acquired: warm), or a new box made
-        like the declared box of that name."""
+        like the declared box of that name. INTERNET (the SDK's allow_internet_access):
+        must agree with the template's network, never change it."""
         project, _, name = template.rpartition(".")
         pools = [p for p in self.host.store.pools(project or None) if p.name == name]
         if pools:
             if not self.caller.may_use_pool(pools[0].project, name):
                 raise Forbidden(f"template {template}: this API key may not use it (it may: "
                                 f"{', '.join(sorted(self.caller.templates))})")
+            _agree(template, internet, (pools[0].spec.get("template") or {}).get("spec") or {})
             owner = None if self.caller.admin else self.caller.id
             return self.host.acquire(name, pools[0].project, timeout=ACQUIRE_WAIT, owner=owner)
         boxes = [r for r in self.host.store.boxes(project or None)
@@ -99,6 +101,7 @@ class Sandboxes:
                                   "of an applied Boxfile; see `box pool ls`, `box ps`)")
         if not self.caller.admin and not self.caller.may_use_pool(boxes[0].project, name):
             raise Forbidden(f"template {template}: this API key may not use it")
+        _agree(template, internet, boxes[0].spec)
         return self.host.create_like(boxes[0].id, f"{name}-{secrets.token_hex(3)}",
                                      owner=None if self.caller.admin else self.caller.id)
 
@@ -203,6 +206,19 @@ class Sandboxes:
             self.host.store.put_sandbox(new)
             out.append(self.sandbox(new))
         return out
+
+
+def _agree(template: str, internet: bool | None, spec: dict[str, object]) -> None:
+    """Refuse what the SDK asks of the network that the Boxfile does not give: a sandbox
+    asked to have no internet must not get one, nor one asked to have it silently none."""
+    net = spec.get("network")
+    mode = str(net.get("mode", "none")) if isinstance(net, dict) else "none"
+    if internet is False and mode != "none":
+        raise BoxError(f"template {template}: allow_internet_access=False, but its network is {mode} "
+                       "(the Boxfile's network: decides; use a template with mode none)")
+    if internet is True and mode == "none":
+        raise BoxError(f"template {template}: allow_internet_access=True, but it has no network "
+                       "(the Boxfile's network: decides)")
 
 
 def _mib(value: object, default: int) -> int:
