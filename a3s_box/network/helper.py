@@ -15,8 +15,6 @@ secret values, which stay on the host and in this process's memory):
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import errno
 import json
 import os
 import signal
@@ -25,16 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from a3s_box import seccomp
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network.egress import DnsProtocol, Egress, relay_published
 from a3s_box.network.log import NetworkLog, network_dir
 from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
 from a3s_box.network.policy import NetworkPolicy
+from a3s_box.network.privileges import drop_privileges
 from a3s_box.network.secrets import SecretBook
-
-
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 
 
 def _announce(data: dict[str, Any]) -> None:
@@ -42,25 +37,6 @@ def _announce(data: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stdout.close()
     os.close(1)
-
-
-def drop_privileges(uid: int, gid: int) -> None:
-    """From here on the helper is the box's uid with no capability: its namespace, its
-    listening sockets and the box's CA key are already open, and a socket in the box's
-    namespace needs no privilege (the namespace thread stays in it)."""
-    # What Python loads on first use must be loaded now: the interpreter's own files may
-    # not be readable by the box's uid (a Python under /root, say). IDNA: every dial.
-    "bücher.example".encode("idna").decode("idna")
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in range(64):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
-            raise OSError(ctypes.get_errno(), "dropping capabilities")
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)  # clears the permitted and effective sets
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "no_new_privs")
-    seccomp.install_denylist()  # no mounts, namespaces, modules, ptrace... (a3s_box/seccomp.py)
 
 
 async def _serve(rundir: Path, run_as: tuple[int, int] | None = None) -> None:
