@@ -65,18 +65,42 @@ def ensure_ca(folder: Path, box_id: str) -> Path:
     return cert_path
 
 
+@dataclass(frozen=True)
+class CaPem:
+    """A box's CA as PEM bytes: read by root where the box's folder is readable, and
+    handed to a proxy that cannot read it (the egress daemon gets them in a message)."""
+
+    cert: bytes
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def read(cls, folder: Path) -> "CaPem":
+        return cls((folder / "ca.pem").read_bytes(), (folder / "ca.key").read_bytes())
+
+
 @dataclass
 class LeafIssuer:
     """Server-side TLS contexts for host names, signed by the box's CA (cached)."""
 
-    folder: Path
+    folder: Path | None  # where ca.pem and ca.key are (None: PEM gives them)
     leaves: Path | None = None  # where leaf keys are written (default FOLDER/leaves)
+    pem: CaPem | None = None
     _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # read now: the proxy drops root before the first leaf is needed
-        self._ca_cert = x509.load_pem_x509_certificate((self.folder / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), None)
+        if self.pem is not None:
+            pem = self.pem
+        elif self.folder is not None:
+            pem = CaPem.read(self.folder)
+        else:
+            raise ValueError("a leaf issuer needs its CA: a folder or the PEM")
+        leaves = self.leaves if self.leaves is not None else self.folder / "leaves" if self.folder else None
+        if leaves is None:
+            raise ValueError("a leaf issuer given the CA's PEM needs a folder for its leaves")
+        self._leaf_dir = leaves
+        self._ca_cert = x509.load_pem_x509_certificate(pem.cert)
+        key = serialization.load_pem_private_key(pem.key, None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         self._ca_key = key
 
@@ -101,7 +125,7 @@ class LeafIssuer:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                                critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        leaf_dir = self.leaves or self.folder / "leaves"
+        leaf_dir = self._leaf_dir
         leaf_dir.mkdir(mode=0o700, exist_ok=True)
         pem = leaf_dir / f"{host}.pem"
         _write_private(pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
