@@ -8,8 +8,11 @@ network) or the `hosts:` address, never the IP the guest chose. Flows to a secre
 hosts on port 443 are terminated with the box's CA so that placeholders can be
 replaced (secrets.py); every other TLS flow passes through untouched.
 
-Runs in the helper process (network/helper.py): listeners live in the box's network
-namespace (netns.py), outgoing sockets in the host's.
+Runs in the per-box helper (network/helper.py) or, one Egress per box, in the host-wide
+egress daemon (network/daemon.py): listeners live in the box's network namespace
+(netns.py), outgoing sockets in the host's. An Egress holds one box's policy, secrets
+and CA and serves only the listener it is given; close() ends its flows (the daemon
+goes on serving other boxes), and nothing it does after that touches the box's files.
 """
 from __future__ import annotations
 
@@ -19,13 +22,13 @@ import socket
 import ssl
 import struct
 import threading
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from a3s_box.network.ca import LeafIssuer
+from a3s_box.network.ca import CaPem, LeafIssuer
 from a3s_box.network.dns import AddressBook, DnsResponder
 from a3s_box.network.exchange import CHUNK, LINGER, LINGER_BYTES, Counter, Exchange, forbidden
 from a3s_box.network.log import NetworkLog
@@ -131,33 +134,55 @@ class Egress:
                  ca_folder: Any = None, upstream_tls: ssl.SSLContext | None = None,
                  destination: Callable[[Any], tuple[ipaddress.IPv4Address, int]] = original_destination,
                  local_addresses: Callable[[], frozenset[ipaddress.IPv4Address]] = host_addresses,
-                 leaves: Any = None) -> None:
+                 leaves: Any = None, ca: CaPem | None = None) -> None:
         self.policy = policy
         self.destination = destination  # SO_ORIGINAL_DST; injectable for tests without netfilter
         self.local_addresses = local_addresses  # the host's own: never dialled in `public`
         self.secrets = secrets
         self.log = log
         self.dns = DnsResponder(policy.answers)
-        self.leaves = LeafIssuer(ca_folder, leaves) if secrets and ca_folder is not None else None
+        # The box's CA: read from CA_FOLDER, or given as CA (the daemon cannot read the folder)
+        self.leaves = LeafIssuer(ca_folder, leaves, ca) if secrets and (ca_folder is not None or ca is not None) \
+            else None
         # The host's trust store (OpenSSL's default paths; SSL_CERT_FILE is honoured).
         self.upstream_tls = upstream_tls or ssl.create_default_context()
         self.open_flows = 0
         self.max_flows = MAX_FLOWS
         self.idle_timeout = IDLE_TIMEOUT
+        self.closed = False
+        self._flows: set[asyncio.Task[None]] = set()
+        # Sockets an HTTP flow's thread owns (the box's, the upstream's): close() shuts
+        # them down so that the thread ends; the thread alone closes them.
+        self._threads_socks: set[socket.socket] = set()
 
     # --- TCP from the box -----------------------------------------------------------
     async def serve(self, listener: socket.socket) -> None:
         """Accepts the box's flows on LISTENER until cancelled."""
         loop = asyncio.get_running_loop()
         listener.setblocking(False)
-        flows: set[asyncio.Task[None]] = set()
-        while True:
+        while not self.closed:
             sock, _ = await loop.sock_accept(listener)
             task = asyncio.create_task(self.on_connection(sock))
-            flows.add(task)
-            task.add_done_callback(flows.discard)
+            self._flows.add(task)
+            task.add_done_callback(self._flows.discard)
+
+    def close(self) -> None:
+        """Ends the box's flows (call on the loop, with serve() cancelled): relayed flows
+        are cancelled, HTTP flows' sockets are shut down and their threads end by
+        themselves. Idempotent."""
+        self.closed = True
+        for task in list(self._flows):
+            task.cancel()
+        for sock in list(self._threads_socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed by its thread meanwhile, or never connected
+                pass
 
     async def on_connection(self, sock: socket.socket) -> None:
+        if self.closed:
+            sock.close()
+            return
         if self.open_flows >= self.max_flows:
             self.log.write(proto="tcp", verdict="deny", reason=f"the box has {self.open_flows} flows open "
                            f"(at most {self.max_flows})")
@@ -228,7 +253,8 @@ class Egress:
                 await _answer_raw(sock, forbidden(str(e)))
                 return
             host = verdict.dial[0] if verdict.dial else ""
-            await self._in_thread(lambda: self._exchange(sock, None, host, where, verdict, candidates, None, first))
+            owned = self._hand_over(sock)
+            await self._in_thread(lambda: self._exchange(owned, None, host, where, verdict, candidates, None, first))
             return
         try:
             up_r, up_w, peer = await self._dial(verdict)
@@ -399,13 +425,44 @@ class Egress:
             candidates, refusal = await self._candidates(verdict), None
         except Denied as e:
             candidates, refusal = [], str(e)
-        await self._in_thread(lambda: self._exchange(sock, context, name, f"{name}:{port}", verdict,
+        owned = self._hand_over(sock)
+        await self._in_thread(lambda: self._exchange(owned, context, name, f"{name}:{port}", verdict,
                                                      candidates, refusal, b""))
+
+    def _hand_over(self, sock: socket.socket) -> socket.socket:
+        """SOCK's descriptor, for a flow's thread to own: the task's SOCK is detached (its
+        close is a no-op), so a cancelled task cannot close a descriptor that the thread
+        still uses and that the process may have given to another box's socket since."""
+        owned = socket.socket(fileno=sock.detach())
+        self._threads_socks.add(owned)
+        return owned
+
+    @contextmanager
+    def _owned_by_thread(self, stream: Stream) -> Iterator[None]:
+        """STREAM's socket is shut down by close() while the flow's thread uses it."""
+        raw = stream.sock if isinstance(stream, TlsStream) else stream
+        if not isinstance(raw, socket.socket):
+            yield
+            return
+        self._threads_socks.add(raw)
+        try:
+            yield
+        finally:
+            self._threads_socks.discard(raw)
 
     def _exchange(self, sock: socket.socket, context: ssl.SSLContext | None, host: str, where: str,
                   verdict: Verdict, candidates: list[str], refusal: str | None, first: bytes) -> None:
         """An HTTP flow in its thread (exchange.py): TLS with the box when CONTEXT is
-        given (intercepted), the upstream dialled, requests relayed until either ends."""
+        given (intercepted), the upstream dialled, requests relayed until either ends.
+        Owns SOCK (closes it)."""
+        try:
+            self._exchange_owned(sock, context, host, where, verdict, candidates, refusal, first)
+        finally:
+            self._threads_socks.discard(sock)
+            sock.close()
+
+    def _exchange_owned(self, sock: socket.socket, context: ssl.SSLContext | None, host: str, where: str,
+                        verdict: Verdict, candidates: list[str], refusal: str | None, first: bytes) -> None:
         sock.setblocking(True)
         sock.settimeout(self.idle_timeout)
         box: Stream = sock
@@ -428,7 +485,9 @@ class Egress:
                     pass
                 return
             count, idled = Counter(), False
-            with closing(upstream):
+            with closing(upstream), self._owned_by_thread(upstream):
+                if self.closed:  # the box's network ended while this flow dialled
+                    return
                 try:
                     Exchange(box, upstream, host, self.secrets, self.log, count, tls=context is not None).run(first)
                 except TimeoutError:
@@ -496,6 +555,19 @@ async def relay_published(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     forwards it to the guest."""
     try:
         await asyncio.get_running_loop().sock_connect(inner, ("127.0.0.1", inner_port))
+    except OSError:
+        inner.close()
+        await _close(writer)
+        return
+    await relay_connected(reader, writer, inner)
+
+
+async def relay_connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          inner: socket.socket) -> None:
+    """A host connection to a published port, relayed to INNER: a socket of the box's
+    namespace already connected to where the VMM forwards it to the guest."""
+    try:
+        inner.setblocking(False)
         in_r, in_w = await asyncio.open_connection(sock=inner)
     except OSError:
         inner.close()

@@ -38,10 +38,12 @@ class NetworkLog:
         self.file = RotatingFile(path, limits, mode=0o600) if path is not None else None
         self.lines: list[dict[str, Any]] = []  # kept only without a file (tests)
         self._lock = threading.Lock()  # HTTP flows write from threads of their own (exchange.py)
+        self.closed = False
 
     def write(self, **fields: Any) -> None:
         with self._lock:
-            self._write(fields)
+            if not self.closed:
+                self._write(fields)
 
     def _write(self, fields: dict[str, Any]) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
@@ -61,8 +63,13 @@ class NetworkLog:
         self.dropped = self.dropped + 1 if self.file.dropped_writes > before else 0
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        """Writes nothing more, ever: the egress daemon closes the box's folder and
+        activity descriptors right after, and a late line from a flow's thread must not
+        reach a file that a reused descriptor number now names."""
+        with self._lock:
+            self.closed = True
+            if self.file is not None:
+                self.file.close()
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
