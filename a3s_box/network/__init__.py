@@ -8,7 +8,11 @@ sockets to it.
     secrets.py  placeholders and their substitution (pure)
     ca.py       the per-box CA for secret hosts
     netns.py    the box's network namespace and its netfilter rules
-    egress.py   the asyncio proxy (TCP, HTTP/1.1 with secrets, DNS, published ports)
-    helper.py   the process that runs it beside the VMM
+    egress.py   the asyncio proxy of one box (TCP, HTTP/1.1 with secrets, DNS, published ports)
+    daemon.py   the host-wide egress daemon: one process serving every box's Egress
+    registration.py  a supervisor's side of it: the box's namespace, registered with the daemon
+    wire.py     what those two say to each other (sans-IO)
+    helper.py   the per-box process that ran one Egress beside the VMM (boxes started before the daemon)
+    privileges.py  dropping root for good (helper and daemon)
     log.py      the per-box network log
 """

@@ -17,7 +17,8 @@ from a3s_box.logs.writer import LogLimits, RotatingFile
 
 
 def network_dir(rundir: Path) -> Path:
-    """The network helper's own folder in a box's: it runs as the box's uid, not root."""
+    """The network proxy's own folder in a box's: the proxy runs without root (the egress
+    daemon as its own uid, the per-box helper of older boxes as the box's)."""
     return rundir / "net"
 
 

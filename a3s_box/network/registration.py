@@ -1,0 +1,487 @@
+"""A box's side of the host-wide egress daemon: register_box(), in the box's supervisor.
+
+    net = register_box(home, rundir, conf, on_failure=stop_the_vm)
+    ... start the VMM inside net.netns_fd ...
+    net.close()                              # when the VM has ended
+
+register_box, as root in the calling process: makes the box's network namespace
+(netns.py: veth, REDIRECT rules) and the proxy's TCP listener and DNS socket inside it,
+binds the published ports on the host, hands the box's network folder and activity
+file to the daemon's uid, makes sure the daemon runs (it starts `python -m
+a3s_box.network.daemon HOME` when its socket does not answer: one starter at a time,
+under HOME/run/egress.lock) and registers the box with it: the box's policy, secrets,
+CA and log limits, and those sockets and folders as descriptors (wire.py). It returns
+once the daemon said it serves the box.
+
+The connection stays open for the box's life, and a thread of the returned BoxNetwork
+reads it:
+  - the daemon, which cannot make sockets in a namespace, asks for one when a host
+    connection arrives on a published port: the thread connects a socket of the box's
+    namespace to that port (only the box's own published ports) and hands it over;
+  - when the connection ends while the box lives (the daemon was killed or crashed), the
+    thread registers the box again with a freshly started daemon (it still holds the
+    sockets and folders). If that fails, `failure` says why, on_failure is called with it
+    and alive() is False: the supervisor stops the VM rather than run it without its
+    policy. Until then the box's flows wait in the listeners' queues: fail closed.
+
+Threat: the supervisor is trusted (root); what it sends the daemon is the box's own,
+and the daemon answers only on this box's connection. Errors: EgressError (a
+RuntimeError, as NetnsError is) for anything that keeps the box's network from
+starting; the box must not start.
+"""
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from a3s_box.network import wire
+from a3s_box.network.log import network_dir
+from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
+from a3s_box.network.policy import NetworkPolicy
+
+NETWORK_JSON = "network.json"
+START_TIMEOUT = 30.0  # the daemon bound its socket
+REPLY_TIMEOUT = 30.0  # the daemon answered a registration
+CONNECT_TIMEOUT = 5.0  # a published port's connection into the namespace
+RETRIES = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)  # re-registering after the daemon went away
+MAX_DAEMON_LOG = 1 << 20
+
+
+class EgressError(RuntimeError):
+    """The box's network could not be set up or registered: the box must not start."""
+
+
+class _Gone(Exception):
+    """The daemon's connection ended before it answered (it was exiting): try again."""
+
+
+def take_network_conf(rundir: Path) -> dict[str, Any]:
+    """RUNDIR/network.json, deleted once read: secret values live on in memory only
+    (the supervisor's, until registered, and the daemon's)."""
+    path = rundir / NETWORK_JSON
+    try:
+        conf = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EgressError(f"network: {path}: {e}") from e
+    path.unlink()
+    if not isinstance(conf, dict):
+        raise EgressError(f"network: {path}: not an object")
+    return conf
+
+
+# --- the daemon: found, or started --------------------------------------------------
+def _run_dir(home: Path) -> int:
+    """HOME/run (root's, 0700) opened; what is in it is reached through /proc/self/fd,
+    which keeps socket paths short whatever HOME is."""
+    path = wire.run_dir(home)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise EgressError(f"{path} belongs to uid {st.st_uid}, not to this one")
+    if st.st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+    return fd
+
+
+def _try_connect(run: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{run}/{wire.SOCKET_NAME}")
+        return sock
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except OSError as e:
+        sock.close()
+        raise EgressError(f"the egress daemon's socket: {e}") from e
+
+
+def _daemon_log_tail(run: int) -> str:
+    try:
+        with open(f"/proc/self/fd/{run}/{wire.LOG_NAME}", "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 1000))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _start_daemon(home: Path, run: int) -> None:
+    """Starts the daemon and returns once it listens: its first process binds the
+    socket, forks the daemon off (detached, in a session of its own) and exits 0."""
+    log = os.open(f"/proc/self/fd/{run}/{wire.LOG_NAME}",
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(log).st_size > MAX_DAEMON_LOG:
+            os.ftruncate(log, 0)
+        proc = subprocess.Popen([sys.executable, "-m", "a3s_box.network.daemon", str(home)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                close_fds=True, start_new_session=True, cwd="/")
+    except OSError as e:
+        raise EgressError(f"cannot start the egress daemon: {e}") from e
+    finally:
+        os.close(log)
+    try:
+        rc = proc.wait(START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise EgressError(f"the egress daemon did not start within {START_TIMEOUT:g}s") from None
+    if rc != 0:
+        raise EgressError(f"the egress daemon did not start (exit {rc}): {_daemon_log_tail(run)}")
+
+
+def connect_daemon(home: Path) -> socket.socket:
+    """A connection to HOME's egress daemon, started first if its socket does not answer."""
+    run = _run_dir(home)
+    try:
+        sock = _try_connect(run)
+        if sock is not None:
+            return sock
+        lock = os.open(f"/proc/self/fd/{run}/{wire.LOCK_NAME}",
+                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = _try_connect(run)  # another starter may have been first
+            if sock is None:
+                _start_daemon(home, run)
+                sock = _try_connect(run)
+            if sock is None:
+                raise EgressError(f"the egress daemon started but does not answer: {_daemon_log_tail(run)}")
+            return sock
+        finally:
+            os.close(lock)
+    finally:
+        os.close(run)
+
+
+# --- messages -----------------------------------------------------------------------
+def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = wire.encode(message)
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def _receive(sock: socket.socket) -> dict[str, Any] | None:
+    """The daemon's next message (None when the connection ended). The daemon sends
+    no descriptors: any it did are closed."""
+    data, ancillary, flags, _ = sock.recvmsg(wire.MAX_REPLY + 1, socket.CMSG_SPACE(4 * 4),
+                                             socket.MSG_CMSG_CLOEXEC)
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(raw[:len(raw) - len(raw) % fds.itemsize])
+            for fd in fds:
+                os.close(fd)
+    if not data:
+        return None
+    return wire.decode(data, bool(flags & socket.MSG_TRUNC), wire.MAX_REPLY)
+
+
+def _give_to(path: Path, uid: int, gid: int) -> None:
+    """PATH and all below it to UID:GID, following no symbolic link (what a process
+    that handled a box's traffic left there is not trusted to point anywhere)."""
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for _dir, dirs, files, dfd in os.fwalk(path, follow_symlinks=False):
+        for name in dirs + files:
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+
+
+# --- the box's registration ---------------------------------------------------------
+class BoxNetwork:
+    """A box's network while the box lives: its namespace (netns_fd: the VMM starts in
+    it), its sockets and folders, and its connection to the egress daemon."""
+
+    def __init__(self, home: Path, registration: wire.Registration, ns: NetNamespace,
+                 owned: list[socket.socket], fds: list[int],
+                 on_failure: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.home = home
+        self.box_id = registration.box_id
+        self.failure = ""
+        self._registration = registration
+        self._ns = ns
+        self._owned = owned  # the sockets behind FDS, closed with the box's network
+        self._fds = fds  # in the order wire.py gives them
+        self._ports = frozenset(registration.published)
+        self._on_failure = on_failure
+        self._log = log or (lambda _line: None)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._daemon_pid: int | None = None
+
+    @property
+    def netns_fd(self) -> int:
+        return self._ns.fd
+
+    def alive(self) -> bool:
+        """Whether the daemon serves the box (False once it cannot: see `failure`)."""
+        return not self.failure and not self._closing
+
+    def daemon_pid(self) -> int | None:
+        """The pid of the daemon that serves the box now, as it said."""
+        return self._daemon_pid
+
+    def start(self) -> None:
+        """Registers the box (EgressError if the daemon refuses it or cannot be had),
+        then reads the connection in a thread."""
+        self._sock = self._register()
+        self._thread = threading.Thread(target=self._run, name=f"egress-{self.box_id}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Ends the box's network: the daemon, seeing the connection close, stops its
+        proxy, DNS, published ports and log; the namespace and sockets are closed here.
+        Idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(REPLY_TIMEOUT)
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+        for s in self._owned:
+            s.close()
+        for fd in self._fds[2:len(wire.FIXED_FDS)]:  # the folder and the activity file
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+        self._ns.close()
+
+    # --- registering ----------------------------------------------------------------
+    def _register(self) -> socket.socket:
+        """A connection on which the daemon serves the box, trying again while the
+        daemon it found was exiting (it exits when idle)."""
+        last = ""
+        for attempt in range(3):
+            if self._closing:
+                raise EgressError("closed")
+            sock = connect_daemon(self.home)
+            with self._lock:
+                if self._closing:
+                    sock.close()
+                    raise EgressError("closed")
+                self._sock = sock
+            try:
+                self._handshake(sock)
+                return sock
+            except _Gone as e:
+                last = str(e)
+            except OSError as e:
+                last = f"the egress daemon: {e}"
+            with self._lock:
+                self._sock = None
+            sock.close()
+            time.sleep(0.1 * (attempt + 1))
+        raise EgressError(last)
+
+    def _handshake(self, sock: socket.socket) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 32, 2 * wire.MAX_MESSAGE)  # SO_SNDBUFFORCE: one packet
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * wire.MAX_MESSAGE)
+        sock.settimeout(REPLY_TIMEOUT)
+        try:
+            _send(sock, self._registration.message(), self._fds)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise _Gone(f"the egress daemon went away: {e}") from e
+        except wire.WireError as e:
+            raise EgressError(f"network: {e}") from e
+        while True:
+            try:
+                said = _receive(sock)
+            except TimeoutError:
+                raise EgressError(f"the egress daemon did not answer within {REPLY_TIMEOUT:g}s") from None
+            except ConnectionResetError as e:
+                raise _Gone(f"the egress daemon went away: {e}") from e
+            except wire.WireError as e:
+                raise EgressError(f"the egress daemon: {e}") from e
+            if said is None:
+                raise _Gone("the egress daemon closed the connection before it answered")
+            if said.get("op") == "connect":
+                self._answer(sock, said)
+                continue
+            if said.get("ok") is True:
+                pid = said.get("pid")
+                self._daemon_pid = pid if type(pid) is int else None
+                sock.settimeout(None)
+                return
+            raise EgressError(f"the egress daemon refused box {self.box_id}: {said.get('error')}")
+
+    # --- serving --------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            sock = self._sock
+            said: dict[str, Any] | None = None
+            if sock is not None:
+                try:
+                    said = _receive(sock)
+                except (OSError, wire.WireError):
+                    said = None
+            if self._closing:
+                return
+            if said is None:
+                if not self._reregister():
+                    return
+                continue
+            if said.get("op") == "connect":
+                self._answer(sock, said)  # type: ignore[arg-type]
+
+    def _answer(self, sock: socket.socket, said: dict[str, Any]) -> None:
+        """A socket of the box's namespace, connected to one of its published ports."""
+        try:
+            request_id, port = wire.parse_connect_request(said)
+        except wire.WireError:
+            return  # nothing to answer to; the daemon times the request out
+        if port not in self._ports:
+            reply, fds = wire.connected(request_id, f"port {port} is not published"), []
+            inner = None
+        else:
+            inner = self._ns.stream_socket()
+            try:
+                inner.setblocking(True)
+                inner.settimeout(CONNECT_TIMEOUT)
+                inner.connect(("127.0.0.1", port))
+                reply, fds = wire.connected(request_id), [inner.fileno()]
+            except OSError as e:
+                reply, fds = wire.connected(request_id, f"127.0.0.1:{port}: {e.strerror or e}"), []
+        try:
+            _send(sock, reply, fds)
+        except OSError:
+            pass  # the daemon is gone: the reading side sees it
+        finally:
+            if inner is not None:
+                inner.close()
+
+    def _reregister(self) -> bool:
+        with self._lock:
+            old, self._sock = self._sock, None
+        if old is not None:
+            old.close()
+        why = ""
+        for wait in RETRIES:
+            time.sleep(wait)
+            if self._closing:
+                return False
+            try:
+                self._sock = self._register()
+                self._log(f"egress daemon: box {self.box_id} registered again (pid {self.daemon_pid()})")
+                return True
+            except EgressError as e:
+                why = str(e)
+                if self._closing:
+                    return False
+        self.failure = f"the egress daemon ended and the box could not be registered again: {why}"
+        self._log(self.failure)
+        if self._on_failure is not None:
+            try:
+                self._on_failure(self.failure)
+            except Exception as e:  # noqa: BLE001 - the supervisor's; failure says it anyway
+                self._log(f"on_failure: {type(e).__name__}: {e}")
+        return False
+
+
+def register_box(home: Path, rundir: Path, conf: dict[str, Any],
+                 on_failure: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> BoxNetwork:
+    """Sets up the box's network namespace and registers the box with HOME's egress
+    daemon (started if need be): see the module's docstring. CONF: what the driver
+    wrote to RUNDIR/network.json (take_network_conf). ON_FAILURE(reason): called from
+    the BoxNetwork's thread if the daemon ends and the box cannot be registered again.
+    LOG(line): what happened to the registration, for the supervisor's log."""
+    try:
+        policy = NetworkPolicy.from_json(conf["policy"])
+        forwards = [(int(index), int(inner)) for index, inner in conf.get("forwards", [])]
+        published = [policy.ports[index] for index, _ in forwards]
+        box_id = str(conf["box_id"])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise EgressError(f"network: a malformed configuration ({type(e).__name__}: {e})") from e
+    ca_cert = ca_key = None
+    if conf.get("ca_dir") and conf.get("secrets"):
+        ca_dir = Path(conf["ca_dir"])
+        try:  # read here, as root: the daemon cannot read the box's folder
+            ca_cert, ca_key = (ca_dir / "ca.pem").read_bytes(), (ca_dir / "ca.key").read_bytes()
+        except OSError as e:
+            raise EgressError(f"network: the box's CA: {e}") from e
+    registration = wire.Registration(box_id, conf["policy"], conf.get("secrets") or {}, conf.get("logging"),
+                                     tuple(inner for _, inner in forwards), ca_cert, ca_key)
+
+    # The daemon writes the box's network log and leaf keys, and marks its activity,
+    # through descriptors only: the box's folder stays root's; these become its uid's.
+    own = network_dir(rundir)
+    activity = rundir / "activity"
+    try:
+        own.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_ISLNK(os.lstat(own).st_mode):
+            raise EgressError(f"network: {own} is a symbolic link")
+        _give_to(own, wire.DAEMON_UID, wire.DAEMON_UID)
+        fd = os.open(activity, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.chown(activity, wire.DAEMON_UID, wire.DAEMON_UID, follow_symlinks=False)
+    except OSError as e:
+        raise EgressError(f"network: {own}: {e}") from e
+
+    owned: list[socket.socket] = []
+    fds: list[int] = []
+    ns: NetNamespace | None = None
+    try:
+        try:
+            ns = NetNamespace()
+            ns.configure(PROXY_PORT, DNS_PORT)
+            owned.append(ns.listener(socket.SOCK_STREAM, PROXY_PORT))
+            owned.append(ns.listener(socket.SOCK_DGRAM, DNS_PORT))
+        except (NetnsError, OSError) as e:
+            raise EgressError(f"box network namespace: {e}") from e
+        fds = [owned[0].fileno(), owned[1].fileno()]
+        try:
+            fds.append(os.open(own, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW))
+            fds.append(os.open(activity, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
+        except OSError as e:
+            raise EgressError(f"network: {e}") from e
+        for pub in published:
+            try:
+                listener = socket.create_server((pub.host_ip, pub.host_port))
+            except OSError as e:
+                raise EgressError(f"cannot publish {pub.text()}: {pub.host_ip}:{pub.host_port}: "
+                                  f"{e.strerror or e}") from e
+            owned.append(listener)
+            fds.append(listener.fileno())
+        net = BoxNetwork(home, registration, ns, owned, fds, on_failure, log)
+        net.start()
+        return net
+    except BaseException:
+        for s in owned:
+            s.close()
+        for fd in fds[2:len(wire.FIXED_FDS)]:
+            os.close(fd)
+        if ns is not None:
+            ns.close()
+        raise
