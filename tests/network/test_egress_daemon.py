@@ -442,3 +442,44 @@ def test_the_daemon_exits_when_no_box_is_left(host: Host, internet: Internet) ->
     assert not _is_daemon(pid)
     b = host.box("b", [f"api.test:{internet.https_port}"])  # the next box starts the next daemon
     assert b.net.daemon_pid() not in (None, pid)
+
+
+def test_closing_a_box_ends_its_open_flows_relayed_and_intercepted(host: Host, internet: Internet) -> None:
+    """A box's end ends its flows in the daemon, the HTTP flow's thread included (its
+    upstream connection too), and nothing of it is written after: the daemon closes the
+    box's folder descriptor next, and that number may be another box's soon."""
+    port = internet.https_port
+    b = host.box("b", [f"api.test:{port}"])  # keeps the daemon serving
+    pid = b.net.daemon_pid()
+    assert pid is not None
+    fds, threads = host.daemon_fds(pid), len(os.listdir(f"/proc/{pid}/task"))
+    a = host.box("a", [f"api.test:{port}", f"other.test:{port}"], {"TOKEN": (PH_A, VALUE_A)})
+    ns = os.dup(a.net.netns_fd)
+    slow = ["--limit-rate", "50k", "-o", "/dev/null", "-m", "60"]
+    nsenter = ["nsenter", f"--net=/proc/{os.getpid()}/fd/{ns}", "curl", "-sS"]
+    flows = [subprocess.Popen([*nsenter, *slow, "--cacert", a.ca, f"https://api.test:{port}/big/100000000"],
+                              pass_fds=(ns,), stderr=subprocess.DEVNULL),  # intercepted: in a thread
+             subprocess.Popen([*nsenter, *slow, "--cacert", str(internet.ca),
+                               f"https://other.test:{port}/big/100000000"],  # relayed on the loop
+                              pass_fds=(ns,), stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(1.5)
+        assert all(f.poll() is None for f in flows)
+        assert host.daemon_fds(pid) >= fds + 5 + 2 * 2 and len(os.listdir(f"/proc/{pid}/task")) > threads
+        a.net.close()
+        for _ in range(100):
+            if host.daemon_fds(pid) == fds and len(os.listdir(f"/proc/{pid}/task")) == threads:
+                break
+            time.sleep(0.05)
+        # the daemon holds nothing of A's any more: no socket, no thread (what the kernel
+        # had buffered for the box's side drains on its own)
+        assert (host.daemon_fds(pid), len(os.listdir(f"/proc/{pid}/task"))) == (fds, threads)
+    finally:
+        for f in flows:
+            f.kill()
+            f.wait()
+        os.close(ns)
+    size = (a.rundir / "net" / "network.log").stat().st_size
+    time.sleep(1.0)
+    assert (a.rundir / "net" / "network.log").stat().st_size == size
+    assert b.request("/b-still", ca=str(internet.ca)).returncode == 0
