@@ -255,13 +255,13 @@ class BoxSession:
             server.close()
         if self.dns is not None:
             self.dns.close()
-        if self.egress is not None:
-            self.egress.close()
+        flows = self.egress.close() if self.egress is not None else []
         for answer in self.pending.values():
             answer.cancel()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
+        tasks += flows  # a flow's last line (bytes each way) is still written
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
         for sock in self.sockets:

@@ -166,18 +166,21 @@ class Egress:
             self._flows.add(task)
             task.add_done_callback(self._flows.discard)
 
-    def close(self) -> None:
+    def close(self) -> list[asyncio.Task[None]]:
         """Ends the box's flows (call on the loop, with serve() cancelled): relayed flows
         are cancelled, HTTP flows' sockets are shut down and their threads end by
-        themselves. Idempotent."""
+        themselves. Returns the flows' tasks, to wait for (they log how each ended).
+        Idempotent."""
         self.closed = True
-        for task in list(self._flows):
+        tasks = list(self._flows)
+        for task in tasks:
             task.cancel()
         for sock in list(self._threads_socks):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:  # closed by its thread meanwhile, or never connected
                 pass
+        return tasks
 
     async def on_connection(self, sock: socket.socket) -> None:
         if self.closed:

@@ -9,7 +9,8 @@ register_box, as root in the calling process: makes the box's network namespace
 binds the published ports on the host, hands the box's network folder and activity
 file to the daemon's uid, makes sure the daemon runs (it starts `python -m
 a3s_box.network.daemon HOME` when its socket does not answer: one starter at a time,
-under HOME/run/egress.lock) and registers the box with it: the box's policy, secrets,
+under HOME/run/egress.lock; it inherits the starter's environment, SSL_CERT_FILE
+included, which a shim's is already cut down to) and registers the box with it: the box's policy, secrets,
 CA and log limits, and those sockets and folders as descriptors (wire.py). It returns
 once the daemon said it serves the box.
 

@@ -5,6 +5,7 @@ sends is a Registration, or WireError, never another exception."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +104,14 @@ def test_whatever_fields_a_registration_has_it_parses_or_is_refused(fields: dict
         wire.parse_registration({**_registration(), **fields}, fds)
     except wire.WireError:
         pass
+
+
+def test_the_network_conf_is_gone_once_a_supervisor_read_it(tmp_path: Path) -> None:
+    """network.json holds secret values: the supervisor takes it, the disk keeps nothing."""
+    from a3s_box.network.registration import EgressError, take_network_conf
+
+    (tmp_path / "network.json").write_text('{"box_id": "a", "secrets": {"T": {"value": "v"}}}')
+    assert take_network_conf(tmp_path)["secrets"]["T"]["value"] == "v"
+    assert not (tmp_path / "network.json").exists()
+    with pytest.raises(EgressError, match="network.json"):
+        take_network_conf(tmp_path)
