@@ -218,14 +218,17 @@ class BoxSession:
         request_id = self.next_id
         answer: asyncio.Future[int] = loop.create_future()
         self.pending[request_id] = answer
+        fd = -1
         try:
             await loop.sock_sendall(self.conn, wire.encode(wire.connect_request(request_id, port)))
             fd = await asyncio.wait_for(answer, CONNECT_WAIT)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (OSError, asyncio.TimeoutError):
             writer.close()
             return
         finally:
             self.pending.pop(request_id, None)
+            if fd < 0 and answer.done() and not answer.cancelled() and answer.exception() is None:
+                os.close(answer.result())  # answered, but this connection gave up (or the box ended)
         try:
             inner = socket.socket(fileno=fd)
         except OSError:

@@ -263,6 +263,9 @@ class BoxNetwork:
                 pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(REPLY_TIMEOUT)
+            if self._thread.is_alive():  # stuck sending them: leave the descriptors to the exit
+                self._log(f"egress daemon: box {self.box_id}: its connection's thread did not end")
+                return
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

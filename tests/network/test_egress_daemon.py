@@ -390,11 +390,15 @@ def test_a_box_that_cannot_be_registered_again_says_so(host: Host, internet: Int
 
 
 def test_a_published_port_reaches_its_own_box(host: Host, internet: Internet) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
+    free, free_b = _free_port(), _free_port()
     a = host.box("a", [], ports=[f"127.0.0.1:{free}:8080"])
-    b = host.box("b", [])
+    b = host.box("b", [], ports=[f"127.0.0.1:{free_b}:8080"])
+    pid = a.net.daemon_pid()
+    assert pid is not None
+    fds = host.daemon_fds(pid)
+    with socket.create_connection(("127.0.0.1", free_b), 5) as c:  # nothing listens in B yet: closed
+        c.settimeout(5)
+        assert c.recv(100) == b""
 
     def serve(name: str) -> socket.socket:  # what QEMU's hostfwd listens on, in the box's namespace
         s = socket.create_server(("127.0.0.1", 20000))
@@ -410,6 +414,8 @@ def test_a_published_port_reaches_its_own_box(host: Host, internet: Internet) ->
     finally:
         inner_a.close()
         inner_b.close()
+    time.sleep(0.2)
+    assert host.daemon_fds(pid) == fds  # the relays and their sockets are gone
     with pytest.raises(EgressError, match="cannot publish"):  # the port is A's
         host.box("c", [], ports=[f"127.0.0.1:{free}:8080"])
     # A's supervisor connects into A's namespace only to A's published ports, whoever asks
@@ -417,6 +423,12 @@ def test_a_published_port_reaches_its_own_box(host: Host, internet: Internet) ->
     with ours, theirs:
         a.net._answer(ours, wire.connect_request(7, 22))
         assert json.loads(theirs.recv(4096)) == wire.connected(7, "port 22 is not published")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _answer_once(server: socket.socket, name: bytes) -> None:
