@@ -413,7 +413,7 @@ class BoxNetwork:
         return False
 
 
-def register_box(home: Path, rundir: Path, conf: dict[str, Any],
+def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
                  on_failure: Callable[[str], None] | None = None,
                  log: Callable[[str], None] | None = None) -> BoxNetwork:
     """Sets up the box's network namespace and registers the box with HOME's egress
