@@ -31,8 +31,9 @@ boxes:
 
 def _last_number(box: BoxCli, name: str) -> int:
     out = box("logs", name, "--tail", "3", check=True).out.split("\n")
-    nums = [int(line.split()[0]) for line in out if line.split() and line.split()[0].isdigit()]
-    return nums[-1] if nums else 0
+    # whole lines only: one cut at a rotation or a read's edge ("76 xxx" of "1276 xxx") is not a count
+    nums = [int(f[0]) for f in (line.split() for line in out) if len(f) == 2 and f[0].isdigit() and f[1] == PAD]
+    return max(nums) if nums else 0
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`box serve`'s reconcile loop on real microVMs: a box whose VMM is killed -9 comes
-back by itself (restart: always, the default), so do one whose egress proxy is killed
-(its shim stops the VM rather than run it without its policy) and one whose virtiofsd is
-killed (rather than run with its folder gone), one with restart: no
+back by itself (restart: always, the default), and so does one whose virtiofsd is killed
+(its shim stops the VM rather than run with its folder gone); a box whose egress proxy
+(the host's daemon) is killed runs on, registered again with a fresh one; one with restart: no
 stays down and says so, and a pool is refilled by the loop (no filler process) after
 an acquire."""
 from __future__ import annotations
@@ -62,10 +62,9 @@ def ps(box: BoxCli) -> dict[str, dict[str, Any]]:
     return {b["name"]: b for b in box("ps", "-o", "json", check=True).json()}
 
 
-def helper_of(box: BoxCli, name: str) -> int:
-    rundir = box("inspect", name, "-o", "json", check=True).json()["rundir"]
-    out = subprocess.run(["pgrep", "-f", f"a3s_box.network.helper {rundir}"], capture_output=True, text=True)
-    return int(out.stdout.split()[0])
+def egress_daemon(box: BoxCli) -> int | None:
+    out = subprocess.run(["pgrep", "-f", f"a3s_box.network.daemon {box.home}"], capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.stdout.split() else None
 
 
 def virtiofsd_of(shim: int) -> int:
@@ -103,7 +102,9 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     before = ps(box)
     os.kill(qemu_of(before["keep"]["pid"]), signal.SIGKILL)  # the VMM, under its shim
     os.kill(before["once"]["pid"], signal.SIGKILL)  # the shim itself (its VMM follows it)
-    os.kill(helper_of(box, "net"), signal.SIGKILL)  # the egress proxy: no policy, so no VM
+    daemon = egress_daemon(box)
+    assert daemon is not None
+    os.kill(daemon, signal.SIGKILL)  # the host's egress proxy: its boxes register again with a new one
     os.kill(virtiofsd_of(before["shared"]["pid"]), signal.SIGKILL)  # the volume's server: no folder, no VM
 
     back = until(lambda: (b := ps(box)["keep"])["status"] == "running" and b["pid"] != before["keep"]["pid"]
@@ -114,10 +115,12 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     assert said and said[-1]["who"] == "reconcile" and said[-1]["result"] == "ok", events[-5:]
     assert said[-1]["exited"] == "qemu was killed by SIGKILL" and said[-1]["restarts"] == 1
     assert box("exec", "keep", "--", "hostname", check=True).out == "keep\n"
-    net = until(lambda: (b := ps(box)["net"])["status"] == "running" and "1 restart" in b["detail"] and b,
-                what="net restarted with a fresh egress proxy")
-    assert "the egress proxy (network helper) ended (killed by SIGKILL); the VM was stopped" in net["detail"]
-    assert helper_of(box, "net")
+    # the box stays up: its supervisor registered it with a fresh daemon, which serves its DNS
+    until(lambda: (d := egress_daemon(box)) is not None and d != daemon, what="a fresh egress daemon")
+    answer = until(lambda: "198.18." in (r := box("exec", "net", "--", "busybox", "nslookup", "example.com")).out and r,
+                   what="the box's DNS served again")
+    assert answer.code == 0
+    assert ps(box)["net"]["pid"] == before["net"]["pid"] and "restart" not in ps(box)["net"]["detail"]
     shared = until(lambda: (b := ps(box)["shared"])["status"] == "running" and "1 restart" in b["detail"] and b,
                    what="shared restarted with a fresh virtiofsd")
     assert "virtiofsd of volume /workspace ended (killed by SIGKILL); the VM was stopped" in shared["detail"], shared

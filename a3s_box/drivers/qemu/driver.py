@@ -135,8 +135,9 @@ class QemuDriver:
                     _remove_runtime_files(rundir)
                     (rundir / "exit.json").unlink(missing_ok=True)
         extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
+        # the egress proxy is the host's daemon, outside the box's cgroup: virtiofsd alone joins it
         jail = self._jail(launch.box_id, rundir, spec, conf, network=forwards is not None,
-                          helpers=(forwards is not None) + len(virtiofsd))
+                          helpers=len(virtiofsd))
         handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label,
                                    logging=launch.logging)
         done = self._finish(launch, handle, pgid, timeout, boot)
@@ -282,7 +283,7 @@ class QemuDriver:
                 with open(launch.rundir / CONSOLE, "ab") as out:
                     out.write(boot_log.read_bytes()[-(1 << 20):])
             clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
-            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=int(network),
+            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=0,
                               groups=(self._template_gid(key),))
             handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": network, "virtiofsd": []},
                                        jail=jail, label=conf.label, logging=launch.logging)
@@ -451,7 +452,7 @@ class QemuDriver:
                 self._freeze_disk(src, source_launch.disk, layer, int(source.extra.get("uid", 0)))
                 create_overlay_on(layer, launch.disk)
                 network = forwards is not None  # its own namespace and proxy; the source's flows stay the source's
-                jail = self._jail(launch.box_id, rundir, spec, conf, network=network, helpers=int(network))
+                jail = self._jail(launch.box_id, rundir, spec, conf, network=network, helpers=0)
                 handle, pgid = self._spawn(launch.box_id, rundir, spec, {"network": network, "virtiofsd": []},
                                            jail=jail, label=conf.label, logging=launch.logging)
 

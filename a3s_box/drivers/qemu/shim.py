@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.common.supervision import write_supervisor_record
@@ -42,12 +43,13 @@ from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
-from a3s_box.network.log import network_dir
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+
+if TYPE_CHECKING:
+    from a3s_box.network.registration import BoxNetwork
 
 CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
 GUEST_BUFFER_HIGH = 4 << 20  # stop reading clients while the guest is this far behind
-HELPER_TIMEOUT = 20.0  # the network helper's namespace, rules and listeners
 
 
 def _die_with_parent() -> None:
@@ -56,7 +58,6 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-NOBODY = 65534
 
 SHARE_VIEW = "/run/virtiofsd/share"  # where virtiofsd sees its folder, in its own mounts
 
@@ -159,7 +160,7 @@ class Shim:
         self.channel_path = Path(launch["channel"])
         self.guest_path = Path(launch["guest_socket"])
         self.with_network = bool(launch.get("network"))
-        self.helper: subprocess.Popen[bytes] | None = None
+        self.network: BoxNetwork | None = None  # the box's registration with the egress daemon
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
         self.virtiofsd: list[subprocess.Popen[bytes]] = []
         self.jail = JailSpec.from_json(launch["jail"]) if launch.get("jail") else None
@@ -303,18 +304,20 @@ class Shim:
         return 0
 
     def _dead_helper(self) -> str:
-        """Which helper process ended while the VM runs ("" if none)."""
-        if self.helper is not None and (rc := self.helper.poll()) is not None:
-            return f"the egress proxy (network helper) ended ({_status_text(rc)})"
+        """Which helper the box rests on ended while the VM runs ("" if none)."""
+        if self.network is not None and not self.network.alive():
+            return f"the egress proxy is gone ({self.network.failure or 'its registration ended'})"
         for spec, proc in zip(self.virtiofsd_specs, self.virtiofsd):
             if (rc := proc.poll()) is not None:
                 return f"virtiofsd of volume {spec.get('target')} ended ({_status_text(rc)})"
         return ""
 
     def _stop_helpers(self) -> None:
-        for proc in ([self.helper] if self.helper else []) + self.virtiofsd:
+        if self.network is not None:
+            self.network.close()
+        for proc in self.virtiofsd:
             proc.terminate()
-        for proc in ([self.helper] if self.helper else []) + self.virtiofsd:
+        for proc in self.virtiofsd:
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -372,33 +375,25 @@ class Shim:
                      f"{' (read-only)' if read_only else ''}")
 
     def _start_network(self) -> int:
-        """Start the box's network helper (its namespace, proxy and DNS) and return an fd
-        of that namespace, once the helper says it is serving."""
-        # The helper drops root once its namespace and sockets exist: it runs on as the
-        # box's uid (nobody without a jail), writing only its own folder.
-        uid, gid = (self.jail.uid, self.jail.gid) if self.jail is not None else (NOBODY, NOBODY)
-        own = network_dir(self.rundir)
-        own.mkdir(mode=0o700, exist_ok=True)
-        os.chown(own, uid, gid)
-        touch_activity(self.rundir)  # its traffic marks the box as used: it may touch this file
-        os.chown(self.rundir / "activity", uid, gid)
-        self.helper = subprocess.Popen([sys.executable, "-m", "a3s_box.network.helper", str(self.rundir),
-                                        f"{uid}:{gid}"],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       close_fds=True, preexec_fn=self._helper_preexec)
-        assert self.helper.stdout is not None
-        ready, _, _ = select.select([self.helper.stdout], [], [], HELPER_TIMEOUT)
-        line = self.helper.stdout.readline() if ready else b""
-        self.helper.stdout.close()
+        """The box's network namespace, registered with the host's egress daemon (started
+        if need be: a3s_box/network/daemon.py), which serves the box's proxy and DNS under
+        its own policy and secrets; an fd of that namespace, for QEMU. The registration's
+        connection lives as long as this shim: the box's network ends with it."""
+        from a3s_box.network.registration import EgressError, register_box, take_network_conf
+
+        touch_activity(self.rundir)  # its traffic marks the box as used
         try:
-            said = json.loads(line) if line else {"ok": False, "error": "the network helper did not answer"}
-        except ValueError:
-            said = {"ok": False, "error": f"the network helper said {line[:200]!r}"}
-        if not said.get("ok"):
-            self.helper.kill()
-            raise RuntimeError(f"network: {said.get('error')}")
-        self.log(f"network helper pid {self.helper.pid}")
-        return os.open(str(said["netns"]), os.O_RDONLY | os.O_CLOEXEC)
+            conf = take_network_conf(self.rundir)
+            self.network = register_box(self.rundir.parent.parent, self.rundir, conf,
+                                        on_failure=self._network_failed, log=self.log)
+        except EgressError as e:
+            raise RuntimeError(str(e)) from e
+        self.log(f"egress daemon pid {self.network.daemon_pid()} serves the box")
+        return self.network.netns_fd
+
+    def _network_failed(self, reason: str) -> None:
+        """From the registration's thread: no daemon serves the box any more."""
+        self.log(f"egress daemon: {reason}")
 
     def _on_signal(self, signo: int, _frame: object) -> None:
         self.stopping = f"{signal.Signals(signo).name} to the shim"
