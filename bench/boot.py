@@ -233,7 +233,8 @@ pools:
 
 
 def host_pids(home: Path) -> tuple[list[int], list[int]]:
-    """(QEMU, every other process of the home's boxes: shims, network helpers, virtiofsd)."""
+    """(QEMU, every other process of the home's boxes: shims, network helpers, virtiofsd,
+    and the host's egress daemon)."""
     needle = str(home / "boxes").encode()
     qemu: list[int] = []
     other: list[int] = []
@@ -242,8 +243,12 @@ def host_pids(home: Path) -> tuple[list[int], list[int]]:
             cmd = (d / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle in cmd and d.name.isdigit():
+        if not d.name.isdigit():
+            continue
+        if needle in cmd:
             (qemu if cmd.split(b"\0")[0].endswith(b"qemu-system-x86_64") else other).append(int(d.name))
+        elif b"a3s_box.network.daemon\0" + str(home).encode() in cmd:
+            other.append(int(d.name))  # the host's egress daemon: its share is counted per box
     return qemu, other
 
 
