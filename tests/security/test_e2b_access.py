@@ -67,6 +67,24 @@ def test_the_control_api_needs_a_key_it_knows(tenants: tuple[httpx.Client, str, 
         assert client.post("/e2b/sandboxes", json={"templateID": "warm"}, headers=headers).status_code == 401
 
 
+def test_a_body_is_read_only_for_a_known_key_and_only_up_to_its_cap(
+        tenants: tuple[httpx.Client, str, str, Path]) -> None:
+    client, alice, _bob, _home = tenants
+    big = b"{" + b" " * (9 << 20) + b"}"
+    r = client.post("/e2b/sandboxes", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
+    r = client.post("/e2b/sandboxes", content=big, headers={"X-API-Key": alice, "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length to refuse early: the cap counts as it reads
+        yield b"{"
+        for _ in range(9):
+            yield b" " * (1 << 20)
+        yield b"}"
+    r = client.post("/e2b/sandboxes", content=chunks(), headers={"X-API-Key": alice})
+    assert r.status_code == 413, r.text
+
+
 def test_a_sandbox_key_sees_only_its_own_sandboxes(tenants: tuple[httpx.Client, str, str, Path]) -> None:
     client, alice, _bob, _home = tenants
     key = {"X-API-Key": alice}

@@ -6,7 +6,7 @@ E2B's shape, {"code", "message"}, with the status E2B gives."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -17,11 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from a3s_box import audit
 from a3s_box.api.access import Caller, TokenBook
-from a3s_box.api.deps import who
+from a3s_box.api.deps import capped_body, who
 from a3s_box.api.e2b import keys
 from a3s_box.api.e2b import models as m
 from a3s_box.api.e2b.sandboxes import Sandboxes, SandboxNotFound, rfc3339
-from a3s_box.api.problems import Forbidden, Unauthorized, status_of
+from a3s_box.api.limits import MAX_JSON
+from a3s_box.api.problems import Forbidden, RequestTooLarge, Unauthorized, status_of
 from a3s_box.errors import BoxError
 from a3s_box.orchestrator.host import Host
 
@@ -63,9 +64,25 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
                 return fn(s)
         return await run_in_threadpool(work)
 
+    @app.middleware("http")
+    async def admit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The key before anything is read, and the body cap before it is read."""
+        try:
+            caller_of(request)
+        except Unauthorized as e:
+            return JSONResponse({"code": 401, "message": str(e)}, status_code=401)
+        if int(request.headers.get("content-length") or 0) > MAX_JSON:
+            return JSONResponse({"code": 413, "message": f"the body may be at most {MAX_JSON >> 20} MiB"},
+                                status_code=413)
+        return await call_next(request)
+
+    async def read_body(request: Request) -> bytes:
+        return await capped_body(request, MAX_JSON, "the request body")
+
     @app.exception_handler(BoxError)
     async def error(_request: Request, e: BoxError) -> JSONResponse:
-        status = 404 if isinstance(e, SandboxNotFound) else 403 if isinstance(e, Forbidden) else status_of(e)
+        status = (404 if isinstance(e, SandboxNotFound) else 403 if isinstance(e, Forbidden)
+                  else 413 if isinstance(e, RequestTooLarge) else status_of(e))
         return JSONResponse({"code": status, "message": str(e)}, status_code=status)
 
     @app.exception_handler(ValueError)
@@ -73,7 +90,7 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
         return JSONResponse({"code": 400, "message": str(e)}, status_code=400)
 
     async def create(request: Request) -> JSONResponse:
-        req = m.NewSandbox.model_validate_json(await request.body())
+        req = m.NewSandbox.model_validate_json(await read_body(request))
         made = await call(request, lambda s: s.create(req))
         return JSONResponse(made.model_dump(by_alias=True, exclude_none=True), status_code=201)
 
@@ -95,12 +112,12 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
         return Response(status_code=204)
 
     async def timeout(request: Request, sandbox_id: str) -> Response:
-        req = m.TimeoutRequest.model_validate_json(await request.body())
+        req = m.TimeoutRequest.model_validate_json(await read_body(request))
         await call(request, lambda s: s.set_timeout(sandbox_id, req.timeout))
         return Response(status_code=204)
 
     async def refresh(request: Request, sandbox_id: str) -> Response:
-        body = await request.body()
+        body = await read_body(request)
         req = m.RefreshRequest.model_validate_json(body) if body.strip() else m.RefreshRequest()
         await call(request, lambda s: s.refresh(sandbox_id, req.duration))
         return Response(status_code=204)
@@ -110,14 +127,14 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
         return Response(status_code=204)
 
     async def connect(request: Request, sandbox_id: str) -> JSONResponse:
-        body = await request.body()
+        body = await read_body(request)
         req = m.ConnectRequest.model_validate_json(body) if body.strip() else m.ConnectRequest()
         seconds = m.DEFAULT_TIMEOUT if req.timeout is None else req.timeout
         made, resumed = await call(request, lambda s: s.connect(sandbox_id, seconds))
         return JSONResponse(made.model_dump(by_alias=True, exclude_none=True), status_code=201 if resumed else 200)
 
     async def resume(request: Request, sandbox_id: str) -> JSONResponse:
-        body = await request.body()
+        body = await read_body(request)
         req = m.ResumeRequest.model_validate_json(body) if body.strip() else m.ResumeRequest()
 
         def work(s: Sandboxes) -> m.Sandbox:
@@ -129,7 +146,7 @@ def build(home: Path, tokens: TokenBook, key: keys.ServerKey, domain: str | None
         return JSONResponse(made.model_dump(by_alias=True, exclude_none=True), status_code=201)
 
     async def fork(request: Request, sandbox_id: str) -> JSONResponse:
-        body = await request.body()
+        body = await read_body(request)
         req = m.ForkRequest.model_validate_json(body) if body.strip() else m.ForkRequest()
         made = await call(request, lambda s: s.fork(sandbox_id, req.count, req.timeout))
         return JSONResponse([{"sandbox": x.model_dump(by_alias=True, exclude_none=True)} if isinstance(x, m.Sandbox)
