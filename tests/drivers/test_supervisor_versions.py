@@ -20,8 +20,14 @@ from a3s_box.version import __version__
 
 
 def _stand_in(rundir: Path, module: str) -> subprocess.Popen[bytes]:
-    # argv[0..] as `python -m MODULE RUNDIR`: sleep under that command line
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", module, str(rundir)])
+    # argv[0..] as `python -m MODULE RUNDIR`: sleep under that command line, once it says
+    # it runs (a loaded CI host once looked at it before its command line was there)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; print('up', flush=True); time.sleep(60)",
+                             "-m", module, str(rundir)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    with proc.stdout:
+        assert proc.stdout.readline() == b"up\n"
+    return proc
 
 
 def test_an_older_shim_is_running_but_outdated_and_stop_ends_it(tmp_path: Path) -> None:
