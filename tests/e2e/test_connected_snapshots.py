@@ -62,6 +62,9 @@ pools:
     assert r.code == 0, r.out + r.err
     yield {"file": f, "https": s}
     box("delete", "-f", str(f))
+    # the pool's filler may still be booting the member that replaced a released one: the
+    # next module (containerd's) counts every QEMU on the host
+    assert box.vm_processes_after(60) == []
 
 
 def _ps(box: BoxCli) -> dict[str, dict[str, Any]]:
