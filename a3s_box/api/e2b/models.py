@@ -94,19 +94,3 @@ class ForkRequest(_Wire):
     count: Annotated[int, Field(ge=1, le=16)] = 1  # E2B allows 100; each is a VM here
     timeout: Annotated[int | None, Field(ge=0)] = None
 
-
-class LogLine(_Wire):
-    timestamp: str
-    line: str
-
-
-class LogEntry(_Wire):
-    timestamp: str
-    level: str = "info"
-    message: str
-    fields: dict[str, str] = Field(default_factory=dict)
-
-
-class Error(_Wire):
-    code: int
-    message: str
