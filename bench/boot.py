@@ -234,7 +234,7 @@ pools:
 
 def host_pids(home: Path) -> tuple[list[int], list[int]]:
     """(QEMU, every other process of the home's boxes: shims, network helpers, virtiofsd,
-    and the host's egress daemon)."""
+    and the home's egress daemon and fork server)."""
     needle = str(home / "boxes").encode()
     qemu: list[int] = []
     other: list[int] = []
@@ -247,8 +247,9 @@ def host_pids(home: Path) -> tuple[list[int], list[int]]:
             continue
         if needle in cmd:
             (qemu if cmd.split(b"\0")[0].endswith(b"qemu-system-x86_64") else other).append(int(d.name))
-        elif b"a3s_box.network.daemon\0" + str(home).encode() in cmd:
-            other.append(int(d.name))  # the host's egress daemon: its share is counted per box
+        elif (b"a3s_box.network.daemon\0" + str(home).encode() in cmd
+              or cmd.startswith(b"a3s_box.forkserver.server " + str(home).encode() + b"\0")):
+            other.append(int(d.name))  # the egress daemon, the fork server: their share is per box
     return qemu, other
 
 

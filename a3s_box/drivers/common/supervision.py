@@ -86,12 +86,17 @@ def supervisor_module(pid: int, rundir: str, modules: tuple[str, ...]) -> str | 
         return modules[0]
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
         return None
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X") or rundir.encode() not in cmdline:
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
         return None
-    return next((m for m in modules if m.encode() in cmdline), None)
+    for m in modules:
+        # forked off the fork server: titled "MODULE RUNDIR"; started by `python -m`:
+        # MODULE and RUNDIR among its arguments
+        if cmdline[0] == f"{m} {rundir}".encode() or (m.encode() in cmdline and rundir.encode() in cmdline):
+            return m
+    return None
 
 
 def wait_gone(pid: int, rundir: str, module: str | tuple[str, ...], timeout: float) -> bool:

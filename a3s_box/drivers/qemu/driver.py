@@ -1,7 +1,7 @@
 """The QEMU driver: one detached shim per box, which runs QEMU and serves guest.sock.
 
-start() writes RUNDIR/launch.json, starts `python -m a3s_box.drivers.qemu.shim RUNDIR
---detach` in a new session, waits for guest.sock (the guest answered HELLO), and sends
+start() writes RUNDIR/launch.json, has the home's fork server fork a shim for RUNDIR in a
+new session (a3s_box.forkserver), waits for guest.sock (the guest answered HELLO), and sends
 CONFIG. Any failure, timeout or Ctrl-C on the way kills the shim's whole process group
 (shim + QEMU) and removes its sockets, then raises naming the box with the end of
 console.log. QEMU failures become DriverError, guest silence GuestError.
@@ -25,6 +25,7 @@ from a3s_box.drivers.base import BoxLaunch, HostSupport, VmHandle, VmObservation
 from a3s_box.drivers.qemu.probe import probe_accelerators, qemu_version
 from a3s_box.drivers.common.boxnet import install_box_ca, prepare_network
 from a3s_box.drivers.common.environ import host_process_env
+from a3s_box.forkserver.client import SpawnError, spawn
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
 from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key,
@@ -190,36 +191,50 @@ class QemuDriver:
         with open(rundir / "shim.log", "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
             log.flush()
+            if detach:
+                return self._fork_shim(box_id, rundir, spec, log.fileno(), jail, label)
             try:
                 starter = subprocess.Popen(
-                    [sys.executable, "-m", "a3s_box.drivers.qemu.shim", str(rundir), *(["--detach"] if detach else [])],
+                    [sys.executable, "-m", SHIM, str(rundir)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                    close_fds=True, preexec_fn=None if detach else _die_with_parent,
-                    env=host_process_env())
+                    close_fds=True, preexec_fn=_die_with_parent, env=host_process_env())
             except OSError as e:
                 raise DriverError(box_id, f"cannot start the shim: {e}") from e
         pgid = starter.pid  # session leader; the shim and QEMU stay in its group
         try:
-            if detach:
-                starter.wait()
-            else:
-                for _ in range(500):
-                    try:  # the shim may have made the file and not yet written it
-                        if (rundir / "shim.pid").read_text().strip():
-                            break
-                    except FileNotFoundError:
-                        pass
-                    time.sleep(0.01)
+            for _ in range(500):
+                try:  # the shim may have made the file and not yet written it
+                    if (rundir / "shim.pid").read_text().strip():
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)
             pid = int((rundir / "shim.pid").read_text())
         except BaseException:
             _killpg(pgid, signal.SIGKILL)
             raise
+        return self._handle(box_id, rundir, spec, pid, pgid, jail, label), pgid
+
+    def _fork_shim(self, box_id: str, rundir: Path, spec: QemuSpec, log: int,
+                   jail: JailSpec | None, label: str) -> tuple[VmHandle, int]:
+        """A detached shim, forked off the home's fork server: no interpreter to start,
+        and what it does not write stays shared with the other boxes' shims."""
+        with open(os.devnull, "rb") as null:
+            try:
+                pid = spawn(self.home.root, SHIM, [str(rundir)], (null.fileno(), log, log), host_process_env())
+            except SpawnError as e:
+                raise DriverError(box_id, f"cannot start the shim: {e}") from e
+        # its own session: the shim and QEMU are process group PID
+        return self._handle(box_id, rundir, spec, pid, pid, jail, label), pid
+
+    def _handle(self, box_id: str, rundir: Path, spec: QemuSpec, pid: int, pgid: int,
+                jail: JailSpec | None, label: str) -> VmHandle:
         return VmHandle(driver=self.name, box_id=box_id, pid=pid, channel=str(rundir / GUEST_SOCK),
                         console_log=str(rundir / CONSOLE), accel=spec.accel,
                         extra={"pgid": str(pgid), "rundir": str(rundir),
                                "qmp": str(spec.qmp), "security": label or "none",
                                **({"uid": str(jail.uid)} if jail else {}),
-                               **({"memory_file": "1"} if spec.memory_file else {})}), pgid
+                               **({"memory_file": "1"} if spec.memory_file else {})})
 
     def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
                 boot: str, ready: Any = None, fresh: Any = None, configure: bool = True) -> VmHandle:

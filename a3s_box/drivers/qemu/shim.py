@@ -1,11 +1,13 @@
-"""The per-box supervisor: `python -m a3s_box.drivers.qemu.shim RUNDIR [--detach]`.
+"""The per-box supervisor: forked off the home's fork server (a3s_box.forkserver) as
+"a3s_box.drivers.qemu.shim RUNDIR", or `python -m a3s_box.drivers.qemu.shim RUNDIR` as a
+child that dies with its caller (a build's RUN step).
 
 Reads RUNDIR/launch.json, runs QEMU as its child, holds the guest's one virtio-serial
 connection and serves RUNDIR/guest.sock to any number of host clients (routing by
 a3s_box.drivers.qemu.mux). Files in RUNDIR:
 
     launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket"}
-    shim.pid      this process (written by the --detach parent before it exits)
+    shim.pid      this process
     channel.sock  QEMU connects here: the virtio-serial port a3s.0
     guest.sock    appears only once the guest said HELLO: its existence means "ready"
     exit.json     written when QEMU has exited: {"status", "signal", "reason"}
@@ -32,7 +34,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.common.supervision import write_supervisor_record
@@ -43,10 +44,10 @@ from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
 from a3s_box.guest import protocol as p
 from a3s_box.network import netns
+# imported here, not when a box has a network: the fork server loads it once for all shims
+from a3s_box.network.registration import BoxNetwork, EgressError, register_box, take_network_conf
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
 
-if TYPE_CHECKING:
-    from a3s_box.network.registration import BoxNetwork
 
 CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
 GUEST_BUFFER_HIGH = 4 << 20  # stop reading clients while the guest is this far behind
@@ -254,6 +255,8 @@ class Shim:
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
                                      preexec_fn=preexec)
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
+        if self.stopping:
+            self.qemu.terminate()  # asked to stop while QEMU was being started
         pidfd = os.pidfd_open(self.qemu.pid)
         self.sel.register(pidfd, selectors.EVENT_READ, "qemu")
         self.sel.register(chan, selectors.EVENT_READ, "channel")
@@ -379,8 +382,6 @@ class Shim:
         if need be: a3s_box/network/daemon.py), which serves the box's proxy and DNS under
         its own policy and secrets; an fd of that namespace, for QEMU. The registration's
         connection lives as long as this shim: the box's network ends with it."""
-        from a3s_box.network.registration import EgressError, register_box, take_network_conf
-
         touch_activity(self.rundir)  # its traffic marks the box as used
         try:
             conf = take_network_conf(self.rundir)
@@ -643,16 +644,6 @@ class Shim:
                 self.sel.unregister(c.sock)
 
 
-def _detach(rundir: Path) -> None:
-    """Fork; the parent records the child's pid and returns to the driver at once."""
-    pid = os.fork()
-    if pid:
-        (rundir / ".shim.pid").write_text(f"{pid}\n")
-        os.replace(rundir / ".shim.pid", rundir / "shim.pid")
-        os._exit(0)
-
-
-
 def _status_text(rc: int) -> str:
     if rc < 0:
         sig = -rc
@@ -661,14 +652,11 @@ def _status_text(rc: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--detach"):
-        print("usage: python -m a3s_box.drivers.qemu.shim RUNDIR [--detach]", file=sys.stderr)
+    if len(argv) != 1:
+        print("usage: python -m a3s_box.drivers.qemu.shim RUNDIR", file=sys.stderr)
         return 2
     rundir = Path(argv[0])
-    if len(argv) == 2:
-        _detach(rundir)
-    else:
-        write_text_atomic(rundir / "shim.pid", f"{os.getpid()}\n")  # never seen empty
+    write_text_atomic(rundir / "shim.pid", f"{os.getpid()}\n")  # never seen empty
     return Shim(rundir).run()
 
 
