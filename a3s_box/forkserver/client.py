@@ -41,7 +41,9 @@ def _code_identity() -> str:
         for name in files:
             if name.endswith(".py"):
                 newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
-    return f"{sys.executable}\0{package}\0{__version__}\0{newest}"
+    # "bench/../.venv/bin/python" and ".venv/bin/python" are one Python (not realpath:
+    # a venv's python is a link to the base interpreter, whose packages differ)
+    return f"{os.path.abspath(sys.executable)}\0{package}\0{__version__}\0{newest}"
 
 
 def fingerprint(env: Mapping[str, str]) -> str:
