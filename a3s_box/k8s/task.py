@@ -20,6 +20,7 @@ from a3s_box.guest.protocol import ExecRequest, Namespace
 from a3s_box.home import Home
 from a3s_box.k8s.events import Publisher
 from a3s_box.k8s.pod import Pod
+from a3s_box.k8s.security import SecurityContextError, mount_flags, process_flags, seccomp_filter
 from a3s_box.k8s.service import FAILED_PRECONDITION, NOT_FOUND, ShimError
 
 CONTAINER_HELPER = "/.a3s/container"
@@ -43,6 +44,7 @@ class Proc:
     stdin: str
     stdout: str
     stderr: str
+    security: list[str] = field(default_factory=list)  # /.a3s/container flags of its process
     session: Session | None = None
     pid: int = 0
     exit_status: int | None = None
@@ -114,6 +116,7 @@ class Task:
         self.pod = pod if pod is not None else Pod(home, container_id, bundle, rundir)
         self.guest_root = ""  # a member's rootfs in the guest
         self.binds: list[str] = []  # a member's /.a3s/container -b flags
+        self.seccomp: list[str] = []  # -S FILE: its filter, in the guest (for its execs too)
         self.procs: dict[str, Proc] = {}
         self.lock = threading.Lock()
 
@@ -124,33 +127,56 @@ class Task:
     # --- create / start -----------------------------------------------------------
     def create(self, mounts: list[Any], terminal: bool, stdin: str, stdout: str, stderr: str) -> int:
         argv, env, cwd = _process_of(self.spec)
-        self.procs[""] = Proc(argv, env, cwd, terminal, stdin, stdout, stderr)
+        try:  # before anything is mounted or booted: a spec we cannot honour starts nothing
+            security = process_flags(self.spec.get("process") or {})
+            if not self.owns_pod:
+                security += mount_flags(self.spec)
+            program = seccomp_filter(self.spec, f"/run/a3s-seccomp-{cgroup_name(self.id)}.bpf")
+        except SecurityContextError as e:
+            raise ShimError(FAILED_PRECONDITION, f"container {self.id}: {e}") from e
+        self.procs[""] = Proc(argv, env, cwd, terminal, stdin, stdout, stderr, security)
         if self.owns_pod:
-            return self.pod.boot(self.spec, mounts)
-        self.guest_root = self.pod.add_rootfs(self.id, mounts, self.bundle / "rootfs")
-        for i, (source, dest, ro) in enumerate(_host_binds(self.spec)):
-            guest = self.pod.add_bind(self.id, i, source, ro)
-            self.binds += ["-b", f"{guest}:{dest}{':ro' if ro else ''}"]
-        assert self.pod.handle is not None
-        return self.pod.handle.pid
+            pid = self.pod.boot(self.spec, mounts)
+        else:
+            self.guest_root = self.pod.add_rootfs(self.id, mounts, self.bundle / "rootfs")
+            for i, (source, dest, ro) in enumerate(_host_binds(self.spec)):
+                guest = self.pod.add_bind(self.id, i, source, ro)
+                self.binds += ["-b", f"{guest}:{dest}{':ro' if ro else ''}"]
+            assert self.pod.handle is not None
+            pid = self.pod.handle.pid
+        if program is not None:
+            assert self.client is not None
+            # the first container's helper runs in the agent's namespaces, a member's in the VM's
+            self.client.put(program.guest_path, program.program, 0o600,
+                            ns=Namespace.AGENT if self.owns_pod else Namespace.ROOT)
+            self.seccomp = ["-S", program.guest_path]
+        return pid
 
     def _request(self, proc: Proc, exec_id: str) -> ExecRequest:
-        argv, ns, workdir = tuple(proc.argv), Namespace.AGENT, proc.cwd
-        if not self.owns_pod:
-            if exec_id:  # into the running container's namespaces and cgroup
-                head = ["-j", cgroup_name(self.id), "-w", proc.cwd]
-            else:
-                hostname = str(self.spec.get("hostname") or "")
-                head = ["-r", self.guest_root, "-w", proc.cwd, "-c", cgroup_name(self.id), *_limits(self.spec),
-                        *self.binds, *(["-h", hostname] if hostname else [])]
-            argv, ns, workdir = (CONTAINER_HELPER, *head, "--", *proc.argv), Namespace.ROOT, "/"
-        return ExecRequest(argv=argv, ns=ns, env=tuple(proc.env), workdir=workdir, tty=proc.terminal,
+        """Every process of a container starts under the helper, which applies its
+        security context (its user, capabilities, seccomp...) right before exec."""
+        security = [*proc.security, *self.seccomp]
+        if self.owns_pod:  # the VM's root is this container's: its namespaces are the agent's
+            head, ns = ["-P", "-w", proc.cwd], Namespace.AGENT
+        elif exec_id:  # into the running container's namespaces and cgroup
+            head, ns = ["-j", cgroup_name(self.id), "-w", proc.cwd], Namespace.ROOT
+        else:
+            hostname = str(self.spec.get("hostname") or "")
+            head = ["-r", self.guest_root, "-w", proc.cwd, "-c", cgroup_name(self.id), *_limits(self.spec),
+                    *self.binds, *(["-h", hostname] if hostname else [])]
+            ns = Namespace.ROOT
+        argv = (CONTAINER_HELPER, *head, *security, "--", *proc.argv)
+        return ExecRequest(argv=argv, ns=ns, env=tuple(proc.env), workdir="/", tty=proc.terminal,
                            stdin=bool(proc.stdin))
 
     def add_exec(self, exec_id: str, spec_json: bytes, terminal: bool, stdin: str, stdout: str, stderr: str) -> None:
         p = json.loads(spec_json or b"{}")
+        try:  # an exec's own process spec: containerd gives it the container's user and capabilities
+            security = process_flags(p)
+        except SecurityContextError as e:
+            raise ShimError(FAILED_PRECONDITION, f"container {self.id}: exec {exec_id}: {e}") from e
         self.procs[exec_id] = Proc([str(a) for a in p.get("args") or []], [str(e) for e in p.get("env") or []],
-                                   str(p.get("cwd") or "/"), terminal, stdin, stdout, stderr)
+                                   str(p.get("cwd") or "/"), terminal, stdin, stdout, stderr, security)
 
     def start(self, exec_id: str = "") -> int:
         proc = self._proc(exec_id)

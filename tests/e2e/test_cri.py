@@ -168,3 +168,87 @@ def test_a_container_past_its_memory_limit_is_oom_killed_and_the_pod_runs_on(cri
     finally:
         cri.stop_pod_sandbox(pod)
         cri.remove_pod_sandbox(pod)
+
+
+def _status(cri: CriClient, cid: str) -> dict[str, str]:
+    code, out, err = cri.exec_sync(cid, ["cat", "/proc/self/status"], timeout=60)
+    assert code == 0, err
+    return dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
+
+
+def test_a_containers_security_context_holds_from_inside(cri: CriClient, tmp_path: Path) -> None:
+    """runAsUser/Group with a supplemental group, drop ALL, readOnlyRootFilesystem,
+    allowPrivilegeEscalation: false and the RuntimeDefault seccomp profile, each seen from
+    inside the container, its own process and an ExecSync alike; and what a root
+    container of the same pod (default capabilities, CAP_MKNOD among them) can reach:
+    neither the VM's disk nor the other container's files."""
+    config = _sandbox_config("p3", tmp_path / "logs")
+    pod = cri.run_pod_sandbox(config, handler="a3sbox")
+    try:
+        locked = _container_config("locked", MARKED, ["sh", "-c", "cat /proc/self/status > /tmp/own; "
+                                                                "exec sleep 100000"])
+        locked.linux.security_context.CopyFrom(pb.LinuxContainerSecurityContext(
+            run_as_user=pb.Int64Value(value=1000), run_as_group=pb.Int64Value(value=1000),
+            supplemental_groups=[2000], capabilities=pb.Capability(drop_capabilities=["ALL"]),
+            readonly_rootfs=True, no_new_privs=True,
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)))
+        locked.mounts.append(pb.Mount(container_path="/tmp", host_path=str(_writable(tmp_path / "tmp"))))
+        c1 = cri.create_container(pod, locked, config)
+        cri.start_container(c1)
+        assert _wait_state(cri, c1, pb.CONTAINER_RUNNING).state == pb.CONTAINER_RUNNING
+
+        code, out, _ = cri.exec_sync(c1, ["id"], timeout=60)
+        assert code == 0 and out.decode().split()[:2] == ["uid=1000", "gid=1000"]
+        assert "2000" in out.decode().split()[2]
+        for status in (_status(cri, c1), _own_status(cri, c1)):  # an exec, and the container's process
+            assert (status["Uid"].split()[0], status["Gid"].split()[0]) == ("1000", "1000")
+            assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0" * 16
+            assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+        code, _, err = cri.exec_sync(c1, ["touch", "/written"], timeout=60)
+        assert code != 0 and b"Read-only file system" in err
+        # a call the RuntimeDefault profile forbids without CAP_SYS_ADMIN (the kernel alone allows it)
+        code, _, err = cri.exec_sync(c1, ["busybox", "unshare", "-U", "true"], timeout=60)
+        assert code != 0 and b"Operation not permitted" in err, err
+
+        # a root container of the pod, with containerd's default capabilities
+        root = _container_config("root", HELLO, ["sleep", "100000"])
+        c2 = cri.create_container(pod, root, config)
+        cri.start_container(c2)
+        _wait_state(cri, c2, pb.CONTAINER_RUNNING)
+        status = _status(cri, c2)
+        assert status["Uid"].split()[0] == "0" and int(status["CapEff"], 16) & (1 << 27)  # CAP_MKNOD
+        assert not int(status["CapEff"], 16) & (1 << 21)  # no CAP_SYS_ADMIN
+        code, out, _ = cri.exec_sync(c2, ["ls", "/dev"], timeout=60)
+        assert code == 0 and not {"vda", "vdb", "vport0p1", "mem", "kmsg"} & set(out.decode().split())
+        # the VM's disk by number, made where it can be (its major from the VM's /sys)
+        code, out, err = cri.exec_sync(c2, ["sh", "-c", "cat /sys/block/vda/dev"], timeout=60)
+        assert code == 0, err
+        major, minor = out.decode().strip().split(":")
+        for where in ("/tmp/vda", "/dev/vda", "/dev/shm/vda", "/vda"):
+            # made (a nodev mount) or not (/dev is read-only): not a byte of the disk either way
+            code, out, err = cri.exec_sync(c2, ["sh", "-c", f"mknod {where} b {major} {minor}; "
+                                                f"head -c 512 {where} | wc -c"], timeout=60)
+            assert out.strip() == b"0", (where, err)
+        # the other container's files: not in this one's mounts, by any path
+        code, out, _ = cri.exec_sync(c2, ["sh", "-c", "cat /etc/marked; ls /run/a3s/pod; "
+                                          "find / -xdev -name marked 2>/dev/null"], timeout=120)
+        assert b"only in the marked image" not in out and b"marked" not in out
+    finally:
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)
+
+
+def _writable(path: Path) -> Path:
+    path.mkdir(parents=True)
+    path.chmod(0o1777)
+    return path
+
+
+def _own_status(cri: CriClient, cid: str) -> dict[str, str]:
+    """The container's own process's /proc/self/status, which it saved at its start."""
+    for _ in range(60):
+        code, out, _ = cri.exec_sync(cid, ["cat", "/tmp/own"], timeout=60)
+        if code == 0 and out:
+            return dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
+        time.sleep(0.5)
+    raise AssertionError("the container did not save its status")

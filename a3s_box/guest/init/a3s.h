@@ -111,6 +111,10 @@ int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
 int net_up(const char *spec);
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
+int sec_flag(const char *flag, const char *value); /* secctx.c: a container's security context */
+int sec_make_dev(const char *root);
+int sec_mounts(void);
+int sec_process(void);
 int tar_main(int argc, char **argv); /* tar.c: /.a3s/tar for box cp */
 int fs_main(int argc, char **argv);  /* fs.c: /.a3s/fs, stat/ls/mkdir/mv/watch/connect */
 int layer_main(const char *since);   /* layer.c: /.a3s/tar L SINCE for builds */

@@ -3,6 +3,10 @@
  *   container -r ROOT [-w CWD] [-h HOSTNAME] [-b SRC:DST[:ro]]... [-c NAME]
  *             [-m MEMORY_BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...
  *   container -j NAME [-w CWD] -- ARGV...      (a further process in container NAME)
+ *   container -P [-w CWD] -- ARGV...           (the pod's first container, in place)
+ * Each but -s and -T also takes the process's security context (secctx.c): user,
+ * groups, umask, capabilities, no_new_privs, rlimits, seccomp; with -r also a read-only
+ * root, masked and read-only paths, sysctls and devices. Its /dev is always its own.
  *   container -s NAME FILE VALUE...            (new limits: cgroup FILEs of NAME)
  *   container -T [-u UID:GID] [-w CWD] [-- ARGV...]
  *                                  (a build's RUN: the disk's /tmp, optionally as a user;
@@ -102,7 +106,8 @@ static int bind_into(const char *root, const struct bind *b)
 	snprintf(dst, sizeof dst, "%s%s", root, b->dst);
 	if (make_path(dst, !S_ISDIR(st.st_mode)) < 0 || mount(b->src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
 		return -1;
-	if (b->ro && mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC, NULL) < 0)
+	/* nodev: a device node made here (CAP_MKNOD) opens nothing of the VM */
+	if (mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_NODEV | (b->ro ? MS_RDONLY : 0), NULL) < 0)
 		return -1;
 	return 0;
 }
@@ -172,7 +177,8 @@ static int enter_root(const char *root, struct bind *binds, int nbinds, const ch
 	char p[4096];
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return die("make mounts private", NULL);
-	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
+	if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+	    mount(NULL, root, NULL, MS_REMOUNT | MS_BIND | MS_NODEV, NULL) < 0)
 		return die("bind", root);
 	for (int i = 0; i < nbinds; i++)
 		if (bind_into(root, &binds[i]) < 0)
@@ -180,9 +186,9 @@ static int enter_root(const char *root, struct bind *binds, int nbinds, const ch
 	snprintf(p, sizeof p, "%s/proc", root);
 	if (make_path(p, 0) < 0 || mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		return die("mount proc in", root);
-	snprintf(p, sizeof p, "%s/dev", root);
-	if (make_path(p, 0) < 0 || mount("/dev", p, NULL, MS_BIND | MS_REC, NULL) < 0)
-		return die("bind /dev in", root);
+	int rc = sec_make_dev(root); /* a /dev of its own: never the VM's disks */
+	if (rc)
+		return rc;
 	snprintf(p, sizeof p, "%s/sys", root);
 	if (make_path(p, 0) == 0 && mount("/sys", p, NULL, MS_BIND | MS_REC, NULL) == 0)
 		mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
@@ -195,7 +201,9 @@ static int enter_root(const char *root, struct bind *binds, int nbinds, const ch
 		return die("pivot_root", root);
 	if (umount2(".", MNT_DETACH) < 0)
 		return die("detach the old root", NULL);
-	return chdir("/") < 0 ? die("chdir", "/") : 0;
+	if (chdir("/") < 0)
+		return die("chdir", "/");
+	return sec_mounts();
 }
 
 static int valid_name(const char *name)
@@ -253,8 +261,12 @@ static int open_join(const char *name, int fds[3])
 static int usage(void)
 {
 	fprintf(stderr, "usage: container -r ROOT [-w CWD] [-h HOSTNAME] [-b SRC:DST[:ro]]... "
-			"[-c NAME] [-m BYTES] [-p PIDS] [-q QUOTA:PERIOD] -- ARGV...\n"
-			"       container -j NAME [-w CWD] -- ARGV...\n"
+			"[-c NAME] [-m BYTES] [-p PIDS] [-q QUOTA:PERIOD] [SECURITY] -- ARGV...\n"
+			"       container -j NAME [-w CWD] [SECURITY] -- ARGV...\n"
+			"       container -P [-w CWD] [SECURITY] -- ARGV...\n"
+			"  SECURITY: [-U UID:GID] [-g GID]... [-k UMASK] [-C BND:EFF:PRM:INH:AMB] [-n] "
+			"[-l RES:SOFT:HARD]... [-S BPF_FILE] [-R] [-M PATH]... [-O PATH]... "
+			"[-y KEY=VALUE]... [-d PATH:TYPE:MAJOR:MINOR:MODE:UID:GID]...\n"
 			"       container -s NAME FILE VALUE...\n"
 			"       container -T [-u UID:GID] [-w CWD] [-- ARGV...]\n");
 	return 2;
@@ -345,7 +357,7 @@ int container_main(int argc, char **argv)
 	uint64_t mem = 0;
 	uint32_t pids = 0;
 	struct bind binds[MAX_BINDS];
-	int nbinds = 0, i = 1, step = 0;
+	int nbinds = 0, i = 1, step = 0, in_place = 0;
 	for (; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--")) {
@@ -356,9 +368,20 @@ int container_main(int argc, char **argv)
 			step = 1;
 			continue;
 		}
+		if (!strcmp(a, "-P")) {
+			in_place = 1;
+			continue;
+		}
+		int taken = sec_flag(a, i + 1 < argc ? argv[i + 1] : "");
+		if (taken < 0)
+			return 2;
+		if (taken == 2) /* a flag without a value */
+			continue;
 		if (i + 1 >= argc)
 			return usage();
 		const char *v = argv[++i];
+		if (taken == 1)
+			continue;
 		if (!strcmp(a, "-r"))
 			root = v;
 		else if (!strcmp(a, "-w"))
@@ -390,6 +413,17 @@ int container_main(int argc, char **argv)
 	}
 	if (step && !root && !join)
 		return run_step(user, cwd, argv + i); /* no ARGV: the script on stdin */
+	if (in_place) { /* the pod's first container: its namespaces are the agent's already */
+		if (root || join || step || i >= argc)
+			return usage();
+		if (chdir(cwd) < 0)
+			return die("workdir", cwd);
+		int rc = sec_process();
+		if (rc)
+			return rc;
+		execvp(argv[i], argv + i);
+		return die("exec", argv[i]);
+	}
 	if ((!root && !join) || (root && join) || step || i >= argc)
 		return usage();
 	int nsfd[3] = {-1, -1, -1};
@@ -424,6 +458,9 @@ int container_main(int argc, char **argv)
 		}
 		if (chdir(cwd) < 0)
 			_exit(die("workdir", cwd));
+		int rc = sec_process(); /* the last step before exec: seccomp is loaded here */
+		if (rc)
+			_exit(rc);
 		execvp(argv[i], argv + i);
 		_exit(die("exec", argv[i]));
 	}
