@@ -3,6 +3,7 @@ compiled with libseccomp (k8s/oci_seccomp.py): what is carried, what is refused.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from a3s_box.k8s.security import SecurityContextError, mount_flags, process_flag
 
 # what containerd's CRI writes for a container with runAsUser: 1000, drop: [ALL] + add: [NET_BIND_SERVICE],
 # allowPrivilegeEscalation: false, readOnlyRootFilesystem (trimmed)
-SPEC = {
+SPEC: dict[str, Any] = {
     "process": {"user": {"uid": 1000, "gid": 3000, "additionalGids": [3000, 2000]},
                 "capabilities": {"bounding": ["CAP_NET_BIND_SERVICE"], "effective": ["CAP_NET_BIND_SERVICE"],
                                  "permitted": ["CAP_NET_BIND_SERVICE"]},
