@@ -68,6 +68,9 @@ class BoxLaunch:
     security: str = "strict"
     logging: LogLimits = LogLimits()  # every log the host keeps for the box: cap and files
     disk_size: int | None = None  # resources.disk: the root disk's size (None: the image's)
+    # A network namespace someone else made and addressed (a pod's, by CNI): the VM's NIC
+    # is plugged into it (network/podnet.py) and takes its address. Boots cold.
+    pod_network: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.home import Home
 from a3s_box.k8s.service import FAILED_PRECONDITION, ShimError
+from a3s_box.network import podnet
 
 GUEST_POD = "/run/a3s/pod"  # where the pod's share is mounted in the guest
 DEFAULT_MEMORY_MIB = 256
@@ -62,6 +63,15 @@ def memory_mib(spec: dict[str, Any], default: int = DEFAULT_MEMORY_MIB) -> int:
     return max(default, int(limit) >> 20) if limit and int(limit) > 0 else default
 
 
+def pod_netns(spec: dict[str, Any]) -> str | None:
+    """The network namespace the CRI plugin made for the pod (and CNI addressed), from the
+    sandbox's spec; None for a pod on the node's network (hostNetwork) or a lone container."""
+    for ns in (spec.get("linux") or {}).get("namespaces") or []:
+        if isinstance(ns, dict) and ns.get("type") == "network" and ns.get("path"):
+            return str(ns["path"])
+    return None
+
+
 def vcpus(spec: dict[str, Any]) -> int:
     cpu = ((spec.get("linux") or {}).get("resources") or {}).get("cpu") or {}
     quota, period = cpu.get("quota"), cpu.get("period")
@@ -82,6 +92,7 @@ class Pod:
         self.client: GuestClient | None = None
         self._mounted_root = False
         self.members: set[str] = set()  # containers other than the first, by id
+        self.netns: str | None = None  # the pod's network namespace (CNI's), the VM plugged into it
 
     def boot(self, spec: dict[str, Any], mounts: list[Any]) -> int:
         from a3s_box.drivers.registry import Capability, driver_with
@@ -96,10 +107,11 @@ class Pod:
         _run(["mount", "--make-shared", str(self.share)], "pod share")
         share = BoxVolume(kind="bind", target=GUEST_POD, source=str(self.share))
         pod_memory = int(os.environ.get("A3S_BOX_POD_MEMORY_MIB", "0") or 0)
+        self.netns = pod_netns(spec)
         launch = BoxLaunch(box_id=f"k8s.{self.id}"[:60], rundir=self.rundir, vcpus=vcpus(spec),
                            memory_mib=memory_mib(spec, max(DEFAULT_MEMORY_MIB, pod_memory)), disk=disk,
                            config=BoxConfig(hostname=str(spec.get("hostname") or self.id[:63])),
-                           volumes=(share,), boot="cold")
+                           volumes=(share,), boot="cold", pod_network=self.netns)
         driver = driver_with({Capability.VOLUMES}, self.home)  # the pod share is a bind volume
         self.handle = driver.start(launch, 180.0)
         # for `shim delete`: containerd's cleanup when this daemon died with the VM up
@@ -167,6 +179,9 @@ class Pod:
         if self.handle is not None:
             get_driver(self.handle.driver, self.home).stop(self.handle, 10.0)
             self.handle = None
+        if self.netns is not None:
+            podnet.unplug(self.netns)
+            self.netns = None
         unmount_tree(self.share)
         if self._mounted_root:
             subprocess.run(["umount", "-l", str(self.rootfs)], capture_output=True, timeout=60)

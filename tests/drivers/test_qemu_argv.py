@@ -72,3 +72,14 @@ def test_the_tcg_code_cache_is_bounded_inside_the_cgroups_overhead() -> None:
     from a3s_box.jail.spec import VMM_OVERHEAD_TCG
     assert f"tcg,tb-size={TCG_CODE_CACHE_MIB}" in qemu_argv(SPEC)
     assert TCG_CODE_CACHE_MIB << 20 <= VMM_OVERHEAD_TCG // 2
+
+
+def test_a_pod_nic_is_the_tap_descriptor_with_the_pods_mac_and_address() -> None:
+    from dataclasses import replace
+
+    pod = replace(SPEC, tap="200", tap_mac="2a:5f:00:11:22:33", guest_net="a3s.net=10.88.0.7/16,10.88.0.1,-,1450")
+    argv = qemu_argv(pod)
+    assert argv[argv.index("-netdev") + 1] == "tap,id=net0,fd=200"
+    assert "virtio-net-device,netdev=net0,mac=2a:5f:00:11:22:33" in argv
+    assert kernel_cmdline(pod).endswith("a3s.net=10.88.0.7/16,10.88.0.1,-,1450")
+    assert "hostfwd" not in " ".join(argv) and "user,id=net0" not in " ".join(argv)

@@ -4,11 +4,16 @@ kubelet drives it: RunPodSandbox, CreateContainer, StartContainer, ExecSync,
 ContainerStatus, ContainerStats, StopPodSandbox, RemovePodSandbox. Real VMs.
 
 Faked: nothing of the runtime; the kubelet and API server are absent (none can be had
-here), so the test is their client. Pods use the node's network (no CNI plugin here)."""
+here), so the test is their client. Pods use the node's network, or a pod network made by
+Debian's CNI plugins (bridge, host-local, loopback, portmap) on a subnet of this host's own."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import socket
+import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +43,23 @@ def _marked_image(out: Path) -> Path:
     return out
 
 
+# The pod network of the CNI tests: Debian's containernetworking-plugins on a bridge and
+# a subnet of this machine's own (no other network here uses them)
+CNI_BIN = Path("/usr/lib/cni")
+BRIDGE, SUBNET, BRIDGE_IP = "a3stest0", "10.213.77.0/24", "10.213.77.1"
+CONFLIST = {"cniVersion": "1.0.0", "name": "a3s-test", "plugins": [
+    {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
 @pytest.fixture(scope="module")
 def cri(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
     d = tmp_path_factory.mktemp("cri")
+    (d / "cni" / "conf").mkdir(parents=True)
+    (d / "cni" / "conf" / "10-a3s-test.conflist").write_text(json.dumps(CONFLIST))
     config = (f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{HELLO}"\n'
-              f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{d}/cni/bin"\n'
+              f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{CNI_BIN}"\n'
               f'    conf_dir = "{d}/cni/conf"\n'
               f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
               f'    runtime_type = "io.containerd.runc.v2"\n'
@@ -57,6 +74,7 @@ def cri(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory
         with CriClient(sock, timeout=240) as client:
             client.wait_ready(30)
             yield client
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
 def _sandbox_config(name: str, logs: Path) -> Any:
@@ -252,3 +270,85 @@ def _own_status(cri: CriClient, cid: str) -> dict[str, str]:
             return dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
         time.sleep(0.5)
     raise AssertionError("the container did not save its status")
+
+
+def _fetch(host: str, port: int, tries: int = 60) -> bytes:
+    """What a TCP server at HOST:PORT sends before it closes (retried while it restarts)."""
+    for _ in range(tries):
+        try:
+            with socket.create_connection((host, port), timeout=10) as c:
+                data = b""
+                while chunk := c.recv(4096):
+                    data += chunk
+                if data:
+                    return data
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"nothing from {host}:{port}")
+
+
+@pytest.mark.skipif(not (CNI_BIN / "bridge").exists(), reason="needs containernetworking-plugins")
+def test_a_pod_on_a_cni_network_is_its_vm(cri: CriClient, box: BoxCli, tmp_path: Path) -> None:
+    """The VM takes the pod's CNI interface (tc redirect to its tap): the pod IP answers
+    from the guest's kernel; hostPort (portmap), pod to host and pod to pod work; the DNS
+    config of the CRI request reaches the containers."""
+    guest = (box.home / "cache" / "kernels" / "current").read_text().strip().encode()
+
+    def config(name: str, ports: list[Any]) -> Any:
+        return pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+            hostname=name, log_directory=str(tmp_path / "logs"), port_mappings=ports,
+            dns_config=pb.DNSConfig(servers=["10.213.77.53"], searches=["pods.test"]),
+            linux=pb.LinuxPodSandboxConfig())  # the pod's own network namespace
+
+    c1_config = config("net1", [pb.PortMapping(protocol=pb.TCP, container_port=8080, host_port=18080)])
+    pod1 = cri.run_pod_sandbox(c1_config, handler="a3sbox")
+    pod2 = ""
+    try:
+        ip1 = cri.pod_sandbox_status(pod1).status.network.ip
+        assert ip1.startswith("10.213.77."), ip1
+        server = cri.create_container(pod1, _container_config(
+            "server", HELLO, ["sh", "-c", "while true; do uname -r | nc -l -p 8080; done"]), c1_config)
+        cri.start_container(server)
+        _wait_state(cri, server, pb.CONTAINER_RUNNING)
+        code, out, err = cri.exec_sync(server, ["ip", "-4", "addr", "show", "eth0"], timeout=60)
+        assert code == 0 and f"inet {ip1}/24".encode() in out, (out, err)
+        code, out, _ = cri.exec_sync(server, ["cat", "/etc/resolv.conf"], timeout=60)
+        assert b"nameserver 10.213.77.53" in out and b"search pods.test" in out
+
+        assert _fetch(ip1, 8080).strip() == guest  # the pod's IP is the VM
+        assert _fetch(BRIDGE_IP, 18080).strip() == guest  # hostPort, through portmap's rules
+
+        with socket.create_server((BRIDGE_IP, 0)) as host_server:  # pod -> host
+            host_server.settimeout(60)
+            got: list[tuple[bytes, str]] = []
+
+            def serve() -> None:
+                conn, peer = host_server.accept()
+                with conn:  # closed once read: the pod's nc then ends
+                    conn.settimeout(30)
+                    got.append((conn.recv(100), peer[0]))
+            reader = threading.Thread(target=serve)
+            reader.start()
+            code, _, err = cri.exec_sync(server, ["sh", "-c", f"echo from-pod | nc {BRIDGE_IP} "
+                                                  f"{host_server.getsockname()[1]}"], timeout=60)
+            reader.join(60)
+            assert got == [(b"from-pod\n", ip1)], err
+
+        c2_config = config("net2", [])
+        pod2 = cri.run_pod_sandbox(c2_config, handler="a3sbox")
+        client = cri.create_container(pod2, _container_config("client", HELLO, ["sleep", "100000"]), c2_config)
+        cri.start_container(client)
+        _wait_state(cri, client, pb.CONTAINER_RUNNING)
+        for _ in range(20):  # pod -> pod (the server restarts its nc between connections)
+            code, out, _ = cri.exec_sync(client, ["sh", "-c", f"nc {ip1} 8080 </dev/null"], timeout=60)
+            if out.strip():
+                break
+            time.sleep(0.5)
+        assert out.strip() == guest
+    finally:
+        for pod in (pod1, pod2):
+            if pod:
+                cri.stop_pod_sandbox(pod)
+                cri.remove_pod_sandbox(pod)

@@ -62,6 +62,11 @@ class QemuSpec:
     # where the egress proxy decides every flow), with (namespace port, box port) TCP
     # forwards for published ports. None: no NIC at all.
     forwards: tuple[tuple[int, int], ...] | None = None
+    # A virtio-net NIC on a tap of a pod's network namespace (network/podnet.py), given to
+    # QEMU as this descriptor, with the MAC of the pod's interface and the guest's a3s.net
+    tap: str | None = None
+    tap_mac: str = ""
+    guest_net: str = ""
     # virtio-fs shares (vhost-user socket, tag); they need the guest's RAM shared with
     # the virtiofsd processes (a memfd backend)
     shares: tuple[tuple[Path, str], ...] = ()
@@ -89,6 +94,8 @@ def kernel_cmdline(spec: QemuSpec) -> str:
         args += [f"tsc_early_khz={spec.tsc_khz}", "tsc=reliable"]
     if spec.forwards is not None:
         args.append(GUEST_NET_ARG)
+    elif spec.tap is not None:
+        args.append(spec.guest_net)
     args.extend(spec.boot_args)
     return " ".join(args)
 
@@ -168,6 +175,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
         argv += ["-netdev", f"user,id=net0,ipv6=off,net={GUEST_NET}{fwd}",
                  "-device", "virtio-net-device,netdev=net0"]
+    elif spec.tap is not None:
+        argv += ["-netdev", f"tap,id=net0,fd={spec.tap}",
+                 "-device", f"virtio-net-device,netdev=net0,mac={spec.tap_mac}"]
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
     if spec.incoming is not None:

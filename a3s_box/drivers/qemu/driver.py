@@ -41,6 +41,7 @@ from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_su
                                          observe_supervised, rundir_of, stop_supervised,
                                          wait_gone)
 from a3s_box.guest.client import GuestClient
+from a3s_box.network import podnet
 from a3s_box.home import Home
 from a3s_box.logs.reader import read_lines, select
 from a3s_box.logs.writer import LogLimits
@@ -135,10 +136,17 @@ class QemuDriver:
                     _note(rundir, boot)
                     _remove_runtime_files(rundir)
                     (rundir / "exit.json").unlink(missing_ok=True)
-        extra = {"network": forwards is not None, "virtiofsd": virtiofsd}
+        extra: dict[str, object] = {"network": forwards is not None, "virtiofsd": virtiofsd}
         # the egress proxy is the host's daemon, outside the box's cgroup: virtiofsd alone joins it
-        jail = self._jail(launch.box_id, rundir, spec, conf, network=forwards is not None,
-                          helpers=len(virtiofsd))
+        jail = self._jail(launch.box_id, rundir, spec, conf,
+                          network=forwards is not None or launch.pod_network is not None, helpers=len(virtiofsd))
+        if launch.pod_network is not None:
+            try:
+                iface = podnet.plug(launch.pod_network)
+            except podnet.PodNetError as e:
+                raise DriverError(launch.box_id, str(e)) from e
+            spec = replace(spec, tap_mac=iface.mac, guest_net=iface.guest_arg())
+            extra["pod_netns"] = launch.pod_network
         handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label,
                                    logging=launch.logging)
         done = self._finish(launch, handle, pgid, timeout, boot)
@@ -171,7 +179,7 @@ class QemuDriver:
                         channel=rundir / "channel.sock", qmp=vmm_dir(rundir) / "qmp.sock",
                         disk=launch.disk, machine=self.arch.machine, console=self.arch.console,
                         tsc_khz=read_host_tsc_khz(), forwards=forwards, shares=shares,
-                        volume_disks=volume_disks)
+                        volume_disks=volume_disks, tap=str(podnet.TAP_FD) if launch.pod_network else None)
 
     def _spawn(self, box_id: str, rundir: Path, spec: QemuSpec, extra: dict[str, object],
                detach: bool = True, jail: JailSpec | None = None,
@@ -624,6 +632,8 @@ def snapshot_ineligible(launch: BoxLaunch) -> str:
     restore) can; virtio-fs cannot be migrated by QEMU 7.2."""
     if any(v.kind == "bind" for v in launch.volumes):
         return "bind volumes (virtio-fs) cannot be migrated in QEMU 7.2"
+    if launch.pod_network is not None:
+        return "a pod's network is plugged in at boot"
     if launch.disk is None or not launch.image:
         return "no disk image to snapshot"
     return ""

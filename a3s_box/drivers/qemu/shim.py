@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import platform
@@ -43,7 +44,7 @@ from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
 from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
 from a3s_box.guest import protocol as p
-from a3s_box.network import netns
+from a3s_box.network import netns, podnet
 # imported here, not when a box has a network: the fork server loads it once for all shims
 from a3s_box.network.registration import BoxNetwork, EgressError, register_box, take_network_conf
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
@@ -161,6 +162,7 @@ class Shim:
         self.channel_path = Path(launch["channel"])
         self.guest_path = Path(launch["guest_socket"])
         self.with_network = bool(launch.get("network"))
+        self.pod_netns = str(launch.get("pod_netns") or "")  # QEMU runs in it (network/podnet.py)
         self.network: BoxNetwork | None = None  # the box's registration with the egress daemon
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
         self.virtiofsd: list[subprocess.Popen[bytes]] = []
@@ -226,6 +228,17 @@ class Shim:
             self._stop_helpers()
             write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": str(e)})
             return 1
+        pass_fds: tuple[int, ...] = ()
+        if self.pod_netns:
+            try:
+                netns_fd = os.open(self.pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+                pass_fds = (self._tap_for_qemu(netns_fd),)
+            except (OSError, podnet.PodNetError) as e:
+                reason = f"the pod's network namespace {self.pod_netns}: {e}"
+                self.log(reason)
+                self._stop_helpers()
+                write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": reason})
+                return 1
         if self.with_network:
             try:
                 netns_fd = self._start_network()
@@ -253,7 +266,9 @@ class Shim:
                 if netns_fd is not None:
                     netns.enter(netns_fd)  # QEMU's user-mode network: only through the proxy
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
-                                     preexec_fn=preexec)
+                                     preexec_fn=preexec, pass_fds=pass_fds)
+        for fd in pass_fds:
+            os.close(fd)  # QEMU's alone now
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
         if self.stopping:
             self.qemu.terminate()  # asked to stop while QEMU was being started
@@ -376,6 +391,19 @@ class Shim:
                                    f"(exit {proc.poll()}; see shim.log)")
             self.log(f"virtiofsd pid {proc.pid}: {source} -> {spec['target']}"
                      f"{' (read-only)' if read_only else ''}")
+
+    @staticmethod
+    def _tap_for_qemu(netns_fd: int) -> int:
+        """The pod's tap as podnet.TAP_FD, the descriptor QEMU's argv names."""
+        tap = podnet.open_tap(netns_fd)
+        try:
+            fcntl.fcntl(podnet.TAP_FD, fcntl.F_GETFD)
+        except OSError:
+            os.dup2(tap, podnet.TAP_FD, inheritable=False)  # a free number: QEMU's argv's
+            return podnet.TAP_FD
+        finally:
+            os.close(tap)
+        raise OSError(errno.EBUSY, f"descriptor {podnet.TAP_FD} is taken in the shim")
 
     def _start_network(self) -> int:
         """The box's network namespace, registered with the host's egress daemon (started

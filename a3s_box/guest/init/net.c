@@ -1,5 +1,5 @@
 /* The guest's one network interface, configured statically from the kernel command line
- * (a3s.net=ADDR/PREFIX,GATEWAY,DNS), before any agent exists. The host side (the
+ * (a3s.net=ADDR/PREFIX,GATEWAY,DNS[,MTU]; DNS "-": no resolv.conf), before any agent exists. The host side (the
  * box's egress proxy) decides what that network reaches; here it is only plumbing. */
 #include "a3s.h"
 
@@ -40,11 +40,14 @@ int net_up(const char *spec)
 	char buf[128], *save = NULL;
 	snprintf(buf, sizeof buf, "%s", spec);
 	char *cidr = strtok_r(buf, ",", &save), *gw = strtok_r(NULL, ",", &save),
-	     *dns = strtok_r(NULL, ",", &save);
+	     *dns = strtok_r(NULL, ",", &save), *mtu = strtok_r(NULL, ",", &save);
 	char *slash = cidr ? strchr(cidr, '/') : NULL;
 	struct in_addr addr, gwa, mask;
 	if (!slash || !gw || !dns)
-		return logmsg("a3s.net=%s: want ADDR/PREFIX,GATEWAY,DNS", spec), -1;
+		return logmsg("a3s.net=%s: want ADDR/PREFIX,GATEWAY,DNS[,MTU]", spec), -1;
+	int mtu_value = mtu ? atoi(mtu) : 0;
+	if (mtu && (mtu_value < 68 || mtu_value > 65535))
+		return logmsg("a3s.net=%s: bad MTU", spec), -1;
 	*slash = 0;
 	int prefix = atoi(slash + 1);
 	if (prefix < 1 || prefix > 32 || inet_pton(AF_INET, cidr, &addr) != 1 ||
@@ -67,6 +70,10 @@ int net_up(const char *spec)
 		usleep(10000);
 	}
 	int rc = 0;
+	if (mtu_value) { /* a pod's network: the MTU of the interface the VM is plugged into */
+		ifr.ifr_mtu = mtu_value;
+		rc |= ioctl(s, SIOCSIFMTU, &ifr);
+	}
 	sin_set(&ifr.ifr_addr, addr);
 	rc |= ioctl(s, SIOCSIFADDR, &ifr);
 	sin_set(&ifr.ifr_netmask, mask);
@@ -84,6 +91,8 @@ int net_up(const char *spec)
 	close(s);
 	if (rc)
 		return logmsg("net: configuring eth0: %s", strerror(errno)), -1;
+	if (!strcmp(dns, "-")) /* a pod's: the CRI plugin binds its resolv.conf into each container */
+		return 0;
 	char conf[96];
 	snprintf(conf, sizeof conf, "nameserver %s\n", dns);
 	mkdir("/etc", 0755);
