@@ -1,6 +1,7 @@
 """Kubernetes benchmark through containerd's CRI plugin (Debian's containerd, a private
 socket and root): pod sandbox create -> first ExecSync in a container of it, with the
-runtime handler `a3sbox` as a ratio to `runc` in the same run; and what an idle pod
+runtime handler `a3sbox` as a ratio to `runc` in the same run, on the node's network
+and on a CNI pod network (Debian's bridge and host-local plugins); and what an idle pod
 VM costs the node (Pss of its shim, QEMU and virtiofsd), the figure the RuntimeClass
 declares as overhead.podFixed.
 
@@ -12,7 +13,9 @@ tests/k8s/cri) as a kubelet stand-in: no kubelet can run here.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +31,13 @@ from tests.k8s.cri.client import CriClient, pb  # noqa: E402
 IMAGE = "docker.io/library/hello:1"
 
 
+CNI_BIN = Path("/usr/lib/cni")
+BRIDGE = "a3sbench0"
+CONFLIST = {"cniVersion": "1.0.0", "name": "a3s-bench", "plugins": [
+    {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.213.80.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
+
+
 def _config(tmp: Path) -> str:
     runtimes = "".join(f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]\n'
                        f'    runtime_type = "io.containerd.{kind}.v2"\n'
@@ -35,24 +45,24 @@ def _config(tmp: Path) -> str:
     # restrict_oom_score_adj: the CRI plugin gives sandboxes -998, and root here lacks
     # CAP_SYS_RESOURCE (bit 24 of CapEff), so runc could not lower the score; keep containerd's
     return (f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{IMAGE}"\n  restrict_oom_score_adj = true\n'
-            f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{tmp}/cni"\n    conf_dir = "{tmp}/cni"\n'
+            f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{CNI_BIN}"\n    conf_dir = "{tmp}/cni"\n'
             + runtimes)
 
 
-def _pod(name: str, logs: Path) -> Any:
+def _pod(name: str, logs: Path, cni: bool) -> Any:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="bench"),
         log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(network=pb.NODE))))
+            namespace_options=pb.NamespaceOption(network=pb.POD if cni else pb.NODE))))
 
 
-def _first_exec(cri: CriClient, handler: str, name: str, logs: Path) -> tuple[float, str]:
+def _first_exec(cri: CriClient, handler: str, name: str, logs: Path, cni: bool = False) -> tuple[float, str]:
     """Seconds from RunPodSandbox to the first ExecSync's answer; the pod's id."""
     t0 = time.perf_counter()
-    pod = cri.run_pod_sandbox(_pod(name, logs), handler=handler)
+    pod = cri.run_pod_sandbox(_pod(name, logs, cni), handler=handler)
     c = cri.create_container(pod, pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=IMAGE), command=["sleep", "100000"],
-        log_path=f"{name}-c.log"), _pod(name, logs))
+        log_path=f"{name}-c.log"), _pod(name, logs, cni))
     cri.start_container(c)
     code, _, err = cri.exec_sync(c, ["true"], timeout=60)
     took = time.perf_counter() - t0
@@ -96,26 +106,31 @@ def main() -> None:
     rounds = ap.parse_args().rounds
     with Scratch() as s, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        (tmp / "cni").mkdir()
+        (tmp / "cni" / "10-bench.conflist").write_text(json.dumps(CONFLIST))
         with containerd(tmp, SHARED, _config(tmp)) as sock:
             import_image(sock, s.image, IMAGE, namespace="k8s.io")
             with CriClient(sock, timeout=300) as cri:
                 cri.wait_ready(30)
-                times: dict[str, list[float]] = {"runc": [], "a3sbox": []}
+                times: dict[str, list[float]] = {"runc": [], "a3sbox": [], "runc-cni": [], "a3sbox-cni": []}
                 idle = []
                 for i in range(rounds):
-                    for handler in ("runc", "a3sbox"):
-                        took, pod = _first_exec(cri, handler, f"{handler}-{i}", tmp / "logs")
+                    for handler, cni in (("runc", False), ("a3sbox", False), ("runc", True), ("a3sbox", True)):
+                        kind = f"{handler}-cni" if cni else handler
+                        took, pod = _first_exec(cri, handler, f"{kind}-{i}", tmp / "logs", cni)
                         try:
-                            times[handler].append(took)
-                            if handler == "a3sbox":
+                            times[kind].append(took)
+                            if kind == "a3sbox":
                                 time.sleep(3)  # idle: the boot's page cache and buffers settled
                                 idle.append(sum(map(_pss_kib, _pod_processes(pod, tmp / "shims"))) / 1024)
                         finally:
                             cri.stop_pod_sandbox(pod)
                             cri.remove_pod_sandbox(pod)
-    runc, box = statistics.median(times["runc"]), statistics.median(times["a3sbox"])
-    print(f"pod create -> first ExecSync (median of {rounds}): runc {runc * 1000:.0f} ms, "
-          f"a3sbox {box * 1000:.0f} ms = {box / runc:.1f}x runc")
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    for kind, what in (("", "the node's network"), ("-cni", "a CNI pod network")):
+        runc, box = statistics.median(times["runc" + kind]), statistics.median(times["a3sbox" + kind])
+        print(f"pod create -> first ExecSync on {what} (median of {rounds}): runc {runc * 1000:.0f} ms, "
+              f"a3sbox {box * 1000:.0f} ms = {box / runc:.1f}x runc")
     print(f"idle pod VM (shim + QEMU + virtiofsd, Pss, 256 MiB guest): {statistics.median(idle):.0f} MiB "
           f"(RuntimeClass overhead.podFixed.memory)")
 
