@@ -70,6 +70,16 @@ def _end(pid: int, rundir: Path) -> None:
     raise AssertionError(f"shim {pid} did not end")
 
 
+def _wait_for_vmm(rundir: Path) -> None:
+    """The real shim runs its stand-in VMM and says so in its log once it has exec'd (a
+    child caught before its exec has the shim's memory, not yet the VMM's environment)."""
+    for _ in range(200):
+        if b"qemu pid" in (rundir / "shim.log").read_bytes():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no VMM started for {rundir}")
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(e.decode().split("=", 1) for e in raw if e)
@@ -98,11 +108,7 @@ def test_a_shim_is_forked_named_for_its_box_in_a_session_of_its_own(home: Path,
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid
         assert int(_status_field(pid, "PPid")) != os.getpid()  # not the caller's child
         assert _status_field(pid, "Umask") == "0027"
-        for _ in range(100):  # the real shim runs its stand-in VMM and says so in its log
-            if b"qemu pid" in (rundir / "shim.log").read_bytes():
-                break
-            time.sleep(0.05)
-        assert b"qemu pid" in (rundir / "shim.log").read_bytes()
+        _wait_for_vmm(rundir)
         # the VMM gets the environment the caller gave: nothing of the caller's own (its
         # secrets), nothing of the server's (the title room)
         (vmm,) = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
@@ -145,10 +151,8 @@ def test_a_caller_of_another_environment_gets_a_server_of_its_own(home: Path) ->
     pb = _spawn(home, b, {**host_process_env(), "TZ": "UTC"})
     try:
         assert len(_servers(home)) == 2
-        for _ in range(100):
-            if all(Path(f"/proc/{p}/task/{p}/children").read_text() for p in (pa, pb)):
-                break
-            time.sleep(0.05)
+        for rundir in (a, b):
+            _wait_for_vmm(rundir)
         (va,), (vb,) = (map(int, Path(f"/proc/{p}/task/{p}/children").read_text().split()) for p in (pa, pb))
         assert _environ(vb).get("TZ") == "UTC" and "TZ" not in _environ(va)
     finally:
