@@ -9,16 +9,15 @@ reaches (or starts) another server, whose children are then what its own would b
 from __future__ import annotations
 
 import array
-import fcntl
 import functools
 import hashlib
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from a3s_box import rundaemon
 from a3s_box.forkserver import wire
 from a3s_box.version import __version__
 
@@ -64,12 +63,16 @@ def spawn(home: Path, module: str, args: list[str], stdio: tuple[int, int, int],
     answers); its stdin, stdout and stderr are STDIO. Returns its pid, once its
     /proc/PID/cmdline reads "MODULE ARG...". It is in a session of its own."""
     request = wire.encode_request(wire.Request(module, tuple(args), os.getcwd(), _current_umask()))
-    run = _run_dir(home)
+    try:
+        run = rundaemon.open_run_dir(home / "run")
+    except rundaemon.DaemonSocketError as e:
+        raise SpawnError(f"the fork server's folder: {e}") from e
     try:
         digest = fingerprint(env)
-        sock = _try_connect(run, wire.socket_name(digest))
-        if sock is None:
-            sock = _start(home, run, digest, env)
+        sock = rundaemon.connect_or_start(run, wire.socket_name(digest), wire.LOCK_NAME,
+                                          lambda: _start(home, run, digest, env))
+    except rundaemon.DaemonSocketError as e:
+        raise SpawnError(f"the fork server: {e}") from e
     finally:
         os.close(run)
     with sock:
@@ -96,64 +99,10 @@ def _current_umask() -> int:
     return mask
 
 
-def _run_dir(home: Path) -> int:
-    path = home / "run"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    owner = os.fstat(fd).st_uid
-    if owner != os.geteuid():
-        os.close(fd)
-        raise SpawnError(f"{path} belongs to uid {owner}, not to this one")
-    return fd
-
-
-def _try_connect(run: int, name: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(f"/proc/self/fd/{run}/{name}")
-        return sock
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None
-    except OSError as e:
-        sock.close()
-        raise SpawnError(f"the fork server's socket: {e}") from e
-
-
-def _start(home: Path, run: int, digest: str, env: Mapping[str, str]) -> socket.socket:
-    name = wire.socket_name(digest)
-    lock = os.open(f"/proc/self/fd/{run}/{wire.LOCK_NAME}",
-                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sock = _try_connect(run, name)  # another starter may have been first
-        if sock is not None:
-            return sock
-        log = os.open(f"/proc/self/fd/{run}/{wire.LOG_NAME}",
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            if os.fstat(log).st_size > MAX_LOG:
-                os.ftruncate(log, 0)
-            idle = os.environ.get("A3S_BOX_FORKSERVER_IDLE_EXIT") or str(IDLE_EXIT)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "a3s_box.forkserver.server", str(home), digest, idle],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
-                start_new_session=True, cwd="/", env={**env, wire.ROOM_VARIABLE: "." * TITLE_ROOM})
-        except OSError as e:
-            raise SpawnError(f"cannot start the fork server: {e}") from e
-        finally:
-            os.close(log)
-        try:
-            status = proc.wait(START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise SpawnError(f"the fork server did not start within {START_TIMEOUT:g}s") from None
-        if status != 0:
-            raise SpawnError(f"the fork server did not start (exit {status}); see {home / 'run' / wire.LOG_NAME}")
-        sock = _try_connect(run, name)
-        if sock is None:
-            raise SpawnError("the fork server started but does not answer")
-        return sock
-    finally:
-        os.close(lock)
+def _start(home: Path, run: int, digest: str, env: Mapping[str, str]) -> None:
+    idle = os.environ.get("A3S_BOX_FORKSERVER_IDLE_EXIT") or str(IDLE_EXIT)
+    status = rundaemon.start_detached(
+        [sys.executable, "-m", "a3s_box.forkserver.server", str(home), digest, idle], run, wire.LOG_NAME,
+        timeout=START_TIMEOUT, max_log=MAX_LOG, env={**env, wire.ROOM_VARIABLE: "." * TITLE_ROOM})
+    if status != 0:
+        raise SpawnError(f"the fork server did not start (exit {status}); see {home / 'run' / wire.LOG_NAME}")

@@ -41,6 +41,7 @@ import time
 import traceback
 from pathlib import Path
 
+from a3s_box import rundaemon
 from a3s_box.forkserver import wire
 
 HANDSHAKE_TIMEOUT = 2.0
@@ -48,32 +49,6 @@ HANDSHAKE_TIMEOUT = 2.0
 
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forkserver: {message}", file=sys.stderr, flush=True)
-
-
-def _bind(home: Path, fingerprint: str) -> socket.socket:
-    """The socket, this uid's and 0600, listening (a stale one replaced: the starter holds
-    the starters' lock and found nobody answering it)."""
-    run = home / "run"
-    run.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dfd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        if os.fstat(dfd).st_uid != os.geteuid():
-            raise PermissionError(f"{run} is not this uid's")
-        os.fchmod(dfd, 0o700)
-        name = wire.socket_name(fingerprint)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dfd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            sock.bind(f"/proc/self/fd/{dfd}/{name}")
-        finally:
-            os.umask(old)
-        os.chmod(name, 0o600, dir_fd=dfd)
-        sock.listen(64)
-        return sock
-    finally:
-        os.close(dfd)
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -228,7 +203,7 @@ def main(argv: list[str]) -> int:
         setproctitle.setproctitle(f"a3s_box.forkserver.server {home}")
         os.environ.pop(wire.ROOM_VARIABLE, None)
         idle_exit = float(argv[3])
-        listener = _bind(home, fingerprint)
+        listener = rundaemon.bind_listening(home / "run", wire.socket_name(fingerprint), 64)
         for module in wire.SPAWNABLE:
             importlib.import_module(module)
     except Exception as e:

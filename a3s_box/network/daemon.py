@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a3s_box import rundaemon
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network import wire
 from a3s_box.network.ca import CaPem
@@ -377,31 +378,6 @@ class Daemon:
                                    HANDSHAKE_TIMEOUT)
 
 
-def _bind(home: Path) -> socket.socket:
-    """HOME/run/egress-v1.sock, root's and 0600, listening (a stale one replaced: the
-    caller holds the starters' lock and found nobody answering it)."""
-    run = wire.run_dir(home)
-    run.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dfd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        if os.fstat(dfd).st_uid != 0:
-            raise PermissionError(f"{run} is not root's")
-        os.fchmod(dfd, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(wire.SOCKET_NAME, dir_fd=dfd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            sock.bind(f"/proc/self/fd/{dfd}/{wire.SOCKET_NAME}")
-        finally:
-            os.umask(old)
-        os.chmod(wire.SOCKET_NAME, 0o600, dir_fd=dfd)
-        sock.listen(128)
-        return sock
-    finally:
-        os.close(dfd)
-
-
 def _raise_nofile() -> None:
     """Every box's flows are this process's descriptors: as many as the host allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -421,7 +397,7 @@ def main(argv: list[str]) -> int:
     home = Path(argv[1])
     try:
         idle_exit = float(os.environ.get("A3S_BOX_EGRESS_IDLE_EXIT") or IDLE_EXIT)
-        listener = _bind(home)
+        listener = rundaemon.bind_listening(wire.run_dir(home), wire.SOCKET_NAME, 128)  # as root: root's
         _raise_nofile()
         upstream_tls = ssl.create_default_context()  # the host's trust store, read as root, shared
     except (OSError, ValueError) as e:

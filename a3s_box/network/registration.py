@@ -33,12 +33,10 @@ starting; the box must not start.
 from __future__ import annotations
 
 import array
-import fcntl
 import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -46,6 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from a3s_box import rundaemon
 from a3s_box.network import wire
 from a3s_box.network.log import network_dir
 from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
@@ -82,89 +81,25 @@ def take_network_conf(rundir: Path) -> dict[str, Any]:
 
 
 # --- the daemon: found, or started --------------------------------------------------
-def _run_dir(home: Path) -> int:
-    """HOME/run (root's, 0700) opened; what is in it is reached through /proc/self/fd,
-    which keeps socket paths short whatever HOME is."""
-    path = wire.run_dir(home)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        os.close(fd)
-        raise EgressError(f"{path} belongs to uid {st.st_uid}, not to this one")
-    if st.st_mode & 0o077:
-        os.fchmod(fd, 0o700)
-    return fd
-
-
-def _try_connect(run: int) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(f"/proc/self/fd/{run}/{wire.SOCKET_NAME}")
-        return sock
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None
-    except OSError as e:
-        sock.close()
-        raise EgressError(f"the egress daemon's socket: {e}") from e
-
-
-def _daemon_log_tail(run: int) -> str:
-    try:
-        with open(f"/proc/self/fd/{run}/{wire.LOG_NAME}", "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 1000))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def _start_daemon(home: Path, run: int) -> None:
-    """Starts the daemon and returns once it listens: its first process binds the
-    socket, forks the daemon off (detached, in a session of its own) and exits 0."""
-    log = os.open(f"/proc/self/fd/{run}/{wire.LOG_NAME}",
-                  os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        if os.fstat(log).st_size > MAX_DAEMON_LOG:
-            os.ftruncate(log, 0)
-        proc = subprocess.Popen([sys.executable, "-m", "a3s_box.network.daemon", str(home)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                close_fds=True, start_new_session=True, cwd="/")
-    except OSError as e:
-        raise EgressError(f"cannot start the egress daemon: {e}") from e
-    finally:
-        os.close(log)
-    try:
-        rc = proc.wait(START_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise EgressError(f"the egress daemon did not start within {START_TIMEOUT:g}s") from None
-    if rc != 0:
-        raise EgressError(f"the egress daemon did not start (exit {rc}): {_daemon_log_tail(run)}")
-
-
 def connect_daemon(home: Path) -> socket.socket:
-    """A connection to HOME's egress daemon, started first if its socket does not answer."""
-    run = _run_dir(home)
+    """A connection to HOME's egress daemon, started first if its socket does not answer.
+    Its first process binds the socket, forks the daemon off (detached, in a session of
+    its own) and exits 0."""
     try:
-        sock = _try_connect(run)
-        if sock is not None:
-            return sock
-        lock = os.open(f"/proc/self/fd/{run}/{wire.LOCK_NAME}",
-                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            sock = _try_connect(run)  # another starter may have been first
-            if sock is None:
-                _start_daemon(home, run)
-                sock = _try_connect(run)
-            if sock is None:
-                raise EgressError(f"the egress daemon started but does not answer: {_daemon_log_tail(run)}")
-            return sock
-        finally:
-            os.close(lock)
+        run = rundaemon.open_run_dir(wire.run_dir(home))
+    except rundaemon.DaemonSocketError as e:
+        raise EgressError(f"the egress daemon's folder: {e}") from e
+
+    def start() -> None:
+        rc = rundaemon.start_detached([sys.executable, "-m", "a3s_box.network.daemon", str(home)], run,
+                                      wire.LOG_NAME, timeout=START_TIMEOUT, max_log=MAX_DAEMON_LOG)
+        if rc != 0:
+            raise EgressError(f"the egress daemon did not start (exit {rc}): {rundaemon.log_tail(run, wire.LOG_NAME)}")
+
+    try:
+        return rundaemon.connect_or_start(run, wire.SOCKET_NAME, wire.LOCK_NAME, start)
+    except rundaemon.DaemonSocketError as e:
+        raise EgressError(f"the egress daemon: {e}: {rundaemon.log_tail(run, wire.LOG_NAME)}") from e
     finally:
         os.close(run)
 

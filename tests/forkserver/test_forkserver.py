@@ -21,6 +21,7 @@ from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.drivers.common.supervision import is_supervisor
 from a3s_box.forkserver import client, wire
 from a3s_box.logs.writer import LogLimits
+from tests.socket_peer import ask_as
 
 SHIM = "a3s_box.drivers.qemu.shim"
 
@@ -177,31 +178,8 @@ def test_the_server_exits_when_nobody_asks(home: Path, monkeypatch: pytest.Monke
 
 
 def _raw(home: Path, packet: bytes, fds: int = 3, uid: int = 0) -> str:
-    """What a client of the server's socket gets for PACKET with FDS descriptors, from a
-    process of its own running as UID."""
-    name = wire.socket_name(client.fingerprint(host_process_env()))
-    run = os.open(home / "run", os.O_PATH | os.O_DIRECTORY)
-    code = f"""
-import array, os, socket, sys
-os.setgid({uid}); os.setuid({uid})
-s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-try:
-    s.connect("/proc/self/fd/{run}/{name}")
-except PermissionError:
-    print("refused by the socket's mode"); sys.exit()
-null = os.open("/dev/null", os.O_RDONLY)
-try:
-    s.sendmsg([{packet!r}], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [null] * {fds}))] if {fds} else [])
-    s.settimeout(10)
-    print(s.recv(4096).decode() or "closed unanswered")
-except (BrokenPipeError, ConnectionResetError):
-    print("closed unanswered")
-"""
-    try:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                              pass_fds=(run,)).stdout.strip()
-    finally:
-        os.close(run)
+    """What a client of the server's socket gets for PACKET with FDS descriptors, as UID."""
+    return ask_as(home / "run", wire.socket_name(client.fingerprint(host_process_env())), packet, uid=uid, fds=fds)
 
 
 def test_the_socket_is_its_owners_alone_and_refuses_what_it_does_not_run(home: Path) -> None:

@@ -31,6 +31,7 @@ from a3s_box.network.log import read_lines
 from a3s_box.network.netns import enter, missing_tools
 from a3s_box.network.registration import BoxNetwork, EgressError, register_box
 from tests.network.conftest import Internet
+from tests.socket_peer import ask_as
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or bool(missing_tools()) or not shutil.which("nsenter") or not shutil.which("curl"),
@@ -257,30 +258,9 @@ def test_closing_a_registration_ends_that_box_only(host: Host, internet: Interne
 
 
 def _raw_client(home: Path, *, uid: int = 0) -> str:
-    """What a client of the daemon's socket gets for a registration, in a process of its
-    own running as UID. It reaches the socket through a descriptor of HOME/run (its
-    parents, tmp_path's, are closed to other users)."""
-    run = os.open(wire.run_dir(home), os.O_PATH | os.O_DIRECTORY)
-    code = f"""
-import os, socket, sys
-os.setgid({uid}); os.setuid({uid})
-s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-try:
-    s.connect("/proc/self/fd/{run}/{wire.SOCKET_NAME}")
-except PermissionError:
-    print("refused by the socket's mode"); sys.exit()
-try:
-    s.send(b'{{"v": 1, "op": "register"}}')
-    s.settimeout(10)
-    print("answered" if s.recv(4096) else "closed unanswered")
-except (BrokenPipeError, ConnectionResetError):
-    print("closed unanswered")
-"""
-    try:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                              pass_fds=(run,)).stdout.strip()
-    finally:
-        os.close(run)
+    """What a client of the daemon's socket gets for a registration, as UID."""
+    said = ask_as(wire.run_dir(home), wire.SOCKET_NAME, b'{"v": 1, "op": "register"}', uid=uid)
+    return said if said in ("refused by the socket's mode", "closed unanswered") else "answered"
 
 
 def test_only_root_may_register_a_box(host: Host, internet: Internet) -> None:
