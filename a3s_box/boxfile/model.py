@@ -17,6 +17,7 @@ from a3s_box.drivers.registry import AUTO, NAMES as DRIVER_NAMES
 from a3s_box.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from a3s_box.network.policy import (Mode as NetworkMode, NetworkPolicy, RuleError, parse_destination,
                                     parse_host_ip, parse_published)
+from a3s_box.network.secrets import secret_host_problem
 
 API_VERSION = "box.a3s.dev/v1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -433,13 +434,8 @@ class SecretDef(_Model):
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
         for h in v:
-            try:
-                rule = parse_destination(h)
-            except RuleError as e:
-                raise ValueError(str(e)) from None
-            if rule.wildcard or rule.network is not None or 0 in rule.ports:
-                raise ValueError(f"{h!r}: a secret's host is one host name with an optional port "
-                                 "(no wildcard, address or *)")
+            if (problem := secret_host_problem(h)) is not None:
+                raise ValueError(problem)
         return v
 
 

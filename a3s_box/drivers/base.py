@@ -71,6 +71,9 @@ class BoxLaunch:
     # A network namespace someone else made and addressed (a pod's, by CNI): the VM's NIC
     # is plugged into it (network/podnet.py) and takes its address. Boots cold.
     pod_network: str | None = None
+    # The pod's egress goes through the host's egress proxy (an allow-list annotation):
+    # the namespace routes for the VM instead of bridging it (podnet.plug(routed=True)).
+    pod_egress: bool = False
 
 
 @dataclass(frozen=True)

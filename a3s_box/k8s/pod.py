@@ -15,7 +15,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,18 @@ from a3s_box.drivers.base import BoxLaunch, BoxVolume, VmHandle
 from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.home import Home
+from a3s_box.k8s.egress import NETWORK_ANNOTATION, PodEgress, PodEgressError, pod_egress
 from a3s_box.k8s.service import FAILED_PRECONDITION, ShimError
 from a3s_box.network import podnet
+from a3s_box.network.ca import ensure_ca
+from a3s_box.network.registration import BoxNetwork, EgressError, register_box
+from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT
 
 GUEST_POD = "/run/a3s/pod"  # where the pod's share is mounted in the guest
 DEFAULT_MEMORY_MIB = 256
+# an image's trust store, where distributions keep it (Debian/Alpine, Fedora, others)
+TRUST_STORES = ("etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt", "etc/ssl/cert.pem")
+CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def _run(argv: list[str], what: str, timeout: float = 120) -> None:
@@ -93,10 +102,21 @@ class Pod:
         self._mounted_root = False
         self.members: set[str] = set()  # containers other than the first, by id
         self.netns: str | None = None  # the pod's network namespace (CNI's), the VM plugged into it
+        self.egress: PodEgress | None = None  # its allow-list and secret variables (annotations)
+        self.network: BoxNetwork | None = None  # then: its registration with the egress proxy
+        self.placeholders: dict[str, str] = {}  # secret variable -> its placeholder in the pod
+        self.secret_values: dict[str, str] = {}  # secret variable -> the value the proxy puts in
 
     def boot(self, spec: dict[str, Any], mounts: list[Any]) -> int:
         from a3s_box.drivers.registry import Capability, driver_with
 
+        try:  # before anything is mounted or booted: annotations it cannot honour start nothing
+            self.egress = pod_egress({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+        except PodEgressError as e:
+            raise ShimError(FAILED_PRECONDITION, f"pod {self.id}: {e}") from e
+        if self.egress is not None and pod_netns(spec) is None:
+            raise ShimError(FAILED_PRECONDITION, f"pod {self.id}: annotation {NETWORK_ANNOTATION} needs the pod's "
+                            "own network (not hostNetwork)")
         self._mounted_root = mount_all(mounts, self.rootfs)
         self.state_dir.mkdir(exist_ok=True)
         disk = self._disk_from(self.rootfs)
@@ -108,10 +128,14 @@ class Pod:
         share = BoxVolume(kind="bind", target=GUEST_POD, source=str(self.share))
         pod_memory = int(os.environ.get("A3S_BOX_POD_MEMORY_MIB", "0") or 0)
         self.netns = pod_netns(spec)
-        launch = BoxLaunch(box_id=f"k8s.{self.id}"[:60], rundir=self.rundir, vcpus=vcpus(spec),
+        box_id = f"k8s.{self.id}"[:60]
+        if self.egress is not None:
+            self._register_egress(box_id)
+        launch = BoxLaunch(box_id=box_id, rundir=self.rundir, vcpus=vcpus(spec),
                            memory_mib=memory_mib(spec, max(DEFAULT_MEMORY_MIB, pod_memory)), disk=disk,
                            config=BoxConfig(hostname=str(spec.get("hostname") or self.id[:63])),
-                           volumes=(share,), boot="cold", pod_network=self.netns)
+                           volumes=(share,), boot="cold", pod_network=self.netns,
+                           pod_egress=self.egress is not None)
         driver = driver_with({Capability.VOLUMES}, self.home)  # the pod share is a bind volume
         self.handle = driver.start(launch, 180.0)
         # for `shim delete`: containerd's cleanup when this daemon died with the VM up
@@ -119,6 +143,81 @@ class Pod:
         self.client = GuestClient(driver.connect(self.handle, 10.0), box=self.id)
         self.client.hello(10.0)
         return self.handle.pid
+
+    # --- egress: the allow-list and the secrets ----------------------------------------
+    def _register_egress(self, box_id: str) -> None:
+        """The pod's flows served by the host's egress proxy under its policy, from
+        listeners in its namespace that plug(routed=True) redirects every new flow to;
+        registered before the VM exists, so none of its flows finds nobody there."""
+        assert self.egress is not None and self.netns is not None
+        ca_dir = self.state_dir / "ca"
+        ca_dir.mkdir(mode=0o700, exist_ok=True)
+        ensure_ca(ca_dir, box_id)
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        conf = {"box_id": box_id, "policy": self.egress.policy.to_json(), "secrets": {}, "forwards": [],
+                "ca_dir": str(ca_dir)}
+        try:
+            self.network = register_box(self.home.root, self.rundir, conf, namespace=podnet.PodNamespace(self.netns),
+                                        on_failure=self._egress_failed)
+        except (EgressError, podnet.PodNetError) as e:
+            raise ShimError(FAILED_PRECONDITION, f"pod {self.id}: egress: {e}") from e
+        self.placeholders = self.egress.placeholders()
+
+    def _egress_failed(self, reason: str) -> None:
+        # flows wait unserved in the listeners' queues (fail closed); the pod is stopped
+        if self.handle is not None:
+            from a3s_box.drivers.registry import get_driver
+
+            print(f"pod {self.id}: {reason}: stopping its VM", file=sys.stderr, flush=True)
+            get_driver(self.handle.driver, self.home).stop(self.handle, 10.0)
+
+    def secret_env(self, container_id: str, env: list[str]) -> list[str]:
+        """ENV (NAME=VALUE items of a container's process or exec) with each secret
+        variable's value replaced by the pod's placeholder, the value given to the proxy
+        first (a value two containers disagree on is refused: the proxy has one per pod)."""
+        if not self.placeholders:
+            return env
+        out, new = [], False
+        for item in env:
+            name, eq, value = item.partition("=")
+            if not eq or name not in self.placeholders:
+                out.append(item)
+                continue
+            if value != self.placeholders[name]:
+                known = self.secret_values.get(name)
+                if known is None:
+                    self.secret_values[name] = value
+                    new = True
+                elif known != value:
+                    raise ShimError(FAILED_PRECONDITION, f"container {container_id}: secret variable {name} has "
+                                    "another value than in the pod's other containers (its proxy holds one)")
+            out.append(f"{name}={self.placeholders[name]}")
+        if new:
+            assert self.egress is not None and self.network is not None
+            secrets = {n: {"placeholder": self.placeholders[n], "value": v, "hosts": list(self.egress.secret_hosts[n])}
+                       for n, v in sorted(self.secret_values.items())}
+            try:
+                self.network.update_secrets(secrets)
+            except EgressError as e:
+                raise ShimError(FAILED_PRECONDITION, f"container {container_id}: {e}") from e
+        if any(i.partition("=")[0] in self.placeholders for i in env):
+            # its TLS clients trust the pod's CA (the proxy intercepts the secrets' hosts)
+            out = [i for i in out if i.partition("=")[0] not in (*CA_ENV, "NODE_EXTRA_CA_CERTS")]
+            out += [f"{n}={GUEST_CA_BUNDLE}" for n in CA_ENV] + [f"NODE_EXTRA_CA_CERTS={GUEST_CA_CERT}"]
+        return out
+
+    def trust_files(self, container_id: str, rootfs: Path) -> list[tuple[str, str]]:
+        """(host file, path in the container) of the pod's CA and of ROOTFS's trust
+        store with the CA added, for a member container of a pod with secrets."""
+        if not self.placeholders:
+            return []
+        ca = (self.state_dir / "ca" / "ca.pem").read_bytes()
+        store = next((found for rel in TRUST_STORES if (found := read_inside(rootfs, rel)) is not None), b"")
+        folder = self.state_dir / "trust" / _dir_name(container_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.pem").write_bytes(ca)
+        (folder / "ca-bundle.pem").write_bytes(store.rstrip(b"\n") + b"\n" + ca)
+        return [(str(folder / "ca-bundle.pem"), GUEST_CA_BUNDLE), (str(folder / "ca.pem"), GUEST_CA_CERT)]
 
     def _disk_from(self, rootfs: Path) -> Path:
         """The rootfs as an ext4 image (mkfs.ext4 -d), under a qcow2 overlay the VM writes."""
@@ -163,6 +262,9 @@ class Pod:
             _run(["mount", "-o", "remount,bind,ro", str(where)], f"container {container_id}: bind {source}")
         return f"{GUEST_POD}/{_dir_name(container_id)}/{name}"
 
+    def member_rootfs(self, container_id: str) -> Path:
+        return self.share / _dir_name(container_id) / "rootfs"
+
     def remove(self, container_id: str) -> None:
         self.members.discard(container_id)
         where = self.share / _dir_name(container_id)
@@ -179,6 +281,9 @@ class Pod:
         if self.handle is not None:
             get_driver(self.handle.driver, self.home).stop(self.handle, 10.0)
             self.handle = None
+        if self.network is not None:
+            self.network.close()
+            self.network = None
         if self.netns is not None:
             podnet.unplug(self.netns)
             self.netns = None
@@ -210,6 +315,33 @@ def reap(home: Home, bundle: Path, container_id: str, pod_id: str) -> None:
         where = bundle.parent / pod_id / "a3sbox" / "pod" / _dir_name(container_id)
         unmount_tree(where)
         shutil.rmtree(where, ignore_errors=True)
+
+
+def read_inside(root: Path, rel: str, limit: int = 8 << 20) -> bytes | None:
+    """ROOT/REL's bytes if it is a regular file reached without following a link (an
+    image's files are its author's: a link must not make the host read its own files
+    into a container), of at most LIMIT bytes; None otherwise."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        parts = rel.strip("/").split("/")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt = os.open(part, flags | (0 if last else os.O_DIRECTORY) | (os.O_NONBLOCK if last else 0), dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _dir_name(container_id: str) -> str:

@@ -134,16 +134,20 @@ class Task:
             program = seccomp_filter(self.spec, f"/run/a3s-seccomp-{cgroup_name(self.id)}.bpf")
         except SecurityContextError as e:
             raise ShimError(FAILED_PRECONDITION, f"container {self.id}: {e}") from e
-        self.procs[""] = Proc(argv, env, cwd, terminal, stdin, stdout, stderr, security)
         if self.owns_pod:
             pid = self.pod.boot(self.spec, mounts)
         else:
             self.guest_root = self.pod.add_rootfs(self.id, mounts, self.bundle / "rootfs")
-            for i, (source, dest, ro) in enumerate(_host_binds(self.spec)):
+            binds = _host_binds(self.spec)
+            env = self.pod.secret_env(self.id, env)  # placeholders; the values to the proxy
+            if any(e.partition("=")[0] in self.pod.placeholders for e in env):
+                binds += [(host, dest, True) for host, dest in self.pod.trust_files(self.id, self.pod.member_rootfs(self.id))]
+            for i, (source, dest, ro) in enumerate(binds):
                 guest = self.pod.add_bind(self.id, i, source, ro)
                 self.binds += ["-b", f"{guest}:{dest}{':ro' if ro else ''}"]
             assert self.pod.handle is not None
             pid = self.pod.handle.pid
+        self.procs[""] = Proc(argv, env, cwd, terminal, stdin, stdout, stderr, security)
         if program is not None:
             assert self.client is not None
             # the first container's helper runs in the agent's namespaces, a member's in the VM's
@@ -175,7 +179,8 @@ class Task:
             security = process_flags(p)
         except SecurityContextError as e:
             raise ShimError(FAILED_PRECONDITION, f"container {self.id}: exec {exec_id}: {e}") from e
-        self.procs[exec_id] = Proc([str(a) for a in p.get("args") or []], [str(e) for e in p.get("env") or []],
+        env = self.pod.secret_env(self.id, [str(e) for e in p.get("env") or []])
+        self.procs[exec_id] = Proc([str(a) for a in p.get("args") or []], env,
                                    str(p.get("cwd") or "/"), terminal, stdin, stdout, stderr, security)
 
     def start(self, exec_id: str = "") -> int:

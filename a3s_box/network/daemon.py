@@ -238,6 +238,11 @@ class BoxSession:
             return
         await relay_connected(reader, writer, inner)
 
+    def set_secrets(self, secrets: dict[str, Any]) -> None:
+        """The box's secrets from now on, for flows that start after this."""
+        assert self.egress is not None
+        self.egress.set_secrets(SecretBook.from_json(secrets))
+
     def on_message(self, message: dict[str, Any], fds: list[int]) -> None:
         """The supervisor's answer to a connect request (WireError for anything else)."""
         request_id, error = wire.parse_connected(message, len(fds))
@@ -355,8 +360,8 @@ class Daemon:
                 return  # the session's close() closes what came with the registration
             await self._say(conn, wire.ok(os.getpid()))
             while True:
-                try:
-                    message, fds = await receive(conn, wire.MAX_REPLY, 1)
+                try:  # a secrets update may be as long as a registration
+                    message, fds = await receive(conn, wire.MAX_MESSAGE, 1)
                 except wire.WireError:
                     return
                 except OSError:
@@ -364,10 +369,14 @@ class Daemon:
                 if message is None:
                     return  # the box's supervisor closed: the box ends here
                 try:
-                    session.on_message(message, fds)
-                except wire.WireError:
+                    if message.get("op") == "secrets":
+                        session.set_secrets(wire.parse_secrets_update(message, len(fds)))
+                        await self._say(conn, wire.secrets_applied())
+                    else:
+                        session.on_message(message, fds)
+                except (wire.WireError, KeyError, ValueError, TypeError, AssertionError):
                     _close_fds(fds)
-                    return
+                    return  # the box's supervisor sent what it never would: the box ends here
         finally:
             self.sessions.discard(session)
             await session.close()

@@ -142,6 +142,7 @@ class Egress:
         self.log = log
         self.dns = DnsResponder(policy.answers)
         # The box's CA: read from CA_FOLDER, or given as CA (the daemon cannot read the folder)
+        self._ca = (ca_folder, leaves, ca)
         self.leaves = LeafIssuer(ca_folder, leaves, ca) if secrets and (ca_folder is not None or ca is not None) \
             else None
         # The host's trust store (OpenSSL's default paths; SSL_CERT_FILE is honoured).
@@ -166,6 +167,16 @@ class Egress:
             self._flows.add(task)
             task.add_done_callback(self._flows.discard)
 
+
+    def set_secrets(self, secrets: SecretBook) -> None:
+        """The box's secrets from now on (flows already open keep the book they read);
+        ValueError if there are secrets but no CA to intercept their hosts with."""
+        ca_folder, leaves, ca = self._ca
+        if secrets and self.leaves is None:
+            if ca_folder is None and ca is None:
+                raise ValueError("secrets without the box's CA")
+            self.leaves = LeafIssuer(ca_folder, leaves, ca)
+        self.secrets = secrets
     def close(self) -> list[asyncio.Task[None]]:
         """Ends the box's flows (call on the loop, with serve() cancelled): relayed flows
         are cancelled, HTTP flows' sockets are shut down and their threads end by

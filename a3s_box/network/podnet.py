@@ -12,8 +12,24 @@ on its own veth; whatever the cluster filters by IP (NetworkPolicy) still applie
 node. The supervisor opens the tap (root, in the pod's namespace) and hands QEMU that one
 descriptor: the confined QEMU can use this tap and open no other.
 
+A pod held to an egress allow-list (k8s/egress.py) is plugged *routed* instead: the
+namespace becomes the VM's router, and its netfilter the boundary (routed_rules()):
+    - the VM keeps the pod's IP; eth0 keeps it too, for ARP, but everything that comes
+      in on eth0 for that IP is routed on to the tap (a policy rule ahead of the local
+      table), so the pod IP, hostPort and probes reach the guest's kernel as before;
+    - what the VM starts is never forwarded: every new TCP connection is REDIRECTed to
+      the host's egress proxy (listening in the namespace, registered with the pod's
+      policy and secrets as a Boxfile box's is), every UDP datagram to port 53 to its
+      DNS; anything else new from the tap is dropped, and so is anything whose source is
+      not the pod's IP (raw table: before REDIRECT, so the proxy answers no forged peer);
+    - replies to connections that came in (conntrack) go back out through eth0.
+The hostile side is the same guest: it may rewrite its routes, addresses and ARP as it
+likes; every packet it sends still meets these rules in a namespace it cannot reach.
+
     PodInterface, parse_interface()   sans-IO: `ip -j` answers -> what the guest takes
-    plug(), unplug()                  the tap and the redirects, in the namespace
+    routed_rules()                    sans-IO: the routed mode's netfilter rules
+    plug(), unplug()                  the tap and the redirects (or routes), in the namespace
+    PodNamespace                      sockets made in the namespace (the proxy's listeners)
     open_tap()                        the tap's descriptor, for QEMU
 """
 from __future__ import annotations
@@ -24,11 +40,13 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 CLONE_NEWNET = 0x40000000
 POD_INTERFACE = "eth0"  # CNI_IFNAME as the CRI plugin gives it
@@ -36,7 +54,12 @@ TAP = "a3stap0"
 # QEMU gets the tap as this descriptor (-netdev tap,fd=TAP_FD): the shim opens it as root,
 # so the jail needs no /dev/net/tun (0600 on some hosts) and QEMU no right to any other tap
 TAP_FD = 200
+TAP_ADDRESS = "169.254.77.1"  # routed: the tap's own (REDIRECT needs one); never the guest's
+ROUTE_TABLE = 77  # routed: where what comes in on eth0 for the pod's IP finds the tap
+PROXY_PORT, DNS_PORT = 15001, 53  # routed: the egress proxy's listeners in the namespace
 _TUNSETIFF, _IFF_TAP, _IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+T = TypeVar("T")
+_IP_FREEBIND = 15
 
 
 class PodNetError(RuntimeError):
@@ -97,9 +120,19 @@ class _Inside:
         if libc.setns(self._fd, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "setns")
 
-    def run(self, *argv: str, check: bool = True) -> str:
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def call(self, fn: Callable[[], T]) -> T:
+        try:
+            return self._thread.submit(fn).result()
+        except OSError as e:
+            raise PodNetError(f"pod network namespace {self.path}: {e}") from e
+
+    def run(self, *argv: str, check: bool = True, stdin: str = "") -> str:
         def go() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+            return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30)
         try:
             r = self._thread.submit(go).result()
         except OSError as e:
@@ -117,34 +150,121 @@ def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def plug(path: str) -> PodInterface:
-    """Make the tap (root's alone) in the namespace at PATH and redirect every frame
-    between it and eth0; what the guest must take."""
+def routed_rules(pod_ip: str) -> str:
+    """The routed mode's netfilter rules for the pod at POD_IP, in iptables-restore
+    --noflush form: chains of their own, hooked in first (pure)."""
+    return "\n".join([
+        "*raw",
+        ":A3S-SPOOF - [0:0]",
+        f"-I PREROUTING 1 -i {TAP} -j A3S-SPOOF",
+        f"-A A3S-SPOOF ! -s {pod_ip}/32 -j DROP",
+        "COMMIT",
+        "*nat",
+        ":A3S-EGRESS - [0:0]",
+        f"-I PREROUTING 1 -i {TAP} -j A3S-EGRESS",
+        f"-A A3S-EGRESS -p tcp -j REDIRECT --to-ports {PROXY_PORT}",
+        f"-A A3S-EGRESS -p udp --dport 53 -j REDIRECT --to-ports {DNS_PORT}",
+        "COMMIT",
+        "*filter",
+        ":A3S-FORWARD - [0:0]",
+        ":A3S-INPUT - [0:0]",
+        "-I FORWARD 1 -j A3S-FORWARD",
+        f"-I INPUT 1 -i {TAP} -j A3S-INPUT",
+        f"-A A3S-FORWARD -i {POD_INTERFACE} -o {TAP} -d {pod_ip}/32 -j ACCEPT",
+        f"-A A3S-FORWARD -i {TAP} -o {POD_INTERFACE} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A A3S-FORWARD -i {TAP} -j DROP",
+        f"-A A3S-FORWARD -o {TAP} -j DROP",
+        "-A A3S-INPUT -m conntrack --ctstate DNAT -j ACCEPT",
+        "-A A3S-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A A3S-INPUT -j DROP",
+        "COMMIT",
+        "",
+    ])
+
+
+def plug(path: str, routed: bool = False) -> PodInterface:
+    """Make the tap (root's alone) in the namespace at PATH and join it to eth0: frames
+    redirected both ways, or (ROUTED) the namespace routing between them under
+    routed_rules(). What the guest must take."""
     ip, tc = _tool("ip"), _tool("tc")
     inside = _Inside(path)
     try:
         iface = parse_interface(path, json.loads(inside.run(ip, "-j", "-4", "addr", "show", "dev", POD_INTERFACE)),
                                 json.loads(inside.run(ip, "-j", "-4", "route", "show")),
                                 json.loads(inside.run(ip, "-j", "link", "show", "dev", POD_INTERFACE)))
-        inside.run(ip, "link", "del", TAP, check=False)  # a previous VM's, if it died mid-way
-        inside.run(tc, "qdisc", "del", "dev", POD_INTERFACE, "ingress", check=False)
-        inside.run(ip, "tuntap", "add", "dev", TAP, "mode", "tap")
-        inside.run(ip, "link", "set", "dev", TAP, "mtu", str(iface.mtu), "up")
-        for a, b in ((POD_INTERFACE, TAP), (TAP, POD_INTERFACE)):
-            inside.run(tc, "qdisc", "add", "dev", a, "ingress")
-            inside.run(tc, "filter", "add", "dev", a, "parent", "ffff:", "protocol", "all", "u32", "match", "u32",
-                       "0", "0", "action", "mirred", "egress", "redirect", "dev", b)
+        _undo(inside)  # a previous VM's, if it died mid-way
+        if not routed:
+            inside.run(ip, "-batch", "-", stdin=f"tuntap add dev {TAP} mode tap\n"
+                                                  f"link set dev {TAP} mtu {iface.mtu} up\n")
+            inside.run(tc, "-batch", "-", stdin="".join(
+                f"qdisc add dev {a} ingress\n"
+                f"filter add dev {a} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {b}\n"
+                for a, b in ((POD_INTERFACE, TAP), (TAP, POD_INTERFACE))))
+            return iface
+        if not _has_iptables():
+            raise PodNetError(f"{path}: iptables-restore not found (apt install iptables): a pod with an "
+                              "egress allow-list needs it")
+        # rules first: from the moment the tap is up, nothing of the VM's is forwarded
+        inside.run(_tool("iptables-restore"), "-w", "--noflush", stdin=routed_rules(iface.address))
+        inside.run(_tool("sysctl"), "-q", "-w", "net.ipv4.ip_forward=1", f"net.ipv4.conf.{POD_INTERFACE}.proxy_arp=1",
+                   "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{POD_INTERFACE}.rp_filter=0")
+        inside.run(ip, "-batch", "-", stdin="\n".join([
+            f"tuntap add dev {TAP} mode tap",
+            f"link set dev {TAP} mtu {iface.mtu} up",  # no VM on it until QEMU starts
+            f"addr add {TAP_ADDRESS}/32 dev {TAP}",
+            f"route add {iface.address}/32 dev {TAP} table {ROUTE_TABLE}",
+            # eth0's traffic to the pod's IP goes to the VM, not to this namespace ...
+            f"rule add pref 10 iif {POD_INTERFACE} lookup {ROUTE_TABLE}",
+            # ... and so do the proxy's replies (from the tap's address, after REDIRECT)
+            f"rule add pref 11 from {TAP_ADDRESS} lookup {ROUTE_TABLE}",
+            "rule add pref 100 lookup local",
+            "rule del pref 0 lookup local",
+            "",
+        ]))
+        # the VM's source is the pod's IP, local here too: accepted on the tap, and ARP
+        # for the gateway and other pods answered for it
+        inside.run(_tool("sysctl"), "-q", "-w", f"net.ipv4.conf.{TAP}.accept_local=1",
+                   f"net.ipv4.conf.{TAP}.rp_filter=0", f"net.ipv4.conf.{TAP}.proxy_arp=1")
         return iface
     except PodNetError:
-        unplug_inside(inside)
+        _undo(inside)
         raise
     finally:
         inside.close()
 
 
-def unplug_inside(inside: _Inside) -> None:
+_UNDO_RULES = "\n".join([
+    "*raw", f"-D PREROUTING -i {TAP} -j A3S-SPOOF", "-F A3S-SPOOF", "-X A3S-SPOOF", "COMMIT",
+    "*nat", f"-D PREROUTING -i {TAP} -j A3S-EGRESS", "-F A3S-EGRESS", "-X A3S-EGRESS", "COMMIT",
+    "*filter", "-D FORWARD -j A3S-FORWARD", f"-D INPUT -i {TAP} -j A3S-INPUT",
+    "-F A3S-FORWARD", "-X A3S-FORWARD", "-F A3S-INPUT", "-X A3S-INPUT", "COMMIT", ""])
+
+
+def _undo(inside: _Inside) -> None:
+    """Whatever plug() made in the namespace, in either mode; each step may have been
+    made or not."""
+    ip = _tool("ip")
     inside.run(_tool("tc"), "qdisc", "del", "dev", POD_INTERFACE, "ingress", check=False)
-    inside.run(_tool("ip"), "link", "del", TAP, check=False)
+    inside.run(ip, "link", "del", TAP, check=False)
+    if "lookup local" not in inside.run(ip, "rule", "show", "pref", "0", check=False):
+        inside.run(ip, "-force", "-batch", "-", check=False, stdin=(
+            "rule add pref 0 lookup local\nrule del pref 100 lookup local\n"
+            f"rule del pref 10 lookup {ROUTE_TABLE}\nrule del pref 11 lookup {ROUTE_TABLE}\n"))
+    saved = inside.run(_tool("iptables-save"), check=False) if _has_iptables() else ""
+    for table in ("raw", "nat", "filter"):  # one table at a time: each may lack our chains
+        section = saved.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0] if f"*{table}\n" in saved else ""
+        if ":A3S-" in section:
+            undo = _UNDO_RULES.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0]
+            inside.run(_tool("iptables-restore"), "-w", "--noflush", check=False,
+                       stdin=f"*{table}\n{undo}COMMIT\n")
+
+
+def _has_iptables() -> bool:
+    return shutil.which("iptables-restore") is not None or os.path.exists("/usr/sbin/iptables-restore")
+
+
+def unplug_inside(inside: _Inside) -> None:
+    _undo(inside)
 
 
 def unplug(path: str) -> None:
@@ -154,9 +274,40 @@ def unplug(path: str) -> None:
     except PodNetError:
         return
     try:
-        unplug_inside(inside)
+        _undo(inside)
     finally:
         inside.close()
+
+
+class PodNamespace:
+    """Sockets made in the pod's namespace, for the egress proxy (what
+    registration.register_box needs of a box's namespace; the rules are plug()'s)."""
+
+    def __init__(self, path: str) -> None:
+        self._inside = _Inside(path)
+        self.fd = self._inside.fd
+
+    def listener(self, kind: int, port: int) -> socket.socket:
+        """A socket bound to the tap's address and PORT, where REDIRECT sends the VM's
+        flows (before plug() gives the tap that address: IP_FREEBIND). Its replies leave
+        from that address, which a policy rule routes to the tap: the pod's IP is the
+        namespace's own too, and would otherwise be delivered here."""
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+            s.bind((TAP_ADDRESS, port))
+            if kind == socket.SOCK_STREAM:
+                s.listen(512)
+            s.setblocking(False)
+            return s
+        return self._inside.call(make)
+
+    def stream_socket(self) -> socket.socket:
+        return self._inside.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))
+
+    def close(self) -> None:
+        self._inside.close()
 
 
 def open_tap(netns_fd: int) -> int:

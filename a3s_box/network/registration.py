@@ -40,9 +40,10 @@ import stat
 import sys
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from a3s_box import rundaemon
 from a3s_box.network import wire
@@ -56,6 +57,19 @@ REPLY_TIMEOUT = 30.0  # the daemon answered a registration
 CONNECT_TIMEOUT = 5.0  # a published port's connection into the namespace
 RETRIES = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)  # re-registering after the daemon went away
 MAX_DAEMON_LOG = 1 << 20
+
+
+class EgressNamespace(Protocol):
+    """Where the box's flows meet the proxy: a namespace of the box's own (netns.py, made
+    here) or a pod's that its plug() set up (podnet.PodNamespace)."""
+
+    fd: int
+
+    def listener(self, kind: int, port: int) -> socket.socket: ...
+
+    def stream_socket(self) -> socket.socket: ...
+
+    def close(self) -> None: ...
 
 
 class EgressError(RuntimeError):
@@ -143,7 +157,7 @@ class BoxNetwork:
     """A box's network while the box lives: its namespace (netns_fd: the VMM starts in
     it), its sockets and folders, and its connection to the egress daemon."""
 
-    def __init__(self, home: Path, registration: wire.Registration, ns: NetNamespace,
+    def __init__(self, home: Path, registration: wire.Registration, ns: EgressNamespace,
                  owned: list[socket.socket], fds: list[int],
                  on_failure: Callable[[str], None] | None = None,
                  log: Callable[[str], None] | None = None) -> None:
@@ -162,6 +176,7 @@ class BoxNetwork:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._daemon_pid: int | None = None
+        self._secrets_applied = threading.Event()
 
     @property
     def netns_fd(self) -> int:
@@ -181,6 +196,26 @@ class BoxNetwork:
         self._sock = self._register()
         self._thread = threading.Thread(target=self._run, name=f"egress-{self.box_id}", daemon=True)
         self._thread.start()
+
+    def update_secrets(self, secrets: dict[str, Any]) -> None:
+        """The box's secrets from now on (NAME -> placeholder, value, hosts), for a box
+        whose secrets become known after it started (a pod's, from each container's
+        environment). Returns once the daemon applies them; they are the registration's
+        too, should the box be registered again. EgressError if the daemon does not
+        answer: the caller must not hand out their placeholders then."""
+        with self._lock:
+            self._registration = replace(self._registration, secrets=secrets)
+            sock = self._sock
+            self._secrets_applied.clear()
+        if sock is None or not self.alive():
+            raise EgressError(f"box {self.box_id}: not registered with the egress daemon")
+        try:
+            _send(sock, wire.secrets_update(secrets))
+        except (OSError, wire.WireError) as e:
+            raise EgressError(f"box {self.box_id}: the egress daemon: {e}") from e
+        if not self._secrets_applied.wait(REPLY_TIMEOUT):
+            raise EgressError(f"box {self.box_id}: the egress daemon did not apply the secrets "
+                              f"within {REPLY_TIMEOUT:g}s")
 
     def close(self) -> None:
         """Ends the box's network: the daemon, seeing the connection close, stops its
@@ -293,6 +328,8 @@ class BoxNetwork:
                 continue
             if said.get("op") == "connect":
                 self._answer(sock, said)  # type: ignore[arg-type]
+            elif said.get("op") == "secrets" and said.get("ok") is True:
+                self._secrets_applied.set()
 
     def _answer(self, sock: socket.socket, said: dict[str, Any]) -> None:
         """A socket of the box's namespace, connected to one of its published ports."""
@@ -350,12 +387,15 @@ class BoxNetwork:
 
 def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
                  on_failure: Callable[[str], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> BoxNetwork:
+                 log: Callable[[str], None] | None = None,
+                 namespace: EgressNamespace | None = None) -> BoxNetwork:
     """Sets up the box's network namespace and registers the box with HOME's egress
     daemon (started if need be): see the module's docstring. CONF: what the driver
     wrote to RUNDIR/network.json (take_network_conf). ON_FAILURE(reason): called from
     the BoxNetwork's thread if the daemon ends and the box cannot be registered again.
-    LOG(line): what happened to the registration, for the supervisor's log."""
+    LOG(line): what happened to the registration, for the supervisor's log. NAMESPACE:
+    where the proxy listens, set up by the caller (default: a namespace of the box's
+    own, made and set up here); the BoxNetwork owns and closes it."""
     try:
         policy = NetworkPolicy.from_json(conf["policy"])
         forwards = [(int(index), int(inner)) for index, inner in conf.get("forwards", [])]
@@ -364,7 +404,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise EgressError(f"network: a malformed configuration ({type(e).__name__}: {e})") from e
     ca_cert = ca_key = None
-    if conf.get("ca_dir") and conf.get("secrets"):
+    if conf.get("ca_dir") and (conf.get("secrets") or namespace is not None):  # a pod's come later
         ca_dir = Path(conf["ca_dir"])
         try:  # read here, as root: the daemon cannot read the box's folder
             ca_cert, ca_key = (ca_dir / "ca.pem").read_bytes(), (ca_dir / "ca.key").read_bytes()
@@ -390,14 +430,15 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
 
     owned: list[socket.socket] = []
     fds: list[int] = []
-    ns: NetNamespace | None = None
+    ns: EgressNamespace | None = namespace
     try:
         try:
-            ns = NetNamespace()
-            ns.configure(PROXY_PORT, DNS_PORT)
+            if ns is None:
+                made = ns = NetNamespace()
+                made.configure(PROXY_PORT, DNS_PORT)
             owned.append(ns.listener(socket.SOCK_STREAM, PROXY_PORT))
             owned.append(ns.listener(socket.SOCK_DGRAM, DNS_PORT))
-        except (NetnsError, OSError) as e:
+        except (NetnsError, OSError, RuntimeError) as e:  # RuntimeError: a pod namespace's PodNetError
             raise EgressError(f"box network namespace: {e}") from e
         fds = [owned[0].fileno(), owned[1].fileno()]
         try:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from a3s_box.network.policy import normalize_name
+from a3s_box.network.policy import RuleError, normalize_name, parse_destination
 
 PLACEHOLDER_PREFIX = "a3s-secret-"
 DEFAULT_TLS_PORT = 443
@@ -30,6 +30,17 @@ def secret_endpoint(text: str) -> tuple[str, int]:
     """`host[:port]` of a secret's hosts: the name and the TLS port (default 443)."""
     host, sep, port = text.partition(":")
     return normalize_name(host), int(port) if sep else DEFAULT_TLS_PORT
+
+
+def secret_host_problem(text: str) -> str | None:
+    """Why TEXT cannot be a secret's host (None when it can): one name, an optional port."""
+    try:
+        rule = parse_destination(text)
+    except RuleError as e:
+        return str(e)
+    if rule.wildcard or rule.network is not None or 0 in rule.ports:
+        return f"{text!r}: a secret's host is one host name with an optional port (no wildcard, address or *)"
+    return None
 
 
 def new_placeholder(name: str) -> str:

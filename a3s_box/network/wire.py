@@ -1,6 +1,6 @@
 """What a box's supervisor and the host-wide egress daemon say to each other (sans-IO).
 
-The socket: HOME/run/egress-v1.sock (root's, 0600, in root's 0700 HOME/run), AF_UNIX
+The socket: HOME/run/egress-v2.sock (root's, 0600, in root's 0700 HOME/run), AF_UNIX
 SOCK_SEQPACKET: each message is one packet of UTF-8 JSON, at most MAX_MESSAGE bytes,
 some carrying descriptors (SCM_RIGHTS). One connection per box, open for the box's life:
 the daemon serves the box while it is open and ends everything of the box when it closes.
@@ -17,6 +17,9 @@ the daemon serves the box while it is open and ends everything of the box when i
     supervisor -> daemon   {"op": "connected", "id": N} with one descriptor: a TCP socket of the
                            box's namespace connected to 127.0.0.1:INNER_PORT
                            | {"op": "connected", "id": N, "error": str}
+    supervisor -> daemon   {"op": "secrets", "secrets": {NAME: {placeholder, value, hosts}}}
+                           (the box's secrets from now on: a pod's come container by container)
+    daemon -> supervisor   {"op": "secrets", "ok": true} once they apply
 
 Versioned by the socket's name: a release whose protocol differs uses another name and
 so another daemon, and the one an older release started serves its boxes until they end.
@@ -29,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: the secrets update
 SOCKET_NAME = f"egress-v{VERSION}.sock"
 LOCK_NAME = "egress.lock"  # one starter at a time
 LOG_NAME = "egress-daemon.log"  # the daemon's own errors (its stderr)
 MAX_MESSAGE = 1 << 20  # a registration: policy and secrets; more is refused
-MAX_REPLY = 4096  # every other message
+MAX_REPLY = 4096  # a daemon's message
 MAX_PUBLISHED = 64
 FIXED_FDS = ("tcp listener", "udp socket", "network folder", "activity file")
 MAX_FDS = len(FIXED_FDS) + MAX_PUBLISHED
@@ -113,8 +116,7 @@ def parse_registration(message: dict[str, Any], fds: int) -> Registration:
         raise WireError("box_id: not a name")
     if not isinstance(policy, dict):
         raise WireError("policy: not an object")
-    if not isinstance(secrets, dict) or not all(isinstance(v, dict) for v in secrets.values()):
-        raise WireError("secrets: not an object of objects")
+    _secrets_object(secrets)
     if logging is not None and not isinstance(logging, dict):
         raise WireError("logging: not an object")
     if not isinstance(published, list) or len(published) > MAX_PUBLISHED:
@@ -140,6 +142,27 @@ def ok(pid: int) -> dict[str, Any]:
 
 def refused(error: str) -> dict[str, Any]:
     return {"ok": False, "error": error[:2000]}
+
+
+def _secrets_object(secrets: object) -> dict[str, Any]:
+    if not isinstance(secrets, dict) or not all(isinstance(v, dict) for v in secrets.values()):
+        raise WireError("secrets: not an object of objects")
+    return secrets
+
+
+def secrets_update(secrets: dict[str, Any]) -> dict[str, Any]:
+    """The box's secrets from now on (a pod's become known container by container)."""
+    return {"op": "secrets", "secrets": secrets}
+
+
+def parse_secrets_update(message: dict[str, Any], fds: int) -> dict[str, Any]:
+    if message.get("op") != "secrets" or fds:
+        raise WireError("not a secrets update")
+    return _secrets_object(message.get("secrets"))
+
+
+def secrets_applied() -> dict[str, Any]:
+    return {"op": "secrets", "ok": True}
 
 
 def connect_request(request_id: int, port: int) -> dict[str, Any]:

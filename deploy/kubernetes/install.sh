@@ -25,6 +25,7 @@ if ! grep -q 'containerd.runtimes.a3sbox]' "$CONFIG" 2>/dev/null; then
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.a3sbox]
   runtime_type = "io.containerd.a3sbox.v2"
+  pod_annotations = ["a3s.dev/*"]
 CONF
   changed=1
   echo "a3s-box: runtime a3sbox added to $CONFIG"

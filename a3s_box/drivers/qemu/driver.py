@@ -142,7 +142,7 @@ class QemuDriver:
                           network=forwards is not None or launch.pod_network is not None, helpers=len(virtiofsd))
         if launch.pod_network is not None:
             try:
-                iface = podnet.plug(launch.pod_network)
+                iface = podnet.plug(launch.pod_network, routed=launch.pod_egress)
             except podnet.PodNetError as e:
                 raise DriverError(launch.box_id, str(e)) from e
             spec = replace(spec, tap_mac=iface.mac, guest_net=iface.guest_arg())

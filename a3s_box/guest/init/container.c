@@ -439,6 +439,11 @@ int container_main(int argc, char **argv)
 		if (unshare(CLONE_NEWPID) < 0)
 			return die("unshare", NULL);
 	}
+	/* the pidfile is what execs join by: written once the child is in its own mount
+	 * namespace and root, or an exec right after Start would join the VM's */
+	int ready[2] = {-1, -1};
+	if (!join && cg && pipe2(ready, O_CLOEXEC) < 0)
+		return die("pipe", NULL);
 	g_child = fork();
 	if (g_child < 0)
 		return die("fork", NULL);
@@ -455,6 +460,12 @@ int container_main(int argc, char **argv)
 			int rc = enter_root(root, binds, nbinds, hostname);
 			if (rc)
 				_exit(rc);
+			if (ready[1] >= 0) {
+				close(ready[0]);
+				if (write(ready[1], "r", 1) != 1)
+					_exit(die("ready", NULL));
+				close(ready[1]);
+			}
 		}
 		if (chdir(cwd) < 0)
 			_exit(die("workdir", cwd));
@@ -464,8 +475,16 @@ int container_main(int argc, char **argv)
 		execvp(argv[i], argv + i);
 		_exit(die("exec", argv[i]));
 	}
-	if (!join && cg)
-		write_pidfile(cg, g_child);
+	if (ready[0] >= 0) {
+		char r;
+		ssize_t n;
+		close(ready[1]);
+		while ((n = read(ready[0], &r, 1)) < 0 && errno == EINTR)
+			;
+		close(ready[0]);
+		if (n == 1) /* else the child failed before its root was made: nothing to join */
+			write_pidfile(cg, g_child);
+	}
 	struct sigaction sa = {.sa_handler = forward};
 	sigemptyset(&sa.sa_mask);
 	for (int s = 1; s < 65; s++)
