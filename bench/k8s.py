@@ -1,7 +1,8 @@
 """Kubernetes benchmark through containerd's CRI plugin (Debian's containerd, a private
 socket and root): pod sandbox create -> first ExecSync in a container of it, with the
 runtime handler `a3sbox` as a ratio to `runc` in the same run, on the node's network
-and on a CNI pod network (Debian's bridge and host-local plugins); and what an idle pod
+and on a CNI pod network (Debian's bridge and host-local plugins), also held to an
+allow-list by annotation; and what an idle pod
 VM costs the node (Pss of its shim, QEMU and virtiofsd), the figure the RuntimeClass
 declares as overhead.podFixed.
 
@@ -40,7 +41,7 @@ CONFLIST = {"cniVersion": "1.0.0", "name": "a3s-bench", "plugins": [
 
 def _config(tmp: Path) -> str:
     runtimes = "".join(f'  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]\n'
-                       f'    runtime_type = "io.containerd.{kind}.v2"\n'
+                       f'    runtime_type = "io.containerd.{kind}.v2"\n    pod_annotations = ["a3s.dev/*"]\n'
                        for name, kind in (("runc", "runc"), ("a3sbox", "a3sbox")))
     # restrict_oom_score_adj: the CRI plugin gives sandboxes -998, and root here lacks
     # CAP_SYS_RESOURCE (bit 24 of CapEff), so runc could not lower the score; keep containerd's
@@ -49,20 +50,25 @@ def _config(tmp: Path) -> str:
             + runtimes)
 
 
-def _pod(name: str, logs: Path, cni: bool) -> Any:
+# a pod held to an allow-list: its VM routed through its namespace to the egress proxy
+FENCED = {"a3s.dev/network": "mode: allowlist\negress: [api.example.com]\n"}
+
+
+def _pod(name: str, logs: Path, cni: bool, fenced: bool = False) -> Any:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="bench"),
-        log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        annotations=FENCED if fenced else {}, log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
             namespace_options=pb.NamespaceOption(network=pb.POD if cni else pb.NODE))))
 
 
-def _first_exec(cri: CriClient, handler: str, name: str, logs: Path, cni: bool = False) -> tuple[float, str]:
+def _first_exec(cri: CriClient, handler: str, name: str, logs: Path, cni: bool = False,
+                fenced: bool = False) -> tuple[float, str]:
     """Seconds from RunPodSandbox to the first ExecSync's answer; the pod's id."""
     t0 = time.perf_counter()
-    pod = cri.run_pod_sandbox(_pod(name, logs, cni), handler=handler)
+    pod = cri.run_pod_sandbox(_pod(name, logs, cni, fenced), handler=handler)
     c = cri.create_container(pod, pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=IMAGE), command=["sleep", "100000"],
-        log_path=f"{name}-c.log"), _pod(name, logs, cni))
+        log_path=f"{name}-c.log"), _pod(name, logs, cni, fenced))
     cri.start_container(c)
     code, _, err = cri.exec_sync(c, ["true"], timeout=60)
     took = time.perf_counter() - t0
@@ -112,12 +118,15 @@ def main() -> None:
             import_image(sock, s.image, IMAGE, namespace="k8s.io")
             with CriClient(sock, timeout=300) as cri:
                 cri.wait_ready(30)
-                times: dict[str, list[float]] = {"runc": [], "a3sbox": [], "runc-cni": [], "a3sbox-cni": []}
+                times: dict[str, list[float]] = {"runc": [], "a3sbox": [], "runc-cni": [], "a3sbox-cni": [],
+                                                 "a3sbox-fenced": []}
                 idle = []
                 for i in range(rounds):
-                    for handler, cni in (("runc", False), ("a3sbox", False), ("runc", True), ("a3sbox", True)):
-                        kind = f"{handler}-cni" if cni else handler
-                        took, pod = _first_exec(cri, handler, f"{kind}-{i}", tmp / "logs", cni)
+                    for handler, cni, fenced in (("runc", False, False), ("a3sbox", False, False),
+                                                 ("runc", True, False), ("a3sbox", True, False),
+                                                 ("a3sbox", True, True)):
+                        kind = "a3sbox-fenced" if fenced else f"{handler}-cni" if cni else handler
+                        took, pod = _first_exec(cri, handler, f"{kind}-{i}", tmp / "logs", cni, fenced)
                         try:
                             times[kind].append(took)
                             if kind == "a3sbox":
@@ -131,6 +140,9 @@ def main() -> None:
         runc, box = statistics.median(times["runc" + kind]), statistics.median(times["a3sbox" + kind])
         print(f"pod create -> first ExecSync on {what} (median of {rounds}): runc {runc * 1000:.0f} ms, "
               f"a3sbox {box * 1000:.0f} ms = {box / runc:.1f}x runc")
+    routed, bridged = statistics.median(times["a3sbox-fenced"]), statistics.median(times["a3sbox-cni"])
+    print(f"... held to an allow-list (a3s.dev/network: routed to the egress proxy): a3sbox {routed * 1000:.0f} ms "
+          f"= {routed / statistics.median(times['runc-cni']):.1f}x runc, {routed / bridged:.2f}x an unannotated a3sbox pod")
     print(f"idle pod VM (shim + QEMU + virtiofsd, Pss, 256 MiB guest): {statistics.median(idle):.0f} MiB "
           f"(RuntimeClass overhead.podFixed.memory)")
 

@@ -2,7 +2,7 @@
 
 One process, one asyncio loop, serving the egress proxy, DNS and published ports of
 every box registered with it (registration.py is the boxes' side, wire.py the protocol).
-A box's supervisor registers the box over HOME/run/egress-v1.sock and keeps that
+A box's supervisor registers the box over HOME/run/egress-v2.sock and keeps that
 connection open for the box's life; when it closes (the box ended, or its supervisor
 died) the daemon ends the box's flows, DNS, published ports and log. The daemon exits
 by itself once it has served no box for IDLE_EXIT seconds ($A3S_BOX_EGRESS_IDLE_EXIT),

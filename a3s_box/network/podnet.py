@@ -225,6 +225,9 @@ def plug(path: str, routed: bool = False) -> PodInterface:
         # for the gateway and other pods answered for it
         inside.run(_tool("sysctl"), "-q", "-w", f"net.ipv4.conf.{TAP}.accept_local=1",
                    f"net.ipv4.conf.{TAP}.rp_filter=0", f"net.ipv4.conf.{TAP}.proxy_arp=1")
+        # no IPv6 on the tap at all: nothing of the VM's is routed but through the rules
+        # above (-e: a kernel without IPv6 has no such key, and no IPv6 to route)
+        inside.run(_tool("sysctl"), "-q", "-e", "-w", f"net.ipv6.conf.{TAP}.disable_ipv6=1")
         return iface
     except PodNetError:
         _undo(inside)

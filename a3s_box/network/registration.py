@@ -404,7 +404,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise EgressError(f"network: a malformed configuration ({type(e).__name__}: {e})") from e
     ca_cert = ca_key = None
-    if conf.get("ca_dir") and (conf.get("secrets") or namespace is not None):  # a pod's come later
+    if conf.get("ca_dir"):  # with secrets, or for secrets that come later (a pod's)
         ca_dir = Path(conf["ca_dir"])
         try:  # read here, as root: the daemon cannot read the box's folder
             ca_cert, ca_key = (ca_dir / "ca.pem").read_bytes(), (ca_dir / "ca.key").read_bytes()

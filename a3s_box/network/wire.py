@@ -5,7 +5,7 @@ SOCK_SEQPACKET: each message is one packet of UTF-8 JSON, at most MAX_MESSAGE by
 some carrying descriptors (SCM_RIGHTS). One connection per box, open for the box's life:
 the daemon serves the box while it is open and ends everything of the box when it closes.
 
-    supervisor -> daemon   {"v": 1, "op": "register", "box_id": str, "policy": {...},
+    supervisor -> daemon   {"v": 2, "op": "register", "box_id": str, "policy": {...},
                             "secrets": {NAME: {placeholder, value, hosts}}, "logging": {...},
                             "published": [INNER_PORT, ...], "ca": {"cert": PEM, "key": PEM} | null}
                            descriptors, in this order: the TCP listener and the UDP socket of

@@ -113,7 +113,7 @@ class Host:
         rundir = self.home / "boxes" / name
         rundir.mkdir(parents=True, mode=0o700)
         ca_dir = None
-        if secrets:
+        if secrets is not None:  # {}: secrets that come later (update_secrets), the CA now
             ensure_ca(rundir, name)
             ca_dir = str(rundir)
         port = self.internet.https_port
@@ -211,6 +211,29 @@ def test_two_boxes_are_each_served_under_their_own_policy_secret_and_ca(host: Ho
         assert box.rundir.stat().st_uid == 0
 
 
+def test_secrets_given_after_the_registration_apply_to_later_flows_and_survive_a_new_daemon(
+        host: Host, internet: Internet) -> None:
+    port = internet.https_port
+    a = host.box("a", [f"api.test:{port}"], {})  # a pod's: its secrets come with its containers
+    r = a.request("/before", f"Authorization: Bearer {PH_A}", ca=str(internet.ca))
+    assert r.returncode == 0 and internet.last("/before")["headers"]["authorization"] == f"Bearer {PH_A}"
+    a.net.update_secrets({"TOKEN": {"placeholder": PH_A, "value": VALUE_A, "hosts": [f"api.test:{port}"]}})
+    r = a.request("/after", f"Authorization: Bearer {PH_A}")  # now intercepted, with the box's CA
+    assert r.returncode == 0, (r.stderr, a.log())
+    assert internet.last("/after")["headers"]["authorization"] == f"Bearer {VALUE_A}"
+    assert VALUE_A not in r.stdout
+    # the daemon killed: the box is registered again with the secrets it has now
+    old = a.net.daemon_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while a.net.daemon_pid() in (old, None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    r = a.request("/again", f"Authorization: Bearer {PH_A}")
+    assert r.returncode == 0, (r.stderr, a.log())
+    assert internet.last("/again")["headers"]["authorization"] == f"Bearer {VALUE_A}"
+
+
 def test_the_daemon_runs_without_root_and_holds_no_box_file_path(host: Host, internet: Internet) -> None:
     a = host.box("a", [f"api.test:{internet.https_port}"])
     pid = a.net.daemon_pid()
@@ -259,7 +282,7 @@ def test_closing_a_registration_ends_that_box_only(host: Host, internet: Interne
 
 def _raw_client(home: Path, *, uid: int = 0) -> str:
     """What a client of the daemon's socket gets for a registration, as UID."""
-    said = ask_as(wire.run_dir(home), wire.SOCKET_NAME, b'{"v": 1, "op": "register"}', uid=uid)
+    said = ask_as(wire.run_dir(home), wire.SOCKET_NAME, b'{"v": 2, "op": "register"}', uid=uid)
     return said if said in ("refused by the socket's mode", "closed unanswered") else "answered"
 
 
@@ -305,7 +328,7 @@ def test_garbage_and_oversized_messages_close_only_their_client(host: Host, inte
     before = host.daemon_fds(pid)
     assert _send_raw(host.home, b"\x00\xffgarbage") is None
     assert _send_raw(host.home, b"{" + b" " * (wire.MAX_MESSAGE + 10) + b"}") is None
-    said = _send_raw(host.home, b'{"v": 1, "op": "register", "box_id": "x", "policy": {}, "published": []}')
+    said = _send_raw(host.home, b'{"v": 2, "op": "register", "box_id": "x", "policy": {}, "published": []}')
     assert said is not None and "0 descriptors" in json.loads(said)["error"]
     # descriptors beyond those expected, and ones that are not what they say, are closed
     files = [os.open("/dev/null", os.O_RDONLY) for _ in range(6)]

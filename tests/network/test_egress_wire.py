@@ -33,8 +33,8 @@ def test_a_registration_goes_through_the_wire_unchanged() -> None:
 @pytest.mark.parametrize("over,fds,why", [
     ({}, 4, "4 descriptors with a registration that needs 5"),
     ({}, 6, "6 descriptors"),
-    ({"v": 2}, 5, "not a version 1 registration"),
-    ({"op": "connect"}, 5, "not a version 1 registration"),
+    ({"v": 1}, 5, "not a version 2 registration"),
+    ({"op": "connect"}, 5, "not a version 2 registration"),
     ({"box_id": ""}, 5, "box_id"),
     ({"box_id": 7}, 5, "box_id"),
     ({"policy": []}, 5, "policy"),
@@ -115,3 +115,21 @@ def test_the_network_conf_is_gone_once_a_supervisor_read_it(tmp_path: Path) -> N
     assert not (tmp_path / "network.json").exists()
     with pytest.raises(EgressError, match="network.json"):
         take_network_conf(tmp_path)
+
+
+def test_secrets_updates_and_their_answer() -> None:
+    secrets = {"T": {"placeholder": "a3s-secret-t-1", "value": "v", "hosts": ["a.test"]}}
+    assert wire.parse_secrets_update(wire.decode(wire.encode(wire.secrets_update(secrets))), 0) == secrets
+    for bad, fds in (({"op": "secrets", "secrets": []}, 0), ({"op": "secrets", "secrets": {"T": 1}}, 0),
+                     ({"op": "secrets", "secrets": secrets}, 1), ({"op": "connected", "secrets": secrets}, 0)):
+        with pytest.raises(wire.WireError):
+            wire.parse_secrets_update(bad, fds)
+    assert wire.secrets_applied() == {"op": "secrets", "ok": True}
+
+
+@given(_json, st.integers(0, 2))
+def test_whatever_an_update_says_is_secrets_or_a_wire_error(value: Any, fds: int) -> None:
+    try:
+        wire.parse_secrets_update({"op": "secrets", "secrets": value}, fds)
+    except wire.WireError:
+        pass
