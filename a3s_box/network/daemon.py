@@ -12,6 +12,9 @@ one keep their own per-box helper (helper.py).
 Who runs as what:
   - started by a supervisor (root), which waits for its first process: that one binds
     the socket (0600, in root's 0700 HOME/run), forks the daemon off and exits 0;
+  - started by a user without root (rootless: netns.UserNetNamespace), it is that user's,
+    in that user's HOME/run, and serves only that user's supervisors; it cannot change
+    its uid, and keeps no_new_privs and the seccomp denylist;
   - the daemon then drops to DAEMON_UID:DAEMON_UID (wire.py) with no capability, no_new_privs
     and the seccomp denylist (privileges.py). A uid of its own, not nobody and not a box's:
     no other process may signal it, and the boxes' network folders it writes are that
@@ -283,8 +286,10 @@ class BoxSession:
 
 
 class Daemon:
-    def __init__(self, listener: socket.socket, upstream_tls: ssl.SSLContext, idle_exit: float = IDLE_EXIT) -> None:
+    def __init__(self, listener: socket.socket, upstream_tls: ssl.SSLContext, idle_exit: float = IDLE_EXIT,
+                 owner: int = 0) -> None:
         self.listener = listener
+        self.owner = owner  # the uid whose supervisors register boxes: root, or the user without root
         self.upstream_tls = upstream_tls
         self.idle_exit = idle_exit
         self.sessions: set[BoxSession] = set()
@@ -332,8 +337,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != 0:
-            return  # not read, not answered: only root registers boxes
+        if uid != self.owner:
+            return  # not read, not answered: only its starter's uid registers boxes
         try:
             message, fds = await asyncio.wait_for(receive(conn, wire.MAX_MESSAGE, wire.MAX_FDS), HANDSHAKE_TIMEOUT)
         except (wire.WireError, asyncio.TimeoutError, OSError):
@@ -400,10 +405,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m a3s_box.network.daemon HOME", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
-        _log("must be started by root (it binds root's socket, then drops root)")
-        return 1
     home = Path(argv[1])
+    starter = os.geteuid()
     try:
         idle_exit = float(os.environ.get("A3S_BOX_EGRESS_IDLE_EXIT") or IDLE_EXIT)
         listener = rundaemon.bind_listening(wire.run_dir(home), wire.SOCKET_NAME, 128)  # as root: root's
@@ -415,13 +418,13 @@ def main(argv: list[str]) -> int:
     if os.fork() != 0:
         os._exit(0)  # the starter waits for this: the socket answers from now on
     try:
-        drop_privileges(wire.DAEMON_UID, wire.DAEMON_UID)
+        drop_privileges(wire.daemon_uid(), wire.daemon_uid())  # as a user: no_new_privs, seccomp
     except OSError as e:
         _log(f"cannot drop root: {e}")
         os._exit(1)
     _log(f"pid {os.getpid()} serving {wire.socket_path(home)}")
     try:
-        asyncio.run(Daemon(listener, upstream_tls, idle_exit).run())
+        asyncio.run(Daemon(listener, upstream_tls, idle_exit, owner=starter).run())
     except KeyboardInterrupt:
         pass
     _log(f"pid {os.getpid()}: no box for {idle_exit:g}s, exiting")

@@ -15,7 +15,10 @@ for published ports); sockets keep the namespace they were made in.
 """
 from __future__ import annotations
 
+import array
+import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import socket
@@ -25,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+_PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 24, 38
 PROXY_PORT = 15001
 DNS_PORT = 53
 _VETH_ADDR = "10.255.255.1/30"
@@ -45,6 +50,20 @@ def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
+def _run(argv: list[str], stdin: str = "") -> None:
+    try:
+        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise NetnsError(f"{argv[0]}: {e}") from e
+    if r.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+
+_SETUP = "\n".join(["link set lo up", "link add a3s0 type veth peer name a3s1", "link set a3s1 up",
+                    "link set a3s0 up", f"addr add {_VETH_ADDR} dev a3s0",
+                    f"route add default via {_VETH_GW} dev a3s0"]) + "\n"
+
+
 def rules(proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> str:
     """The namespace's netfilter rules, in iptables-restore form (pure)."""
     return "\n".join([
@@ -63,6 +82,8 @@ def rules(proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> str:
 
 
 class NetNamespace:
+    user_fd: int | None = None  # a root's namespace belongs to the host's user namespace
+
     def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="netns", initializer=self._enter)
         try:
@@ -80,28 +101,13 @@ class NetNamespace:
     def call(self, fn: Callable[..., T], *args: object) -> T:
         return self._thread.submit(fn, *args).result()
 
-    def _run(self, argv: list[str], stdin: str = "") -> None:
-        try:
-            r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
-        except OSError as e:
-            raise NetnsError(f"{argv[0]}: {e}") from e
-        if r.returncode != 0:
-            raise NetnsError(f"{' '.join(argv)}: {r.stderr.strip()}")
 
     def configure(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> None:
         missing = missing_tools()
         if missing:
             raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
-        batch = "\n".join([
-            "link set lo up",
-            "link add a3s0 type veth peer name a3s1",
-            "link set a3s1 up",
-            "link set a3s0 up",
-            f"addr add {_VETH_ADDR} dev a3s0",
-            f"route add default via {_VETH_GW} dev a3s0",
-        ]) + "\n"
-        self.call(self._run, [_tool("ip"), "-batch", "-"], batch)
-        self.call(self._run, [_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
+        self.call(_run, [_tool("ip"), "-batch", "-"], _SETUP)
+        self.call(_run, [_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
 
     def listener(self, kind: int, port: int) -> socket.socket:
         """A socket bound to 127.0.0.1:PORT inside the namespace (TCP listening)."""
@@ -128,9 +134,123 @@ class NetNamespace:
         os.close(self.fd)
 
 
-def enter(fd: int) -> None:
-    """Move the calling (single-threaded, just forked) process into the namespace."""
+class UserNetNamespace:
+    """The same namespace for a user without root: it belongs to a user namespace of its
+    own, where the user is root and no other id exists (so it grants nothing on the host:
+    whatever runs in it is still the user outside). A user namespace can only be made by
+    a single-threaded process, so a child forked for the purpose makes both, sets up the
+    rules and the proxy's listeners in them, and hands back the namespaces and sockets as
+    descriptors (the namespaces live on as long as they are held). The VMM joins both
+    (enter()). Published ports need a socket made in the namespace later, which the
+    user's own process cannot: not yet supported without root."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.user_fd: int | None = None
+        self._sockets: dict[tuple[int, int], socket.socket] = {}
+
+    def configure(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> None:
+        missing = missing_tools()
+        if missing:
+            raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, which exits
+            ours.close()
+            code = 1
+            try:
+                made = _make_user_namespace(proxy_port, dns_port)
+                theirs.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", made))])
+                code = 0
+            except BaseException as e:  # noqa: BLE001 - said to the parent, whatever it is
+                with contextlib.suppress(OSError):
+                    theirs.send(f"{type(e).__name__}: {e}".encode()[:2000])
+            finally:
+                os._exit(code)
+        theirs.close()
+        try:
+            msg, ancillary, _flags, _addr = ours.recvmsg(4096, socket.CMSG_SPACE(4 * array.array("i").itemsize))
+        finally:
+            ours.close()
+            os.waitpid(pid, 0)
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        if msg != b"ok" or len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            raise NetnsError(f"cannot make a network namespace in a user namespace: {msg.decode(errors='replace')}")
+        self.user_fd, self.fd = fds[0], fds[1]
+        self._sockets = {(socket.SOCK_STREAM, proxy_port): socket.socket(fileno=fds[2]),
+                         (socket.SOCK_DGRAM, dns_port): socket.socket(fileno=fds[3])}
+        for s in self._sockets.values():
+            s.setblocking(False)
+
+    def listener(self, kind: int, port: int) -> socket.socket:
+        try:
+            return self._sockets.pop((kind, port))
+        except KeyError:
+            raise NetnsError(f"no listener for port {port} was made in the namespace") from None
+
+    def stream_socket(self) -> socket.socket:
+        raise NetnsError("published ports need root (a socket made in the box's namespace)")
+
+    def close(self) -> None:
+        for s in self._sockets.values():
+            s.close()
+        for fd in (self.fd, self.user_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.fd, self.user_fd = -1, None
+
+
+def _make_user_namespace(proxy_port: int, dns_port: int) -> list[int]:
+    """In a just-forked child: a user namespace mapping only this user (to root) and a
+    network namespace in it, set up; [user ns, net ns, TCP listener, UDP socket]."""
+    uid, gid = os.geteuid(), os.getegid()
     libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWUSER | CLONE_NEWNET): {os.strerror(err)}")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    _run([_tool("ip"), "-batch", "-"], _SETUP)
+    _run([_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
+    out = [os.open("/proc/self/ns/user", os.O_RDONLY), os.open("/proc/self/ns/net", os.O_RDONLY)]
+    for kind, port in ((socket.SOCK_STREAM, proxy_port), (socket.SOCK_DGRAM, dns_port)):
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(512)
+        out.append(s.detach())
+    return out
+
+
+def new_box_namespace() -> NetNamespace | UserNetNamespace:
+    """A namespace for a box's network: its own as root, in a user namespace otherwise."""
+    return NetNamespace() if os.geteuid() == 0 else UserNetNamespace()
+
+
+def enter(fd: int, user_fd: int | None = None) -> None:
+    """Move the calling (single-threaded, just forked) process into the namespace (and
+    first into the user namespace that owns it, when it is a user's)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if user_fd is not None and libc.setns(user_fd, CLONE_NEWUSER) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(CLONE_NEWUSER): {os.strerror(err)}")
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+    if user_fd is not None:
+        # root of the user namespace, but with no capability there once it execs (root's
+        # caps after exec are the bounding set): it cannot touch the namespace's rules
+        for cap in range(64):
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+                err = ctypes.get_errno()
+                raise OSError(err, f"dropping capabilities: {os.strerror(err)}")
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"no_new_privs: {os.strerror(err)}")

@@ -24,12 +24,19 @@ def drop_privileges(uid: int, gid: int) -> None:
     # not be readable by UID (a Python under /root, say). IDNA: every dial.
     "bücher.example".encode("idna").decode("idna")
     libc = ctypes.CDLL(None, use_errno=True)
+    if os.geteuid() != 0 and (uid, gid) == (os.geteuid(), os.getegid()):
+        pass  # a user without root: no capability to drop, no other uid to become
+    else:
+        _become(libc, uid, gid)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs")
+    seccomp.install_denylist()  # no mounts, namespaces, modules, ptrace... (a3s_box/seccomp.py)
+
+
+def _become(libc: ctypes.CDLL, uid: int, gid: int) -> None:
     for cap in range(64):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
             raise OSError(ctypes.get_errno(), "dropping capabilities")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # clears the permitted and effective sets
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "no_new_privs")
-    seccomp.install_denylist()  # no mounts, namespaces, modules, ptrace... (a3s_box/seccomp.py)

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from a3s_box import rundaemon
 from a3s_box.network import wire
 from a3s_box.network.log import network_dir
-from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError
+from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetnsError, new_box_namespace
 from a3s_box.network.policy import NetworkPolicy
 
 NETWORK_JSON = "network.json"
@@ -181,6 +181,12 @@ class BoxNetwork:
     @property
     def netns_fd(self) -> int:
         return self._ns.fd
+
+    @property
+    def userns_fd(self) -> int | None:
+        """The user namespace owning the network one, for a user without root (the VMM
+        joins it first); None as root."""
+        return getattr(self._ns, "user_fd", None)
 
     def alive(self) -> bool:
         """Whether the daemon serves the box (False once it cannot: see `failure`)."""
@@ -421,10 +427,11 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
         own.mkdir(mode=0o700, exist_ok=True)
         if stat.S_ISLNK(os.lstat(own).st_mode):
             raise EgressError(f"network: {own} is a symbolic link")
-        _give_to(own, wire.DAEMON_UID, wire.DAEMON_UID)
+        daemon = wire.daemon_uid()
+        _give_to(own, daemon, daemon)
         fd = os.open(activity, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         os.close(fd)
-        os.chown(activity, wire.DAEMON_UID, wire.DAEMON_UID, follow_symlinks=False)
+        os.chown(activity, daemon, daemon, follow_symlinks=False)
     except OSError as e:
         raise EgressError(f"network: {own}: {e}") from e
 
@@ -434,7 +441,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     try:
         try:
             if ns is None:
-                made = ns = NetNamespace()
+                made = ns = new_box_namespace()
                 made.configure(PROXY_PORT, DNS_PORT)
             owned.append(ns.listener(socket.SOCK_STREAM, PROXY_PORT))
             owned.append(ns.listener(socket.SOCK_DGRAM, DNS_PORT))

@@ -28,6 +28,7 @@ Decoding never raises anything but WireError on what a peer sent.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ MAX_FDS = len(FIXED_FDS) + MAX_PUBLISHED
 # The daemon's uid and gid: the first id past the range jail/ids.py gives boxes, held by
 # no other process on the host (tests/network/test_egress_wire.py checks the ranges).
 DAEMON_UID = 1_611_000_000
+
+
+def daemon_uid() -> int:
+    """Whose the daemon is: DAEMON_UID when root starts it; a user without root cannot
+    give it another uid, so it is that user's (and serves only that user's boxes)."""
+    return DAEMON_UID if os.geteuid() == 0 else os.geteuid()
 
 
 class WireError(ValueError):

@@ -3,8 +3,10 @@ the supervisor starts (a3s_box.network.helper), and put the box's CA into the gu
 The decisions themselves are all in a3s_box.network."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -26,9 +28,25 @@ def network_support() -> tuple[bool, str]:
         return False, (f"{', '.join(missing)} not found (apt install iproute2 iptables): boxes with "
                        "network mode allowlist or public cannot start")
     if os.geteuid() != 0:
-        return False, "needs root for a per-box network namespace with netfilter rules"
+        if not user_namespaces_work():
+            return False, ("needs root, or user namespaces (this host refuses an unprivileged "
+                           "`unshare --user --net`: see kernel.unprivileged_userns_clone or "
+                           "kernel.apparmor_restrict_unprivileged_userns)")
+        return True, ("rootless: per-box network namespace inside a user namespace of yours, "
+                      "transparent egress proxy with its own DNS (a daemon of yours; every TCP "
+                      "port, UDP only for DNS); published ports need root")
     return True, ("per-box network namespace, transparent egress proxy with its own DNS "
                   "(every TCP port, UDP only for DNS)")
+
+
+@functools.cache
+def user_namespaces_work() -> bool:
+    """Whether this user may make a user namespace with a network namespace in it."""
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def secret_values(box_id: str, secrets: Mapping[str, Mapping[str, Any]],
@@ -58,6 +76,9 @@ def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) 
         raise HostUnsupported("qemu", f"box {launch.box_id}: network mode "
                               f"{launch.network.policy.mode}: {why}")
     policy = launch.network.policy
+    if policy.ports and os.geteuid() != 0:
+        raise HostUnsupported("qemu", f"box {launch.box_id}: published ports need root for now (a rootless "
+                              "box's namespace belongs to a user namespace the box's supervisor cannot enter)")
     forwards = tuple((FORWARD_BASE + i, p.box_port) for i, p in enumerate(policy.ports))
     ca_dir = None
     if launch.network.secrets:

@@ -387,7 +387,7 @@ class QemuDriver:
                         qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
                         memory_shared=True)
         gid = self._template_gid(key)
-        os.chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
+        _chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
         os.chmod(st / "ram", 0o660)
         jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
         handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
@@ -418,7 +418,7 @@ class QemuDriver:
         shutil.rmtree(st / "jail", ignore_errors=True)
         for frozen in ("disk.qcow2", "state", CONSOLE):  # no VMM may change them again
             if (st / frozen).exists():
-                os.chown(st / frozen, 0, 0)
+                _chown(st / frozen, 0, 0)
                 os.chmod(st / frozen, 0o644)
         if jail is not None:
             self._ids().release(f"template-{key}")
@@ -509,7 +509,7 @@ class QemuDriver:
             ["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True,
             check=True, timeout=30).stdout)["virtual-size"])
         os.link(disk, layer)  # the same inode: what the VM wrote so far, now also the layer
-        os.chown(layer, 0, 0)  # read-only to every VMM from now on, its old writer included
+        _chown(layer, 0, 0)  # read-only to every VMM from now on, its old writer included
         os.chmod(layer, 0o644)
         nxt = disk.with_name(f".{disk.name}.next")
         r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(layer),
@@ -518,7 +518,7 @@ class QemuDriver:
             raise DriverError(disk.parent.name, f"qemu-img create: {r.stderr.strip()}")
         node = next(str(b["inserted"]["node-name"]) for b in q.command("query-block")
                     if b.get("device") == "root")
-        os.chown(nxt, uid, uid)
+        _chown(nxt, uid, uid)
         fd = os.open(nxt, os.O_RDWR | os.O_CLOEXEC)
         try:  # handed over open: a confined QEMU cannot open host paths
             fdset = q.add_fd(fd)
@@ -624,6 +624,13 @@ def _with_extra(handle: VmHandle, **extra: str) -> VmHandle:
 def _note(rundir: Path, text: str) -> None:
     with open(rundir / "shim.log", "a") as f:
         f.write(f"a3s-box: {text}\n")
+
+
+def _chown(path: Path, uid: int, gid: int) -> None:
+    """As root, PATH becomes UID:GID's (keeping each confined VMM to its own files).
+    A user without root has one uid for everything, every VMM's included: nothing to do."""
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
 
 
 def snapshot_ineligible(launch: BoxLaunch) -> str:

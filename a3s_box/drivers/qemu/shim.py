@@ -263,8 +263,8 @@ class Shim:
         else:
             def preexec() -> None:
                 helper_preexec()
-                if netns_fd is not None:
-                    netns.enter(netns_fd)  # QEMU's user-mode network: only through the proxy
+                if netns_fd is not None:  # QEMU's user-mode network: only through the proxy
+                    netns.enter(netns_fd, self.network.userns_fd if self.network is not None else None)
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
                                      preexec_fn=preexec, pass_fds=pass_fds)
         for fd in pass_fds:

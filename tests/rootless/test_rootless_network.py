@@ -1,0 +1,182 @@
+"""A user without root (a fresh account, no sudo, not in the kvm group) runs a box with
+an allow-listed network and a secret: the box's namespace belongs to a user namespace of
+that user's, the egress daemon is the user's own, and the allow-list and the secret hold
+exactly as for root. Real VMs (TCG), the real egress daemon, curl in the guest.
+
+Faked: nothing of a3s-box. The user's Python is Debian's /usr/bin/python3 in a venv of
+the user's own that reads this checkout's dependencies (the tests' interpreter lives
+under /root, which no other user can read)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.network.conftest import Internet, internet  # noqa: F401 - the fixture
+from tests.network.tools_image import build_tools_image
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a user")]
+TOKEN = "sk-live-rootless-5150"
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    dir: Path  # its own, 0700
+    python: str
+    env: dict[str, str]
+
+    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
+                               "--reset-env", "env", "-i", *(f"{k}={v}" for k, v in self.env.items()), *argv],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+
+    def box(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.run(self.python, "-m", "a3s_box.cli", *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def user(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:  # noqa: F811
+    if shutil.which("useradd") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs useradd and Debian's python3")
+    base = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                          capture_output=True, text=True).stdout.strip()
+    if base != str(tuple(sys.version_info[:2])):
+        pytest.skip(f"Debian's python3 is {base}, these tests' {tuple(sys.version_info[:2])}")
+    name = f"a3srl{os.getpid() % 100000}"
+    home = Path(f"/tmp/{name}")
+    subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name], check=True)
+    try:
+        uid = int(subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True).stdout)
+        home.chmod(0o700)
+        venv = home / "venv"  # the user's Python: Debian's, reading this checkout's dependencies
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+        (venv / "lib" / site.parent.name / "site-packages" / "a3s-test.pth").write_text(
+            f"import site; site.addsitedir({str(site)!r})\n")
+        image = build_tools_image(home / "image")
+        shutil.copy(internet.ca, home / "internet-ca.pem")  # the user's trust store for "the internet"
+        subprocess.run(["chown", "-R", f"{name}:{name}", str(home)], check=True)
+        env = {"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/bin", "A3S_BOX_HOME": str(home / "a3s"),
+               "SSL_CERT_FILE": str(home / "internet-ca.pem"), "A3S_TEST_TOKEN": TOKEN}
+        u = User(name, uid, home, str(venv / "bin" / "python"), env)
+        r = u.run(u.python, "-c", "import a3s_box")
+        if r.returncode != 0:
+            pytest.skip(f"this checkout's environment is not readable by another user: {r.stderr.strip()}")
+        r = u.box("setup")
+        assert r.returncode == 0, r.stdout + r.stderr
+        (home / "Boxfile.yaml").write_text(f"""apiVersion: box.a3s.dev/v1
+images:
+  tools: {{path: {image}}}
+boxes:
+  net:
+    image: tools
+    security: relaxed
+    resources: {{memory: 160Mi}}
+    namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}}}
+    network:
+      mode: allowlist
+      egress: ["api.test:{internet.http_port}", "api.test:{internet.https_port}"]
+      hosts: {{api.test: 127.0.0.1}}
+    secrets:
+      TOKEN: {{env: A3S_TEST_TOKEN, hosts: ["api.test:{internet.https_port}"]}}
+""")
+        os.chown(home / "Boxfile.yaml", uid, uid)
+        r = u.box("apply", "-f", "Boxfile.yaml")
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield u
+        u.box("delete", "-f", "Boxfile.yaml")
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _sh(user: User, script: str) -> tuple[int, str]:
+    r = user.box("exec", "net", "--", "sh", "-c", script, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def _processes_of(uid: int, needle: bytes) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and p.stat().st_uid == uid and needle in (p / "cmdline").read_bytes():
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def _status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+
+
+def test_doctor_says_the_network_runs_rootless(user: User) -> None:
+    r = user.box("doctor")
+    line = next(x for x in r.stdout.splitlines() if "network" in x)
+    assert line.startswith("✓") and "rootless" in line, r.stdout
+
+
+def test_the_allow_list_holds_for_a_box_without_root(user: User, internet: Internet) -> None:  # noqa: F811
+    h = internet.http_port
+    code, out = _sh(user, f"/usr/bin/curl -sS -m 20 http://api.test:{h}/rootless-allowed")
+    assert code == 0 and json.loads(out)["path"] == "/rootless-allowed", out
+    before = len(internet.requests)
+    code, out = _sh(user, f"/usr/bin/curl -sS -m 10 http://evil.test:{h}/x; echo rc=$?; "
+                          f"/usr/bin/curl -fsS -m 10 http://10.0.2.2:{h}/x; echo rc=$?; "
+                          f"/usr/bin/curl -fsS -m 10 http://127.0.0.1:{h}/x; echo rc=$?")
+    assert "rc=6" in out and out.count("rc=0") == 0, out
+    assert len(internet.requests) == before
+
+
+def test_a_secret_stays_out_of_a_rootless_box(user: User, internet: Internet) -> None:  # noqa: F811
+    code, out = _sh(user, f"echo $TOKEN; cat /proc/*/environ 2>/dev/null | grep -c '{TOKEN}'")
+    placeholder, in_procs = out.split()
+    assert placeholder.startswith("a3s-secret-token-") and in_procs == "0"
+    code, out = _sh(user, f'/usr/bin/curl -sS -m 20 -H "Authorization: Bearer $TOKEN" '
+                          f"https://api.test:{internet.https_port}/rootless-secret")
+    assert code == 0, out
+    assert internet.last("/rootless-secret")["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in out
+
+
+def test_the_daemon_and_the_vmm_are_the_users_and_hold_nothing_more(user: User) -> None:
+    daemons = _processes_of(user.uid, b"a3s_box.network.daemon")
+    assert len(daemons) == 1
+    st = _status(daemons[0])
+    assert st["Uid"].split() == [str(user.uid)] * 4 and st["CapEff"] == "0" * 16
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    (qemu,) = _processes_of(user.uid, b"qemu-system")
+    st = _status(qemu)
+    assert st["Uid"].split()[1] == str(user.uid)
+    assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == "0" * 16 and st["NoNewPrivs"] == "1"
+    # in a user namespace of the user's, where the user is root and no other id exists
+    assert os.readlink(f"/proc/{qemu}/ns/user") != os.readlink("/proc/self/ns/user")
+    assert Path(f"/proc/{qemu}/uid_map").read_text().split() == ["0", str(user.uid), "1"]
+    assert os.readlink(f"/proc/{qemu}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+def test_another_user_cannot_read_the_users_boxes(user: User) -> None:
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "ls",
+                        str(user.dir / "a3s" / "boxes")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+
+
+def test_published_ports_are_refused_without_root_naming_the_box(user: User) -> None:
+    text = (user.dir / "Boxfile.yaml").read_text().replace(
+        "      hosts: {api.test: 127.0.0.1}\n", "      hosts: {api.test: 127.0.0.1}\n      ports: ['127.0.0.1:18099:80']\n")
+    (user.dir / "ports.yaml").write_text(text.replace("  net:\n", "  porty:\n"))
+    os.chown(user.dir / "ports.yaml", user.uid, user.uid)
+    r = user.box("apply", "-f", "ports.yaml")
+    assert r.returncode != 0 and "box porty" in r.stderr and "published ports need root" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
