@@ -5,7 +5,8 @@ map covers (the kernel refuses device nodes made from such a namespace outright)
 
     ns uid 0        -> the folder's owner (its gid for gids)
     ns uid 1..65535 -> SUBORDINATE + 1 .. (a range no user of the host has), or
-                       themselves when the owner is root
+                       themselves when the owner is root; unmapped when a3s-box runs
+                       without root (the owner is then that user, mapping only itself)
 
 The child unshares in its preexec step, tells the parent its pid over a pipe, and waits
 until the parent (root outside) has written its maps; then it becomes root inside and
@@ -23,7 +24,9 @@ SUBORDINATE = 1_700_000_000  # beside the jail's uids (1,610,000,000 + up to 1,0
 COUNT = 65536
 
 
-def id_map(owner: int) -> str:
+def id_map(owner: int, rootless: bool = False) -> str:
+    if rootless:  # a user without root may map its own id, nothing else
+        return f"0 {owner} 1\n"
     if owner == 0:
         return f"0 0 {COUNT}\n"
     return f"0 {owner} 1\n1 {SUBORDINATE + 1} {COUNT - 1}\n"
@@ -34,7 +37,9 @@ class MappedSpawn:
     before Popen and `finish()` after it."""
 
     def __init__(self, owner_uid: int, owner_gid: int) -> None:
-        self.uid_map, self.gid_map = id_map(owner_uid), id_map(owner_gid)
+        # without root, the owner is the caller (the shim checks) and maps only itself
+        self.rootless = os.geteuid() != 0
+        self.uid_map, self.gid_map = id_map(owner_uid, self.rootless), id_map(owner_gid, self.rootless)
         self._ready_r, self._ready_w = os.pipe()
         self._go_r, self._go_w = os.pipe()
         self.pass_fds = (self._ready_w, self._go_r)
@@ -50,7 +55,10 @@ class MappedSpawn:
             raw = os.read(self._ready_r, 32)
             if raw:
                 pid = int(raw)
-                for name, text in (("uid_map", self.uid_map), ("gid_map", self.gid_map)):
+                steps = [("uid_map", self.uid_map), ("gid_map", self.gid_map)]
+                if self.rootless:  # an unprivileged gid_map needs setgroups denied first
+                    steps.insert(0, ("setgroups", "deny"))
+                for name, text in steps:
                     with open(f"/proc/{pid}/{name}", "w") as f:
                         f.write(text)
                 ok = b"1"

@@ -1,7 +1,9 @@
 """A user without root (a fresh account, no sudo, not in the kvm group) runs a box with
-an allow-listed network and a secret: the box's namespace belongs to a user namespace of
-that user's, the egress daemon is the user's own, and the allow-list and the secret hold
-exactly as for root. Real VMs (TCG), the real egress daemon, curl in the guest.
+an allow-listed network, a secret and a bind volume: the box's namespace belongs to a
+user namespace of that user's, the egress daemon is the user's own, virtiofsd runs in a
+user namespace mapping only the user, and the allow-list, the secret and the volume's
+guards hold exactly as for root. Real VMs (TCG), the real egress daemon and virtiofsd,
+curl in the guest.
 
 Faked: nothing of a3s-box. The user's Python is Debian's /usr/bin/python3 in a venv of
 the user's own that reads this checkout's dependencies (the tests' interpreter lives
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from a3s_box.network import wire
 from tests.network.conftest import Internet, internet  # noqa: F401 - the fixture
 from tests.network.tools_image import build_tools_image
+from tests.socket_peer import ask_as
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a user")]
 TOKEN = "sk-live-rootless-5150"
@@ -88,7 +92,10 @@ boxes:
       hosts: {{api.test: 127.0.0.1}}
     secrets:
       TOKEN: {{env: A3S_TEST_TOKEN, hosts: ["api.test:{internet.https_port}"]}}
+    volumes: ["{home / 'work'}:/work"]
 """)
+        (home / "work").mkdir()
+        os.chown(home / "work", uid, uid)
         os.chown(home / "Boxfile.yaml", uid, uid)
         r = u.box("apply", "-f", "Boxfile.yaml")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -172,6 +179,15 @@ def test_another_user_cannot_read_the_users_boxes(user: User) -> None:
     assert r.returncode != 0 and "Permission denied" in r.stderr
 
 
+def test_another_user_cannot_reach_the_users_egress_daemon(user: User) -> None:
+    run = user.dir / "a3s" / "run"
+    packet = json.dumps({"v": wire.VERSION, "op": "register"}).encode()
+    assert ask_as(run, wire.SOCKET_NAME, packet, uid=65534) == "refused by the socket's mode"
+    assert json.loads(ask_as(run, wire.SOCKET_NAME, packet, uid=user.uid))["ok"] is False  # its user: answered
+    # and root, whose boxes it does not serve, is not even answered
+    assert ask_as(run, wire.SOCKET_NAME, packet, uid=0) == "closed unanswered"
+
+
 def test_published_ports_are_refused_without_root_naming_the_box(user: User) -> None:
     text = (user.dir / "Boxfile.yaml").read_text().replace(
         "      hosts: {api.test: 127.0.0.1}\n", "      hosts: {api.test: 127.0.0.1}\n      ports: ['127.0.0.1:18099:80']\n")
@@ -180,3 +196,30 @@ def test_published_ports_are_refused_without_root_naming_the_box(user: User) -> 
     r = user.box("apply", "-f", "ports.yaml")
     assert r.returncode != 0 and "box porty" in r.stderr and "published ports need root" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_bind_volume_is_the_users_and_refuses_what_root_in_the_guest_tries(user: User) -> None:
+    code, out = _sh(user, "echo from-guest > /work/made; mknod /work/disk b 8 0; echo mknod=$?; "
+                          "chown 4242 /work/made; echo chown=$?; chmod u+s /work/made; echo suid=$?")
+    assert "mknod=0" not in out and "chown=0" not in out and "suid=0" not in out, out
+    made = user.dir / "work" / "made"
+    assert made.read_text() == "from-guest\n"
+    st = made.stat()
+    assert (st.st_uid, st.st_gid) == (user.uid, user.uid) and not st.st_mode & 0o6000
+    assert not (user.dir / "work" / "disk").exists()
+
+
+def test_a_folder_of_another_user_is_not_shared_without_root(user: User, tmp_path: Path) -> None:
+    theirs = Path(f"/tmp/a3s-rl-theirs-{os.getpid()}")
+    theirs.mkdir(mode=0o755, exist_ok=True)  # root's, readable by all
+    try:
+        text = (user.dir / "Boxfile.yaml").read_text().replace("  net:\n", "  borrow:\n").replace(
+            f"{user.dir / 'work'}:/work", f"{theirs}:/theirs")
+        (user.dir / "borrow.yaml").write_text(text)
+        os.chown(user.dir / "borrow.yaml", user.uid, user.uid)
+        r = user.box("apply", "-f", "borrow.yaml")
+        assert r.returncode != 0 and f"{theirs} is uid 0's: without root" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+        user.box("delete", "-f", "borrow.yaml")
+    finally:
+        theirs.rmdir()

@@ -64,7 +64,8 @@ def _die_with_parent() -> None:
 SHARE_VIEW = "/run/virtiofsd/share"  # where virtiofsd sees its folder, in its own mounts
 
 
-def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Callable[[], None]) -> None:
+def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Callable[[], None],
+                  rootless: bool = False) -> None:
     """In virtiofsd's child, before exec: a mount namespace of its own with a private
     /run/virtiofsd (its pid file) that the folder's owner may use, holding the folder at
     SHARE_VIEW (so no folder above it needs to be open to the owner); for a read-only
@@ -75,8 +76,13 @@ def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Ca
     ms_bind, ms_rec, ms_private, ms_slave, ms_nosuid, ms_nodev, ms_noexec = 4096, 16384, 1 << 18, 1 << 19, 2, 4, 8
     clone_newns = 0x00020000
     run, view = b"/run/virtiofsd", SHARE_VIEW.encode()
-    os.makedirs(run, mode=0o755, exist_ok=True)
-    opts = f"mode=0700,size=64k,uid={owner.st_uid},gid={owner.st_gid}".encode()
+    if rootless:  # root of the user's own namespace: it cannot make /run/virtiofsd, so
+        # its private tmpfs goes over /run (of its own mounts: nothing else there is needed)
+        run = b"/run"
+        opts = b"mode=0700,size=64k"
+    else:
+        os.makedirs(run, mode=0o755, exist_ok=True)
+        opts = f"mode=0700,size=64k,uid={owner.st_uid},gid={owner.st_gid}".encode()
     if (libc.unshare(clone_newns) != 0
             # a writable share is a slave: what the host mounts below it later (a pod's
             # container roots) must reach virtiofsd; a read-only one takes nothing new
@@ -84,6 +90,8 @@ def _private_view(source: str, read_only: bool, owner: os.stat_result, first: Ca
             or libc.mount(None, b"/", None, ms_rec | (ms_private if read_only else ms_slave), None) != 0
             or libc.mount(b"tmpfs", run, b"tmpfs", ms_nosuid | ms_nodev | ms_noexec, opts) != 0):
         os._exit(126)
+    if rootless:
+        os.mkdir(b"/run/virtiofsd", 0o700)
     os.mkdir(view, 0o700)
     if libc.mount(source.encode(), view, None, ms_bind | ms_rec, None) != 0:
         os._exit(126)
@@ -346,6 +354,9 @@ class Shim:
         for spec in self.virtiofsd_specs:
             sock, source = Path(str(spec["socket"])), str(spec["source"])
             owner = os.stat(source)
+            if os.geteuid() != 0 and owner.st_uid != os.geteuid():
+                raise RuntimeError(f"volume {spec['target']}: {source} is uid {owner.st_uid}'s: without root, "
+                                   "a box shares only its user's own folders")
             # virtiofsd makes its socket as the folder's owner (root in its namespace), in
             # a folder that owner may write, reached through an fd (the box's folder and
             # the home above it are root's alone)
@@ -365,8 +376,16 @@ class Shim:
 
             def preexec(source: str = source, read_only: bool = read_only,
                         mapped: userns.MappedSpawn = mapped, owner: os.stat_result = owner) -> None:
-                _private_view(source, read_only, owner, self._helper_preexec)
-                mapped.preexec(fsguard.install)
+                if not mapped.rootless:
+                    _private_view(source, read_only, owner, self._helper_preexec)
+                    mapped.preexec(fsguard.install)
+                    return
+
+                def inside() -> None:  # without root: mounts only in the user's own namespace
+                    _private_view(source, read_only, owner, lambda: None, rootless=True)
+                    fsguard.install()
+                self._helper_preexec()
+                mapped.preexec(inside)
             mapped.start()
             try:
                 proc = subprocess.Popen(
