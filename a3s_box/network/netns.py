@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -141,19 +142,25 @@ class UserNetNamespace:
     a single-threaded process, so a child forked for the purpose makes both, sets up the
     rules and the proxy's listeners in them, and hands back the namespaces and sockets as
     descriptors (the namespaces live on as long as they are held). The VMM joins both
-    (enter()). Published ports need a socket made in the namespace later, which the
-    user's own process cannot: not yet supported without root."""
+    (enter()). A box with published ports needs sockets made in the namespace later
+    (one per host connection), which the user's own threaded process cannot enter: the
+    child then stays, holding nothing but its end of a socket pair, and makes each one
+    (it dies with its parent, and ends when the pair closes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sockets_later: bool = False) -> None:
         self.fd = -1
         self.user_fd: int | None = None
         self._sockets: dict[tuple[int, int], socket.socket] = {}
+        self._sockets_later = sockets_later
+        self._maker: socket.socket | None = None
+        self._maker_pid = 0
+        self._lock = threading.Lock()
 
     def configure(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> None:
         missing = missing_tools()
         if missing:
             raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child, which exits
             ours.close()
@@ -161,6 +168,10 @@ class UserNetNamespace:
             try:
                 made = _make_user_namespace(proxy_port, dns_port)
                 theirs.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", made))])
+                for fd in made:
+                    os.close(fd)
+                if self._sockets_later:
+                    _make_sockets_on_request(theirs)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - said to the parent, whatever it is
                 with contextlib.suppress(OSError):
@@ -170,17 +181,20 @@ class UserNetNamespace:
         theirs.close()
         try:
             msg, ancillary, _flags, _addr = ours.recvmsg(4096, socket.CMSG_SPACE(4 * array.array("i").itemsize))
-        finally:
-            ours.close()
-            os.waitpid(pid, 0)
-        fds = array.array("i")
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        except OSError:
+            msg, ancillary = b"", []
+        fds = _fds_of(ancillary)
         if msg != b"ok" or len(fds) != 4:
             for fd in fds:
                 os.close(fd)
+            ours.close()
+            os.waitpid(pid, 0)
             raise NetnsError(f"cannot make a network namespace in a user namespace: {msg.decode(errors='replace')}")
+        if self._sockets_later:
+            self._maker, self._maker_pid = ours, pid
+        else:
+            ours.close()
+            os.waitpid(pid, 0)
         self.user_fd, self.fd = fds[0], fds[1]
         self._sockets = {(socket.SOCK_STREAM, proxy_port): socket.socket(fileno=fds[2]),
                          (socket.SOCK_DGRAM, dns_port): socket.socket(fileno=fds[3])}
@@ -194,7 +208,23 @@ class UserNetNamespace:
             raise NetnsError(f"no listener for port {port} was made in the namespace") from None
 
     def stream_socket(self) -> socket.socket:
-        raise NetnsError("published ports need root (a socket made in the box's namespace)")
+        """A TCP socket of the namespace, made by the child that stayed for it."""
+        with self._lock:
+            if self._maker is None:
+                raise NetnsError("this namespace makes no sockets later (the box publishes no port)")
+            try:
+                self._maker.send(b"tcp")
+                msg, ancillary, _flags, _addr = self._maker.recvmsg(16, socket.CMSG_SPACE(array.array("i").itemsize))
+            except OSError as e:
+                raise NetnsError(f"the namespace's socket maker: {e}") from e
+        fds = _fds_of(ancillary)
+        if msg != b"s" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NetnsError("the namespace's socket maker is gone")
+        s = socket.socket(fileno=fds[0])
+        s.setblocking(False)
+        return s
 
     def close(self) -> None:
         for s in self._sockets.values():
@@ -203,6 +233,45 @@ class UserNetNamespace:
             if fd is not None and fd >= 0:
                 os.close(fd)
         self.fd, self.user_fd = -1, None
+        with self._lock:
+            if self._maker is not None:
+                self._maker.close()  # the child reads the end and exits
+                self._maker = None
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self._maker_pid, 0)
+
+
+def _fds_of(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def _make_sockets_on_request(pair: socket.socket) -> None:  # pragma: no cover - in the child
+    """The child's life once the namespace is made: nothing of its parent's but PAIR (its
+    other descriptors closed), killed with its parent, a TCP socket of the namespace for
+    each request until PAIR closes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() == 1:
+        return
+    try:  # not its parent's title (a shim's, which the supervisor checks and `ps` shows)
+        import setproctitle
+
+        setproctitle.setproctitle("a3s-box: a rootless box's namespace socket maker")
+    except ImportError:
+        pass
+    keep = pair.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 65536)
+    while pair.recv(16):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            pair.sendmsg([b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno()]))])
+        finally:
+            s.close()
 
 
 def _make_user_namespace(proxy_port: int, dns_port: int) -> list[int]:
@@ -229,9 +298,10 @@ def _make_user_namespace(proxy_port: int, dns_port: int) -> list[int]:
     return out
 
 
-def new_box_namespace() -> NetNamespace | UserNetNamespace:
-    """A namespace for a box's network: its own as root, in a user namespace otherwise."""
-    return NetNamespace() if os.geteuid() == 0 else UserNetNamespace()
+def new_box_namespace(sockets_later: bool = False) -> NetNamespace | UserNetNamespace:
+    """A namespace for a box's network: its own as root, in a user namespace otherwise
+    (SOCKETS_LATER: stream_socket() will be asked for, for published ports)."""
+    return NetNamespace() if os.geteuid() == 0 else UserNetNamespace(sockets_later)
 
 
 def enter(fd: int, user_fd: int | None = None) -> None:

@@ -441,7 +441,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     try:
         try:
             if ns is None:
-                made = ns = new_box_namespace()
+                made = ns = new_box_namespace(sockets_later=bool(published))
                 made.configure(PROXY_PORT, DNS_PORT)
             owned.append(ns.listener(socket.SOCK_STREAM, PROXY_PORT))
             owned.append(ns.listener(socket.SOCK_DGRAM, DNS_PORT))

@@ -34,7 +34,7 @@ def network_support() -> tuple[bool, str]:
                            "kernel.apparmor_restrict_unprivileged_userns)")
         return True, ("rootless: per-box network namespace inside a user namespace of yours, "
                       "transparent egress proxy with its own DNS (a daemon of yours; every TCP "
-                      "port, UDP only for DNS); published ports need root")
+                      "port, UDP only for DNS)")
     return True, ("per-box network namespace, transparent egress proxy with its own DNS "
                   "(every TCP port, UDP only for DNS)")
 
@@ -76,9 +76,6 @@ def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) 
         raise HostUnsupported("qemu", f"box {launch.box_id}: network mode "
                               f"{launch.network.policy.mode}: {why}")
     policy = launch.network.policy
-    if policy.ports and os.geteuid() != 0:
-        raise HostUnsupported("qemu", f"box {launch.box_id}: published ports need root for now (a rootless "
-                              "box's namespace belongs to a user namespace the box's supervisor cannot enter)")
     forwards = tuple((FORWARD_BASE + i, p.box_port) for i, p in enumerate(policy.ports))
     ca_dir = None
     if launch.network.secrets:
