@@ -42,7 +42,7 @@ def _initramfs_for(home: Home) -> GuestArtifacts | None:
 
 def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = False) -> list[Check]:
     binary = qemu_binary or os.environ.get("A3S_BOX_QEMU") or host_arch().binary  # as the driver
-    checks: list[Check] = []
+    checks: list[Check] = [mode_check(home)]
     found = shutil.which(binary)
     version = ""
     if found is None:
@@ -93,6 +93,23 @@ def host_checks(home: Home, qemu_binary: str | None = None, refresh: bool = Fals
     checks.append(confinement_check(binary))
     checks.append(snapshot_check(home))
     return checks
+
+
+def mode_check(home: Home) -> Check:
+    """Root or rootless, and what that means for this user's boxes."""
+    if os.geteuid() == 0:
+        return Check("mode", True, f"root: {home.root}; each box's VMM can get a uid, namespaces and a "
+                     "cgroup of its own (security: strict)", essential=False)
+    try:
+        import pwd
+
+        who = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        who = str(os.geteuid())
+    return Check("mode", True, f"rootless ({who}, uid {os.geteuid()}): boxes, images, secrets and sockets in "
+                 f"{home.root}, yours alone; networks in user namespaces of yours, with an egress daemon of "
+                 "yours; a VMM of its own uid, namespaces and cgroup needs root for now (security: relaxed; "
+                 "see confinement)", essential=False)
 
 
 def confinement_check(qemu_binary: str) -> Check:

@@ -16,8 +16,9 @@ def test_doctor_on_a_provisioned_host(artifacts: GuestArtifacts, test_home: Home
     r = CliRunner().invoke(cli, ["--home", str(test_home.root), "doctor", "-o", "json"])
     assert r.exit_code == 0, r.output
     checks = {c["name"]: c for c in json.loads(r.output)}
-    assert list(checks) == ["qemu", "kernel", "guest-init", "kvm", "accelerator", "libkrun", "network", "confinement",
-                           "snapshots"]
+    assert list(checks) == ["mode", "qemu", "kernel", "guest-init", "kvm", "accelerator", "libkrun", "network",
+                           "confinement", "snapshots"]
+    assert checks["mode"]["detail"].startswith(f"root: {test_home.root};")  # these tests run as root
     assert checks["kernel"]["ok"] and artifacts.kernel_release in checks["kernel"]["detail"]
     assert checks["guest-init"]["ok"]
     accel = checks["accelerator"]["detail"]

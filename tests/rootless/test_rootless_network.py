@@ -135,10 +135,12 @@ def _status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
 
 
-def test_doctor_says_the_network_runs_rootless(user: User) -> None:
+def test_doctor_says_it_runs_rootless_and_so_does_the_network(user: User) -> None:
     r = user.box("doctor")
     line = next(x for x in r.stdout.splitlines() if "network" in x)
     assert line.startswith("✓") and "rootless" in line, r.stdout
+    mode = next(x for x in r.stdout.splitlines() if " mode " in x)
+    assert f"rootless ({user.name}, uid {user.uid})" in mode and str(user.dir / "a3s") in mode
 
 
 def test_the_allow_list_holds_for_a_box_without_root(user: User, internet: Internet) -> None:  # noqa: F811
