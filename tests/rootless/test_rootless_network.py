@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,41 @@ class User:
         return self.run(self.python, "-m", "a3s_box.cli", *args, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def user(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:  # noqa: F811
+def _skip_unless_possible() -> None:
     if shutil.which("useradd") is None or not Path("/usr/bin/python3").exists():
         pytest.skip("needs useradd and Debian's python3")
     base = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
                           capture_output=True, text=True).stdout.strip()
     if base != str(tuple(sys.version_info[:2])):
         pytest.skip(f"Debian's python3 is {base}, these tests' {tuple(sys.version_info[:2])}")
-    name = f"a3srl{os.getpid() % 100000}"
+
+
+BOXFILE = """apiVersion: box.a3s.dev/v1
+images:
+  tools: {{path: {image}}}
+boxes:
+  net:
+    image: tools
+    security: relaxed
+    resources: {{memory: 160Mi}}
+    namespaces: {{agent: {{command: ["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"]}}}}
+    network:
+      mode: allowlist
+      egress: ["api.test:{http}", "api.test:{https}"]
+      hosts: {{api.test: 127.0.0.1}}
+      ports: ["127.0.0.1:{port}:80"]
+    secrets:
+      TOKEN: {{env: A3S_TEST_TOKEN, hosts: ["api.test:{https}"]}}
+    volumes: ["{work}:/work"]
+"""
+
+
+@contextmanager
+def _account(suffix: str, internet: Internet) -> Iterator[User]:  # noqa: F811
+    """A fresh user with a Python of its own, `box setup` done and the Boxfile above
+    applied (a box `net`: network, secret, published port, bind volume)."""
+    _skip_unless_possible()
+    name = f"a3srl{suffix}{os.getpid() % 100000}"
     home = Path(f"/tmp/{name}")
     subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name], check=True)
     try:
@@ -70,40 +97,21 @@ def user(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             f"import site; site.addsitedir({str(site)!r})\n")
         image = build_tools_image(home / "image")
         shutil.copy(internet.ca, home / "internet-ca.pem")  # the user's trust store for "the internet"
-        subprocess.run(["chown", "-R", f"{name}:{name}", str(home)], check=True)
-        env = {"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/bin", "A3S_BOX_HOME": str(home / "a3s"),
-               "SSL_CERT_FILE": str(home / "internet-ca.pem"), "A3S_TEST_TOKEN": TOKEN}
+        (home / "work").mkdir()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
+        (home / "Boxfile.yaml").write_text(BOXFILE.format(image=image, http=internet.http_port,
+                                                          https=internet.https_port, port=port, work=home / "work"))
+        subprocess.run(["chown", "-R", f"{name}:{name}", str(home)], check=True)
+        env = {"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/bin", "A3S_BOX_HOME": str(home / "a3s"),
+               "SSL_CERT_FILE": str(home / "internet-ca.pem"), "A3S_TEST_TOKEN": f"{TOKEN}-{suffix}"}
         u = User(name, uid, home, str(venv / "bin" / "python"), env, port)
         r = u.run(u.python, "-c", "import a3s_box")
         if r.returncode != 0:
             pytest.skip(f"this checkout's environment is not readable by another user: {r.stderr.strip()}")
         r = u.box("setup")
         assert r.returncode == 0, r.stdout + r.stderr
-        (home / "Boxfile.yaml").write_text(f"""apiVersion: box.a3s.dev/v1
-images:
-  tools: {{path: {image}}}
-boxes:
-  net:
-    image: tools
-    security: relaxed
-    resources: {{memory: 160Mi}}
-    namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}}}
-    network:
-      mode: allowlist
-      egress: ["api.test:{internet.http_port}", "api.test:{internet.https_port}"]
-      hosts: {{api.test: 127.0.0.1}}
-    secrets:
-      TOKEN: {{env: A3S_TEST_TOKEN, hosts: ["api.test:{internet.https_port}"]}}
-    volumes: ["{home / 'work'}:/work"]
-""".replace("      hosts: {api.test: 127.0.0.1}\n",
-            f"      hosts: {{api.test: 127.0.0.1}}\n      ports: ['127.0.0.1:{port}:80']\n").replace(
-            'command: ["/bin/sh", "-c", "exec sleep 2147483647"]', 'command: ["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"]'))
-        (home / "work").mkdir()
-        os.chown(home / "work", uid, uid)
-        os.chown(home / "Boxfile.yaml", uid, uid)
         r = u.box("apply", "-f", "Boxfile.yaml")
         assert r.returncode == 0, r.stdout + r.stderr
         yield u
@@ -112,6 +120,19 @@ boxes:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         subprocess.run(["userdel", "--remove", name], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def user(internet: Internet) -> Iterator[User]:  # noqa: F811
+    with _account("a", internet) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def neighbour(user: User, internet: Internet) -> Iterator[User]:  # noqa: F811
+    """A second user, its box of the same name running beside the first's."""
+    with _account("b", internet) as u:
+        yield u
 
 
 def _sh(user: User, script: str) -> tuple[int, str]:
@@ -162,7 +183,7 @@ def test_a_secret_stays_out_of_a_rootless_box(user: User, internet: Internet) ->
     code, out = _sh(user, f'/usr/bin/curl -sS -m 20 -H "Authorization: Bearer $TOKEN" '
                           f"https://api.test:{internet.https_port}/rootless-secret")
     assert code == 0, out
-    assert internet.last("/rootless-secret")["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert internet.last("/rootless-secret")["headers"]["authorization"] == f"Bearer {TOKEN}-a"
     assert TOKEN not in out
 
 
@@ -229,7 +250,7 @@ def test_a_folder_of_another_user_is_not_shared_without_root(user: User, tmp_pat
     theirs.mkdir(mode=0o755, exist_ok=True)  # root's, readable by all
     try:
         text = (user.dir / "Boxfile.yaml").read_text().replace("  net:\n", "  borrow:\n").replace(
-            f"{user.dir / 'work'}:/work", f"{theirs}:/theirs")
+            f"{user.dir / 'work'}:/work", f"{theirs}:/theirs").replace("boxes:\n", "project: borrow\nboxes:\n")
         (user.dir / "borrow.yaml").write_text(text)
         os.chown(user.dir / "borrow.yaml", user.uid, user.uid)
         r = user.box("apply", "-f", "borrow.yaml")
@@ -238,3 +259,22 @@ def test_a_folder_of_another_user_is_not_shared_without_root(user: User, tmp_pat
         user.box("delete", "-f", "borrow.yaml")
     finally:
         theirs.rmdir()
+
+
+def test_two_users_run_boxes_of_one_name_side_by_side_each_alone_with_its_own(user: User, neighbour: User,
+                                                                             internet: Internet) -> None:  # noqa: F811
+    for u, other in ((user, neighbour), (neighbour, user)):
+        r = u.box("ps", "-o", "json")
+        assert r.returncode == 0 and [b["name"] for b in json.loads(r.stdout)] == ["net"], r.stdout + r.stderr
+        # each one's secret goes with each one's requests
+        code, out = _sh(u, f'/usr/bin/curl -sS -m 20 -H "Authorization: Bearer $TOKEN" '
+                           f"https://api.test:{internet.https_port}/two-{u.name}")
+        assert code == 0, out
+        assert internet.last(f"/two-{u.name}")["headers"]["authorization"] == f"Bearer {u.env['A3S_TEST_TOKEN']}"
+        # the other's home (state, disks, sockets, secrets' placeholders) is not even listable
+        r = u.box("--home", str(other.dir / "a3s"), "ps")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert u.run("ls", str(other.dir)).returncode != 0
+    # one egress daemon each, each its own user's
+    assert len(_processes_of(user.uid, b"a3s_box.network.daemon")) == 1
+    assert len(_processes_of(neighbour.uid, b"a3s_box.network.daemon")) == 1
