@@ -127,6 +127,10 @@ def support() -> tuple[bool, str]:
                                    "delegated cgroup of its own, e.g. systemd-run --scope -p Delegate=yes)")
                 return False, f"cgroup v2: cannot enable controllers in {own}: {e.strerror}"
         if not os.access(own, os.W_OK):
+            if h.version == 1 and os.geteuid() != 0:
+                return False, (f"cgroup v1 here ({own} is root's): v1 cannot be delegated to a user, so limits "
+                               "without root need a cgroup v2 host whose systemd delegates to the user "
+                               "(Delegate=yes, the default for user sessions on Debian 12/13 and Ubuntu 24.04)")
             return False, f"cgroup v{h.version} {own} is not writable by this user"
         where.append(f"v{h.version} {'+'.join(h.controllers)} under {h.own}")
     return True, "; ".join(where)

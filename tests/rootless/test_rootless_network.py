@@ -162,6 +162,9 @@ def test_doctor_says_it_runs_rootless_and_so_does_the_network(user: User) -> Non
     assert line.startswith("✓") and "rootless" in line, r.stdout
     mode = next(x for x in r.stdout.splitlines() if " mode " in x)
     assert f"rootless ({user.name}, uid {user.uid})" in mode and str(user.dir / "a3s") in mode
+    confinement = next(x for x in r.stdout.splitlines() if " confinement " in x)
+    if not Path("/sys/fs/cgroup/cgroup.controllers").exists():  # v1, as on this test host
+        assert "cgroup v1 here" in confinement and "v1 cannot be delegated to a user" in confinement
 
 
 def test_the_allow_list_holds_for_a_box_without_root(user: User, internet: Internet) -> None:  # noqa: F811
