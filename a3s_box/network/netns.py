@@ -31,6 +31,7 @@ from typing import TypeVar
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 24, 38
+_IP_FREEBIND = 15
 PROXY_PORT = 15001
 DNS_PORT = 53
 _VETH_ADDR = "10.255.255.1/30"
@@ -49,6 +50,21 @@ def missing_tools() -> list[str]:
 
 def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def bound_socket(kind: int, address: str, port: int, freebind: bool = False) -> socket.socket:
+    """A non-blocking socket of the calling thread's namespace bound to ADDRESS:PORT, a
+    TCP one listening: where the proxy's flows or DNS queries arrive. FREEBIND: the
+    address may not exist yet."""
+    s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if freebind:
+        s.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+    s.bind((address, port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(512)
+    s.setblocking(False)
+    return s
 
 
 def _run(argv: list[str], stdin: str = "") -> None:
@@ -112,15 +128,7 @@ class NetNamespace:
 
     def listener(self, kind: int, port: int) -> socket.socket:
         """A socket bound to 127.0.0.1:PORT inside the namespace (TCP listening)."""
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(512)
-            s.setblocking(False)
-            return s
-        return self.call(make)
+        return self.call(bound_socket, kind, "127.0.0.1", port)
 
     def stream_socket(self) -> socket.socket:
         """A TCP socket of the namespace, to reach the VMM's forwarded ports."""
@@ -289,12 +297,7 @@ def _make_user_namespace(proxy_port: int, dns_port: int) -> list[int]:
     _run([_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
     out = [os.open("/proc/self/ns/user", os.O_RDONLY), os.open("/proc/self/ns/net", os.O_RDONLY)]
     for kind, port in ((socket.SOCK_STREAM, proxy_port), (socket.SOCK_DGRAM, dns_port)):
-        s = socket.socket(socket.AF_INET, kind)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(512)
-        out.append(s.detach())
+        out.append(bound_socket(kind, "127.0.0.1", port).detach())
     return out
 
 

@@ -48,6 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from a3s_box.network.netns import bound_socket
+
 CLONE_NEWNET = 0x40000000
 POD_INTERFACE = "eth0"  # CNI_IFNAME as the CRI plugin gives it
 TAP = "a3stap0"
@@ -59,7 +61,6 @@ ROUTE_TABLE = 77  # routed: where what comes in on eth0 for the pod's IP finds t
 PROXY_PORT, DNS_PORT = 15001, 53  # routed: the egress proxy's listeners in the namespace
 _TUNSETIFF, _IFF_TAP, _IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 T = TypeVar("T")
-_IP_FREEBIND = 15
 
 
 class PodNetError(RuntimeError):
@@ -266,10 +267,6 @@ def _has_iptables() -> bool:
     return shutil.which("iptables-restore") is not None or os.path.exists("/usr/sbin/iptables-restore")
 
 
-def unplug_inside(inside: _Inside) -> None:
-    _undo(inside)
-
-
 def unplug(path: str) -> None:
     """Undo plug() (the namespace may be gone already: then there is nothing to undo)."""
     try:
@@ -286,6 +283,8 @@ class PodNamespace:
     """Sockets made in the pod's namespace, for the egress proxy (what
     registration.register_box needs of a box's namespace; the rules are plug()'s)."""
 
+    user_fd: int | None = None  # the pod's namespace is the host user namespace's
+
     def __init__(self, path: str) -> None:
         self._inside = _Inside(path)
         self.fd = self._inside.fd
@@ -295,16 +294,7 @@ class PodNamespace:
         flows (before plug() gives the tap that address: IP_FREEBIND). Its replies leave
         from that address, which a policy rule routes to the tap: the pod's IP is the
         namespace's own too, and would otherwise be delivered here."""
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
-            s.bind((TAP_ADDRESS, port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(512)
-            s.setblocking(False)
-            return s
-        return self._inside.call(make)
+        return self._inside.call(lambda: bound_socket(kind, TAP_ADDRESS, port, freebind=True))
 
     def stream_socket(self) -> socket.socket:
         return self._inside.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))

@@ -64,6 +64,7 @@ class EgressNamespace(Protocol):
     here) or a pod's that its plug() set up (podnet.PodNamespace)."""
 
     fd: int
+    user_fd: int | None  # the user namespace owning it, when a user without root made it
 
     def listener(self, kind: int, port: int) -> socket.socket: ...
 
@@ -186,7 +187,7 @@ class BoxNetwork:
     def userns_fd(self) -> int | None:
         """The user namespace owning the network one, for a user without root (the VMM
         joins it first); None as root."""
-        return getattr(self._ns, "user_fd", None)
+        return self._ns.user_fd
 
     def alive(self) -> bool:
         """Whether the daemon serves the box (False once it cannot: see `failure`)."""
