@@ -40,7 +40,7 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,6 +154,17 @@ def _give_to(path: Path, uid: int, gid: int) -> None:
 
 
 # --- the box's registration ---------------------------------------------------------
+@dataclass
+class Detached:
+    """A registration held by descriptors alone (BoxNetwork.detach)."""
+    sock: int  # the connection to the daemon
+    netns: int
+    userns: int | None
+    fixed: list[int]  # wire.FIXED_FDS, in order
+    message: dict[str, Any]  # the registration (policy, secrets, CA): for registering again
+    daemon_pid: int | None
+
+
 class BoxNetwork:
     """A box's network while the box lives: its namespace (netns_fd: the VMM starts in
     it), its sockets and folders, and its connection to the egress daemon."""
@@ -197,12 +208,41 @@ class BoxNetwork:
         """The pid of the daemon that serves the box now, as it said."""
         return self._daemon_pid
 
-    def start(self) -> None:
+    def start(self, serve: bool = True) -> None:
         """Registers the box (EgressError if the daemon refuses it or cannot be had),
-        then reads the connection in a thread."""
+        then, if SERVE, reads the connection in a thread (else see detach)."""
         self._sock = self._register()
-        self._thread = threading.Thread(target=self._run, name=f"egress-{self.box_id}", daemon=True)
-        self._thread.start()
+        if serve:
+            self._thread = threading.Thread(target=self._run, name=f"egress-{self.box_id}", daemon=True)
+            self._thread.start()
+
+    def register_again(self) -> None:
+        """Registers the box with a daemon found or started now, as the thread does once
+        the connection ends (same retries); EgressError naming why not."""
+        if not self._reregister():
+            raise EgressError(self.failure)
+
+    def detach(self) -> "Detached":
+        """For a box whose daemon asks nothing of it (no published ports) and that was
+        started without serving: the registration as descriptors of the caller's own
+        (the connection, the namespace, the FIXED_FDS) and its message, for a holder
+        that is not Python (the shim's loop); this BoxNetwork then holds nothing and the
+        connection stays open."""
+        assert self._thread is None and self._sock is not None and not self._ports
+        with self._lock:
+            sock, self._sock = self._sock, None
+            self._closing = True
+        held = Detached(sock.detach(), os.dup(self._ns.fd),
+                        None if self._ns.user_fd is None else os.dup(self._ns.user_fd),
+                        [os.dup(fd) for fd in self._fds[:len(wire.FIXED_FDS)]], self._registration.message(),
+                        self._daemon_pid)
+        for s in self._owned:
+            s.close()
+        for fd in self._fds[2:len(wire.FIXED_FDS)]:
+            os.close(fd)
+        self._fds = []
+        self._ns.close()
+        return held
 
     def update_secrets(self, secrets: dict[str, Any]) -> None:
         """The box's secrets from now on (NAME -> placeholder, value, hosts), for a box
@@ -395,14 +435,15 @@ class BoxNetwork:
 def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
                  on_failure: Callable[[str], None] | None = None,
                  log: Callable[[str], None] | None = None,
-                 namespace: EgressNamespace | None = None) -> BoxNetwork:
+                 namespace: EgressNamespace | None = None, serve: bool = True) -> BoxNetwork:
     """Sets up the box's network namespace and registers the box with HOME's egress
     daemon (started if need be): see the module's docstring. CONF: what the driver
     wrote to RUNDIR/network.json (take_network_conf). ON_FAILURE(reason): called from
     the BoxNetwork's thread if the daemon ends and the box cannot be registered again.
     LOG(line): what happened to the registration, for the supervisor's log. NAMESPACE:
     where the proxy listens, set up by the caller (default: a namespace of the box's
-    own, made and set up here); the BoxNetwork owns and closes it."""
+    own, made and set up here); the BoxNetwork owns and closes it. SERVE: as
+    BoxNetwork.start's (a box without published ports may be served by another holder)."""
     try:
         policy = NetworkPolicy.from_json(conf["policy"])
         forwards = [(int(index), int(inner)) for index, inner in conf.get("forwards", [])]
@@ -463,7 +504,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
             owned.append(listener)
             fds.append(listener.fileno())
         net = BoxNetwork(home, registration, ns, owned, fds, on_failure, log)
-        net.start()
+        net.start(serve)
         return net
     except BaseException:
         for s in owned:

@@ -143,7 +143,8 @@ def test_the_secret_value_is_in_no_host_file_or_host_environment(box: BoxCli, ne
     """Read as another local user or a taken-over VMM would: the home's files (state.db
     with its WAL, box.json, launch.json, logs) and /proc/PID/environ of every process of
     the box (shim, QEMU) and of the host's egress daemon. The value is in the memory of the
-    daemon and of the box's shim (which registers the box again if the daemon is replaced)."""
+    daemon and in a memfd the box's shim holds (to register the box again if the daemon
+    is replaced), never in a path."""
     needle = TOKEN.encode()
     found = []
     for dirpath, _, files in os.walk(box.home):

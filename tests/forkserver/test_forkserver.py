@@ -19,6 +19,7 @@ import pytest
 
 from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.drivers.common.supervision import is_supervisor
+from a3s_box.drivers.qemu.shim_loop import build_shim_loop
 from a3s_box.forkserver import client, wire
 from a3s_box.logs.writer import LogLimits
 from tests.socket_peer import ask_as
@@ -49,7 +50,7 @@ def _servers(home: Path) -> list[int]:
 def _rundir(home: Path, name: str) -> Path:
     rundir = home / "boxes" / name
     rundir.mkdir(parents=True)
-    (rundir / "launch.json").write_text(json.dumps({
+    (rundir / "launch.json").write_text(json.dumps({"loop": str(build_shim_loop(home / "cache")),
         "box_id": name, "argv": ["/bin/sleep", "120"], "channel": str(rundir / "channel.sock"),
         "console": str(rundir / "console.log"), "console_socket": None, "guest_socket": str(rundir / "guest.sock"),
         "jail": None, "logging": LogLimits().to_json()}))

@@ -92,7 +92,7 @@ def existing_guest_artifacts(home: Home) -> tuple[Kernel | None, Path | None]:
         kernel = cached_kernel(home.cache)
     except BoxError:
         kernel = None
-    from a3s_box.guest.build import source_hash
+    from a3s_box.guest.build import cached_guest_init
 
-    init = home.cache / f"guest-init-{source_hash()}" / "init"
+    init = cached_guest_init(home.cache)
     return kernel, (init if init.is_file() else None)

@@ -179,9 +179,9 @@ def host_support(home: Home, refresh: bool = False, build: bool = True,
     pre = kvm_precheck()
     if pre is not None:
         return HostSupport(name, False, "", pre)
-    from a3s_box.guest.build import build_guest_init, source_hash
+    from a3s_box.guest.build import build_guest_init, cached_guest_init
 
-    init = home.cache / f"guest-init-{source_hash()}" / "init"
+    init = cached_guest_init(home.cache)
     if not build and not init.is_file():
         return HostSupport(name, False, "", "libkrun found; not probed until the guest init "
                            "is built (run `box setup`)")

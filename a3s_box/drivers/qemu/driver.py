@@ -32,6 +32,7 @@ from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStor
                                            template_bytes)
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
+from a3s_box.drivers.qemu.shim_loop import build_shim_loop
 from a3s_box.jail.ids import IdTable
 from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
@@ -187,8 +188,12 @@ class QemuDriver:
         """Write RUNDIR/launch.json and start the shim (QEMU its child, confined by JAIL);
         the handle and the process group to kill if anything goes wrong."""
         vmm_dir(rundir).mkdir(mode=0o700, exist_ok=True)
+        try:
+            loop = build_shim_loop(self.home.cache)
+        except BoxError as e:
+            raise DriverError(box_id, str(e)) from e
         tmp = rundir / ".launch.json"
-        tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec),
+        tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec), "loop": str(loop),
                                    "channel": str(rundir / "channel.sock"),
                                    "console": str(spec.console_log),
                                    "console_socket": str(spec.console_socket) if spec.console_socket else None,

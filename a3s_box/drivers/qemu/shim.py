@@ -2,19 +2,24 @@
 "a3s_box.drivers.qemu.shim RUNDIR", or `python -m a3s_box.drivers.qemu.shim RUNDIR` as a
 child that dies with its caller (a build's RUN step).
 
-Reads RUNDIR/launch.json, runs QEMU as its child, holds the guest's one virtio-serial
-connection and serves RUNDIR/guest.sock to any number of host clients (routing by
-a3s_box.drivers.qemu.mux). Files in RUNDIR:
+Reads RUNDIR/launch.json and sets the box up: its cgroup, a virtiofsd per bind volume, its
+network (a keeper process registered with the host's egress daemon: network/keeper.py)
+or its pod's tap, the sockets QEMU connects to, and QEMU, jailed, as its child. Then it
+execs the steady-state loop, a3s-shim-loop (loop/shim_loop.c, named in launch.json): the
+same process, still QEMU's parent and titled "a3s_box.drivers.qemu.shim RUNDIR", which
+holds the guest's one virtio-serial connection, serves RUNDIR/guest.sock to any number of
+host clients, writes the console log, stops the VM if a helper dies and writes exit.json.
+Python is paid for while the box starts, not while it runs. Files in RUNDIR:
 
-    launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket"}
+    launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket", "loop", ...}
     shim.pid      this process
     channel.sock  QEMU connects here: the virtio-serial port a3s.0
     guest.sock    appears only once the guest said HELLO: its existence means "ready"
     exit.json     written when QEMU has exited: {"status", "signal", "reason"}
     supervisor.json  the protocol this shim speaks with the host (drivers/common/supervision.py)
 
-Single-threaded (selectors), so a misbehaving client can only lose its own connection.
-QEMU dies with the shim (PR_SET_PDEATHSIG), so a killed shim leaves no VM behind.
+QEMU dies with the shim (PR_SET_PDEATHSIG), so a killed shim leaves no VM behind; a setup
+step that fails writes exit.json saying which, and leaves no helper behind.
 """
 from __future__ import annotations
 
@@ -25,33 +30,26 @@ import json
 import os
 import platform
 import select
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.common.supervision import write_supervisor_record
-from a3s_box.drivers.qemu.mux import GUEST, Mux, Out
+from a3s_box.drivers.qemu.shim_loop import LoopArgs
 from a3s_box.jail import cgroup, fsguard, userns
-from a3s_box.jail.enter import EXIT_JAIL_FAILED, enter, new_pid_namespace
+from a3s_box.jail.enter import enter, new_pid_namespace
 from a3s_box.jail.spec import JailSpec
-from a3s_box.logs.writer import LogLimits, RotatingFile, TimestampedLines
-from a3s_box.guest import protocol as p
+from a3s_box.logs.writer import LogLimits
 from a3s_box.network import netns, podnet
 # imported here, not when a box has a network: the fork server loads it once for all shims
-from a3s_box.network.registration import BoxNetwork, EgressError, register_box, take_network_conf
-from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+from a3s_box.network.keeper import Held, Keeper, hold_registration, start_keeper
+from a3s_box.network.registration import EgressError, take_network_conf
 
-
-CLIENT_BUFFER_MAX = 16 << 20  # a client that reads nothing is dropped past this
-GUEST_BUFFER_HIGH = 4 << 20  # stop reading clients while the guest is this far behind
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _die_with_parent() -> None:
@@ -120,11 +118,6 @@ def _recursively_read_only(libc: ctypes.CDLL, path: bytes) -> bool:
     return True
 
 
-# What counts as using the box (a leased box's idle_timeout): running things and moving
-# files; not `box ps`'s STATUS or a PING.
-USE = frozenset({MsgType.EXEC, MsgType.STDIN, MsgType.PUT, MsgType.GET, MsgType.SIGNAL, MsgType.RESIZE})
-
-
 def touch_activity(rundir: Path) -> None:
     try:
         os.utime(rundir / "activity")
@@ -138,27 +131,8 @@ def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n")
 
 
-def exit_reason(status: int) -> dict[str, object]:
-    """Pure: what a QEMU wait status means for the user (Popen returncode convention)."""
-    if status == 0:
-        return {"status": 0, "signal": 0, "reason": "the guest powered off"}
-    if status < 0:
-        sig = -status
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-        return {"status": None, "signal": sig, "reason": f"qemu was killed by {name}"}
-    if status == EXIT_JAIL_FAILED:
-        return {"status": status, "signal": 0,
-                "reason": "the VMM could not be confined (see shim.log); nothing of the box ran"}
-    return {"status": status, "signal": 0,
-            "reason": f"qemu exited with status {status} (see shim.log and console.log)"}
-
-
-@dataclass
-class _Conn:
-    sock: socket.socket
-    reader: FrameReader = field(default_factory=FrameReader)
-    out: bytearray = field(default_factory=bytearray)
-    using: bool = False  # it ran something or moved files (not just STATUS or PING)
+class SetupFailed(Exception):
+    """A step before QEMU runs failed: the box does not start (exit.json says why)."""
 
 
 class Shim:
@@ -167,95 +141,99 @@ class Shim:
         launch = json.loads((rundir / "launch.json").read_text())
         self.box = str(launch["box_id"])
         self.argv = [str(a) for a in launch["argv"]]
+        self.loop = str(launch.get("loop") or "")
         self.channel_path = Path(launch["channel"])
         self.guest_path = Path(launch["guest_socket"])
         self.with_network = bool(launch.get("network"))
         self.pod_netns = str(launch.get("pod_netns") or "")  # QEMU runs in it (network/podnet.py)
-        self.network: BoxNetwork | None = None  # the box's registration with the egress daemon
+        # the box's registration with the egress daemon (network/keeper.py): held by
+        # descriptors the loop keeps, or by a keeper process for a box with published ports
+        self.held: Held | None = None
+        self.keeper: Keeper | None = None
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
         self.virtiofsd: list[subprocess.Popen[bytes]] = []
         self.jail = JailSpec.from_json(launch["jail"]) if launch.get("jail") else None
         self.console_socket = Path(launch["console_socket"]) if launch.get("console_socket") else None
         self.console_path = Path(str(launch.get("console") or rundir / "console.log"))
         self.logging = LogLimits.from_json(launch.get("logging"))
-        self.console_log: RotatingFile | None = None
-        self.stamper = TimestampedLines()
-        self.last_touch = 0.0
-        self.broken = 0  # malformed guest frames not yet reported
-        self.broken_said = 0.0
         self.cgroup: cgroup.BoxCgroup | None = None
-        self.sel = selectors.DefaultSelector()
-        self.clients: dict[int, _Conn] = {}
-        self.guest: _Conn | None = None
-        self.mux: Mux | None = None
-        self.listener: socket.socket | None = None
         self.qemu: subprocess.Popen[bytes] | None = None
         self.stopping = ""
-        self.failure = ""  # a helper the box's promises rest on died: why the VM was stopped
 
     def log(self, msg: str) -> None:
         print(f"shim {self.box}: {msg}", file=sys.stderr, flush=True)
 
-    # --- lifecycle ----------------------------------------------------------
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         for path in (self.channel_path, self.guest_path, self.rundir / "exit.json"):
             path.unlink(missing_ok=True)
         write_supervisor_record(self.rundir)
-        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        chan.bind(str(self.channel_path))
-        chan.listen(1)
-        console: socket.socket | None = None
-        if self.console_socket is not None:
-            # QEMU's serial console comes here; the log is ours to cap, rotate and stamp
-            self.console_socket.unlink(missing_ok=True)
-            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            console.bind(str(self.console_socket))
-            console.listen(1)
-            self.console_log = RotatingFile(self.console_path, self.logging)
+        try:
+            return self._start()
+        except SetupFailed as e:
+            self.log(str(e))
+            self._stop_helpers()
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": str(e)})
+            return 1
+
+    def _start(self) -> int:
+        if not self.loop or not os.access(self.loop, os.X_OK):
+            raise SetupFailed(f"the shim's loop {self.loop or '(none named in launch.json)'} is missing")
+        netns_fd: int | None = None
+        userns_fd: int | None = None
         try:
             if self.jail is not None and self.jail.limits is not None:
                 # every process serving the box shares its limits
                 self.cgroup = cgroup.BoxCgroup.create(self.jail.name, self.jail.limits)
         except cgroup.CgroupError as e:
-            self.log(f"cgroup: {e}")
-            write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": f"cgroup: {e}"})
-            return 1
+            raise SetupFailed(f"cgroup: {e}") from e
         procs = self.cgroup.procs_files() if self.cgroup else []
 
         def helper_preexec() -> None:
             _die_with_parent()
             cgroup.join(procs)
         self._helper_preexec = helper_preexec
-        netns_fd: int | None = None
         try:
             self._start_virtiofsd()
         except RuntimeError as e:
-            self.log(str(e))
-            self._stop_helpers()
-            write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": str(e)})
-            return 1
+            raise SetupFailed(str(e)) from e
+        if self.with_network:
+            touch_activity(self.rundir)  # its traffic marks the box as used
+            home = self.rundir.parent.parent
+            try:
+                conf = take_network_conf(self.rundir)
+                if conf.get("forwards"):  # the daemon will ask for sockets: a keeper stays
+                    # forked while this process has no thread and holds no socket of the box's
+                    self.keeper = start_keeper(home, self.rundir, conf, self.log)
+                    daemon, netns_fd, userns_fd = self.keeper.daemon_pid, self.keeper.netns_fd, self.keeper.userns_fd
+                    self.log(f"network keeper pid {self.keeper.pid}")
+                else:  # held by descriptors: the loop holds them
+                    self.held = hold_registration(home, self.rundir, conf, self.log)
+                    d = self.held.detached
+                    daemon, netns_fd, userns_fd = d.daemon_pid, d.netns, d.userns
+            except EgressError as e:
+                raise SetupFailed(str(e)) from e
+            self.log(f"egress daemon pid {daemon} serves the box")
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan.bind(str(self.channel_path))
+        chan.listen(1)
+        console: socket.socket | None = None
+        if self.console_socket is not None:
+            # QEMU's serial console comes here; the log is the loop's to cap, rotate and stamp
+            self.console_socket.unlink(missing_ok=True)
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            console.bind(str(self.console_socket))
+            console.listen(1)
         pass_fds: tuple[int, ...] = ()
         if self.pod_netns:
             try:
                 netns_fd = os.open(self.pod_netns, os.O_RDONLY | os.O_CLOEXEC)
                 pass_fds = (self._tap_for_qemu(netns_fd),)
             except (OSError, podnet.PodNetError) as e:
-                reason = f"the pod's network namespace {self.pod_netns}: {e}"
-                self.log(reason)
-                self._stop_helpers()
-                write_json_atomic(self.rundir / "exit.json", {"status": None, "signal": 0, "reason": reason})
-                return 1
-        if self.with_network:
-            try:
-                netns_fd = self._start_network()
-            except RuntimeError as e:
-                self.log(str(e))
-                self._stop_helpers()
-                write_json_atomic(self.rundir / "exit.json",
-                                  {"status": None, "signal": 0, "reason": str(e)})
-                return 1
+                raise SetupFailed(f"the pod's network namespace {self.pod_netns}: {e}") from e
 
         jail = self.jail
         if jail is not None:
@@ -272,75 +250,55 @@ class Shim:
             def preexec() -> None:
                 helper_preexec()
                 if netns_fd is not None:  # QEMU's user-mode network: only through the proxy
-                    netns.enter(netns_fd, self.network.userns_fd if self.network is not None else None)
+                    netns.enter(netns_fd, userns_fd)
         self.qemu = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True,
                                      preexec_fn=preexec, pass_fds=pass_fds)
         for fd in pass_fds:
             os.close(fd)  # QEMU's alone now
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
-        if self.stopping:
-            self.qemu.terminate()  # asked to stop while QEMU was being started
-        pidfd = os.pidfd_open(self.qemu.pid)
-        self.sel.register(pidfd, selectors.EVENT_READ, "qemu")
-        self.sel.register(chan, selectors.EVENT_READ, "channel")
-        if console is not None:
-            self.sel.register(console, selectors.EVENT_READ, "console-listen")
-        try:
-            while self.qemu.poll() is None:
-                ready = self.sel.select(timeout=0.5)
-                for key, events in ready:
-                    self._dispatch(key, events)
-                if any(c.using for c in self.clients.values()):
-                    self._active()  # a long exec with no output is still use
-                if not self.failure and (dead := self._dead_helper()):
-                    # no proxy: no network policy, no secrets; no virtiofsd: no volume. The
-                    # box stops rather than run without what it was promised; the reconcile
-                    # loop (or the next apply) boots it again with fresh helpers.
-                    self.failure = dead
-                    self.log(f"{dead}: stopping the VM")
-                    self.qemu.terminate()
-                if not ready and self.mux is None and self.guest is not None:
-                    # until the guest answers, repeat HELLO (extra answers are ignored)
-                    self.guest.out += p.hello()
-                    self._update_interest()
-        except BaseException:
-            # a bug in the shim must not leave an unsupervised VM behind
-            self.stopping = "the shim failed"
-            traceback.print_exc()
-            self.qemu.kill()
-            raise
-        finally:
-            status = self.qemu.wait()
-            self._stop_helpers()
-            if self.cgroup is not None:
-                self.cgroup.remove()
-            result = exit_reason(status)
-            if self.failure:
-                result = {"status": None, "signal": 0, "reason": f"{self.failure}; the VM was stopped"}
-            elif self.stopping:
-                result["reason"] = f"stopped ({self.stopping})" if status == 0 else \
-                    f"{result['reason']} while stopping ({self.stopping})"
-            self.log(str(result["reason"]))
-            self._drain_console()
-            if self.console_log is not None:
-                self.console_log.close()
-            for path in (self.guest_path, self.channel_path):
-                path.unlink(missing_ok=True)
-            write_json_atomic(self.rundir / "exit.json", result)
-        return 0
+        return self._exec_loop(chan, console)
 
-    def _dead_helper(self) -> str:
-        """Which helper the box rests on ended while the VM runs ("" if none)."""
-        if self.network is not None and not self.network.alive():
-            return f"the egress proxy is gone ({self.network.failure or 'its registration ended'})"
-        for spec, proc in zip(self.virtiofsd_specs, self.virtiofsd):
-            if (rc := proc.poll()) is not None:
-                return f"virtiofsd of volume {spec.get('target')} ended ({_status_text(rc)})"
-        return ""
+    def _exec_loop(self, chan: socket.socket, console: socket.socket | None) -> int:
+        """Becomes the steady-state loop (never returns but on failure). Stop signals are
+        blocked across the exec (the loop takes them from a signalfd): none is lost."""
+        assert self.qemu is not None
+        keeper, held = self.keeper, self.held
+        kept = [chan.fileno()] + ([console.fileno()] if console is not None else []) + \
+            ([keeper.sock.fileno()] if keeper else []) + (held.fds() if held else [])
+        for fd in kept:
+            os.set_inheritable(fd, True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        args = LoopArgs(
+            title=f"a3s_box.drivers.qemu.shim {self.rundir}", rundir=self.rundir, box=self.box,
+            qemu_pid=self.qemu.pid, channel_fd=chan.fileno(), channel_path=self.channel_path,
+            guest_path=self.guest_path, console_fd=console.fileno() if console is not None else None,
+            console_log=self.console_path if console is not None else None, logging=self.logging,
+            cgroups=[p for _, p in self.cgroup.paths] if self.cgroup is not None else [],
+            volumes=[(proc.pid, str(spec.get("target"))) for spec, proc in zip(self.virtiofsd_specs, self.virtiofsd)],
+            network=(keeper.pid, keeper.sock.fileno()) if keeper is not None else None,
+            registration=held.fds() if held is not None else None, python=sys.executable,
+            home=self.rundir.parent.parent,
+            stopping=self.stopping)
+        if keeper is not None:  # QEMU has joined them: not the loop's
+            for ns_fd in (keeper.netns_fd, keeper.userns_fd):
+                if ns_fd is not None:
+                    os.set_inheritable(ns_fd, False)
+        try:
+            os.execv(self.loop, args.argv())
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            self.qemu.kill()
+            self.qemu.wait()
+            raise SetupFailed(f"cannot run the shim's loop {self.loop}: {e}") from e
+        raise AssertionError("unreachable")
 
     def _stop_helpers(self) -> None:
-        if self.network is not None:
-            self.network.close()
+        if self.held is not None:
+            self.held.close()  # the daemon sees the connection end
+            self.held = None
+        if self.keeper is not None:
+            self.keeper.close()
+            self.keeper = None
         for proc in self.virtiofsd:
             proc.terminate()
         for proc in self.virtiofsd:
@@ -424,278 +382,10 @@ class Shim:
             os.close(tap)
         raise OSError(errno.EBUSY, f"descriptor {podnet.TAP_FD} is taken in the shim")
 
-    def _start_network(self) -> int:
-        """The box's network namespace, registered with the host's egress daemon (started
-        if need be: a3s_box/network/daemon.py), which serves the box's proxy and DNS under
-        its own policy and secrets; an fd of that namespace, for QEMU. The registration's
-        connection lives as long as this shim: the box's network ends with it."""
-        touch_activity(self.rundir)  # its traffic marks the box as used
-        try:
-            conf = take_network_conf(self.rundir)
-            self.network = register_box(self.rundir.parent.parent, self.rundir, conf,
-                                        on_failure=self._network_failed, log=self.log)
-        except EgressError as e:
-            raise RuntimeError(str(e)) from e
-        self.log(f"egress daemon pid {self.network.daemon_pid()} serves the box")
-        return self.network.netns_fd
-
-    def _network_failed(self, reason: str) -> None:
-        """From the registration's thread: no daemon serves the box any more."""
-        self.log(f"egress daemon: {reason}")
-
     def _on_signal(self, signo: int, _frame: object) -> None:
         self.stopping = f"{signal.Signals(signo).name} to the shim"
         if self.qemu is not None and self.qemu.poll() is None:
-            self.qemu.terminate()  # QEMU exits cleanly on SIGTERM; the loop sees it
-
-    def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
-        what = key.data
-        if what == "qemu":
-            return  # the loop condition notices
-        if what == "channel":
-            self._accept_guest(key.fileobj)  # type: ignore[arg-type]
-        elif what == "console-listen":
-            self._accept_console(key.fileobj)  # type: ignore[arg-type]
-        elif what == "console":
-            self._console_io(key.fileobj)  # type: ignore[arg-type]
-        elif what == "listen":
-            self._accept_client()
-        elif what == "guest":
-            self._guest_io(events)
-        else:
-            cid = int(what)
-            try:
-                self._client_io(cid, events)
-            except Exception:  # one client's trouble must not take the others down
-                traceback.print_exc()
-                self._drop_client(cid, "failed")
-
-    def _active(self) -> None:
-        """A client used the box (exec, files): RUNDIR/activity's time says when, for a
-        leased box's lifetime.idle_timeout. At most one touch a second."""
-        now = time.monotonic()
-        if now - self.last_touch >= 1.0:
-            self.last_touch = now
-            touch_activity(self.rundir)
-
-    # --- the console ----------------------------------------------------------
-    def _accept_console(self, listener: socket.socket) -> None:
-        conn, _ = listener.accept()
-        self.sel.unregister(listener)
-        listener.close()
-        conn.setblocking(False)
-        self.console_conn = conn
-        self.sel.register(conn, selectors.EVENT_READ, "console")
-
-    def _drain_console(self) -> None:
-        """What QEMU wrote before it exited (a panic's last lines) still goes to the log."""
-        conn = getattr(self, "console_conn", None)
-        for _ in range(256):
-            if conn is None or conn.fileno() < 0:
-                break
-            self._console_io(conn)
-
-    def _console_io(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.sel.unregister(conn)
-            conn.close()
-            return
-        if self.console_log is not None:  # never blocks on a full disk: drops and counts
-            self.console_log.write(self.stamper.feed(data))
-
-    # --- the guest side -------------------------------------------------------
-    def _accept_guest(self, chan: socket.socket) -> None:
-        conn, _ = chan.accept()
-        self.sel.unregister(chan)
-        chan.close()  # QEMU connects exactly once
-        conn.setblocking(False)
-        self.guest = _Conn(conn, out=bytearray(p.hello()))
-        self.sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, "guest")
-
-    def _guest_io(self, events: int) -> None:
-        g = self.guest
-        assert g is not None
-        if events & selectors.EVENT_WRITE and g.out:
-            try:
-                n = g.sock.send(g.out)
-                del g.out[:n]
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                self._guest_gone(f"write: {e}")
-                return
-        if events & selectors.EVENT_READ:
-            try:
-                data = g.sock.recv(1 << 16)
-            except BlockingIOError:
-                data = None
-            except OSError as e:
-                self._guest_gone(f"read: {e}")
-                return
-            if data == b"":
-                self._guest_gone("closed")
-                return
-            for f in g.reader.feed(data or b""):
-                self._from_guest(f)
-            if g.reader.errors:
-                self._guest_broke(g.reader.errors)
-                g.reader.errors.clear()  # resynchronised; the guest's stream carries on
-        self._update_interest()
-
-    def _from_guest(self, f: Frame) -> None:
-        if self.mux is None:
-            if f.type == MsgType.HELLO and f.stream == 0:
-                self.mux = Mux(f)
-                self._listen()
-            return
-        for o in self.mux.from_guest(f):
-            self._send(o)
-
-    def _guest_broke(self, errors: list[str]) -> None:
-        """A guest (its root may be hostile) sent frames that are not the protocol: its
-        open sessions end with an error to their clients, `box logs` says so (at most
-        once a second), and the stream carries on from the next good frame."""
-        self.broken += len(errors)
-        if self.mux is not None:
-            for o in self.mux.end_all(f"the guest broke the protocol ({errors[0]})"):
-                self._send(o)
-        now = time.monotonic()
-        if now - self.broken_said >= 1.0:
-            self.broken_said = now
-            line = (f"a3s-box: the guest sent {self.broken} malformed frame(s) ({errors[0]}); "
-                    "its sessions were ended\n").encode()
-            self.log(line.decode().strip())
-            if self.console_log is not None:
-                self.console_log.write(self.stamper.feed(b"\n" + line if not self.stamper.at_line_start
-                                                         else line))
-            self.broken = 0
-
-    def _guest_gone(self, why: str) -> None:
-        self.log(f"guest channel {why}; waiting for qemu to exit")
-        if self.guest is not None:
-            self.sel.unregister(self.guest.sock)
-            self.guest.sock.close()
-            self.guest = None
-        for cid in list(self.clients):
-            self._drop_client(cid, "guest channel closed")
-        self.guest_path.unlink(missing_ok=True)
-
-    def _listen(self) -> None:
-        # bind under a temporary name and rename: guest.sock appears only when ready
-        tmp = self.guest_path.with_name(f".{self.guest_path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(str(tmp))
-        s.listen(64)
-        s.setblocking(False)
-        os.replace(tmp, self.guest_path)
-        self.listener = s
-        self.sel.register(s, selectors.EVENT_READ, "listen")
-        self.log("guest answered HELLO: serving " + str(self.guest_path))
-
-    # --- the client side ----------------------------------------------------------
-    def _accept_client(self) -> None:
-        assert self.listener is not None
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        conn.setblocking(False)
-        cid = conn.fileno()
-        self.clients[cid] = _Conn(conn)
-        self.sel.register(conn, selectors.EVENT_READ, str(cid))
-
-    def _client_io(self, cid: int, events: int) -> None:
-        c = self.clients.get(cid)
-        if c is None:
-            return
-        if events & selectors.EVENT_WRITE and c.out:
-            try:
-                n = c.sock.send(c.out)
-                del c.out[:n]
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._drop_client(cid, "write failed")
-                return
-        if events & selectors.EVENT_READ:
-            try:
-                data = c.sock.recv(1 << 16)
-            except BlockingIOError:
-                data = None
-            except OSError:
-                data = b""
-            if data == b"":
-                self._drop_client(cid, "disconnected")
-                return
-            frames = c.reader.feed(data or b"")
-            if any(f.type in USE for f in frames):
-                c.using = True  # an exec or a transfer: active for as long as it is connected
-                self._active()
-            if c.reader.errors:
-                self._drop_client(cid, f"protocol error: {c.reader.errors[0]}")
-                return
-            assert self.mux is not None
-            for f in frames:
-                for o in self.mux.from_client(cid, f):
-                    self._send(o)
-        self._update_interest()
-
-    def _drop_client(self, cid: int, why: str) -> None:
-        c = self.clients.pop(cid, None)
-        if c is None:
-            return
-        if self.sel.get_map().get(c.sock) is not None:
-            self.sel.unregister(c.sock)
-        c.sock.close()
-        if self.mux is not None:
-            n = self.mux.sessions(cid)
-            for o in self.mux.drop_client(cid):
-                self._send(o)
-            if n:
-                self.log(f"client {cid} {why}: killed its {n} session(s)")
-
-    def _send(self, o: Out) -> None:
-        if o.dest == GUEST:
-            if self.guest is not None:
-                self.guest.out += o.data
-            return
-        c = self.clients.get(o.dest)
-        if c is None:
-            return
-        c.out += o.data
-        if len(c.out) > CLIENT_BUFFER_MAX:
-            self._drop_client(o.dest, "not reading its output")
-
-    def _update_interest(self) -> None:
-        if self.guest is not None:
-            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.guest.out else 0)
-            self.sel.modify(self.guest.sock, ev, "guest")
-        # backpressure: while the guest lags, leave client input unread in its socket
-        guest_full = self.guest is not None and len(self.guest.out) > GUEST_BUFFER_HIGH
-        for cid, c in self.clients.items():
-            ev = (0 if guest_full else selectors.EVENT_READ) | \
-                (selectors.EVENT_WRITE if c.out else 0)
-            registered = self.sel.get_map().get(c.sock) is not None
-            if ev and registered:
-                self.sel.modify(c.sock, ev, str(cid))
-            elif ev:
-                self.sel.register(c.sock, ev, str(cid))
-            elif registered:
-                self.sel.unregister(c.sock)
-
-
-def _status_text(rc: int) -> str:
-    if rc < 0:
-        sig = -rc
-        return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
-    return f"status {rc}"
+            self.qemu.terminate()  # the loop sees it exit
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,459 @@
+"""The shim's steady state (a3s-shim-loop, C) between a guest the test plays and real
+clients: its routing rules, its exit report, its console log.
+
+Faked: QEMU. The shim runs a stand-in VMM (FAKE_VMM) that connects to the channel as
+QEMU would and relays the bytes to a socket of the test's, so the test speaks the guest's
+side of the protocol frame by frame; everything else (the Python shim's setup, the exec,
+the C loop, the clients' sockets) is the real thing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from a3s_box.drivers.qemu.shim_loop import build_shim_loop
+from a3s_box.guest import protocol as p
+from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+
+ROOT = str(Path(__file__).resolve().parents[2])
+GUEST_HELLO = p.Writer().u16(1).str("kernel=6.1\ntransport=fake").bytes()
+KILL = p.Writer().u32(int(signal.SIGKILL)).bytes()
+
+FAKE_VMM = r'''
+import os, select, socket, sys
+chan = socket.socket(socket.AF_UNIX); chan.connect(sys.argv[1])
+ctl = socket.socket(socket.AF_UNIX); ctl.connect(sys.argv[2])
+console = None
+if sys.argv[4] != "-":
+    console = socket.socket(socket.AF_UNIX); console.connect(sys.argv[4])
+    console.sendall(b"booting\nhalf a line")
+ctl.sendall(f"{os.getpid()}\n".encode())
+while True:
+    ready, _, _ = select.select([chan, ctl], [], [])
+    for src, dst in ((chan, ctl), (ctl, chan)):
+        if src in ready:
+            data = src.recv(65536)
+            if not data:
+                if console is not None:
+                    console.sendall(b" ends\nlast words\n")
+                sys.exit(int(sys.argv[3]))
+            dst.sendall(data)
+'''
+
+
+class Guest:
+    """The test's side of the channel: frames in, frames out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = FrameReader()
+        self.pending: list[Frame] = []
+        pid = b""
+        while not pid.endswith(b"\n"):
+            pid += sock.recv(1)
+        self.vmm_pid = int(pid)
+
+    def send(self, type_: int, stream: int, payload: bytes = b"") -> None:
+        self.sock.sendall(p.encode(type_, stream, payload))
+
+    def next(self, timeout: float = 10.0) -> Frame:
+        self.sock.settimeout(timeout)
+        while not self.pending:
+            data = self.sock.recv(65536)
+            assert data, "the shim closed the channel"
+            self.pending += self.reader.feed(data)
+        return self.pending.pop(0)
+
+    def next_not_hello(self) -> Frame:
+        while True:  # the shim repeats HELLO until the guest answers
+            f = self.next()
+            if f.type != MsgType.HELLO:
+                return f
+
+
+class Client:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.reader = FrameReader()
+        self.pending: list[Frame] = []
+
+    def send(self, type_: int, stream: int, payload: bytes = b"") -> None:
+        self.sock.sendall(p.encode(type_, stream, payload))
+
+    def next(self, timeout: float = 10.0) -> Frame:
+        self.sock.settimeout(timeout)
+        while not self.pending:
+            data = self.sock.recv(65536)
+            assert data, "the shim hung up"
+            self.pending += self.reader.feed(data)
+        return self.pending.pop(0)
+
+    def nothing(self, wait: float = 0.3) -> bool:
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return True
+        self.pending += self.reader.feed(data)
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def loop_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_shim_loop(tmp_path_factory.mktemp("cache"))
+
+
+class Running:
+    def __init__(self, rundir: Path, shim: subprocess.Popen[bytes], guest: Guest) -> None:
+        self.rundir, self.shim, self.guest = rundir, shim, guest
+        self.clients: list[Client] = []
+
+    def client(self) -> Client:
+        self.clients.append(Client(self.rundir / "guest.sock"))
+        return self.clients[-1]
+
+    def close(self) -> None:
+        if self.shim.poll() is None:
+            self.shim.kill()
+        self.shim.wait()
+        for c in self.clients:
+            c.close()
+        self.guest.sock.close()
+
+    def exit_record(self, timeout: float = 20.0) -> dict[str, object]:
+        self.shim.wait(timeout)
+        return dict(json.loads((self.rundir / "exit.json").read_text()))
+
+
+def start(tmp_path: Path, loop_binary: Path, code: int = 0, console: bool = False) -> Running:
+    rundir = tmp_path / "box.box"
+    rundir.mkdir()
+    fake = tmp_path / "fake_vmm.py"
+    fake.write_text(FAKE_VMM)
+    ctl_path = tmp_path / "ctl.sock"
+    ctl = socket.socket(socket.AF_UNIX)
+    ctl.bind(str(ctl_path))
+    ctl.listen(1)
+    ctl.settimeout(30)
+    console_sock = rundir / "console.sock"
+    (rundir / "launch.json").write_text(json.dumps({
+        "box_id": "box.box", "loop": str(loop_binary),
+        "argv": [sys.executable, str(fake), str(rundir / "channel.sock"), str(ctl_path), str(code),
+                 str(console_sock) if console else "-"],
+        "channel": str(rundir / "channel.sock"), "guest_socket": str(rundir / "guest.sock"),
+        "console": str(rundir / "console.log"), "console_socket": str(console_sock) if console else None,
+        "jail": None, "logging": {"max_size": 1 << 20, "max_files": 2}}))
+    with open(rundir / "shim.log", "wb") as log:
+        shim = subprocess.Popen([sys.executable, "-m", "a3s_box.drivers.qemu.shim", str(rundir)],
+                                stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": ROOT})
+    conn, _ = ctl.accept()
+    ctl.close()
+    guest = Guest(conn)
+    assert guest.next().type == MsgType.HELLO  # the shim's, until the guest answers
+    guest.send(MsgType.HELLO, 0, GUEST_HELLO)
+    deadline = time.monotonic() + 20
+    while not (rundir / "guest.sock").exists():
+        assert time.monotonic() < deadline and shim.poll() is None, (rundir / "shim.log").read_text()
+        time.sleep(0.02)
+    return Running(rundir, shim, guest)
+
+
+@pytest.fixture
+def running(tmp_path: Path, loop_binary: Path) -> Iterator[Running]:
+    r = start(tmp_path, loop_binary)
+    yield r
+    r.close()
+
+
+def test_the_shim_becomes_the_small_loop_and_keeps_its_title(running: Running) -> None:
+    pid = running.shim.pid
+    assert os.readlink(f"/proc/{pid}/exe").endswith("a3s-shim-loop")
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    assert title == f"a3s_box.drivers.qemu.shim {running.rundir}".encode()
+    # QEMU (the stand-in) is still its child
+    assert Path(f"/proc/{running.guest.vmm_pid}/stat").read_text().split(")")[1].split()[1] == str(pid)
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    assert rss < 2048, rss  # KiB: a few pages, not an interpreter
+
+
+def test_hello_is_answered_by_the_shim_from_what_the_guest_said(running: Running) -> None:
+    c = running.client()
+    c.send(MsgType.HELLO, 0, p.Writer().u16(1).bytes())
+    f = c.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.HELLO, 0, GUEST_HELLO)
+
+
+def _exec(c: Client, guest: Guest, stream: int) -> int:
+    c.send(MsgType.EXEC, stream, b"req")
+    f = guest.next_not_hello()
+    assert (f.type, f.payload) == (MsgType.EXEC, b"req")
+    return f.stream
+
+
+def test_same_stream_ids_from_two_clients_get_distinct_guest_ids(running: Running) -> None:
+    g = running.guest
+    a, b = running.client(), running.client()
+    ga, gb = _exec(a, g, 1), _exec(b, g, 1)
+    assert ga != gb and 0 not in (ga, gb)
+    b.send(MsgType.STDIN, 1, b"x")
+    f = g.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.STDIN, gb, b"x")
+    g.send(MsgType.STDOUT, gb, b"out-b")
+    f = b.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.STDOUT, 1, b"out-b")
+    g.send(MsgType.EXIT, ga, b"e")
+    f = a.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.EXIT, 1, b"e")
+    # after EXIT the session is gone: late frames either way go nowhere
+    g.send(MsgType.STDOUT, ga, b"late")
+    a.send(MsgType.SIGNAL, 1, KILL)
+    assert a.nothing() and b.nothing()
+    b.send(MsgType.STDIN, 1, b"still b's")
+    f = g.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.STDIN, gb, b"still b's")  # not a's SIGNAL
+
+
+def test_stream0_replies_go_to_whoever_asked_in_order(running: Running) -> None:
+    g = running.guest
+    a, b = running.client(), running.client()
+    a.send(MsgType.CONFIG, 0, b"cfg")
+    assert g.next_not_hello().type == MsgType.CONFIG
+    b.send(MsgType.SHUTDOWN, 0, b"\0")
+    assert g.next().type == MsgType.SHUTDOWN
+    g.send(MsgType.RESULT, 0, b"r1")
+    g.send(MsgType.RESULT, 0, b"r2")
+    g.send(MsgType.RESULT, 0, b"unasked")
+    assert a.next().payload == b"r1" and b.next().payload == b"r2"
+    assert a.nothing() and b.nothing()
+
+
+def test_a_departed_client_has_its_sessions_killed_and_its_replies_dropped(running: Running) -> None:
+    g = running.guest
+    one, two = running.client(), running.client()
+    g1, g2 = _exec(one, g, 1), _exec(one, g, 5)
+    other = _exec(two, g, 1)
+    one.send(MsgType.CONFIG, 0, b"cfg")
+    assert g.next().type == MsgType.CONFIG
+    two.send(MsgType.PING, 0, b"p")
+    assert g.next().type == MsgType.PING
+    one.close()
+    kills = [g.next(), g.next()]
+    assert [(f.type, f.stream, f.payload) for f in kills] == [(MsgType.SIGNAL, g1, KILL), (MsgType.SIGNAL, g2, KILL)]
+    g.send(MsgType.STDOUT, g1, b"x")
+    g.send(MsgType.RESULT, 0, b"for-1")  # client one's CONFIG reply: nobody's now
+    g.send(MsgType.PONG, 0, b"p")
+    f = two.next()
+    assert (f.type, f.payload) == (MsgType.PONG, b"p")
+    g.send(MsgType.STDOUT, other, b"y")
+    f = two.next()
+    assert (f.type, f.stream, f.payload) == (MsgType.STDOUT, 1, b"y")
+
+
+def test_a_client_breaking_the_protocol_loses_only_itself(running: Running) -> None:
+    g = running.guest
+    bad, good = running.client(), running.client()
+    gid = _exec(bad, g, 3)
+    bad.sock.sendall(b"\x00not a frame" * 10)
+    f = g.next()
+    assert (f.type, f.stream) == (MsgType.SIGNAL, gid)  # what it started is killed
+    with pytest.raises((AssertionError, ConnectionResetError)):
+        bad.next(5)  # hung up on
+    good.send(MsgType.HELLO, 0)
+    assert good.next().type == MsgType.HELLO
+
+
+def test_a_guest_breaking_the_protocol_ends_the_sessions_and_says_so(tmp_path: Path, loop_binary: Path) -> None:
+    r = start(tmp_path, loop_binary, console=True)
+    try:
+        c = r.client()
+        gid = _exec(c, r.guest, 9)
+        r.guest.sock.sendall(b"\x00garbage" * 100)
+        f = c.next()
+        assert (f.type, f.stream) == (MsgType.ERROR, 9)
+        assert p.Reader(f.payload).i32() == 71 and b"the guest broke the protocol (bad magic)" in f.payload
+        f = r.guest.next()
+        assert (f.type, f.stream, f.payload) == (MsgType.SIGNAL, gid, KILL)
+        r.guest.send(MsgType.STDOUT, gid, b"after")  # the stream resynchronised: still nobody's
+        c.send(MsgType.HELLO, 0)
+        assert c.next().type == MsgType.HELLO
+        console = (r.rundir / "console.log").read_text()
+        assert "a3s-box: the guest sent 1 malformed frame(s) (bad magic); its sessions were ended" in console
+        # the console's own lines, stamped; the broken line starts a line of its own
+        assert "Z booting\n" in console and "Z half a line\n" in console
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("code, how, reason, signo", [
+    (0, None, "the guest powered off", 0),
+    (3, None, "qemu exited with status 3 (see shim.log and console.log)", 0),
+    (0, signal.SIGKILL, "qemu was killed by SIGKILL", 9),
+    # QEMU ends on SIGTERM; the stand-in dies of it
+    (0, "stop", "qemu was killed by SIGTERM while stopping (SIGTERM to the shim)", 15),
+])
+def test_exit_reasons(tmp_path: Path, loop_binary: Path, request: pytest.FixtureRequest,
+                      code: int, how: object, reason: str, signo: int) -> None:
+    r = start(tmp_path, loop_binary, code=code, console=True)
+    request.addfinalizer(r.close)
+    if how is None:
+        r.guest.sock.close()  # the stand-in exits with CODE, as a guest powering off
+    elif how == "stop":
+        os.kill(r.shim.pid, signal.SIGTERM)
+    else:
+        os.kill(r.guest.vmm_pid, int(how))  # type: ignore[call-overload]
+    record = r.exit_record()
+    assert record["reason"] == reason
+    assert record["signal"] == signo
+    assert not (r.rundir / "guest.sock").exists() and not (r.rundir / "channel.sock").exists()
+    log = (r.rundir / "console.log").read_text()
+    if how is None:
+        assert "Z  ends\n" in log or "half a line ends\n" in log  # written before it exited
+        assert "last words" in log
+
+
+TYPES = [int(t) for t in MsgType] + [0, 0x55]
+client_frame = st.tuples(st.sampled_from(TYPES), st.integers(0, 4), st.binary(max_size=12))
+guest_frame = st.tuples(st.sampled_from(TYPES), st.integers(0, 12), st.binary(max_size=12))
+event = st.one_of(st.tuples(st.just("client"), st.integers(0, 2), client_frame),
+                  st.tuples(st.just("guest"), st.just(0), guest_frame),
+                  st.tuples(st.just("drop"), st.integers(0, 2), st.none()))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(event, min_size=1, max_size=40))
+def test_whatever_clients_and_guest_send_a_client_hears_only_of_its_own_sessions(
+        tmp_path_factory: pytest.TempPathFactory, loop_binary: Path,
+        events: list[tuple[str, int, tuple[int, int, bytes] | None]]) -> None:
+    r = start(tmp_path_factory.mktemp("fuzz"), loop_binary)
+    try:
+        clients: dict[int, Client] = {}
+        opened: dict[int, set[int]] = {}
+        for kind, cid, frame in events:
+            if kind == "drop":
+                if cid in clients:
+                    clients.pop(cid).close()
+                continue
+            assert frame is not None
+            type_, stream, payload = frame
+            if kind == "guest":
+                r.guest.send(type_, stream, payload)
+                continue
+            if cid not in clients:
+                clients[cid] = Client(r.rundir / "guest.sock")
+                r.clients.append(clients[cid])
+                opened[cid] = set()
+            clients[cid].send(type_, stream, payload)
+            if stream and type_ in (MsgType.EXEC, MsgType.PUT, MsgType.GET, MsgType.STATUS, MsgType.PING):
+                opened[cid].add(stream)
+        probe = r.client()
+        probe.send(MsgType.HELLO, 0)
+        assert probe.next().type == MsgType.HELLO  # still serving
+        for cid, c in clients.items():
+            c.nothing(0.2)
+            for f in c.pending:
+                assert f.stream == 0 or f.stream in opened[cid], (cid, f)
+        assert r.shim.poll() is None
+    finally:
+        r.close()
+
+
+# --- a registration held by descriptors (a3s_box/network/keeper.py) ----------------------
+# Faked: the egress daemon's connection (a socket of the test's) and the Python that
+# registers the box again (STAND_IN: it answers as keeper.py's register_again would).
+LAUNCHER = r'''
+import json, os, socket, subprocess, sys
+a = json.loads(sys.argv[1])
+vmm = subprocess.Popen(a["vmm"])
+chan = socket.socket(socket.AF_UNIX); chan.bind(a["channel"]); chan.listen(1)
+daemon = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); daemon.connect(a["daemon"])
+held = [daemon.fileno()] + [os.open("/dev/null", os.O_RDONLY) for _ in range(6)]
+for fd in [chan.fileno()] + held:
+    os.set_inheritable(fd, True)
+os.execv(a["loop"], [f"a3s_box.drivers.qemu.shim {a['rundir']}", f"--rundir={a['rundir']}", "--box=held.box",
+         f"--qemu={vmm.pid}", f"--channel={chan.fileno()}", f"--channel-path={a['channel']}",
+         f"--guest-path={a['rundir']}/guest.sock", f"--registration={','.join(map(str, held))}",
+         f"--python={a['python']}", f"--home={a['home']}"])
+'''
+STAND_IN = r'''#!{python}
+import array, os, socket, sys
+fds = ",".join(str(fd) for fd in range(3, 20) if os.path.exists(f"/proc/self/fd/{{fd}}"))
+open(sys.argv[0] + ".args", "a").write(" ".join(sys.argv[1:]) + " fds:" + fds + "\n")
+answer = socket.socket(fileno=3)
+if os.path.exists(sys.argv[0] + ".refuse"):
+    answer.send(b"error: the egress daemon ended and the box could not be registered again: the test says no")
+    sys.exit(1)
+new = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); new.connect(sys.argv[0] + ".daemon")
+answer.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [new.fileno()]))])
+'''
+
+
+def test_a_held_registration_is_made_again_when_the_daemon_goes_and_the_vm_stops_when_it_cannot(
+        tmp_path: Path, loop_binary: Path) -> None:
+    rundir = tmp_path / "held.box"
+    rundir.mkdir()
+    stand_in = tmp_path / "python"
+    stand_in.write_text(STAND_IN.format(python=sys.executable))
+    stand_in.chmod(0o755)
+    daemons = []
+    for path in (tmp_path / "daemon.sock", Path(f"{stand_in}.daemon")):
+        d = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        d.bind(str(path))
+        d.listen(4)
+        d.settimeout(30)
+        daemons.append(d)
+    fake = tmp_path / "fake_vmm.py"
+    fake.write_text(FAKE_VMM)
+    ctl = socket.socket(socket.AF_UNIX)
+    ctl.bind(str(tmp_path / "ctl.sock"))
+    ctl.listen(1)
+    ctl.settimeout(30)
+    args = {"vmm": [sys.executable, str(fake), str(rundir / "channel.sock"), str(tmp_path / "ctl.sock"), "0", "-"],
+            "channel": str(rundir / "channel.sock"), "daemon": str(tmp_path / "daemon.sock"),
+            "loop": str(loop_binary), "rundir": str(rundir), "python": str(stand_in), "home": str(tmp_path)}
+    with open(rundir / "shim.log", "wb") as log:
+        shim = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(args)], stderr=log)
+    first, _ = daemons[0].accept()
+    conn, _ = ctl.accept()
+    guest = Guest(conn)
+    try:
+        first.close()  # the daemon was killed: the loop has the box registered again
+        second, _ = daemons[1].accept()
+        said = Path(f"{stand_in}.args").read_text().split()
+        assert said[:4] == ["-m", "a3s_box.network.keeper", str(tmp_path), str(rundir)]
+        assert said[4] == "fds:3,4,5,6,7,8,9"  # keeper.RESUME_FDS without a user namespace; nothing else
+        time.sleep(0.5)
+        assert shim.poll() is None
+        Path(f"{stand_in}.refuse").touch()
+        second.close()  # and again, but now it cannot be: the VM stops rather than run unproxied
+        shim.wait(30)
+        record = json.loads((rundir / "exit.json").read_text())
+        assert record["reason"] == ("the egress proxy is gone (the egress daemon ended and the box could not be "
+                                    "registered again: the test says no); the VM was stopped")
+        assert record["status"] is None
+        log_text = (rundir / "shim.log").read_text()
+        assert log_text.count("its connection ended; registering the box again") == 2
+    finally:
+        if shim.poll() is None:
+            shim.kill()
+            shim.wait()
+        guest.sock.close()
+        ctl.close()
+        for d in daemons:
+            d.close()
