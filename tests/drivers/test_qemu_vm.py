@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -268,3 +269,60 @@ def test_ctrl_c_during_start_leaves_nothing_behind(silent_driver: QemuDriver, te
             os.kill(pid, signal.SIGKILL)
     assert processes_mentioning(str(rundir)) == []
     assert not any(p.suffix == ".sock" for p in rundir.iterdir())
+
+
+POD_IP, CALICO_GW, HOST_SIDE_IP = "10.213.81.5", "169.254.1.1", "10.213.82.1"
+
+
+@pytest.fixture
+def calico_pod_netns() -> Iterator[str]:
+    """A pod's network namespace shaped as Calico's CNI plugin leaves one (made here: no
+    Calico on this host): eth0 with a /32 address and a default route via 169.254.1.1,
+    which is on no subnet and answered by proxy ARP on the host's side of the veth; the
+    host routes the pod's /32 to that veth. HOST_SIDE_IP stands for a node address."""
+    tag = os.getpid() % 100000
+    name, host_if = f"a3s-calico-{tag}", f"a3scal{tag}"
+    setup = (f"ip netns add {name}; ip link add {host_if} type veth peer name eth0 netns {name}; "
+             f"ip link set {host_if} up; echo 1 > /proc/sys/net/ipv4/conf/{host_if}/proxy_arp; "
+             f"ip route add {POD_IP}/32 dev {host_if}; ip addr add {HOST_SIDE_IP}/32 dev lo; "
+             f"ip route get {CALICO_GW} >/dev/null 2>&1 || ip route add {CALICO_GW}/32 dev lo; "
+             f"ip -n {name} addr add {POD_IP}/32 dev eth0; ip -n {name} link set eth0 up; "
+             f"ip -n {name} route add {CALICO_GW} dev eth0 scope link; "
+             f"ip -n {name} route add default via {CALICO_GW} dev eth0")
+    subprocess.run(["sh", "-ec", setup], check=True)
+    try:
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["sh", "-c", f"ip netns del {name}; ip link del {host_if}; "
+                        f"ip addr del {HOST_SIDE_IP}/32 dev lo; ip route del {CALICO_GW}/32 dev lo"],
+                       capture_output=True)
+
+
+def test_a_pod_with_a_32_address_and_a_gateway_off_its_subnet_is_routed(
+        driver: QemuDriver, base_disk: Path, tmp_path: Path, calico_pod_netns: str) -> None:
+    """Calico's shape: the guest takes the /32 and reaches its gateway on the link (a host
+    route first, then the default route), so the node reaches the pod and back."""
+    launch = replace(_launch(tmp_path, base_disk, "proj.calico"), pod_network=calico_pod_netns)
+    handle = driver.start(launch, BOOT_TIMEOUT)
+    try:
+        with _client(driver, handle) as c:
+            routes = c.run(["ip", "-4", "route"], ns=Namespace.ROOT, timeout=30).stdout.decode()
+            assert f"default via {CALICO_GW} dev eth0" in routes, routes
+            assert f"{CALICO_GW} dev eth0" in routes, routes
+            with socket.create_server((HOST_SIDE_IP, 0)) as server:  # pod -> node, through the gateway
+                server.settimeout(60)
+                port = server.getsockname()[1]
+                got: list[tuple[bytes, str]] = []
+
+                def serve() -> None:
+                    conn, peer = server.accept()
+                    with conn:
+                        conn.settimeout(30)
+                        got.append((conn.recv(100), peer[0]))
+                reader = threading.Thread(target=serve)
+                reader.start()
+                r = c.run(["sh", "-c", f"echo from-pod | nc {HOST_SIDE_IP} {port}"], ns=Namespace.ROOT, timeout=60)
+                reader.join(60)
+            assert got == [(b"from-pod\n", POD_IP)], (r.stdout, r.stderr)
+    finally:
+        driver.stop(handle, 10.0)

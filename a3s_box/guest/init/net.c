@@ -81,6 +81,16 @@ int net_up(const char *spec)
 	rc |= ioctl(s, SIOCGIFFLAGS, &ifr);
 	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
 	rc |= ioctl(s, SIOCSIFFLAGS, &ifr);
+	if ((gwa.s_addr & mask.s_addr) != (addr.s_addr & mask.s_addr)) {
+		/* a gateway outside the address's subnet (Calico gives a pod a /32 and
+		 * 169.254.1.1, answered by proxy ARP): reachable on the link, said first */
+		struct rtentry host = {0};
+		sin_set(&host.rt_dst, gwa);
+		sin_set(&host.rt_genmask, (struct in_addr){.s_addr = 0xffffffffu});
+		host.rt_flags = RTF_UP | RTF_HOST;
+		host.rt_dev = ifr.ifr_name;
+		rc |= ioctl(s, SIOCADDRT, &host);
+	}
 	struct rtentry rt = {0};
 	sin_set(&rt.rt_dst, (struct in_addr){0});
 	sin_set(&rt.rt_genmask, (struct in_addr){0});
