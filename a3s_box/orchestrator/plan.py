@@ -16,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from a3s_box.drivers.registry import Capability, choose
 from a3s_box.orchestrator.desired import DesiredState
-from a3s_box.orchestrator.graph import Node, build_graph, ordered
+from a3s_box.orchestrator.graph import DependencyGraph, Node, build_graph, ordered
 from a3s_box.orchestrator.observed import ObservedState
 
 if TYPE_CHECKING:
-    import networkx as nx
-
     from a3s_box.boxfile.model import BoxDef
 
 
@@ -90,7 +88,7 @@ class Plan:
     actions: tuple[Action, ...]
     orphans: tuple[str, ...] = field(default=())  # boxes not in the Boxfile, kept without --prune
     # u -> v: u must have converged before v starts (what the actions were ordered by)
-    graph: "nx.DiGraph[Node] | None" = field(default=None, compare=False, repr=False)
+    graph: DependencyGraph | None = field(default=None, compare=False, repr=False)
 
     @property
     def changes(self) -> tuple[Action, ...]:
