@@ -39,7 +39,7 @@ find_python() {
 }
 
 # --- system packages ---------------------------------------------------------------
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs busybox-static musl-tools cpio iproute2 iptables)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs busybox-static musl-tools cpio iproute2 iptables uidmap)
 [ "$want_test" -eq 1 ] && pkgs+=(docker-registry skopeo umoci libvirglrenderer1 curl containerd)
 command -v node >/dev/null 2>&1 || { [ "$want_test" -eq 1 ] && pkgs+=(nodejs npm); }
 if ! BASE_PY=$(find_python) || ! "$BASE_PY" -c 'import ensurepip, venv' 2>/dev/null; then

@@ -4,7 +4,10 @@ root, and leaves a process that can only exec what its JailSpec gives it.
     cgroup      join the box's cgroup (all hierarchies)
     network     the box's network namespace (given as an fd), or a new, empty one
     namespaces  new mount, IPC and UTS namespaces (the PID namespace is the caller's
-                doing: the shim unshares it before forking QEMU, which becomes its init)
+                doing: the shim unshares it before forking QEMU, which becomes its init;
+                without root there is none: see docs/security.md)
+    user        without root, first: the box's user namespace, where the user is root
+                and the ids are the user's subordinate ones (a3s_box/subids.py)
     root        a tmpfs with read-only /usr and the few host files and devices the spec
                 names, each at its host path; pivot_root into it; the old root detached
     ids         every capability dropped from the bounding set, then the uid/gid of the
@@ -29,6 +32,7 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x40000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWUSER = 0x10000000
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 EXIT_JAIL_FAILED = 126
@@ -89,9 +93,17 @@ def new_pid_namespace() -> None:
     _check(_libc.unshare(CLONE_NEWPID), "unshare PID namespace")
 
 
-def enter(spec: JailSpec, netns_fd: int | None = None, cgroup_procs: list[str] | None = None) -> None:
-    """Confine this process as SPEC says (see the module docstring)."""
+def enter(spec: JailSpec, netns_fd: int | None = None, cgroup_procs: list[str] | None = None,
+          userns_fd: int | None = None) -> None:
+    """Confine this process as SPEC says (see the module docstring). Without root
+    (spec.userns), USERNS_FD is the box's user namespace, joined first: every step after
+    is that namespace's root's, and the ids are its own."""
     try:
+        if spec.userns:
+            if userns_fd is None:
+                raise JailError("no user namespace given")
+            _check(_libc.setns(userns_fd, CLONE_NEWUSER), "setns user namespace")
+            os.umask(0)  # its QMP socket must be the user's to connect to (the box's folder is 0700)
         _enter(spec, netns_fd, cgroup_procs or [])
     except BaseException as e:  # noqa: BLE001 - the child must not return half-confined
         os.write(2, f"a3s-box jail {spec.name}: {e}\n".encode())
@@ -129,7 +141,8 @@ def _enter(spec: JailSpec, netns_fd: int | None, cgroup_procs: list[str]) -> Non
     for cap in range(64):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break  # past the last capability this kernel knows
-    os.setgroups(list(spec.groups))
+    if not spec.keep_groups:
+        os.setgroups(list(spec.groups))
     os.setresgid(spec.gid, spec.gid, spec.gid)
     os.setresuid(spec.uid, spec.uid, spec.uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")

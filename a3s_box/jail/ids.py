@@ -23,8 +23,11 @@ UID_SPAN = 1_000_000
 
 
 class IdTable:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, base: int = UID_BASE, span: int = UID_SPAN) -> None:
+        """BASE, SPAN: the ids handed out (without root: the box user namespace's 1..,
+        a3s_box/subids.py)."""
         self._doc = JsonDocument(path, path.with_suffix(".lock"))
+        self._base, self._span = base, span
 
     def allocate(self, name: str, alive: Callable[[str], bool]) -> int:
         """NAME's id: the one it has, or a free one (first probing from a hash of NAME).
@@ -33,10 +36,10 @@ class IdTable:
             live = {k: int(v) for k, v in table.items() if k == name or alive(k)}
             if name not in live:
                 taken = set(live.values())
-                slot = zlib.crc32(name.encode()) % UID_SPAN
-                while UID_BASE + slot in taken:
-                    slot = (slot + 1) % UID_SPAN
-                live[name] = UID_BASE + slot
+                slot = zlib.crc32(name.encode()) % self._span
+                while self._base + slot in taken:
+                    slot = (slot + 1) % self._span
+                live[name] = self._base + slot
             table.clear()
             table.update(live)
             return live[name]

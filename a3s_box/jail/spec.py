@@ -47,11 +47,17 @@ class JailSpec:
     network: str = "none"  # "none": an empty network namespace; "inherit": the one it is given
     limits: Limits | None = None  # None: no cgroup (security: relaxed where there is none)
     root: str = ""  # an empty host folder to mount the jail's root on (private to the jail)
+    # without root: uid and gid are ids of the box's user namespace (a3s_box/subids.py),
+    # which the VMM joins first; it keeps the user's supplementary groups when it needs
+    # /dev/kvm (which none of those ids could open), else it has none
+    userns: bool = False
+    keep_groups: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "uid": self.uid, "gid": self.gid, "groups": list(self.groups),
                 "binds": [b.to_json() for b in self.binds], "network": self.network,
-                "limits": self.limits.__dict__ if self.limits else None, "root": self.root}
+                "limits": self.limits.__dict__ if self.limits else None, "root": self.root,
+                "userns": self.userns, "keep_groups": self.keep_groups}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JailSpec":
@@ -61,7 +67,8 @@ class JailSpec:
                    binds=tuple(Bind(str(b["path"]), bool(b["writable"])) for b in data.get("binds") or ()),
                    network=str(data.get("network") or "none"),
                    limits=Limits(int(lim["memory_bytes"]), int(lim["cpu_quota_us"]), int(lim["pids"]))
-                   if lim else None, root=str(data.get("root") or ""))
+                   if lim else None, root=str(data.get("root") or ""),
+                   userns=bool(data.get("userns")), keep_groups=bool(data.get("keep_groups")))
 
 
 def merge_binds(binds: list[Bind]) -> tuple[Bind, ...]:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from a3s_box import subids
 from a3s_box.jail import cgroup
 
 QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -35,23 +36,35 @@ def _seccomp(qemu_binary: str) -> Confinement:
 
 @functools.lru_cache(maxsize=1)
 def _namespaces() -> Confinement:
+    """As root, each VMM's namespaces; without root, the same but PID, inside the box's
+    own user namespace (which needs the user's subordinate ids)."""
+    rootless = os.geteuid() != 0
+    if rootless and subids.subordinate_ids() is None:
+        return Confinement("namespaces", False, f"a user namespace with the user's subordinate ids is needed: "
+                           f"{subids.why_not()}")
     tool = shutil.which("unshare")
-    if os.geteuid() != 0:
-        return Confinement("namespaces", False, "needs root (a3s-box makes each VMM's namespaces as root)")
     if tool is None:
         return Confinement("namespaces", False, "unshare (util-linux) not found to check with")
-    r = subprocess.run([tool, "--mount", "--ipc", "--uts", "--net", "--pid", "--fork", "true"],
+    flags = ["--user", "--map-root-user"] if rootless else ["--pid", "--fork"]
+    r = subprocess.run([tool, "--mount", "--ipc", "--uts", "--net", *flags, "true"],
                        capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         return Confinement("namespaces", False, f"cannot create namespaces: {r.stderr.strip()}")
+    if rootless:
+        return Confinement("namespaces", True, "mount (pivot_root), IPC, UTS and network namespaces in the "
+                           "box's own user namespace (no PID namespace without root)")
     return Confinement("namespaces", True, "mount (pivot_root), PID, IPC, UTS and network namespaces")
 
 
 def confinements(qemu_binary: str) -> list[Confinement]:
-    uid = (Confinement("uid", True, "a uid of its own per box, no capabilities, no_new_privs")
-           if os.geteuid() == 0 else
-           Confinement("uid", False, "a3s-box is not running as root, so it cannot give each VMM a uid "
-                       "of its own"))
+    if os.geteuid() == 0:
+        uid = Confinement("uid", True, "a uid of its own per box, no capabilities, no_new_privs")
+    elif subids.subordinate_ids() is not None:
+        uid = Confinement("uid", True, "an id of its own per box from the user's subordinate range "
+                          "(newuidmap), no capabilities, no_new_privs")
+    else:
+        uid = Confinement("uid", False, f"without root, each VMM's id comes from the user's subordinate "
+                          f"range: {subids.why_not()}")
     ok, detail = cgroup.support()
     return [uid, _namespaces(), _seccomp(qemu_binary), Confinement("cgroup", ok, detail)]
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from a3s_box import subids
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 24, 38
@@ -145,8 +146,10 @@ class NetNamespace:
 
 class UserNetNamespace:
     """The same namespace for a user without root: it belongs to a user namespace of its
-    own, where the user is root and no other id exists (so it grants nothing on the host:
-    whatever runs in it is still the user outside). A user namespace can only be made by
+    own, where the user is root and the other ids are the user's subordinate ones
+    (a3s_box/subids.py: the parent maps them with newuidmap once the child has unshared;
+    a jailed VMM runs as one of them), or, where the user has none, no other id exists.
+    Either way it grants nothing on the host the user could not do. A user namespace can only be made by
     a single-threaded process, so a child forked for the purpose makes both, sets up the
     rules and the proxy's listeners in them, and hands back the namespaces and sockets as
     descriptors (the namespaces live on as long as they are held). The VMM joins both
@@ -168,13 +171,27 @@ class UserNetNamespace:
         missing = missing_tools()
         if missing:
             raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
+        fds = self._make(proxy_port, dns_port)
+        self.user_fd, self.fd = fds[0], fds[1]
+        self._sockets = {(socket.SOCK_STREAM, proxy_port): socket.socket(fileno=fds[2]),
+                         (socket.SOCK_DGRAM, dns_port): socket.socket(fileno=fds[3])}
+        for s in self._sockets.values():
+            s.setblocking(False)
+
+    def make_empty(self) -> None:
+        """The namespaces alone, the network one empty but for loopback (a box without a
+        network whose VMM is jailed in the user namespace)."""
+        self.user_fd, self.fd = self._make(None, None)
+
+    def _make(self, proxy_port: int | None, dns_port: int | None) -> list[int]:
+        ids = subids.subordinate_ids()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child, which exits
             ours.close()
             code = 1
             try:
-                made = _make_user_namespace(proxy_port, dns_port)
+                made = _make_user_namespace(proxy_port, dns_port, theirs if ids else None)
                 theirs.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", made))])
                 for fd in made:
                     os.close(fd)
@@ -188,11 +205,20 @@ class UserNetNamespace:
                 os._exit(code)
         theirs.close()
         try:
+            if ids is not None:  # the child unshared its user namespace: its ids are mapped here
+                if ours.recv(16) != b"unshared":
+                    raise OSError("the child did not make its user namespace")
+                try:
+                    subids.map_ids(pid, ids)
+                    ours.send(b"mapped")
+                except subids.SubIdError as e:
+                    ours.send(b"not mapped")
+                    raise OSError(str(e)) from e
             msg, ancillary, _flags, _addr = ours.recvmsg(4096, socket.CMSG_SPACE(4 * array.array("i").itemsize))
-        except OSError:
-            msg, ancillary = b"", []
+        except OSError as e:
+            msg, ancillary = str(e).encode(), []
         fds = _fds_of(ancillary)
-        if msg != b"ok" or len(fds) != 4:
+        if msg != b"ok" or len(fds) != (2 if proxy_port is None else 4):
             for fd in fds:
                 os.close(fd)
             ours.close()
@@ -203,11 +229,7 @@ class UserNetNamespace:
         else:
             ours.close()
             os.waitpid(pid, 0)
-        self.user_fd, self.fd = fds[0], fds[1]
-        self._sockets = {(socket.SOCK_STREAM, proxy_port): socket.socket(fileno=fds[2]),
-                         (socket.SOCK_DGRAM, dns_port): socket.socket(fileno=fds[3])}
-        for s in self._sockets.values():
-            s.setblocking(False)
+        return fds
 
     def listener(self, kind: int, port: int) -> socket.socket:
         try:
@@ -282,20 +304,35 @@ def _make_sockets_on_request(pair: socket.socket) -> None:  # pragma: no cover -
             s.close()
 
 
-def _make_user_namespace(proxy_port: int, dns_port: int) -> list[int]:
-    """In a just-forked child: a user namespace mapping only this user (to root) and a
-    network namespace in it, set up; [user ns, net ns, TCP listener, UDP socket]."""
+def _make_user_namespace(proxy_port: int | None, dns_port: int | None,
+                         mapper: socket.socket | None) -> list[int]:
+    """In a just-forked child: a user namespace and a network namespace in it, set up
+    (without PROXY_PORT: empty but for loopback); [user ns, net ns] and, with ports,
+    [TCP listener, UDP socket]. MAPPER: the parent maps the user's subordinate range
+    (subids.py; the user is root in it, the range ids 1..); without, the namespace maps
+    only this user, to root."""
     uid, gid = os.geteuid(), os.getegid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    if libc.unshare(CLONE_NEWUSER) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWUSER | CLONE_NEWNET): {os.strerror(err)}")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+        raise OSError(err, f"unshare(CLONE_NEWUSER): {os.strerror(err)}")
+    if mapper is not None:
+        mapper.send(b"unshared")
+        if mapper.recv(16) != b"mapped":
+            raise OSError("the user's subordinate ids could not be mapped")
+    else:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    out = [os.open("/proc/self/ns/user", os.O_RDONLY), os.open("/proc/self/ns/net", os.O_RDONLY)]
+    if proxy_port is None or dns_port is None:
+        _run([_tool("ip"), "link", "set", "lo", "up"])
+        return out
     _run([_tool("ip"), "-batch", "-"], _SETUP)
     _run([_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
-    out = [os.open("/proc/self/ns/user", os.O_RDONLY), os.open("/proc/self/ns/net", os.O_RDONLY)]
     for kind, port in ((socket.SOCK_STREAM, proxy_port), (socket.SOCK_DGRAM, dns_port)):
         out.append(bound_socket(kind, "127.0.0.1", port).detach())
     return out

@@ -190,7 +190,7 @@ def test_a_secret_stays_out_of_a_rootless_box(user: User, internet: Internet) ->
     assert TOKEN not in out
 
 
-def test_the_daemon_and_the_vmm_are_the_users_and_hold_nothing_more(user: User) -> None:
+def test_the_daemon_is_the_users_and_the_vmm_an_id_of_its_subordinate_range_jailed(user: User) -> None:
     daemons = _processes_of(user.uid, b"a3s_box.network.daemon")
     assert len(daemons) == 1
     st = _status(daemons[0])
@@ -200,14 +200,67 @@ def test_the_daemon_and_the_vmm_are_the_users_and_hold_nothing_more(user: User) 
     assert len(_processes_of(user.uid, b"a3s_box.drivers.qemu.shim")) == 1
     (maker,) = _processes_of(user.uid, b"socket maker")
     assert len(os.listdir(f"/proc/{maker}/fd")) <= 4  # its pair and stdio: nothing of its parent's
-    (qemu,) = _processes_of(user.uid, b"qemu-system")
+    (qemu,) = [pid for pid in _processes_of_any(str(user.dir).encode()) if _is_qemu(pid)]
+    # jailed: an id of its own from the user's subordinate range, not the user's
+    start, count = _subordinate_range(user.name)
     st = _status(qemu)
-    assert st["Uid"].split()[1] == str(user.uid)
+    uids, gids = {int(u) for u in st["Uid"].split()}, {int(g) for g in st["Gid"].split()}
+    assert len(uids) == 1 and start <= min(uids) < start + count, (st["Uid"], start, count)
+    assert len(gids) == 1 and st["Groups"] == ""  # no supplementary group under TCG
     assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == "0" * 16 and st["NoNewPrivs"] == "1"
-    # in a user namespace of the user's, where the user is root and no other id exists
+    assert st["Seccomp"] == "2", st  # QEMU's -sandbox
+    # in the box's user namespace: the user is root there, its subordinate range the rest
     assert os.readlink(f"/proc/{qemu}/ns/user") != os.readlink("/proc/self/ns/user")
-    assert Path(f"/proc/{qemu}/uid_map").read_text().split() == ["0", str(user.uid), "1"]
-    assert os.readlink(f"/proc/{qemu}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert Path(f"/proc/{qemu}/uid_map").read_text().split() == ["0", str(user.uid), "1", "1", str(start), str(count)]
+    for ns in ("net", "mnt", "ipc", "uts"):
+        assert os.readlink(f"/proc/{qemu}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    # its root is the jail's: the host's /etc, the user's home and other boxes are not there
+    root = Path(f"/proc/{qemu}/root")
+    assert not (root / "etc" / "passwd").exists() and not (root / "home").exists()
+    assert not (root / str(user.dir).lstrip("/") / "Boxfile.yaml").exists()
+    assert (root / "usr" / "bin").is_dir()
+
+
+def _processes_of_any(needle: bytes) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and needle in (p / "cmdline").read_bytes():
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def _is_qemu(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"qemu-system-x86_64")
+    except OSError:
+        return False
+
+
+def _subordinate_range(name: str) -> tuple[int, int]:
+    for line in Path("/etc/subuid").read_text().splitlines():
+        who, start, count = line.split(":")
+        if who == name:
+            return int(start), min(int(count), 65536)
+    raise AssertionError(f"no subordinate range for {name}")
+
+
+def test_strict_is_refused_naming_what_this_host_cannot_give_a_user(user: User) -> None:
+    """This host's cgroups are v1, which cannot be delegated to a user: a strict box is
+    refused, saying so, and nothing of it starts; `box doctor` says the same."""
+    strict = user.dir / "Strict.yaml"
+    strict.write_text(BOXFILE.split("boxes:")[0].format(image=user.dir / "image") + "boxes:\n  tight:\n"
+                      "    image: tools\n    resources: {memory: 160Mi}\n")
+    os.chown(strict, user.uid, user.uid)
+    r = user.box("apply", "-f", "Strict.yaml")
+    said = r.stdout + r.stderr
+    assert r.returncode != 0 and "security: strict" in said and "cgroup" in said, said
+    assert "Traceback" not in said and "uid:" not in said and "namespaces:" not in said, said  # those it has
+    assert "tight" not in user.box("ps").stdout
+    doctor = user.box("doctor").stdout
+    assert "subordinate range" in doctor and "no PID namespace without root" in doctor, doctor
 
 
 def test_another_user_cannot_read_the_users_boxes(user: User) -> None:

@@ -16,6 +16,7 @@ from a3s_box.drivers.qemu.argv import QemuSpec
 from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.errors import HostUnsupported
 from a3s_box.jail import support
+from a3s_box.jail.files import give
 from a3s_box.jail.spec import Bind, JailSpec, Limits, merge_binds
 
 
@@ -86,4 +87,4 @@ def hand_over(jail: JailSpec, rundir: Path, spec: QemuSpec) -> None:
     if spec.memory_file is not None and spec.memory_file.parent == rundir:
         own.append(spec.memory_file)  # a fork's private RAM file (a template's has its group)
     for path in own:
-        os.chown(path, jail.uid, jail.gid)
+        give(path, jail.uid, jail.gid)

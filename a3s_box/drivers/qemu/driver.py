@@ -33,6 +33,8 @@ from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStor
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
 from a3s_box.drivers.qemu.shim_loop import build_shim_loop
+from a3s_box import subids
+from a3s_box.jail.files import give
 from a3s_box.jail.ids import IdTable
 from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
@@ -392,8 +394,7 @@ class QemuDriver:
                         qmp=vmm_dir(st) / "qmp.sock", disk=st / "disk.qcow2", memory_file=st / "ram",
                         memory_shared=True)
         gid = self._template_gid(key)
-        _chown(st / "ram", 0, gid)  # clones open it read-write too (QEMU 7.2): their group
-        os.chmod(st / "ram", 0o660)
+        give(st / "ram", 0, gid, 0o660)  # clones open it read-write too (QEMU 7.2): their group
         jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
         handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
                                    detach=False, jail=jail, label=conf.label)
@@ -423,8 +424,7 @@ class QemuDriver:
         shutil.rmtree(st / "jail", ignore_errors=True)
         for frozen in ("disk.qcow2", "state", CONSOLE):  # no VMM may change them again
             if (st / frozen).exists():
-                _chown(st / frozen, 0, 0)
-                os.chmod(st / frozen, 0o644)
+                give(st / frozen, 0, 0, 0o644)
         if jail is not None:
             self._ids().release(f"template-{key}")
         return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
@@ -514,8 +514,7 @@ class QemuDriver:
             ["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True,
             check=True, timeout=30).stdout)["virtual-size"])
         os.link(disk, layer)  # the same inode: what the VM wrote so far, now also the layer
-        _chown(layer, 0, 0)  # read-only to every VMM from now on, its old writer included
-        os.chmod(layer, 0o644)
+        give(layer, 0, 0, 0o644)  # read-only to every VMM from now on, its old writer included
         nxt = disk.with_name(f".{disk.name}.next")
         r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(layer),
                             str(nxt), str(size)], capture_output=True, text=True, timeout=60)
@@ -523,7 +522,7 @@ class QemuDriver:
             raise DriverError(disk.parent.name, f"qemu-img create: {r.stderr.strip()}")
         node = next(str(b["inserted"]["node-name"]) for b in q.command("query-block")
                     if b.get("device") == "root")
-        _chown(nxt, uid, uid)
+        give(nxt, uid, uid)
         fd = os.open(nxt, os.O_RDWR | os.O_CLOEXEC)
         try:  # handed over open: a confined QEMU cannot open host paths
             fdset = q.add_fd(fd)
@@ -536,6 +535,9 @@ class QemuDriver:
 
     # --- confinement ----------------------------------------------------------------------
     def _ids(self) -> IdTable:
+        ids = subids.subordinate_ids()
+        if os.geteuid() != 0 and ids is not None:  # the box user namespace's ids 1..
+            return IdTable(self.home.root / "jail-ids.json", base=1, span=ids.count)
         return IdTable(self.home.root / "jail-ids.json")
 
     def _alive(self, name: str) -> bool:
@@ -547,6 +549,8 @@ class QemuDriver:
         return self.home.box_dir(name).exists()
 
     def _template_gid(self, key: str) -> int:
+        if os.geteuid() != 0:  # without root the template's clones reach its RAM file as others
+            return 1
         return IdTable(self.home.root / "jail-gids.json").allocate(f"template-{key}", self._alive)
 
     def _jail(self, name: str, rundir: Path, spec: QemuSpec, conf: "_Confinement", network: bool,
@@ -557,7 +561,11 @@ class QemuDriver:
             return None
         uid = self._ids().allocate(name, self._alive)
         limits = box_limits(spec.memory_mib, spec.vcpus, spec.accel, helpers) if conf.cgroup else None
-        jail = plan_jail(name, rundir, spec, uid, uid, groups, network, limits, kvm_group())
+        if os.geteuid() != 0:  # ids of the box's user namespace, which always has a network one
+            jail = replace(plan_jail(name, rundir, spec, uid, uid, (), True, limits, None),
+                           userns=True, keep_groups=spec.accel == "kvm")
+        else:
+            jail = plan_jail(name, rundir, spec, uid, uid, groups, network, limits, kvm_group())
         hand_over(jail, rundir, spec)
         return jail
 
@@ -629,13 +637,6 @@ def _with_extra(handle: VmHandle, **extra: str) -> VmHandle:
 def _note(rundir: Path, text: str) -> None:
     with open(rundir / "shim.log", "a") as f:
         f.write(f"a3s-box: {text}\n")
-
-
-def _chown(path: Path, uid: int, gid: int) -> None:
-    """As root, PATH becomes UID:GID's (keeping each confined VMM to its own files).
-    A user without root has one uid for everything, every VMM's included: nothing to do."""
-    if os.geteuid() == 0:
-        os.chown(path, uid, gid)
 
 
 def snapshot_ineligible(launch: BoxLaunch) -> str:

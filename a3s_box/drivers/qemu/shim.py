@@ -42,9 +42,11 @@ from a3s_box.drivers.common.supervision import write_supervisor_record
 from a3s_box.drivers.qemu.shim_loop import LoopArgs
 from a3s_box.jail import cgroup, fsguard, userns
 from a3s_box.jail.enter import enter, new_pid_namespace
+from a3s_box.jail.files import give
 from a3s_box.jail.spec import JailSpec
 from a3s_box.logs.writer import LogLimits
 from a3s_box.network import netns, podnet
+from a3s_box.network.netns import NetnsError, UserNetNamespace
 # imported here, not when a box has a network: the fork server loads it once for all shims
 from a3s_box.network.keeper import Held, Keeper, hold_registration, start_keeper
 from a3s_box.network.registration import EgressError, take_network_conf
@@ -158,6 +160,7 @@ class Shim:
         self.logging = LogLimits.from_json(launch.get("logging"))
         self.cgroup: cgroup.BoxCgroup | None = None
         self.qemu: subprocess.Popen[bytes] | None = None
+        self._namespaces: UserNetNamespace | None = None  # held until QEMU has joined them
         self.stopping = ""
 
     def log(self, msg: str) -> None:
@@ -237,15 +240,26 @@ class Shim:
 
         jail = self.jail
         if jail is not None:
-            os.chown(self.channel_path, jail.uid, jail.gid)  # QEMU connects as the box's uid
+            give(self.channel_path, jail.uid, jail.gid)  # QEMU connects as the box's uid
             if self.console_socket is not None:
-                os.chown(self.console_socket, jail.uid, jail.gid)
+                give(self.console_socket, jail.uid, jail.gid)
             for spec in self.virtiofsd_specs:
-                os.chown(str(spec["socket"]), jail.uid, jail.gid)
-            new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
+                give(str(spec["socket"]), jail.uid, jail.gid)
+            if jail.userns and netns_fd is None:
+                # the box's user namespace, its ids the user's subordinate ones, and an empty
+                # network namespace in it for a box without a network
+                empty = UserNetNamespace()
+                try:
+                    empty.make_empty()
+                except NetnsError as e:
+                    raise SetupFailed(f"the box's user namespace: {e}") from e
+                self._namespaces = empty
+                netns_fd, userns_fd = empty.fd, empty.user_fd
+            if not jail.userns:  # (without root there is none to make)
+                new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
 
             def preexec() -> None:
-                enter(jail, netns_fd, procs)
+                enter(jail, netns_fd, procs, userns_fd)
         else:
             def preexec() -> None:
                 helper_preexec()
@@ -255,6 +269,8 @@ class Shim:
                                      preexec_fn=preexec, pass_fds=pass_fds)
         for fd in pass_fds:
             os.close(fd)  # QEMU's alone now
+        if self._namespaces is not None:
+            self._namespaces.close()  # QEMU is in them: they live as long as it does
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")
         return self._exec_loop(chan, console)
 
