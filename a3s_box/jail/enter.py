@@ -5,7 +5,7 @@ root, and leaves a process that can only exec what its JailSpec gives it.
     network     the box's network namespace (given as an fd), or a new, empty one
     namespaces  new mount, IPC and UTS namespaces (the PID namespace is the caller's
                 doing: the shim unshares it before forking QEMU, which becomes its init;
-                without root there is none: see docs/security.md)
+                without root, this process makes it and forks: see enter())
     user        without root, first: the box's user namespace, where the user is root
                 and the ids are the user's subordinate ones (a3s_box/subids.py)
     root        a tmpfs with read-only /usr and the few host files and devices the spec
@@ -94,16 +94,26 @@ def new_pid_namespace() -> None:
 
 
 def enter(spec: JailSpec, netns_fd: int | None = None, cgroup_procs: list[str] | None = None,
-          userns_fd: int | None = None) -> None:
+          userns_fd: int | None = None, pid1_parent: str = "") -> None:
     """Confine this process as SPEC says (see the module docstring). Without root
     (spec.userns), USERNS_FD is the box's user namespace, joined first: every step after
-    is that namespace's root's, and the ids are its own."""
+    is that namespace's root's, and the ids are its own; then, with PID1_PARENT (the
+    shim's loop binary), a PID namespace of that user namespace's: this process forks,
+    execs PID1_PARENT in the parent (which stands for the VMM to the shim: signals in,
+    exit status out; loop/pid1_parent.c) and carries on in the child, the namespace's
+    init, which becomes the VMM."""
     try:
         if spec.userns:
             if userns_fd is None:
                 raise JailError("no user namespace given")
             _check(_libc.setns(userns_fd, CLONE_NEWUSER), "setns user namespace")
             os.umask(0)  # its QMP socket must be the user's to connect to (the box's folder is 0700)
+            if pid1_parent:
+                _check(_libc.unshare(CLONE_NEWPID), "unshare PID namespace")
+                vmm = os.fork()
+                if vmm != 0:
+                    _check(_libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0), "pdeathsig")
+                    os.execv(pid1_parent, [pid1_parent, "--pid1-parent", str(vmm)])
         _enter(spec, netns_fd, cgroup_procs or [])
     except BaseException as e:  # noqa: BLE001 - the child must not return half-confined
         os.write(2, f"a3s-box jail {spec.name}: {e}\n".encode())
@@ -129,13 +139,14 @@ def _enter(spec: JailSpec, netns_fd: int | None, cgroup_procs: list[str]) -> Non
     for d, mode in (("/proc", 0o555), ("/tmp", 0o1777), ("/.old", 0o700)):
         os.makedirs(root + d, exist_ok=True)
         os.chmod(root + d, mode)
+    if os.getpid() == 1:  # its own PID namespace: a /proc that shows only itself (mounted
+        # while the host's is still in view: a user namespace may not mount the first one)
+        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     nr = SYS_PIVOT_ROOT.get(platform.machine(), 155)
     _check(_libc.syscall(nr, root.encode(), (root + "/.old").encode()), "pivot_root")
     os.chdir("/")
     _check(_libc.umount2(b"/.old", MNT_DETACH), "umount the old root")
     os.rmdir("/.old")
-    if os.getpid() == 1:  # its own PID namespace: a /proc that shows only itself
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     name = spec.name.encode()[:64]
     _check(_libc.sethostname(name, len(name)), "sethostname")
     for cap in range(64):

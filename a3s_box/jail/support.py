@@ -36,8 +36,8 @@ def _seccomp(qemu_binary: str) -> Confinement:
 
 @functools.lru_cache(maxsize=1)
 def _namespaces() -> Confinement:
-    """As root, each VMM's namespaces; without root, the same but PID, inside the box's
-    own user namespace (which needs the user's subordinate ids)."""
+    """Each VMM's namespaces: as root, made by the shim and the VMM; without root, the
+    same inside the box's own user namespace (which needs the user's subordinate ids)."""
     rootless = os.geteuid() != 0
     if rootless and subids.subordinate_ids() is None:
         return Confinement("namespaces", False, f"a user namespace with the user's subordinate ids is needed: "
@@ -45,14 +45,14 @@ def _namespaces() -> Confinement:
     tool = shutil.which("unshare")
     if tool is None:
         return Confinement("namespaces", False, "unshare (util-linux) not found to check with")
-    flags = ["--user", "--map-root-user"] if rootless else ["--pid", "--fork"]
-    r = subprocess.run([tool, "--mount", "--ipc", "--uts", "--net", *flags, "true"],
+    flags = ["--user", "--map-root-user"] if rootless else []
+    r = subprocess.run([tool, "--mount", "--ipc", "--uts", "--net", "--pid", "--fork", *flags, "true"],
                        capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         return Confinement("namespaces", False, f"cannot create namespaces: {r.stderr.strip()}")
     if rootless:
-        return Confinement("namespaces", True, "mount (pivot_root), IPC, UTS and network namespaces in the "
-                           "box's own user namespace (no PID namespace without root)")
+        return Confinement("namespaces", True, "mount (pivot_root), PID, IPC, UTS and network namespaces in "
+                           "the box's own user namespace")
     return Confinement("namespaces", True, "mount (pivot_root), PID, IPC, UTS and network namespaces")
 
 

@@ -212,8 +212,12 @@ def test_the_daemon_is_the_users_and_the_vmm_an_id_of_its_subordinate_range_jail
     # in the box's user namespace: the user is root there, its subordinate range the rest
     assert os.readlink(f"/proc/{qemu}/ns/user") != os.readlink("/proc/self/ns/user")
     assert Path(f"/proc/{qemu}/uid_map").read_text().split() == ["0", str(user.uid), "1", "1", str(start), str(count)]
-    for ns in ("net", "mnt", "ipc", "uts"):
+    for ns in ("net", "mnt", "ipc", "uts", "pid"):
         assert os.readlink(f"/proc/{qemu}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    assert st["NSpid"].split()[-1] == "1"  # init of its own PID namespace: it sees no other process
+    parent = int(st["PPid"])  # what stands for it to the shim: a few pages of C, not Python
+    assert os.readlink(f"/proc/{parent}/exe").endswith("a3s-shim-loop")
+    assert Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[1] == b"--pid1-parent"
     # its root is the jail's: the host's /etc, the user's home and other boxes are not there
     root = Path(f"/proc/{qemu}/root")
     assert not (root / "etc" / "passwd").exists() and not (root / "home").exists()
@@ -260,7 +264,7 @@ def test_strict_is_refused_naming_what_this_host_cannot_give_a_user(user: User) 
     assert "Traceback" not in said and "uid:" not in said and "namespaces:" not in said, said  # those it has
     assert "tight" not in user.box("ps").stdout
     doctor = user.box("doctor").stdout
-    assert "subordinate range" in doctor and "no PID namespace without root" in doctor, doctor
+    assert "subordinate range" in doctor and "PID, IPC, UTS and network namespaces in the box's own user" in doctor, doctor
 
 
 def test_another_user_cannot_read_the_users_boxes(user: User) -> None:

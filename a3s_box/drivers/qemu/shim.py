@@ -255,11 +255,11 @@ class Shim:
                     raise SetupFailed(f"the box's user namespace: {e}") from e
                 self._namespaces = empty
                 netns_fd, userns_fd = empty.fd, empty.user_fd
-            if not jail.userns:  # (without root there is none to make)
+            if not jail.userns:  # (without root, the child makes one: jail/enter.py)
                 new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
 
             def preexec() -> None:
-                enter(jail, netns_fd, procs, userns_fd)
+                enter(jail, netns_fd, procs, userns_fd, pid1_parent=self.loop if jail.userns else "")
         else:
             def preexec() -> None:
                 helper_preexec()

@@ -1221,8 +1221,12 @@ static void parse(int argc, char **argv)
 
 enum { P_QEMU, P_SIG, P_CHAN, P_CONSOLE_LISTEN, P_CONSOLE, P_GUEST, P_LISTENER, P_REG, P_ANSWER, P_FIXED };
 
+int pid1_parent(pid_t vmm); /* pid1_parent.c */
+
 int main(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "--pid1-parent") == 0)
+		return pid1_parent((pid_t)number(argv[2], "pid"));
 	parse(argc, argv);
 	sigset_t mask;
 	sigemptyset(&mask);
