@@ -30,13 +30,11 @@ from a3s_box.k8s.service import FAILED_PRECONDITION, ShimError
 from a3s_box.network import podnet
 from a3s_box.network.ca import ensure_ca
 from a3s_box.network.registration import BoxNetwork, EgressError, register_box
-from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT
+from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT, TRUST_STORES, ca_environment
 
 GUEST_POD = "/run/a3s/pod"  # where the pod's share is mounted in the guest
 DEFAULT_MEMORY_MIB = 256
 # an image's trust store, where distributions keep it (Debian/Alpine, Fedora, others)
-TRUST_STORES = ("etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt", "etc/ssl/cert.pem")
-CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def _run(argv: list[str], what: str, timeout: float = 120) -> None:
@@ -202,8 +200,8 @@ class Pod:
                 raise ShimError(FAILED_PRECONDITION, f"container {container_id}: {e}") from e
         if any(i.partition("=")[0] in self.placeholders for i in env):
             # its TLS clients trust the pod's CA (the proxy intercepts the secrets' hosts)
-            out = [i for i in out if i.partition("=")[0] not in (*CA_ENV, "NODE_EXTRA_CA_CERTS")]
-            out += [f"{n}={GUEST_CA_BUNDLE}" for n in CA_ENV] + [f"NODE_EXTRA_CA_CERTS={GUEST_CA_CERT}"]
+            ca_env = ca_environment()
+            out = [i for i in out if i.partition("=")[0] not in ca_env] + [f"{k}={v}" for k, v in ca_env.items()]
         return out
 
     def trust_files(self, container_id: str, rootfs: Path) -> list[tuple[str, str]]:

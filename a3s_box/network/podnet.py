@@ -193,7 +193,8 @@ def plug(path: str, routed: bool = False) -> PodInterface:
         iface = parse_interface(path, json.loads(inside.run(ip, "-j", "-4", "addr", "show", "dev", POD_INTERFACE)),
                                 json.loads(inside.run(ip, "-j", "-4", "route", "show")),
                                 json.loads(inside.run(ip, "-j", "link", "show", "dev", POD_INTERFACE)))
-        _undo(inside)  # a previous VM's, if it died mid-way
+        if inside.call(_tap_exists):
+            _undo(inside)  # a previous VM's, if it died mid-way (the tap goes last: see _undo)
         if not routed:
             inside.run(ip, "-batch", "-", stdin=f"tuntap add dev {TAP} mode tap\n"
                                                   f"link set dev {TAP} mtu {iface.mtu} up\n")
@@ -205,12 +206,13 @@ def plug(path: str, routed: bool = False) -> PodInterface:
         if not _has_iptables():
             raise PodNetError(f"{path}: iptables-restore not found (apt install iptables): a pod with an "
                               "egress allow-list needs it")
-        # rules first: from the moment the tap is up, nothing of the VM's is forwarded
+        # the tap first (down: nothing passes it yet), so that it marks what may be left to
+        # undo; then the rules: from the moment it is up, nothing of the VM's is forwarded
+        inside.run(ip, "tuntap", "add", "dev", TAP, "mode", "tap")
         inside.run(_tool("iptables-restore"), "-w", "--noflush", stdin=routed_rules(iface.address))
         inside.run(_tool("sysctl"), "-q", "-w", "net.ipv4.ip_forward=1", f"net.ipv4.conf.{POD_INTERFACE}.proxy_arp=1",
                    "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{POD_INTERFACE}.rp_filter=0")
         inside.run(ip, "-batch", "-", stdin="\n".join([
-            f"tuntap add dev {TAP} mode tap",
             f"link set dev {TAP} mtu {iface.mtu} up",  # no VM on it until QEMU starts
             f"addr add {TAP_ADDRESS}/32 dev {TAP}",
             f"route add {iface.address}/32 dev {TAP} table {ROUTE_TABLE}",
@@ -244,12 +246,21 @@ _UNDO_RULES = "\n".join([
     "-F A3S-FORWARD", "-X A3S-FORWARD", "-F A3S-INPUT", "-X A3S-INPUT", "COMMIT", ""])
 
 
+def _tap_exists() -> bool:
+    """In the namespace's thread: whether the tap is there (plug() makes it first and
+    _undo() removes it last, so without it nothing of plug()'s is left)."""
+    try:
+        socket.if_nametoindex(TAP)
+        return True
+    except OSError:
+        return False
+
+
 def _undo(inside: _Inside) -> None:
     """Whatever plug() made in the namespace, in either mode; each step may have been
-    made or not."""
+    made or not. The tap goes last: while it is there, something may be left to undo."""
     ip = _tool("ip")
     inside.run(_tool("tc"), "qdisc", "del", "dev", POD_INTERFACE, "ingress", check=False)
-    inside.run(ip, "link", "del", TAP, check=False)
     if "lookup local" not in inside.run(ip, "rule", "show", "pref", "0", check=False):
         inside.run(ip, "-force", "-batch", "-", check=False, stdin=(
             "rule add pref 0 lookup local\nrule del pref 100 lookup local\n"
@@ -261,6 +272,7 @@ def _undo(inside: _Inside) -> None:
             undo = _UNDO_RULES.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0]
             inside.run(_tool("iptables-restore"), "-w", "--noflush", check=False,
                        stdin=f"*{table}\n{undo}COMMIT\n")
+    inside.run(ip, "link", "del", TAP, check=False)
 
 
 def _has_iptables() -> bool:

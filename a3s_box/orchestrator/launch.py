@@ -13,7 +13,7 @@ from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
 from a3s_box.errors import DriverError
 from a3s_box.guest.protocol import BoxConfig, Isolate, Restart
 from a3s_box.logs.writer import LogLimits
-from a3s_box.network.trust import GUEST_CA_BUNDLE, GUEST_CA_CERT
+from a3s_box.network.trust import ca_environment
 from a3s_box.network.policy import NetworkPolicy
 from a3s_box.network.secrets import new_placeholder
 
@@ -72,8 +72,7 @@ def agent_config(name: str, box: BoxDef, image_config: Any,
         # The box sees placeholders only; its TLS clients trust the box's CA (its
         # proxy terminates TLS to the secrets' hosts, and only those).
         env.update({n: str(s["placeholder"]) for n, s in network.secrets.items()})
-        env.update({"SSL_CERT_FILE": GUEST_CA_BUNDLE, "REQUESTS_CA_BUNDLE": GUEST_CA_BUNDLE,
-                    "CURL_CA_BUNDLE": GUEST_CA_BUNDLE, "NODE_EXTRA_CA_CERTS": GUEST_CA_CERT})
+        env.update(ca_environment())
     # The guest init puts `nsexec` in /.a3s: keep it reachable whatever PATH the image sets.
     if "PATH" in env and "/.a3s" not in env["PATH"].split(":"):
         env["PATH"] += ":/.a3s"
