@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from a3s_box.drivers.base import VmHandle, VmState
-from a3s_box.drivers.common.supervision import (SUPERVISOR_PROTOCOL, SupervisorRecord, connect_unix,
+from a3s_box.drivers.common.supervision import (SUPERVISOR_PROTOCOL, SupervisorRecord, connect_unix, is_supervisor,
                                                 observe_supervised, read_supervisor_record, stop_supervised,
                                                 write_supervisor_record)
 from a3s_box.drivers.qemu.driver import SHIMS
@@ -82,3 +82,25 @@ def test_the_handshake_adopts_the_protocols_it_knows_and_calls_the_others_outdat
     finally:
         ours.kill()
         ours.wait()
+
+
+EXECS = r'''
+import os, sys
+script, n, exe, title = sys.argv
+if int(n):
+    os.execv(exe, [title, script, str(int(n) - 1), exe, title])
+'''
+
+
+def test_a_supervisor_caught_in_an_exec_is_still_recognised(tmp_path: Path) -> None:
+    """A shim execs its C loop: for a moment /proc/PID/cmdline reads empty. Asked then,
+    the driver must not take it for gone (it would call a starting box's shim dead)."""
+    rundir = str(tmp_path / "p.box")
+    script = tmp_path / "execs.py"
+    script.write_text(EXECS)
+    title = f"a3s_box.drivers.qemu.shim {rundir}"
+    proc = subprocess.Popen([title, str(script), "60", sys.executable, title], executable=sys.executable)
+    answers = []
+    while proc.poll() is None:
+        answers.append(is_supervisor(proc.pid, rundir, SHIMS[0]))
+    assert len(answers) > 20 and all(answers[:-1]), answers.count(False)  # the last may see it exit

@@ -218,6 +218,8 @@ def test_the_daemon_is_the_users_and_the_vmm_an_id_of_its_subordinate_range_jail
     parent = int(st["PPid"])  # what stands for it to the shim: a few pages of C, not Python
     assert os.readlink(f"/proc/{parent}/exe").endswith("a3s-shim-loop")
     assert Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[1] == b"--pid1-parent"
+    held = [os.readlink(f"/proc/{parent}/fd/{fd}") for fd in os.listdir(f"/proc/{parent}/fd") if int(fd) > 2]
+    assert all(h.startswith("anon_inode:") for h in held), held  # its signalfd and pidfd: nothing of the shim's
     # its root is the jail's: the host's /etc, the user's home and other boxes are not there
     root = Path(f"/proc/{qemu}/root")
     assert not (root / "etc" / "passwd").exists() and not (root / "home").exists()

@@ -32,6 +32,7 @@ from a3s_box.version import __version__
 # 1: v0.1.0 (no record). 2: the record itself; exit.json names a helper (egress proxy,
 # virtiofsd) whose death stopped the VM.
 SUPERVISOR_PROTOCOL = 2
+EXEC_RETRIES = 200  # 5 ms apart: how long an exec may leave /proc/PID/cmdline empty
 ADOPTABLE = frozenset({1, 2})
 RECORD = "supervisor.json"
 
@@ -84,19 +85,28 @@ def supervisor_module(pid: int, rundir: str, modules: tuple[str, ...]) -> str | 
         except OSError:
             return None
         return modules[0]
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    except OSError:
-        return None
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-        return None
+    for _ in range(EXEC_RETRIES):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = _cmdline(pid)
+        except OSError:
+            return None
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return None
+        if cmdline != [b""]:
+            break
+        # empty while the process execs (a shim becoming its C loop): not an answer yet
+        time.sleep(0.005)
     for m in modules:
         # forked off the fork server: titled "MODULE RUNDIR"; started by `python -m`:
         # MODULE and RUNDIR among its arguments
         if cmdline[0] == f"{m} {rundir}".encode() or (m.encode() in cmdline and rundir.encode() in cmdline):
             return m
     return None
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
 
 
 def wait_gone(pid: int, rundir: str, module: str | tuple[str, ...], timeout: float) -> bool:

@@ -3,8 +3,9 @@
 child that dies with its caller (a build's RUN step).
 
 Reads RUNDIR/launch.json and sets the box up: its cgroup, a virtiofsd per bind volume, its
-network (a keeper process registered with the host's egress daemon: network/keeper.py)
-or its pod's tap, the sockets QEMU connects to, and QEMU, jailed, as its child. Then it
+network registered with the host's egress daemon (network/keeper.py: held by descriptors
+the loop keeps, or by a keeper process for a box with published ports) or its pod's tap,
+the sockets QEMU connects to, and QEMU, jailed, as its child. Then it
 execs the steady-state loop, a3s-shim-loop (loop/shim_loop.c, named in launch.json): the
 same process, still QEMU's parent and titled "a3s_box.drivers.qemu.shim RUNDIR", which
 holds the guest's one virtio-serial connection, serves RUNDIR/guest.sock to any number of

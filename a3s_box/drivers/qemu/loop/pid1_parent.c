@@ -18,6 +18,10 @@
 int pid1_parent(pid_t vmm)
 {
 	static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+	/* nothing of what the shim's child held (it forked before closing them) */
+	if (syscall(SYS_close_range, 3, ~0U, 0) != 0)
+		for (int fd = 3; fd < 4096; fd++)
+			close(fd);
 	sigset_t mask;
 	sigemptyset(&mask);
 	for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
