@@ -251,8 +251,11 @@ struct log {
 	int fd;
 	long long size;
 	long long dropped_bytes, dropped_writes;
-	int at_line_start;
+	int at_line_start;  /* of what comes in (for stamps) */
+	int mid_line;       /* the file does not end with a newline */
 };
+
+#define LINE_SLACK 4096 /* how far past the cap a file may go to end its last line */
 
 static void log_open(struct log *l)
 {
@@ -280,6 +283,7 @@ static void log_rotate(struct log *l)
 		}
 	}
 	log_open(l);
+	l->mid_line = 0;
 }
 
 static int log_put(struct log *l, const void *d, size_t n)
@@ -290,6 +294,8 @@ static int log_put(struct log *l, const void *d, size_t n)
 	if (w < 0)
 		return 0;
 	l->size += w;
+	if (w > 0)
+		l->mid_line = ((const unsigned char *)d)[w - 1] != '\n';
 	return (size_t)w == n;
 }
 
@@ -303,8 +309,19 @@ static void log_write(struct log *l, const unsigned char *d, size_t n)
 		d += n - l->max_size;
 		n = l->max_size;
 	}
-	if (l->size && l->size + (long long)n > l->max_size)
+	if (l->size && l->size + (long long)n > l->max_size) {
+		/* a file ends where a line does: the line under way is finished in it first (a
+		 * line longer than LINE_SLACK is cut), so a reader across the rotation sees it whole */
+		const unsigned char *nl = l->mid_line ? memchr(d, '\n', n < LINE_SLACK ? n : LINE_SLACK) : NULL;
+		if (nl) {
+			size_t head = (size_t)(nl - d) + 1;
+			log_put(l, d, head);
+			d += head, n -= head;
+		}
 		log_rotate(l);
+		if (!n)
+			return;
+	}
 	if (l->fd < 0)
 		log_open(l);
 	if (l->dropped_bytes) {
