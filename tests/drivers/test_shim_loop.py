@@ -52,40 +52,11 @@ while True:
 '''
 
 
-class Guest:
-    """The test's side of the channel: frames in, frames out."""
+class Peer:
+    """One end of a connection to the shim, speaking frames."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = FrameReader()
-        self.pending: list[Frame] = []
-        pid = b""
-        while not pid.endswith(b"\n"):
-            pid += sock.recv(1)
-        self.vmm_pid = int(pid)
-
-    def send(self, type_: int, stream: int, payload: bytes = b"") -> None:
-        self.sock.sendall(p.encode(type_, stream, payload))
-
-    def next(self, timeout: float = 10.0) -> Frame:
-        self.sock.settimeout(timeout)
-        while not self.pending:
-            data = self.sock.recv(65536)
-            assert data, "the shim closed the channel"
-            self.pending += self.reader.feed(data)
-        return self.pending.pop(0)
-
-    def next_not_hello(self) -> Frame:
-        while True:  # the shim repeats HELLO until the guest answers
-            f = self.next()
-            if f.type != MsgType.HELLO:
-                return f
-
-
-class Client:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(str(path))
         self.reader = FrameReader()
         self.pending: list[Frame] = []
 
@@ -99,6 +70,30 @@ class Client:
             assert data, "the shim hung up"
             self.pending += self.reader.feed(data)
         return self.pending.pop(0)
+
+
+class Guest(Peer):
+    """The test's side of the channel (after the stand-in VMM says its pid)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        pid = b""
+        while not pid.endswith(b"\n"):
+            pid += sock.recv(1)
+        self.vmm_pid = int(pid)
+
+    def next_not_hello(self) -> Frame:
+        while True:  # the shim repeats HELLO until the guest answers
+            f = self.next()
+            if f.type != MsgType.HELLO:
+                return f
+
+
+class Client(Peer):
+    def __init__(self, path: Path) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(path))
+        super().__init__(sock)
 
     def nothing(self, wait: float = 0.3) -> bool:
         self.sock.settimeout(wait)
