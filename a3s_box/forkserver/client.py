@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import socket
+import time
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +64,23 @@ def spawn(home: Path, module: str, args: list[str], stdio: tuple[int, int, int],
     answers); its stdin, stdout and stderr are STDIO. Returns its pid, once its
     /proc/PID/cmdline reads "MODULE ARG...". It is in a session of its own."""
     request = wire.encode_request(wire.Request(module, tuple(args), os.getcwd(), _current_umask()))
+    for attempt in (1, 2):
+        try:
+            return _ask(home, request, stdio, env)
+        except _ServerGone as e:
+            # a server that was exiting (idle, or killed) when we connected: no child was
+            # made (the child itself answers), so asking again, of a fresh one, is safe
+            if attempt == 2:
+                raise SpawnError(f"the fork server did not answer: {e}") from e
+            time.sleep(0.1)  # for the exiting one's socket to stop answering
+    raise AssertionError("unreachable")
+
+
+class _ServerGone(Exception):
+    pass
+
+
+def _ask(home: Path, request: bytes, stdio: tuple[int, int, int], env: Mapping[str, str]) -> int:
     try:
         run = rundaemon.open_run_dir(home / "run")
     except rundaemon.DaemonSocketError as e:
@@ -80,6 +98,8 @@ def spawn(home: Path, module: str, args: list[str], stdio: tuple[int, int, int],
         try:
             sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", stdio))])
             data, _, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1)
+        except (ConnectionResetError, BrokenPipeError) as e:
+            raise _ServerGone(str(e)) from e
         except OSError as e:
             raise SpawnError(f"the fork server did not answer: {e}") from e
         if not data:
