@@ -38,6 +38,7 @@ from a3s_box.jail.files import give
 from a3s_box.jail.ids import IdTable
 from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
+from a3s_box.polling import Poll
 from a3s_box.disks import space
 from a3s_box.errors import BoxError, DiskFullError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
@@ -571,6 +572,7 @@ class QemuDriver:
 
     def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
         rundir = Path(handle.extra["rundir"])
+        poll = Poll()
         while not Path(handle.channel).exists():
             exit_file = rundir / "exit.json"
             if exit_file.exists() or not _pid_is_shim(handle.pid, str(rundir)):
@@ -580,7 +582,7 @@ class QemuDriver:
             if time.monotonic() >= deadline:
                 raise GuestError(handle.box_id, "the guest init did not answer in time; "
                                  f"console:\n{console_tail(Path(handle.console_log))}")
-            time.sleep(0.02)
+            poll.wait()
 
     # --- running VMs ----------------------------------------------------------------------
     def observe(self, handle: VmHandle) -> VmObservation:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.errors import DriverError
+from a3s_box.polling import Poll
 
 MAX_LINE = 1 << 20  # QEMU's replies are small; a longer line is not QMP
 
@@ -60,6 +61,7 @@ class Qmp:
         self.events: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
+        poll = Poll()
         while True:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
@@ -69,7 +71,7 @@ class Qmp:
                 self.sock.close()
                 if time.monotonic() >= deadline:
                     raise QmpError(box, f"cannot reach QEMU's QMP socket {path}: {e}") from e
-                time.sleep(0.01)
+                poll.wait()
         self.sock.settimeout(timeout)
         greeting = self._next()
         if "QMP" not in greeting:
@@ -121,6 +123,7 @@ class Qmp:
                     key: str = "status") -> str:
         """Poll QUERY until its KEY is one of DONE (or 'failed'); the status reached."""
         deadline = time.monotonic() + timeout
+        poll = Poll()
         while True:
             reply = self.command(query)
             status = str(reply.get(key, ""))
@@ -131,18 +134,19 @@ class Qmp:
                 raise QmpError(self.box, f"{query}: {status}" + (f" ({why})" if why else ""))
             if time.monotonic() >= deadline:
                 raise QmpError(self.box, f"{query}: still {status or 'nothing'} after {timeout:.0f}s")
-            time.sleep(0.005)
+            poll.wait()
 
     def wait_until_not(self, query: str, value: str, timeout: float, key: str = "status") -> str:
         """Poll QUERY until its KEY is no longer VALUE; the new value."""
         deadline = time.monotonic() + timeout
+        poll = Poll()
         while True:
             got = str(self.command(query).get(key, ""))
             if got != value:
                 return got
             if time.monotonic() >= deadline:
                 raise QmpError(self.box, f"{query}: still {value} after {timeout:.0f}s")
-            time.sleep(0.005)
+            poll.wait()
 
     def close(self) -> None:
         self.sock.close()
