@@ -326,6 +326,14 @@ class GuestClient:
             raise GuestError(self.box, f"seed: {res.message or os.strerror(res.errno)}")
         return res.message.removeprefix("random=")
 
+    def prepare(self, agent_isolation: int, timeout: float = 30.0) -> None:
+        """Make the agent's namespaces (and cgroup folders) now, for a snapshot template:
+        a clone whose agent isolates as AGENT_ISOLATION (Isolate flags) adopts them at
+        CONFIG instead of making its own."""
+        res = self._ctl_request(p.prepare_frame(agent_isolation), timeout, "prepare")
+        if res.errno:
+            raise GuestError(self.box, f"prepare: {res.message or os.strerror(res.errno)}")
+
     def mount(self, fstype: str, source: str, target: str, read_only: bool = False,
               data: str = "", timeout: float = 30.0) -> None:
         """Mount a volume in the guest's root (before configure: the agent's namespaces

@@ -26,6 +26,7 @@ class MsgType(enum.IntEnum):
     SHUTDOWN = 0x05
     MOUNT = 0x06
     SEED = 0x07
+    PREPARE = 0x08
     RESULT = 0x0F
     EXEC = 0x10
     STARTED = 0x11
@@ -401,6 +402,10 @@ MOUNT_READ_ONLY = 1
 
 def seed_frame(entropy: bytes, now_ns: int) -> bytes:
     return encode(MsgType.SEED, 0, Writer().str(entropy).u64(now_ns).bytes())
+
+
+def prepare_frame(agent_isolation: int) -> bytes:
+    return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).bytes())
 
 
 def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "") -> bytes:

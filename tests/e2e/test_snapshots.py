@@ -55,6 +55,57 @@ def test_clones_of_one_template(box: BoxCli, hello_image: Path, tmp_path: Path) 
     box("delete", "-f", str(f), check=True)
 
 
+PREPARED = """project: prepared
+boxes:
+  p1:
+    image: hello
+    resources: {memory: 176Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    volumes: [{type: tmpfs, target: /scratch, size: 4Mi}]
+  p2:
+    image: hello
+    hostname: other-name
+    resources: {memory: 176Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    volumes: [{type: tmpfs, target: /scratch, size: 4Mi}]
+  p3:
+    image: hello
+    resources: {memory: 176Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"], isolate: [mount, pid]}}
+    depends_on: [p1]
+"""
+
+AGENT_VIEW = ("hostname; echo $$; ls /proc | grep -c '^[0-9]'; "
+              "grep -c ' /scratch tmpfs' /proc/self/mounts; readlink /proc/self/ns/uts; readlink /proc/self/ns/mnt")
+
+
+def test_clones_adopt_the_templates_agent_namespaces_or_make_their_own(
+        box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    """The template made the agent's namespaces before its snapshot (PREPARE): a clone
+    isolated the same way adopts them, named as itself, and sees the volumes mounted
+    after the restore; a clone isolated otherwise makes its own. Fails if a clone's
+    agent shares a hostname, a process table or mounts it should not."""
+    f = boxfile(tmp_path, hello_image, PREPARED)
+    box("apply", "-f", str(f), check=True)
+    boots = _boot(box)
+    assert boots["p1"].startswith("snapshot ") and boots["p1"] == boots["p2"] == boots["p3"], boots
+    view = {n: box("exec", n, "--", "sh", "-c", AGENT_VIEW, check=True).out.split() for n in ("p1", "p2", "p3")}
+    root = {n: box("exec", "--ns", "root", n, "--", "sh", "-c", "hostname; readlink /proc/self/ns/uts",
+                   check=True).out.split() for n in ("p1", "p2")}
+    for name, host in (("p1", "p1"), ("p2", "other-name")):
+        hostname, pid, procs, scratch, uts, _mnt = view[name]
+        assert hostname == host and root[name][0] == host, (view, root)
+        assert uts != root[name][1]  # the agent's own UTS namespace, named as the box
+        assert int(pid) > 1 and int(procs) < 8  # its own PID namespace: sleep, sh and a few
+        assert scratch == "1"  # mounted after the restore, seen in the prepared namespace
+    hostname, _pid, procs, scratch, _uts, _mnt = view["p3"]
+    assert hostname == "p3" and int(procs) < 8 and scratch == "0"
+    # nothing the agent mounts reaches init's namespace
+    box("exec", "p1", "--", "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m", check=True)
+    assert box("exec", "--ns", "root", "p1", "--", "sh", "-c", "grep -c ' /tmp/m ' /proc/self/mounts").out.strip() == "0"
+    box("delete", "-f", str(f), check=True)
+
+
 def test_a_broken_template_falls_back_to_a_cold_boot(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
     f = boxfile(tmp_path, hello_image, TWO.replace("  c2:\n", "  c3:\n").replace("snaps", "broken"))
     box("apply", "-f", str(f), check=True)

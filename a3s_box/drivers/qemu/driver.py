@@ -401,6 +401,10 @@ class QemuDriver:
                                    detach=False, jail=jail, label=conf.label)
         try:
             self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
+            with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
+                client.hello(10.0)
+                # a clone's agent isolated as this box's adopts these namespaces at CONFIG
+                client.prepare(int(launch.config.agent_isolate))
             with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
                           capabilities=[{"capability": "x-ignore-shared", "state": True}])

@@ -13,13 +13,14 @@
 #define HDR 11
 
 enum msg {
-	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06, M_SEED = 0x07,
+	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06, M_SEED = 0x07, M_PREPARE = 0x08,
 	M_RESULT = 0x0F, M_EXEC = 0x10, M_STARTED = 0x11, M_STDIN = 0x12, M_STDOUT = 0x13,
 	M_STDERR = 0x14, M_EXIT = 0x15, M_SIGNAL = 0x16, M_RESIZE = 0x17, M_PUT = 0x20,
 	M_GET = 0x21, M_DATA = 0x22, M_STATUS = 0x30, M_STATUS_REPLY = 0x31, M_ERROR = 0x7F,
 };
 enum ns_kind { NS_AGENT = 0, NS_BUSINESS = 1, NS_ROOT = 2 };
-enum iso { ISO_MOUNT = 1, ISO_PID = 2, ISO_IPC = 4, ISO_UTS = 8, ISO_NET = 16 };
+enum iso { ISO_MOUNT = 1, ISO_PID = 2, ISO_IPC = 4, ISO_UTS = 8, ISO_NET = 16,
+	   ISO_FOLLOW = 256 /* not from the host: the new mounts a slave of init's, not private */ };
 enum exit_kind { EXIT_EXITED = 0, EXIT_SIGNALED = 1, EXIT_NOT_STARTED = 2 };
 
 /* --- growable byte buffer ------------------------------------------------ */
@@ -97,6 +98,9 @@ int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 void ns_close(struct nsset *ns);
 
 /* --- cgroups (cgroup.c) ----------------------------------------------------- */
+int cgroup_make(const char *root);
+int cgroup_limit(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
+		 uint32_t business_pids);
 int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
 		 uint32_t business_pids);
 

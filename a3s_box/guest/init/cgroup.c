@@ -56,8 +56,9 @@ static int limits(const char *dir, uint64_t memory_max, uint32_t pids_max)
 	return rc;
 }
 
-int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
-		 uint32_t business_pids)
+/* The folders and the controllers they hand down, without limits: a template makes
+ * them before it is snapshotted, so a clone's CONFIG only writes the limits. */
+int cgroup_make(const char *root)
 {
 	char parent[512], agent[512], leaf[600];
 	snprintf(parent, sizeof parent, "%s", root);
@@ -72,12 +73,28 @@ int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint6
 	if ((rc = mk(root)) || (rc = mk(agent)))
 		return rc;
 	put(root, "cgroup.subtree_control", "+memory +pids");
-	rc |= limits(agent, memory_max, pids_max);
 	snprintf(leaf, sizeof leaf, "%s/main", agent);
 	mk(leaf);
 	snprintf(leaf, sizeof leaf, "%s/business", agent);
 	mk(leaf);
 	put(agent, "cgroup.subtree_control", "+memory +pids");
+	return 0;
+}
+
+int cgroup_limit(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
+		 uint32_t business_pids)
+{
+	char agent[512], leaf[600];
+	snprintf(agent, sizeof agent, "%s/agent", root);
+	snprintf(leaf, sizeof leaf, "%s/business", agent);
+	int rc = limits(agent, memory_max, pids_max);
 	rc |= limits(leaf, business_memory, business_pids);
 	return rc ? -EIO : 0;
+}
+
+int cgroup_setup(const char *root, uint64_t memory_max, uint32_t pids_max, uint64_t business_memory,
+		 uint32_t business_pids)
+{
+	int rc = cgroup_make(root);
+	return rc ? rc : cgroup_limit(root, memory_max, pids_max, business_memory, business_pids);
 }

@@ -110,6 +110,12 @@ void dispatch(struct conn *c, int type, uint32_t id, const unsigned char *p, siz
 			return;
 		}
 		break;
+	case M_PREPARE:
+		if (id == 0) {
+			on_prepare(c, &r);
+			return;
+		}
+		break;
 	case M_MOUNT:
 		if (id == 0) {
 			on_mount(c, &r);

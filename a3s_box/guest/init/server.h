@@ -67,6 +67,9 @@ struct agent {
 	unsigned agent_iso, business_iso;
 	int restart;
 	struct nsset agent_ns, business_ns;
+	/* PREPARE made agent_ns (with these isolation flags) and the cgroup folders */
+	int prepared;
+	unsigned prepared_iso;
 	struct contain business_contain;
 	const char *state;
 	pid_t pid;
@@ -105,6 +108,7 @@ void sess_exited(struct sess *s);
 char **env_merge(char **a, char **b, char **c, const char *extra);
 const struct nsset *ns_for(int ns, int *err, const char **why);
 void agent_start(void);
+void on_prepare(struct conn *c, struct rd *r);
 void agent_after_exit(int failed);
 void agent_launch(void);
 void reaped(pid_t pid, int st);

@@ -205,9 +205,10 @@ holder(int sock, const struct nsset *parent, unsigned flags, const char *hostnam
 		send_ready(sock, errno);
 		_exit(1);
 	}
-	/* private propagation: our /proc must not leak back into the parent's mounts */
+	/* our /proc must not leak back into the parent's mounts: private, or a slave that
+	 * receives init's later mounts (volumes) and sends nothing back */
 	if (flags & ISO_MOUNT)
-		mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+		mount(NULL, "/", NULL, MS_REC | (flags & ISO_FOLLOW ? MS_SLAVE : MS_PRIVATE), NULL);
 	if (contain && contain->on) {
 		char why[240];
 		if (contain_mounts(contain, why, sizeof why) < 0) {
