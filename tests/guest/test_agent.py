@@ -46,6 +46,61 @@ def test_second_config_is_refused(guest: LocalGuest) -> None:
         guest.client.configure(BoxConfig(hostname="again"), 5)
 
 
+DEFAULT_ISOLATION = Isolate.MOUNT | Isolate.PID | Isolate.IPC | Isolate.UTS
+
+
+def _agent_ns(g: "LocalGuest", kind: str) -> str:
+    return os.readlink(f"/proc/{g.client.status().values['agent_pid']}/ns/{kind}")
+
+
+def test_prepared_namespaces_are_adopted_and_named_by_config(make_guest: Callable[[], "LocalGuest"]) -> None:
+    """PREPARE (a template) makes the agent's namespaces; CONFIG with the same isolation
+    starts the agent in them, under its own hostname, with nothing made twice."""
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    with pytest.raises(GuestError, match="already prepared"):
+        g.client.prepare(int(DEFAULT_ISOLATION))
+    holders = _children(g.proc.pid)
+    g.client.configure(BoxConfig(hostname="adopted", argv=("sleep", "1000")), 5)
+    st = _status_until(g, lambda s: s.agent_state == "running")
+    assert st.agent_state == "running"
+    # the agent joined the prepared holder's namespaces: no other holder was forked
+    assert _children(g.proc.pid) - holders == {int(st.values["agent_pid"])}
+    assert g.client.run(["hostname"]).stdout == b"adopted\n"
+    assert _agent_ns(g, "uts") != os.readlink("/proc/self/ns/uts")
+    assert _agent_ns(g, "pid") != os.readlink("/proc/self/ns/pid")
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(d.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def test_prepared_namespaces_for_other_isolation_are_replaced(make_guest: Callable[[], "LocalGuest"]) -> None:
+    g = make_guest()
+    g.client.prepare(int(Isolate.MOUNT | Isolate.PID))
+    g.client.configure(BoxConfig(hostname="own", argv=("sleep", "1000"), agent_isolate=DEFAULT_ISOLATION), 5)
+    assert _status_until(g, lambda s: s.agent_state == "running").agent_state == "running"
+    assert g.client.run(["hostname"]).stdout == b"own\n"  # a UTS namespace the prepared set lacked
+    assert _agent_ns(g, "uts") != os.readlink("/proc/self/ns/uts")
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00\x00\x00", b"\x00\x00\x00\x01\x00", b"\x00\x00\x01\x00"])
+def test_a_bad_prepare_is_refused(make_guest: Callable[[], "LocalGuest"], payload: bytes) -> None:
+    from a3s_box.guest import protocol as p
+    g = make_guest()
+    with pytest.raises(GuestError, match="bad PREPARE payload"):
+        g.client._ctl_request(p.encode(p.MsgType.PREPARE, 0, payload), 5, "prepare")
+    assert g.client.status().agent_state == "not-configured"
+    g.client.prepare(int(DEFAULT_ISOLATION))  # a refused one prepared nothing
+
+
 def test_crashing_agent_is_restarted_with_backoff(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("sh", "-c", "exit 3"),
