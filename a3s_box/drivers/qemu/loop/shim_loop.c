@@ -543,12 +543,20 @@ static void from_guest(int type, uint32_t stream, const unsigned char *payload, 
 	to_client(cid, type, theirs, payload, n);
 }
 
+/* By client, then stream: what a client started is told apart in its order. (qsort of
+ * no sessions would be passed S.sessions still NULL: undefined, though harmless in musl.) */
+static void sort_sessions(void)
+{
+	if (S.nsessions)
+		qsort(S.sessions, S.nsessions, sizeof *S.sessions, by_key);
+}
+
 /* The client is gone: kill what it started (the guest only does so when the whole
  * channel closes), and forget its pending stream-0 requests. Returns how many. */
 static int mux_drop_client(int cid)
 {
 	int killed = 0;
-	qsort(S.sessions, S.nsessions, sizeof *S.sessions, by_key);
+	sort_sessions();
 	for (size_t i = 0; i < S.nsessions;) {
 		if (S.sessions[i].cid == cid) {
 			kill_frame(&S.guest.out, S.sessions[i].gid);
@@ -576,7 +584,7 @@ static void mux_end_all(const char *why)
 	put_be32(k, (uint32_t)strlen(why));
 	buf_put(&payload, k, 4);
 	buf_put(&payload, why, strlen(why));
-	qsort(S.sessions, S.nsessions, sizeof *S.sessions, by_key);
+	sort_sessions();
 	size_t n = S.nsessions;
 	S.nsessions = 0; /* to_client may drop a client: nothing of these is left to kill twice */
 	for (size_t i = 0; i < n; i++)
