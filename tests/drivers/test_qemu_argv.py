@@ -58,6 +58,20 @@ def test_snapshot_restore_plugs_in_as_incoming() -> None:
     assert argv[-2:] == ["-incoming", "file:/run/b/snap"]
 
 
+def test_a_microvm_clone_is_not_handed_the_kernel_it_already_runs() -> None:
+    from dataclasses import replace
+
+    from a3s_box.drivers.qemu.confine import plan_jail
+
+    clone = replace(SPEC, incoming="defer")
+    argv = qemu_argv(clone)
+    assert not {"-kernel", "-initrd", "-append"} & set(argv)
+    jail = plan_jail("p.b", Path("/run/b"), clone, 5000, 5000, (), network=False, limits=None)
+    assert not {"/c/vmlinuz", "/c/initrd.gz"} & {b.path for b in jail.binds}
+    # a cold boot has them; so does an arm64 clone (its `virt` machine is untested without)
+    assert "-kernel" in qemu_argv(SPEC) and "-kernel" in qemu_argv(replace(clone, machine="virt"))
+
+
 def test_host_tsc_rate_from_cpuinfo() -> None:
     info = "processor\t: 0\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\ncpu MHz\t\t: 2596.140\n"
     assert host_tsc_khz(info) == 2596140

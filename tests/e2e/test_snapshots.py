@@ -29,6 +29,18 @@ def _boot(box: BoxCli) -> dict[str, str]:
     return {b["name"]: b["boot"] for b in box("ps", "-o", "json", check=True).json()}
 
 
+def _qemu_of(home: Path, box_id: str) -> tuple[list[str], str]:
+    """The argv and /proc status of the box's QEMU."""
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().decode().split("\0")
+            if argv[0].endswith("qemu-system-x86_64") and any(f"{home}/boxes/{box_id}/" in a for a in argv):
+                return argv, (d / "status").read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+    raise AssertionError(f"no QEMU for {box_id}")
+
+
 def test_clones_of_one_template(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
     f = boxfile(tmp_path, hello_image, TWO)
     box("apply", "-f", str(f), check=True)
@@ -36,6 +48,12 @@ def test_clones_of_one_template(box: BoxCli, hello_image: Path, tmp_path: Path) 
     assert boots["c1"].startswith("snapshot ") and boots["c1"] == boots["c2"], boots
     outs = [box("exec", n, "--", "sh", "-c", "head -c 32 /dev/urandom | md5sum; date +%s", check=True).out.split()
             for n in ("c1", "c2")]
+    # a clone's QEMU is not handed the kernel and initramfs (its RAM holds them booted),
+    # and under TCG takes no huge pages for its code cache
+    argv, status = _qemu_of(box.home, "snaps.c1")
+    assert "-incoming" in argv and "-kernel" not in argv and "-initrd" not in argv, argv
+    if "tcg" in " ".join(argv):
+        assert "THP_enabled:\t0" in status
     assert outs[0][0] != outs[1][0]  # reseeded: no shared RNG state
     assert all(abs(int(o[-1]) - time.time()) < 3 for o in outs)  # the clock is now, not the template's
     box("exec", "c1", "--", "sh", "-c", "echo mine > /root/f && sync", check=True)

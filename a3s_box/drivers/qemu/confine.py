@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from a3s_box.drivers.qemu.argv import QemuSpec
+from a3s_box.drivers.qemu.argv import QemuSpec, loads_kernel
 from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.errors import HostUnsupported
 from a3s_box.jail import support
@@ -44,8 +44,9 @@ def vmm_dir(rundir: Path) -> Path:
 
 def plan_jail(name: str, rundir: Path, spec: QemuSpec, uid: int, gid: int, groups: tuple[int, ...],
               network: bool, limits: Limits | None, kvm_gid: int | None = None) -> JailSpec:
-    binds = [Bind(str(spec.kernel)), Bind(str(spec.initramfs)), Bind(str(vmm_dir(rundir)), True),
-             Bind(str(spec.console_socket), True) if spec.console_socket else Bind(str(spec.console_log), True)]
+    binds = [Bind(str(spec.kernel)), Bind(str(spec.initramfs))] if loads_kernel(spec) else []
+    binds += [Bind(str(vmm_dir(rundir)), True),
+              Bind(str(spec.console_socket), True) if spec.console_socket else Bind(str(spec.console_log), True)]
     if spec.channel is not None:
         binds.append(Bind(str(spec.channel), True))
     if spec.disk is not None:

@@ -197,6 +197,9 @@ class QemuDriver:
             raise DriverError(box_id, str(e)) from e
         tmp = rundir / ".launch.json"
         tmp.write_text(json.dumps({"box_id": box_id, "argv": qemu_argv(spec), "loop": str(loop),
+                                   # TCG's 128 MiB code cache is madvised for huge pages: each
+                                   # touched part costs 2 MiB, for no gain without KVM's EPT
+                                   "huge_pages": spec.accel != "tcg",
                                    "channel": str(rundir / "channel.sock"),
                                    "console": str(spec.console_log),
                                    "console_socket": str(spec.console_socket) if spec.console_socket else None,

@@ -12,7 +12,8 @@ holds the guest's one virtio-serial connection, serves RUNDIR/guest.sock to any 
 host clients, writes the console log, stops the VM if a helper dies and writes exit.json.
 Python is paid for while the box starts, not while it runs. Files in RUNDIR:
 
-    launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket", "loop", ...}
+    launch.json   written by the driver: {"box_id", "argv", "channel", "guest_socket", "loop",
+                  "huge_pages" (false: QEMU runs with PR_SET_THP_DISABLE), ...}
     shim.pid      this process
     channel.sock  QEMU connects here: the virtio-serial port a3s.0
     guest.sock    appears only once the guest said HELLO: its existence means "ready"
@@ -53,6 +54,7 @@ from a3s_box.network.keeper import Held, Keeper, hold_registration, start_keeper
 from a3s_box.network.registration import EgressError, take_network_conf
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_THP_DISABLE = 41
 
 
 def _die_with_parent() -> None:
@@ -148,6 +150,7 @@ class Shim:
         self.channel_path = Path(launch["channel"])
         self.guest_path = Path(launch["guest_socket"])
         self.with_network = bool(launch.get("network"))
+        self.huge_pages = bool(launch.get("huge_pages", True))
         self.pod_netns = str(launch.get("pod_netns") or "")  # QEMU runs in it (network/podnet.py)
         # the box's registration with the egress daemon (network/keeper.py): held by
         # descriptors the loop keeps, or by a keeper process for a box with published ports
@@ -239,6 +242,10 @@ class Shim:
             except (OSError, podnet.PodNetError) as e:
                 raise SetupFailed(f"the pod's network namespace {self.pod_netns}: {e}") from e
 
+        def no_huge_pages() -> None:
+            if not self.huge_pages:  # kept across QEMU's exec
+                ctypes.CDLL(None).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
+
         jail = self.jail
         if jail is not None:
             give(self.channel_path, jail.uid, jail.gid)  # QEMU connects as the box's uid
@@ -260,9 +267,11 @@ class Shim:
                 new_pid_namespace()  # QEMU, our next child, becomes init of its own PID namespace
 
             def preexec() -> None:
+                no_huge_pages()
                 enter(jail, netns_fd, procs, userns_fd, pid1_parent=self.loop if jail.userns else "")
         else:
             def preexec() -> None:
+                no_huge_pages()
                 helper_preexec()
                 if netns_fd is not None:  # QEMU's user-mode network: only through the proxy
                     netns.enter(netns_fd, userns_fd)
