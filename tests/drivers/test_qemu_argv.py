@@ -55,7 +55,7 @@ def test_snapshot_restore_plugs_in_as_incoming() -> None:
     from dataclasses import replace
 
     argv = qemu_argv(replace(SPEC, incoming="file:/run/b/snap"))
-    assert argv[-2:] == ["-incoming", "file:/run/b/snap"]
+    assert argv[-3:] == ["-S", "-incoming", "file:/run/b/snap"]  # paused once loaded: the driver says cont
 
 
 def test_a_microvm_clone_is_not_handed_the_kernel_it_already_runs() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from a3s_box.drivers.qemu.qmp import Qmp
 from tests.e2e.conftest import BoxCli, boxfile
 
 pytestmark = pytest.mark.vm
@@ -226,6 +227,9 @@ def test_a_parked_pool_hands_over_running_boxes(box: BoxCli, hello_image: Path, 
     assert all(m["boot"].startswith("snapshot ") for m in members), members
     r = box("exec", members[0]["name"], "--", "true")
     assert r.code != 0 and "parked member of pool warm" in r.err
+    for m in members:  # parked: loaded, its vCPUs stopped (no CPU, no memory touched)
+        with Qmp(box.home / "boxes" / m["id"] / "vmm" / "qmp.sock", m["name"]) as q:
+            assert q.command("query-status")["status"] == "paused"
     taken = []
     for job in ("job1", "job2"):
         got = box("pool", "acquire", "warm", "--name", job, "-o", "json", check=True).json()

@@ -159,7 +159,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     if spec.memory_file is not None:
         argv += ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
                  f"mem-path={_opt(spec.memory_file)},share={'on' if spec.memory_shared else 'off'}",
-                 # or a restored clone stays paused whatever the template's run state was
+                 # the template's run state is not carried: -S below decides
                  "-global", "migration.store-global-state=off"]
     if spec.shares:
         # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by default
@@ -189,7 +189,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
     if spec.incoming is not None:
-        argv += ["-incoming", spec.incoming]
+        # -S: a loaded clone stays paused until told `cont` (without it QEMU starts the vCPUs
+        # the moment the state is in, and a parked pool member ran, using CPU and memory)
+        argv += ["-S", "-incoming", spec.incoming]
     if spec.sandbox is not None:
         argv += ["-sandbox", spec.sandbox]
     argv += list(spec.extra)
