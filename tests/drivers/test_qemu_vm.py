@@ -326,3 +326,31 @@ def test_a_pod_with_a_32_address_and_a_gateway_off_its_subnet_is_routed(
             assert got == [(b"from-pod\n", POD_IP)], (r.stdout, r.stderr)
     finally:
         driver.stop(handle, 10.0)
+
+
+def test_a_routed_pod_with_a_32_address_answers_through_the_gateway_off_its_subnet(
+        driver: QemuDriver, base_disk: Path, tmp_path: Path, calico_pod_netns: str) -> None:
+    """The routed mode (a pod held to an allow-list) in Calico's shape: the node reaches a
+    server in the guest at the pod's IP (routed on to the tap), and the guest's answers
+    leave through its gateway off the subnet (ARP answered on the tap, forwarded out as
+    replies of a connection that came in). What the guest starts itself goes to the
+    egress proxy, tested with the proxy in tests/e2e/test_cri.py."""
+    launch = replace(_launch(tmp_path, base_disk, "proj.calrt"), pod_network=calico_pod_netns, pod_egress=True)
+    handle = driver.start(launch, BOOT_TIMEOUT)
+    try:
+        with _client(driver, handle) as c:
+            routes = c.run(["ip", "-4", "route"], ns=Namespace.ROOT, timeout=30).stdout.decode()
+            assert f"default via {CALICO_GW} dev eth0" in routes, routes
+            server = c.start(ExecRequest(argv=("sh", "-c", "echo from-routed-pod | nc -l -p 7777"), ns=Namespace.ROOT))
+            got = b""
+            deadline = time.monotonic() + 60
+            while not got and time.monotonic() < deadline:  # until the guest's nc listens
+                try:
+                    with socket.create_connection((POD_IP, 7777), timeout=10) as conn:
+                        got = conn.recv(100)
+                except OSError:
+                    time.sleep(0.5)
+            assert got == b"from-routed-pod\n"
+            server.wait(30)
+    finally:
+        driver.stop(handle, 10.0)
