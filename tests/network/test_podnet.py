@@ -3,6 +3,7 @@ and the tap and redirects in a real network namespace made here the way a CNI br
 plugin leaves one (no VM: the tap's far side is a descriptor this test holds)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -63,18 +64,28 @@ def test_whatever_ip_answers_parses_or_is_a_pod_net_error(addrs: Any, routes: An
         pass
 
 
+_made = itertools.count()
+
+
 @pytest.fixture
 def pod_netns() -> Iterator[str]:
-    """A namespace as a CNI bridge plugin leaves one: eth0, a veth to the host, addressed."""
+    """A namespace as a CNI bridge plugin leaves one: eth0, a veth to the host, addressed.
+    Named afresh for each test, and its veth deleted before the namespace: the kernel
+    removes a deleted namespace's devices later, and a name reused at once found the last
+    test's veth still there ("File exists", once in a fresh-clone run)."""
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         pytest.skip("needs root, ip and tc")
-    name = f"a3s-podnet-{os.getpid()}"
-    sh = ["sh", "-ec", f"ip netns add {name}; ip link add a3spn{os.getpid() % 10000} type veth peer name eth0 "
+    tag = f"{os.getpid() % 10000}x{next(_made)}"
+    name, host_if = f"a3s-podnet-{tag}", f"a3spn{tag}"
+    sh = ["sh", "-ec", f"ip netns add {name}; ip link add {host_if} type veth peer name eth0 "
           f"netns {name}; ip -n {name} addr add 10.213.79.2/24 dev eth0; ip -n {name} link set eth0 mtu 1400 up; "
           f"ip -n {name} route add default via 10.213.79.1"]
-    subprocess.run(sh, check=True)
-    yield f"/run/netns/{name}"
-    subprocess.run(["ip", "netns", "del", name])
+    try:
+        subprocess.run(sh, check=True)
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def test_plug_makes_the_tap_and_both_redirects_and_unplug_undoes_them(pod_netns: str) -> None:
