@@ -30,12 +30,23 @@ def source_files(src: Path) -> list[Path]:
 
 
 def source_hash(src: Path) -> str:
-    """Hash of the sources and flags: a changed file or flag means a new binary."""
+    """Hash of the sources and flags: a changed file or flag means a new binary. Kept
+    per process while the files' sizes and times stand (every box start asks)."""
+    files = source_files(src)
+    seen = (compiler(), tuple((p.name, st.st_size, st.st_mtime_ns) for p in files for st in (p.stat(),)))
+    cached = _hashes.get(src)
+    if cached is not None and cached[0] == seen:
+        return cached[1]
     h = hashlib.sha256()
     h.update(" ".join((compiler(),) + CFLAGS).encode())
-    for p in source_files(src):
+    for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    _hashes[src] = (seen, digest)
+    return digest
+
+
+_hashes: dict[Path, tuple[object, str]] = {}
 
 
 def cached_path(cache_dir: Path, name: str, program: str, src: Path) -> Path:
