@@ -1,11 +1,14 @@
 """Who holds a box's registration with the egress daemon once its supervisor is the
 shim's C loop (a3s_box/drivers/qemu/loop), which has no Python to hold a BoxNetwork.
 
-A box without published ports: the daemon asks nothing of the box after registering
-it, so the registration is held by descriptors alone (hold_registration, in the shim
+As root, the registration is held by descriptors alone (hold_registration, in the shim
 before it execs the loop): the connection, the namespace, the proxy's listeners, the
-box's folder and activity file, and the registration's message in a memfd. The loop
-closes the connection when the VM has ended (the daemon then ends the box's network).
+box's folder and activity file, the published ports' host listeners, and the
+registration's message in a memfd. The daemon asks nothing of a box without published
+ports after registering it; for a published port it asks for a socket of the box's
+namespace connected to the port's inner end, which the loop answers (it enters the
+namespace, as root may, for the socket() call alone). The loop closes the connection
+when the VM has ended (the daemon then ends the box's network).
 If the connection ends first (the daemon was killed or crashed), the loop runs this
 module, `python -m a3s_box.network.keeper HOME RUNDIR` with those descriptors at fixed
 numbers (RESUME_FDS), which registers the box with a daemon found or started now (the
@@ -13,8 +16,9 @@ retries of registration.py) and answers on descriptor 3: b"ok" with the new conn
 or b"error: WHY"; the loop stops the VM on an error or silence. Meanwhile the box's flows
 wait in the listeners' queues: fail closed. No Python runs per box while all is well.
 
-A box with published ports: the daemon asks for a socket of the box's namespace for
-each host connection, so a keeper process stays (start_keeper): a child forked off the
+Without root, a box with published ports cannot be served so (a process outside the
+box's user namespace may not enter its network namespace): a keeper process stays
+(start_keeper), which the namespace's socket maker serves: a child forked off the
 shim while it has no thread, which does register_box() and keeps the BoxNetwork, sends
 the namespace's descriptors back on a SOCK_SEQPACKET pair, and waits for the pair's other
 end to close (the VM has ended, or the shim died), then closes the network. If the daemon
@@ -59,15 +63,19 @@ class Held:
         d = self.detached
         return [d.sock, self.message_fd, d.netns, *d.fixed] + ([d.userns] if d.userns is not None else [])
 
+    def published(self) -> list[tuple[int, int]]:
+        """(inner port, the host's listener) of each published port (LoopArgs.published)."""
+        return list(zip((int(p) for p in self.detached.message.get("published") or []), self.detached.published))
+
     def close(self) -> None:
-        for fd in self.fds():
+        for fd in self.fds() + self.detached.published:
             os.close(fd)
 
 
 def hold_registration(home: Path, rundir: Path, conf: dict[str, Any], log: Callable[[str], None]) -> Held:
-    """Registers a box without published ports (CONF: take_network_conf's; EgressError
-    naming why not) and returns the registration as descriptors of the caller's, for the
-    loop to hold."""
+    """Registers a box (CONF: take_network_conf's; EgressError naming why not) and
+    returns the registration as descriptors of the caller's, for the loop to hold. As
+    root, or for a box without published ports (see the module's docstring)."""
     net = register_box(home, rundir, conf, log=log, serve=False)
     detached = net.detach()
     fd = os.memfd_create("a3s-registration", os.MFD_CLOEXEC)
@@ -85,7 +93,7 @@ class _HeldNamespace:
         raise EgressError("a held namespace makes no listeners")
 
     def stream_socket(self) -> socket.socket:
-        raise EgressError("a box without published ports is asked for no socket")
+        raise EgressError("a box registered again answers for sockets once the loop holds it")
 
     def close(self) -> None:
         pass  # the loop's
@@ -101,14 +109,20 @@ def register_again(home: Path, rundir: Path, with_userns: bool) -> int:
         print(f"shim {rundir.name}: {line}", file=sys.stderr, flush=True)
     try:
         message = json.loads(os.pread(fds["message"], 1 << 22, 0))
-        registration = wire.parse_registration(message, len(wire.FIXED_FDS))
+        published = message.get("published") if isinstance(message, dict) else None
+        registration = wire.parse_registration(
+            message, len(wire.FIXED_FDS) + (len(published) if isinstance(published, list) else 0))
     except (OSError, ValueError, wire.WireError) as e:
         answer.send(f"error: the box's registration cannot be read: {e}".encode()[:MAX_ANSWER])
         return 1
     fixed = [fds[name] for name in wire.FIXED_FDS]
+    # the published ports' host listeners follow RESUME_FDS (the last of which, userns, is
+    # there only WITH_USERNS), in the registration's order
+    first = 3 + len(RESUME_FDS) - (0 if with_userns else 1)
+    listeners = [first + i for i in range(len(registration.published))]
     owned = [socket.socket(fileno=fixed[0]), socket.socket(fileno=fixed[1])]
     ns = _HeldNamespace(fds["netns"], fds["userns"] if with_userns else None)
-    net = BoxNetwork(home, registration, ns, owned, fixed, log=log)
+    net = BoxNetwork(home, registration, ns, owned, fixed + listeners, log=log)
     try:
         net.register_again()
     except EgressError as e:

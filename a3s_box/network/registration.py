@@ -163,6 +163,7 @@ class Detached:
     fixed: list[int]  # wire.FIXED_FDS, in order
     message: dict[str, Any]  # the registration (policy, secrets, CA): for registering again
     daemon_pid: int | None
+    published: list[int]  # the host's listening socket of each published port, in order
 
 
 class BoxNetwork:
@@ -223,22 +224,23 @@ class BoxNetwork:
             raise EgressError(self.failure)
 
     def detach(self) -> "Detached":
-        """For a box whose daemon asks nothing of it (no published ports) and that was
-        started without serving: the registration as descriptors of the caller's own
-        (the connection, the namespace, the FIXED_FDS) and its message, for a holder
-        that is not Python (the shim's loop); this BoxNetwork then holds nothing and the
-        connection stays open."""
-        assert self._thread is None and self._sock is not None and not self._ports
+        """For a box that was started without serving: the registration as descriptors
+        of the caller's own (the connection, the namespace, the FIXED_FDS, the published
+        ports' listeners) and its message, for a holder that is not Python (the shim's
+        loop, which also answers the daemon's requests for sockets of the namespace);
+        this BoxNetwork then holds nothing and the connection stays open."""
+        assert self._thread is None and self._sock is not None
         with self._lock:
             sock, self._sock = self._sock, None
             self._closing = True
+        fixed = len(wire.FIXED_FDS)
         held = Detached(sock.detach(), os.dup(self._ns.fd),
                         None if self._ns.user_fd is None else os.dup(self._ns.user_fd),
-                        [os.dup(fd) for fd in self._fds[:len(wire.FIXED_FDS)]], self._registration.message(),
-                        self._daemon_pid)
+                        [os.dup(fd) for fd in self._fds[:fixed]], self._registration.message(),
+                        self._daemon_pid, [os.dup(fd) for fd in self._fds[fixed:]])
         for s in self._owned:
             s.close()
-        for fd in self._fds[2:len(wire.FIXED_FDS)]:
+        for fd in self._fds[2:fixed]:
             os.close(fd)
         self._fds = []
         self._ns.close()
@@ -443,7 +445,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     LOG(line): what happened to the registration, for the supervisor's log. NAMESPACE:
     where the proxy listens, set up by the caller (default: a namespace of the box's
     own, made and set up here); the BoxNetwork owns and closes it. SERVE: as
-    BoxNetwork.start's (a box without published ports may be served by another holder)."""
+    BoxNetwork.start's (a box registered without serving is held by another: keeper.py)."""
     try:
         policy = NetworkPolicy.from_json(conf["policy"])
         forwards = [(int(index), int(inner)) for index, inner in conf.get("forwards", [])]

@@ -15,6 +15,7 @@ misbehave later.
 """
 from __future__ import annotations
 
+import array
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 from a3s_box.drivers.qemu.shim_loop import SOURCES, build_shim_loop
 from a3s_box.guest import protocol as p
 from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+from a3s_box.network import wire
 
 ROOT = str(Path(__file__).resolve().parents[2])
 GUEST_HELLO = p.Writer().u16(1).str("kernel=6.1\ntransport=fake").bytes()
@@ -472,11 +474,18 @@ vmm = subprocess.Popen(a["vmm"])
 chan = socket.socket(socket.AF_UNIX); chan.bind(a["channel"]); chan.listen(1)
 daemon = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); daemon.connect(a["daemon"])
 held = [daemon.fileno()] + [os.open("/dev/null", os.O_RDONLY) for _ in range(6)]
-for fd in [chan.fileno()] + held:
+if a.get("netns"):
+    held[2] = os.open(a["netns"], os.O_RDONLY)
+published = []
+for port in a.get("published", []):
+    listener = socket.create_server(("127.0.0.1", 0))
+    published.append((port, listener.detach()))
+for fd in [chan.fileno()] + held + [fd for _, fd in published]:
     os.set_inheritable(fd, True)
 os.execv(a["loop"], [f"a3s_box.drivers.qemu.shim {a['rundir']}", f"--rundir={a['rundir']}", "--box=held.box",
          f"--qemu={vmm.pid}", f"--channel={chan.fileno()}", f"--channel-path={a['channel']}",
          f"--guest-path={a['rundir']}/guest.sock", f"--registration={','.join(map(str, held))}",
+         *[f"--published={port}:{fd}" for port, fd in published],
          f"--python={a['python']}", f"--home={a['home']}"])
 '''
 STAND_IN = r'''#!{python}
@@ -545,3 +554,106 @@ def test_a_held_registration_is_made_again_when_the_daemon_goes_and_the_vm_stops
         ctl.close()
         for d in daemons:
             d.close()
+
+
+INSIDE_SERVER = r'''
+import socket, sys
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"inside the box")
+    c.close()
+'''
+
+
+def _ask(daemon: socket.socket, text: bytes) -> tuple[dict[str, object], list[int]]:
+    daemon.send(text)
+    fds = array.array("i")
+    data, ancillary, _flags, _ = daemon.recvmsg(4096, socket.CMSG_SPACE(4))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return json.loads(data), list(fds)
+
+
+def test_a_held_registration_answers_the_daemon_for_published_ports_only(tmp_path: Path, loop_binary: Path) -> None:
+    """The daemon asks the loop (root) for a socket of the box's namespace connected to a
+    published port: it gets one, made in that namespace (a server there answers, not the
+    host's on the same port); an unpublished port is refused; anything but the exact
+    request is not answered; registering again hands the helper the ports' listeners."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a network namespace to connect into)")
+    name, port = f"a3s-held-{os.getpid()}", 47000 + os.getpid() % 1000
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    inside = host = None
+    rundir = tmp_path / "held.box"
+    rundir.mkdir()
+    stand_in = tmp_path / "python"
+    stand_in.write_text(STAND_IN.format(python=sys.executable))
+    stand_in.chmod(0o755)
+    daemons = []
+    shim = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        inside = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", INSIDE_SERVER, str(port)],
+                                  stdout=subprocess.PIPE)
+        assert inside.stdout is not None and inside.stdout.readline() == b"listening\n"
+        host = socket.create_server(("127.0.0.1", port))  # the same port on the host: must not be reached
+        for path in (tmp_path / "daemon.sock", Path(f"{stand_in}.daemon")):
+            d = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            d.bind(str(path))
+            d.listen(4)
+            d.settimeout(30)
+            daemons.append(d)
+        fake = tmp_path / "fake_vmm.py"
+        fake.write_text(FAKE_VMM)
+        ctl = socket.socket(socket.AF_UNIX)
+        ctl.bind(str(tmp_path / "ctl.sock"))
+        ctl.listen(1)
+        ctl.settimeout(30)
+        args = {"vmm": [sys.executable, str(fake), str(rundir / "channel.sock"), str(tmp_path / "ctl.sock"), "0", "-"],
+                "channel": str(rundir / "channel.sock"), "daemon": str(tmp_path / "daemon.sock"),
+                "loop": str(loop_binary), "rundir": str(rundir), "python": str(stand_in), "home": str(tmp_path),
+                "netns": f"/run/netns/{name}", "published": [port]}
+        with open(rundir / "shim.log", "wb") as log:
+            shim = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(args)], stderr=log)
+        first, _ = daemons[0].accept()
+        conn, _ = ctl.accept()
+        guest = Guest(conn)
+        first.settimeout(30)
+        good = wire.encode(wire.connect_request(2, port))  # as the daemon writes it
+        for bad in (good[:-1] + b',"more":1}', good.replace(b'"id":2', b'"id":-2'), good.replace(b":2,", b": 2,"),
+                    wire.encode(wire.connect_request(1, 0)), b"\0" * 64, b"{" * 200):
+            first.send(bad)  # none of these is answered: the next answer is the next good request's
+        said, fds = _ask(first, good)
+        assert said == {"op": "connected", "id": 2} and len(fds) == 1
+        with socket.socket(fileno=fds[0]) as made:
+            made.setblocking(True)
+            assert made.recv(100) == b"inside the box"
+        said, fds = _ask(first, wire.encode(wire.connect_request(3, port + 1)))
+        assert said == {"op": "connected", "id": 3, "error": f"port {port + 1} is not published"} and fds == []
+        assert wire.parse_connected(said, len(fds)) == (3, f"port {port + 1} is not published")
+        first.close()  # the daemon went: the helper that registers the box again gets the listener too
+        second, _ = daemons[1].accept()
+        said_args = Path(f"{stand_in}.args").read_text().split()
+        assert said_args[4] == "fds:3,4,5,6,7,8,9,10"  # RESUME_FDS without a user namespace, then the listener
+        second.close()
+        guest.sock.close()
+        ctl.close()
+    finally:
+        if shim is not None and shim.poll() is None:
+            shim.kill()
+            shim.wait()
+        for d in daemons:
+            d.close()
+        if host is not None:
+            host.close()
+        if inside is not None:
+            inside.kill()
+            inside.wait()
+            if inside.stdout is not None:
+                inside.stdout.close()
+        subprocess.run(["ip", "netns", "del", name])
+    reports = sanitizer_reports(tmp_path / "sanitizer", rundir / "shim.log")
+    assert not reports, reports

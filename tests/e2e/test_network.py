@@ -264,6 +264,12 @@ def test_a_published_port_is_reachable_on_loopback_only(box: BoxCli, net: dict[s
     if host_ip:
         r = subprocess.run(["curl", "-sS", "-m", "5", f"http://{host_ip}:{pub}/motd"], capture_output=True, text=True)
         assert r.returncode != 0
+    # as root the box's shim (its C loop) answers the daemon for the port's sockets: no
+    # Python keeper runs for the box
+    rundir = box.home / "boxes" / _box_id(box, "net")
+    keepers = [d for d in Path("/proc").iterdir()
+               if d.name.isdigit() and _cmdline(d).startswith(f"a3s_box.network.keeper {rundir}".encode())]
+    assert keepers == []
 
 
 def test_a_changed_policy_recreates_the_box(box: BoxCli, net: dict[str, object]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,8 +34,8 @@ boxes:
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
   net:
     image: hello
-    network: {mode: public}
-    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    network: {mode: public, ports: ["127.0.0.1:PUBPORT:8080"]}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "while true; do echo served | nc -l -p 8080; done"]}}
   shared:
     image: hello
     volumes: ["./src:/workspace"]
@@ -45,6 +46,20 @@ boxes:
 pools:
   warm: {box: worker, min_ready: 1, max: 2}
 """
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _fetch(port: int) -> bytes:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            return c.recv(100)
+    except OSError:
+        return b""
 
 
 def until(check: Callable[[], Any], timeout: float = 120, what: str = "") -> Any:
@@ -95,7 +110,8 @@ def server(box: BoxCli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image: Path, tmp_path: Path,
                                                        server: subprocess.Popen[bytes]) -> None:
-    f = boxfile(tmp_path, hello_image, BODY)
+    pub = _free_port()
+    f = boxfile(tmp_path, hello_image, BODY.replace("PUBPORT", str(pub)))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "kept.txt").write_text("still here\n")
     box("apply", "-f", str(f), check=True)
@@ -120,6 +136,8 @@ def test_the_loop_restarts_what_died_and_refills_pools(box: BoxCli, hello_image:
     answer = until(lambda: "198.18." in (r := box("exec", "net", "--", "busybox", "nslookup", "example.com")).out and r,
                    what="the box's DNS served again")
     assert answer.code == 0
+    # and its published port: the new daemon asks the box's shim for sockets of its namespace
+    assert until(lambda: _fetch(pub) == b"served\n", what="the published port served again")
     assert ps(box)["net"]["pid"] == before["net"]["pid"] and "restart" not in ps(box)["net"]["detail"]
     shared = until(lambda: (b := ps(box)["shared"])["status"] == "running" and "1 restart" in b["detail"] and b,
                    what="shared restarted with a fresh virtiofsd")
@@ -145,7 +163,8 @@ def test_after_a_host_restart_the_server_brings_everything_back(box: BoxCli, hel
                                                                 tmp_path: Path) -> None:
     """Every a3s-box process gone at once (as at a host restart: VMs, shims, helpers),
     then `box serve` started: declared boxes back, the pool full again, the lease kept."""
-    f = boxfile(tmp_path, hello_image, BODY.replace('    restart: "no"\n', ""), "restart.yaml")
+    f = boxfile(tmp_path, hello_image, BODY.replace('    restart: "no"\n', "").replace("PUBPORT", str(_free_port())),
+                "restart.yaml")
     (tmp_path / "src").mkdir()
     box("apply", "-f", str(f), check=True)
     box("pool", "acquire", "warm", "--name", "held", check=True)

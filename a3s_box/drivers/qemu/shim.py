@@ -4,7 +4,7 @@ child that dies with its caller (a build's RUN step).
 
 Reads RUNDIR/launch.json and sets the box up: its cgroup, a virtiofsd per bind volume, its
 network registered with the host's egress daemon (network/keeper.py: held by descriptors
-the loop keeps, or by a keeper process for a box with published ports) or its pod's tap,
+the loop keeps, or without root by a keeper process for a box with published ports) or its pod's tap,
 the sockets QEMU connects to, and QEMU, jailed, as its child. Then it
 execs the steady-state loop, a3s-shim-loop (loop/shim_loop.c, named in launch.json): the
 same process, still QEMU's parent and titled "a3s_box.drivers.qemu.shim RUNDIR", which
@@ -153,7 +153,7 @@ class Shim:
         self.huge_pages = bool(launch.get("huge_pages", True))
         self.pod_netns = str(launch.get("pod_netns") or "")  # QEMU runs in it (network/podnet.py)
         # the box's registration with the egress daemon (network/keeper.py): held by
-        # descriptors the loop keeps, or by a keeper process for a box with published ports
+        # descriptors the loop keeps, or without root by a keeper process for a box with published ports
         self.held: Held | None = None
         self.keeper: Keeper | None = None
         self.virtiofsd_specs: list[dict[str, object]] = list(launch.get("virtiofsd") or [])
@@ -212,8 +212,10 @@ class Shim:
             home = self.rundir.parent.parent
             try:
                 conf = take_network_conf(self.rundir)
-                if conf.get("forwards"):  # the daemon will ask for sockets: a keeper stays
-                    # forked while this process has no thread and holds no socket of the box's
+                if conf.get("forwards") and os.geteuid() != 0:
+                    # the daemon will ask for sockets of a namespace the loop cannot enter
+                    # without root: a keeper stays, forked while this process has no thread
+                    # and holds no socket of the box's
                     self.keeper = start_keeper(home, self.rundir, conf, self.log)
                     daemon, netns_fd, userns_fd = self.keeper.daemon_pid, self.keeper.netns_fd, self.keeper.userns_fd
                     self.log(f"network keeper pid {self.keeper.pid}")
@@ -290,7 +292,8 @@ class Shim:
         assert self.qemu is not None
         keeper, held = self.keeper, self.held
         kept = [chan.fileno()] + ([console.fileno()] if console is not None else []) + \
-            ([keeper.sock.fileno()] if keeper else []) + (held.fds() if held else [])
+            ([keeper.sock.fileno()] if keeper else []) + (held.fds() if held else []) + \
+            ([fd for _, fd in held.published()] if held else [])
         for fd in kept:
             os.set_inheritable(fd, True)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -302,7 +305,8 @@ class Shim:
             cgroups=[p for _, p in self.cgroup.paths] if self.cgroup is not None else [],
             volumes=[(proc.pid, str(spec.get("target"))) for spec, proc in zip(self.virtiofsd_specs, self.virtiofsd)],
             network=(keeper.pid, keeper.sock.fileno()) if keeper is not None else None,
-            registration=held.fds() if held is not None else None, python=sys.executable,
+            registration=held.fds() if held is not None else None,
+            published=held.published() if held is not None else [], python=sys.executable,
             home=self.rundir.parent.parent,
             stopping=self.stopping)
         if keeper is not None:  # QEMU has joined them: not the loop's

@@ -41,6 +41,7 @@ class LoopArgs:
     # or the registration held by descriptors (network/keeper.py Held.fds()), which the
     # loop hands to `PYTHON -m a3s_box.network.keeper` to register the box again
     registration: Sequence[int] | None
+    published: Sequence[tuple[int, int]]  # with a held registration: (inner port, host listener fd)
     python: str
     home: Path
     stopping: str  # asked to stop before the loop ran ("" if not)
@@ -61,6 +62,7 @@ class LoopArgs:
         if self.registration is not None:
             out += [f"--registration={','.join(str(fd) for fd in self.registration)}",
                     f"--python={self.python}", f"--home={self.home}"]
+            out += [f"--published={port}:{fd}" for port, fd in self.published]
         if self.stopping:
             out.append(f"--stopping={self.stopping}")
         return out

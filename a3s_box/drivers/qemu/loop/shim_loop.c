@@ -20,14 +20,21 @@
  * magic, as the guest itself does); a guest cannot make this loop allocate without bound,
  * address a session it was not given, or stop it serving. Clients are the box owner's own
  * processes (guest.sock is in the owner's 0700 box folder): a client that breaks the
- * protocol or stops reading (16 MiB behind) loses only its own connection.
+ * protocol or stops reading (16 MiB behind) loses only its own connection. The egress
+ * daemon (its own uid; it parses what guests send, so it may be subverted) asks over the
+ * held registration for a socket of the box's network namespace connected to a published
+ * port: only the exact request is answered, only for the box's own published ports, and
+ * this process enters the namespace for the socket() call alone.
  *
  * Single-threaded (poll), no allocation on the guest's behalf beyond one frame.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -55,6 +62,8 @@
 #define HELPER_GRACE_MS 5000
 #define MAX_CLIENTS 1024
 #define REGISTER_AGAIN_MAX 120.0   /* seconds a registration helper may take */
+#define MAX_PUBLISHED 64           /* network/wire.py's */
+#define CONNECT_WAIT_MS 2000       /* a published port's connection inside the box's namespace */
 
 enum {
 	HELLO = 0x01, PING = 0x02, PONG = 0x03, CONFIG = 0x04, SHUTDOWN = 0x05, MOUNT = 0x06,
@@ -420,6 +429,10 @@ static struct {
 		int answer;        /* its answer socket */
 		double since;
 		int failed;
+		/* published ports: the inner port, and the host's listener (for registering again) */
+		struct { unsigned port; int fd; } published[MAX_PUBLISHED];
+		int npublished;
+		int own_netns;     /* where this process makes its other sockets */
 	} reg;
 	char *cgroups[16];
 	int ncgroups;
@@ -980,16 +993,20 @@ static void register_again(void)
 	int have_userns = S.reg.fds[6] >= 0;
 	pid_t pid = fork();
 	if (pid == 0) {
-		int src[8] = {sv[1], S.reg.fds[0], S.reg.fds[1], S.reg.fds[2], S.reg.fds[3], S.reg.fds[4],
-			      S.reg.fds[5], S.reg.fds[6]};
-		int n = have_userns ? 8 : 7, tmp[8];
+		/* keeper.py's RESUME_FDS (userns only if there is one), then the published ports'
+		 * listeners, in order */
+		int src[8 + MAX_PUBLISHED] = {sv[1], S.reg.fds[0], S.reg.fds[1], S.reg.fds[2], S.reg.fds[3],
+					       S.reg.fds[4], S.reg.fds[5], S.reg.fds[6]};
+		int n = have_userns ? 8 : 7, tmp[8 + MAX_PUBLISHED];
+		for (int i = 0; i < S.reg.npublished; i++)
+			src[n++] = S.reg.published[i].fd;
 		sigset_t none;
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (int i = 0; i < n; i++)
-			if ((tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 64)) < 0)
+		for (int i = 0; i < n; i++) /* above every target number, then into place */
+			if ((tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 256)) < 0)
 				_exit(127);
 		for (int i = 0; i < n; i++)
 			if (dup2(tmp[i], 3 + i) < 0)
@@ -1017,14 +1034,126 @@ static void register_again(void)
 	S.reg.since = now_mono();
 }
 
-/* The connection to the daemon is readable: the daemon asks nothing of a box without
- * published ports, so this is its end (killed, crashed): the box is registered again. */
+/* --- published ports: sockets of the box's namespace, for the daemon ------------------ */
+
+/* The daemon's request, as network/wire.py's encode() writes it (sorted keys, no spaces):
+ * {"id":N,"op":"connect","port":P}. The daemon parses what guests send, so what it says
+ * to this root process is matched whole, or not answered (the daemon times it out). */
+static int parse_connect(const char *m, size_t n, unsigned long long *id, unsigned *port)
+{
+	char text[160], ids[21], ports[6];
+	int end = -1;
+	if (n == 0 || n >= sizeof text || memchr(m, 0, n))
+		return -1;
+	memcpy(text, m, n);
+	text[n] = 0;
+	if (sscanf(text, "{\"id\":%20[0-9],\"op\":\"connect\",\"port\":%5[0-9]}%n", ids, ports, &end) != 2 ||
+	    end != (int)n)
+		return -1;
+	errno = 0;
+	unsigned long long i = strtoull(ids, NULL, 10);
+	unsigned long p = strtoul(ports, NULL, 10);
+	if (errno || i > (1ULL << 53) || p == 0 || p > 65535)
+		return -1;
+	*id = i, *port = (unsigned)p;
+	return 0;
+}
+
+static void send_connected(unsigned long long id, int fd, const char *error)
+{
+	char text[700];
+	int n = error ? snprintf(text, sizeof text, "{\"error\":\"%s\",\"id\":%llu,\"op\":\"connected\"}", error, id)
+		      : snprintf(text, sizeof text, "{\"id\":%llu,\"op\":\"connected\"}", id);
+	union {
+		struct cmsghdr h;
+		char space[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = {.iov_base = text, .iov_len = (size_t)n < sizeof text ? (size_t)n : sizeof text - 1};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		memset(&control, 0, sizeof control);
+		m.msg_control = &control;
+		m.msg_controllen = sizeof control;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	}
+	if (sendmsg(S.reg.sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		say("egress daemon: cannot answer its request %llu: %s", id, strerror(errno));
+}
+
+/* A TCP socket of the box's network namespace: this process steps in for the socket()
+ * call alone (root may; the namespace's sockets stay in it wherever they are used). */
+static int box_socket(void)
+{
+	if (S.reg.own_netns < 0 || setns(S.reg.fds[1], CLONE_NEWNET) != 0)
+		return -1;
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int e = errno;
+	if (setns(S.reg.own_netns, CLONE_NEWNET) != 0 && !S.failure[0]) {
+		snprintf(S.failure, sizeof S.failure, "the shim could not leave the box's network namespace (%s)",
+			 strerror(errno));
+		say("%s: stopping the VM", S.failure);
+		kill(S.qemu, SIGTERM);
+	}
+	errno = e;
+	return s;
+}
+
+/* A socket of the box's namespace connected to one of its own published ports. */
+static void answer_connect(unsigned long long id, unsigned port)
+{
+	char why[300];
+	int known = 0;
+	for (int i = 0; i < S.reg.npublished; i++)
+		known |= S.reg.published[i].port == port;
+	if (!known) {
+		snprintf(why, sizeof why, "port %u is not published", port);
+		send_connected(id, -1, why);
+		return;
+	}
+	int s = box_socket();
+	if (s < 0) {
+		snprintf(why, sizeof why, "a socket of the box's namespace: %s", strerror(errno));
+		send_connected(id, -1, why);
+		return;
+	}
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+	if (rc != 0 && errno == EINPROGRESS) { /* loopback answers at once but for a full backlog */
+		struct pollfd p = {.fd = s, .events = POLLOUT};
+		int e = ETIMEDOUT;
+		socklen_t len = sizeof e;
+		if (poll(&p, 1, CONNECT_WAIT_MS) == 1 && getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &len) != 0)
+			e = errno;
+		rc = e ? -1 : 0;
+		errno = e;
+	}
+	if (rc != 0) {
+		snprintf(why, sizeof why, "127.0.0.1:%u: %s", port, strerror(errno));
+		send_connected(id, -1, why);
+	} else {
+		send_connected(id, s, NULL);
+	}
+	close(s);
+}
+
+/* The connection to the daemon is readable: a request for a published port's socket,
+ * or its end (killed, crashed): the box is registered again. */
 static void registration_io(void)
 {
-	char junk[4096];
-	ssize_t n = recv(S.reg.sock, junk, sizeof junk, MSG_DONTWAIT);
-	if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+	char msg[4096];
+	ssize_t n = recv(S.reg.sock, msg, sizeof msg, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
+	if (n > 0) {
+		unsigned long long id;
+		unsigned port;
+		if (parse_connect(msg, (size_t)n, &id, &port) == 0)
+			answer_connect(id, port);
+		return;
+	}
 	close(S.reg.sock);
 	S.reg.sock = -1;
 	say("egress daemon: its connection ended; registering the box again");
@@ -1199,10 +1328,30 @@ static void held(const char *v)
 		S.reg.fds[i] = i + 1 < n ? got[i + 1] : -1;
 }
 
+static void add_published(const char *v)
+{
+	/* PORT:FD (shim_loop.py LoopArgs.published) */
+	const char *colon = strchr(v, ':');
+	char port[16];
+	if (!colon || colon - v >= (long)sizeof port || S.reg.npublished == MAX_PUBLISHED) {
+		say("bad --published: %s", v);
+		exit(2);
+	}
+	memcpy(port, v, (size_t)(colon - v));
+	port[colon - v] = 0;
+	long p = number(port, "published port");
+	if (p < 1 || p > 65535) {
+		say("bad --published: %s", v);
+		exit(2);
+	}
+	S.reg.published[S.reg.npublished].port = (unsigned)p;
+	S.reg.published[S.reg.npublished++].fd = (int)number(colon + 1, "published listener fd");
+}
+
 static void parse(int argc, char **argv)
 {
 	S.chan = S.console_listen = S.console = S.listener = S.guest.fd = -1;
-	S.reg.sock = S.reg.answer = -1;
+	S.reg.sock = S.reg.answer = S.reg.own_netns = -1;
 	S.console_log.fd = -1;
 	S.console_log.at_line_start = 1;
 	S.console_log.max_size = 10 << 20;
@@ -1226,6 +1375,7 @@ static void parse(int argc, char **argv)
 		} else if ((v = opt(a, "--volume"))) add_helper(v, 0);
 		else if ((v = opt(a, "--network"))) add_helper(v, 1);
 		else if ((v = opt(a, "--registration"))) held(v);
+		else if ((v = opt(a, "--published"))) add_published(v);
 		else if ((v = opt(a, "--python"))) S.reg.python = v;
 		else if ((v = opt(a, "--home"))) S.reg.home = v;
 		else if ((v = opt(a, "--stopping"))) snprintf(S.stopping, sizeof S.stopping, "%s", v);
@@ -1241,6 +1391,8 @@ static void parse(int argc, char **argv)
 	}
 	if (S.console_log.max_size < 1)
 		S.console_log.max_size = 1;
+	if (S.reg.npublished && (S.reg.own_netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0)
+		say("cannot open this process's network namespace: %s", strerror(errno));
 }
 
 /* --- the loop --------------------------------------------------------------------------- */
