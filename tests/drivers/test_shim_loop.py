@@ -501,59 +501,81 @@ answer.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i",
 '''
 
 
+class HeldLoop:
+    """The loop exec'd by LAUNCHER with a registration held by descriptors: the test's
+    stand-in daemon (its first connection, then the one the stand-in Python makes when
+    the loop registers the box again) and the stand-in VMM's guest end. LAUNCH: more of
+    LAUNCHER's arguments (a network namespace, published ports)."""
+
+    def __init__(self, tmp_path: Path, loop_binary: Path, **launch: object) -> None:
+        self.tmp, self.rundir = tmp_path, tmp_path / "held.box"
+        self.rundir.mkdir()
+        self.stand_in = tmp_path / "python"
+        self.stand_in.write_text(STAND_IN.format(python=sys.executable))
+        self.stand_in.chmod(0o755)
+        self.daemons = []
+        for path in (tmp_path / "daemon.sock", Path(f"{self.stand_in}.daemon")):
+            d = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            d.bind(str(path))
+            d.listen(4)
+            d.settimeout(30)
+            self.daemons.append(d)
+        fake = tmp_path / "fake_vmm.py"
+        fake.write_text(FAKE_VMM)
+        self.ctl = socket.socket(socket.AF_UNIX)
+        self.ctl.bind(str(tmp_path / "ctl.sock"))
+        self.ctl.listen(1)
+        self.ctl.settimeout(30)
+        args = {"vmm": [sys.executable, str(fake), str(self.rundir / "channel.sock"), str(tmp_path / "ctl.sock"),
+                        "0", "-"],
+                "channel": str(self.rundir / "channel.sock"), "daemon": str(tmp_path / "daemon.sock"),
+                "loop": str(loop_binary), "rundir": str(self.rundir), "python": str(self.stand_in),
+                "home": str(tmp_path), **launch}
+        with open(self.rundir / "shim.log", "wb") as log:
+            self.shim = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(args)], stderr=log)
+        self.first, _ = self.daemons[0].accept()
+        self.first.settimeout(30)
+        conn, _ = self.ctl.accept()
+        self.guest = Guest(conn)
+
+    def helper_args(self) -> list[str]:
+        """What the stand-in Python was run with, and the descriptors it had."""
+        return Path(f"{self.stand_in}.args").read_text().split()
+
+    def close(self) -> None:
+        if self.shim.poll() is None:
+            self.shim.kill()
+            self.shim.wait()
+        self.guest.sock.close()
+        self.ctl.close()
+        for d in self.daemons:
+            d.close()
+        reports = sanitizer_reports(self.tmp / "sanitizer", self.rundir / "shim.log")
+        assert not reports, reports
+
+
 def test_a_held_registration_is_made_again_when_the_daemon_goes_and_the_vm_stops_when_it_cannot(
         tmp_path: Path, loop_binary: Path) -> None:
-    rundir = tmp_path / "held.box"
-    rundir.mkdir()
-    stand_in = tmp_path / "python"
-    stand_in.write_text(STAND_IN.format(python=sys.executable))
-    stand_in.chmod(0o755)
-    daemons = []
-    for path in (tmp_path / "daemon.sock", Path(f"{stand_in}.daemon")):
-        d = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        d.bind(str(path))
-        d.listen(4)
-        d.settimeout(30)
-        daemons.append(d)
-    fake = tmp_path / "fake_vmm.py"
-    fake.write_text(FAKE_VMM)
-    ctl = socket.socket(socket.AF_UNIX)
-    ctl.bind(str(tmp_path / "ctl.sock"))
-    ctl.listen(1)
-    ctl.settimeout(30)
-    args = {"vmm": [sys.executable, str(fake), str(rundir / "channel.sock"), str(tmp_path / "ctl.sock"), "0", "-"],
-            "channel": str(rundir / "channel.sock"), "daemon": str(tmp_path / "daemon.sock"),
-            "loop": str(loop_binary), "rundir": str(rundir), "python": str(stand_in), "home": str(tmp_path)}
-    with open(rundir / "shim.log", "wb") as log:
-        shim = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(args)], stderr=log)
-    first, _ = daemons[0].accept()
-    conn, _ = ctl.accept()
-    guest = Guest(conn)
+    held = HeldLoop(tmp_path, loop_binary)
     try:
-        first.close()  # the daemon was killed: the loop has the box registered again
-        second, _ = daemons[1].accept()
-        said = Path(f"{stand_in}.args").read_text().split()
-        assert said[:4] == ["-m", "a3s_box.network.keeper", str(tmp_path), str(rundir)]
+        held.first.close()  # the daemon was killed: the loop has the box registered again
+        second, _ = held.daemons[1].accept()
+        said = held.helper_args()
+        assert said[:4] == ["-m", "a3s_box.network.keeper", str(tmp_path), str(held.rundir)]
         assert said[4] == "fds:3,4,5,6,7,8,9"  # keeper.RESUME_FDS without a user namespace; nothing else
         time.sleep(0.5)
-        assert shim.poll() is None
-        Path(f"{stand_in}.refuse").touch()
+        assert held.shim.poll() is None
+        Path(f"{held.stand_in}.refuse").touch()
         second.close()  # and again, but now it cannot be: the VM stops rather than run unproxied
-        shim.wait(30)
-        record = json.loads((rundir / "exit.json").read_text())
+        held.shim.wait(30)
+        record = json.loads((held.rundir / "exit.json").read_text())
         assert record["reason"] == ("the egress proxy is gone (the egress daemon ended and the box could not be "
                                     "registered again: the test says no); the VM was stopped")
         assert record["status"] is None
-        log_text = (rundir / "shim.log").read_text()
+        log_text = (held.rundir / "shim.log").read_text()
         assert log_text.count("its connection ended; registering the box again") == 2
     finally:
-        if shim.poll() is None:
-            shim.kill()
-            shim.wait()
-        guest.sock.close()
-        ctl.close()
-        for d in daemons:
-            d.close()
+        held.close()
 
 
 INSIDE_SERVER = r'''
@@ -586,67 +608,33 @@ def test_a_held_registration_answers_the_daemon_for_published_ports_only(tmp_pat
         pytest.skip("needs root (a network namespace to connect into)")
     name, port = f"a3s-held-{os.getpid()}", 47000 + os.getpid() % 1000
     subprocess.run(["ip", "netns", "add", name], check=True)
-    inside = host = None
-    rundir = tmp_path / "held.box"
-    rundir.mkdir()
-    stand_in = tmp_path / "python"
-    stand_in.write_text(STAND_IN.format(python=sys.executable))
-    stand_in.chmod(0o755)
-    daemons = []
-    shim = None
+    inside = host = held = None
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         inside = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", INSIDE_SERVER, str(port)],
                                   stdout=subprocess.PIPE)
         assert inside.stdout is not None and inside.stdout.readline() == b"listening\n"
         host = socket.create_server(("127.0.0.1", port))  # the same port on the host: must not be reached
-        for path in (tmp_path / "daemon.sock", Path(f"{stand_in}.daemon")):
-            d = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            d.bind(str(path))
-            d.listen(4)
-            d.settimeout(30)
-            daemons.append(d)
-        fake = tmp_path / "fake_vmm.py"
-        fake.write_text(FAKE_VMM)
-        ctl = socket.socket(socket.AF_UNIX)
-        ctl.bind(str(tmp_path / "ctl.sock"))
-        ctl.listen(1)
-        ctl.settimeout(30)
-        args = {"vmm": [sys.executable, str(fake), str(rundir / "channel.sock"), str(tmp_path / "ctl.sock"), "0", "-"],
-                "channel": str(rundir / "channel.sock"), "daemon": str(tmp_path / "daemon.sock"),
-                "loop": str(loop_binary), "rundir": str(rundir), "python": str(stand_in), "home": str(tmp_path),
-                "netns": f"/run/netns/{name}", "published": [port]}
-        with open(rundir / "shim.log", "wb") as log:
-            shim = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(args)], stderr=log)
-        first, _ = daemons[0].accept()
-        conn, _ = ctl.accept()
-        guest = Guest(conn)
-        first.settimeout(30)
+        held = HeldLoop(tmp_path, loop_binary, netns=f"/run/netns/{name}", published=[port])
         good = wire.encode(wire.connect_request(2, port))  # as the daemon writes it
         for bad in (good[:-1] + b',"more":1}', good.replace(b'"id":2', b'"id":-2'), good.replace(b":2,", b": 2,"),
                     wire.encode(wire.connect_request(1, 0)), b"\0" * 64, b"{" * 200):
-            first.send(bad)  # none of these is answered: the next answer is the next good request's
-        said, fds = _ask(first, good)
+            held.first.send(bad)  # none of these is answered: the next answer is the next good request's
+        said, fds = _ask(held.first, good)
         assert said == {"op": "connected", "id": 2} and len(fds) == 1
         with socket.socket(fileno=fds[0]) as made:
             made.setblocking(True)
             assert made.recv(100) == b"inside the box"
-        said, fds = _ask(first, wire.encode(wire.connect_request(3, port + 1)))
+        said, fds = _ask(held.first, wire.encode(wire.connect_request(3, port + 1)))
         assert said == {"op": "connected", "id": 3, "error": f"port {port + 1} is not published"} and fds == []
         assert wire.parse_connected(said, len(fds)) == (3, f"port {port + 1} is not published")
-        first.close()  # the daemon went: the helper that registers the box again gets the listener too
-        second, _ = daemons[1].accept()
-        said_args = Path(f"{stand_in}.args").read_text().split()
-        assert said_args[4] == "fds:3,4,5,6,7,8,9,10"  # RESUME_FDS without a user namespace, then the listener
+        held.first.close()  # the daemon went: the helper that registers the box again gets the listener too
+        second, _ = held.daemons[1].accept()
+        assert held.helper_args()[4] == "fds:3,4,5,6,7,8,9,10"  # RESUME_FDS without a user namespace, then the listener
         second.close()
-        guest.sock.close()
-        ctl.close()
     finally:
-        if shim is not None and shim.poll() is None:
-            shim.kill()
-            shim.wait()
-        for d in daemons:
-            d.close()
+        if held is not None:
+            held.close()
         if host is not None:
             host.close()
         if inside is not None:
@@ -655,5 +643,3 @@ def test_a_held_registration_answers_the_daemon_for_published_ports_only(tmp_pat
             if inside.stdout is not None:
                 inside.stdout.close()
         subprocess.run(["ip", "netns", "del", name])
-    reports = sanitizer_reports(tmp_path / "sanitizer", rundir / "shim.log")
-    assert not reports, reports
