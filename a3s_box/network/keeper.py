@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.network import wire
-from a3s_box.network.registration import BoxNetwork, Detached, EgressError, register_box
+from a3s_box.network.registration import BoxNetwork, Detached, EgressError, register_box, wait_sealed
 
 MAX_ANSWER = 4096
 # How the loop lays out a resumed registration's descriptors (loop/shim_loop.c agrees)
@@ -67,16 +67,22 @@ class Held:
         """(inner port, the host's listener) of each published port (LoopArgs.published)."""
         return list(zip((int(p) for p in self.detached.message.get("published") or []), self.detached.published))
 
+    def wait_sealed(self) -> None:
+        """Once the namespace's rules are in (EgressError if they could not be)."""
+        wait_sealed(self.detached.sealing)
+
     def close(self) -> None:
         for fd in self.fds() + self.detached.published:
             os.close(fd)
 
 
-def hold_registration(home: Path, rundir: Path, conf: dict[str, Any], log: Callable[[str], None]) -> Held:
+def hold_registration(home: Path, rundir: Path, conf: dict[str, Any], log: Callable[[str], None],
+                      seal_later: bool = False) -> Held:
     """Registers a box (CONF: take_network_conf's; EgressError naming why not) and
     returns the registration as descriptors of the caller's, for the loop to hold. As
-    root, or for a box without published ports (see the module's docstring)."""
-    net = register_box(home, rundir, conf, log=log, serve=False)
+    root, or for a box without published ports (see the module's docstring).
+    SEAL_LATER: as register_box's (Held.wait_sealed)."""
+    net = register_box(home, rundir, conf, log=log, serve=False, seal_later=seal_later)
     detached = net.detach()
     fd = os.memfd_create("a3s-registration", os.MFD_CLOEXEC)
     os.write(fd, json.dumps(detached.message).encode())

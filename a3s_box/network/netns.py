@@ -12,6 +12,11 @@ host's namespace after deciding.
 Namespaces belong to threads: one dedicated thread unshares into the new namespace
 and does everything that must happen there (the rules, the listening sockets, sockets
 for published ports); sockets keep the namespace they were made in.
+
+As root, the namespace can be used before its rules are in (NetNamespace.seal): until
+then it has its loopback alone, so a connect() to anything else fails (no route), and
+the rules go in before the veth and its route do. A box's VMM starts meanwhile; the
+shim waits for the seal before it serves the guest.
 """
 from __future__ import annotations
 
@@ -19,13 +24,15 @@ import array
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from a3s_box import subids
@@ -80,6 +87,24 @@ def _run(argv: list[str], stdin: str = "") -> None:
 _SETUP = "\n".join(["link set lo up", "link add a3s0 type veth peer name a3s1", "link set a3s1 up",
                     "link set a3s0 up", f"addr add {_VETH_ADDR} dev a3s0",
                     f"route add default via {_VETH_GW} dev a3s0"]) + "\n"
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def _join_network(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(f"setns(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def _loopback_up() -> None:
+    """`ip link set lo up` without a process: an ioctl in the calling thread's namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        req = bytearray(struct.pack("16sH14x", b"lo", 0))
+        fcntl.ioctl(s, _SIOCGIFFLAGS, req)
+        flags = struct.unpack_from("H", req, 16)[0]
+        struct.pack_into("H", req, 16, flags | _IFF_UP)
+        fcntl.ioctl(s, _SIOCSIFFLAGS, req)
 
 
 def rules(proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> str:
@@ -121,11 +146,37 @@ class NetNamespace:
 
 
     def configure(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> None:
+        self.seal(proxy_port, dns_port).result()
+
+    def seal(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> "Future[None]":
+        """The loopback up now (listeners can be bound); then, in the namespace's thread,
+        the rules and only after them the veth and its route (NetnsError from the
+        future). Until the future is done nothing but the loopback can be reached."""
         missing = missing_tools()
         if missing:
             raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
-        self.call(_run, [_tool("ip"), "-batch", "-"], _SETUP)
-        self.call(_run, [_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
+        try:
+            self.call(_loopback_up)
+        except OSError as e:
+            raise NetnsError(f"loopback: {e}") from e
+
+        sealed: Future[None] = Future()
+        fd = os.dup(self.fd)  # its own: the namespace's may be closed before it runs
+
+        def sealing() -> None:  # a thread of its own: the namespace's serves meanwhile
+            try:
+                try:
+                    _join_network(fd)
+                finally:
+                    os.close(fd)
+                _run([_tool("iptables-restore"), "-w"], rules(proxy_port, dns_port))
+                _run([_tool("ip"), "-batch", "-"], _SETUP)
+            except BaseException as e:  # noqa: BLE001 - the waiter's to raise
+                sealed.set_exception(e if isinstance(e, NetnsError) else NetnsError(str(e)))
+            else:
+                sealed.set_result(None)
+        threading.Thread(target=sealing, name="netns-seal", daemon=True).start()
+        return sealed
 
     def listener(self, kind: int, port: int) -> socket.socket:
         """A socket bound to 127.0.0.1:PORT inside the namespace (TCP listening)."""

@@ -42,13 +42,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
 from a3s_box import rundaemon
 from a3s_box.network import wire
 from a3s_box.network.log import network_dir
-from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetnsError, new_box_namespace
+from a3s_box.network.netns import DNS_PORT, PROXY_PORT, NetNamespace, NetnsError, new_box_namespace
 from a3s_box.network.policy import NetworkPolicy
 
 NETWORK_JSON = "network.json"
@@ -75,6 +76,16 @@ class EgressNamespace(Protocol):
 
 class EgressError(RuntimeError):
     """The box's network could not be set up or registered: the box must not start."""
+
+
+def wait_sealed(sealing: "Future[None] | None") -> None:
+    """Returns once the namespace's rules are in (EgressError if they could not be)."""
+    if sealing is None:
+        return
+    try:
+        sealing.result(timeout=60)
+    except (NetnsError, TimeoutError) as e:
+        raise EgressError(f"box network namespace: {e or 'its rules took over 60 s'}") from e
 
 
 class _Gone(Exception):
@@ -164,6 +175,7 @@ class Detached:
     message: dict[str, Any]  # the registration (policy, secrets, CA): for registering again
     daemon_pid: int | None
     published: list[int]  # the host's listening socket of each published port, in order
+    sealing: "Future[None] | None" = None  # the namespace's rules going in (register_box)
 
 
 class BoxNetwork:
@@ -185,6 +197,7 @@ class BoxNetwork:
         self._on_failure = on_failure
         self._log = log or (lambda _line: None)
         self._lock = threading.Lock()
+        self.sealing: Future[None] | None = None  # register_box's SEAL_LATER
         self._closing = False
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -237,7 +250,7 @@ class BoxNetwork:
         held = Detached(sock.detach(), os.dup(self._ns.fd),
                         None if self._ns.user_fd is None else os.dup(self._ns.user_fd),
                         [os.dup(fd) for fd in self._fds[:fixed]], self._registration.message(),
-                        self._daemon_pid, [os.dup(fd) for fd in self._fds[fixed:]])
+                        self._daemon_pid, [os.dup(fd) for fd in self._fds[fixed:]], self.sealing)
         for s in self._owned:
             s.close()
         for fd in self._fds[2:fixed]:
@@ -437,7 +450,8 @@ class BoxNetwork:
 def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
                  on_failure: Callable[[str], None] | None = None,
                  log: Callable[[str], None] | None = None,
-                 namespace: EgressNamespace | None = None, serve: bool = True) -> BoxNetwork:
+                 namespace: EgressNamespace | None = None, serve: bool = True,
+                 seal_later: bool = False) -> BoxNetwork:
     """Sets up the box's network namespace and registers the box with HOME's egress
     daemon (started if need be): see the module's docstring. CONF: what the driver
     wrote to RUNDIR/network.json (take_network_conf). ON_FAILURE(reason): called from
@@ -445,7 +459,9 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     LOG(line): what happened to the registration, for the supervisor's log. NAMESPACE:
     where the proxy listens, set up by the caller (default: a namespace of the box's
     own, made and set up here); the BoxNetwork owns and closes it. SERVE: as
-    BoxNetwork.start's (a box registered without serving is held by another: keeper.py)."""
+    BoxNetwork.start's (a box registered without serving is held by another: keeper.py).
+    SEAL_LATER: a root's namespace comes back with its rules still going in (netns.py's
+    seal, BoxNetwork.sealing): the caller waits (wait_sealed) before the guest is served."""
     try:
         policy = NetworkPolicy.from_json(conf["policy"])
         forwards = [(int(index), int(inner)) for index, inner in conf.get("forwards", [])]
@@ -482,11 +498,15 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
     owned: list[socket.socket] = []
     fds: list[int] = []
     ns: EgressNamespace | None = namespace
+    sealing: Future[None] | None = None
     try:
         try:
             if ns is None:
                 made = ns = new_box_namespace(sockets_later=bool(published))
-                made.configure(PROXY_PORT, DNS_PORT)
+                if seal_later and isinstance(made, NetNamespace):
+                    sealing = made.seal(PROXY_PORT, DNS_PORT)
+                else:
+                    made.configure(PROXY_PORT, DNS_PORT)
             owned.append(ns.listener(socket.SOCK_STREAM, PROXY_PORT))
             owned.append(ns.listener(socket.SOCK_DGRAM, DNS_PORT))
         except (NetnsError, OSError, RuntimeError) as e:  # RuntimeError: a pod namespace's PodNetError
@@ -506,6 +526,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
             owned.append(listener)
             fds.append(listener.fileno())
         net = BoxNetwork(home, registration, ns, owned, fds, on_failure, log)
+        net.sealing = sealing
         net.start(serve)
         return net
     except BaseException:

@@ -43,6 +43,24 @@ def test_provisioned_artifacts_need_no_network_or_tools(artifacts: GuestArtifact
     assert again == artifacts
 
 
+def test_artifacts_kept_by_the_process_are_checked_against_their_files(artifacts: GuestArtifacts,
+                                                                      tmp_path: Path) -> None:
+    """A start asks twice; the answer is kept, but not past a change to what it names."""
+    home = Home(tmp_path / "home")
+    shutil.copytree(kernels_dir(artifacts.kernel.parent.parent.parent), kernels_dir(home.cache), symlinks=True)
+    first = ensure_guest_artifacts(home)
+    assert ensure_guest_artifacts(home) == first
+    first.initramfs.unlink()  # gone from the cache: made again, not handed out missing
+    assert ensure_guest_artifacts(home) == first and first.initramfs.is_file()
+    current = kernels_dir(home.cache) / "current"
+    release_dir = kernels_dir(home.cache) / first.kernel_release
+    other = release_dir.with_name("9.9.9-other")
+    shutil.copytree(release_dir, other)
+    current.unlink()
+    current.write_text("9.9.9-other\n")  # `box setup` provisioned another kernel
+    assert ensure_guest_artifacts(home).kernel == other / "vmlinuz"
+
+
 def test_a_half_provisioned_kernel_does_not_count(artifacts: GuestArtifacts,
                                                   tmp_path: Path) -> None:
     cache = tmp_path / "cache"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from a3s_box.atomic import write_bytes_atomic
 from a3s_box.drivers.common.cpio import Entry, gzip_newc
-from a3s_box.drivers.common.kernel import GuestModule, Kernel, cached_kernel, ensure_kernel
+from a3s_box.drivers.common.kernel import GuestModule, Kernel, cached_kernel, ensure_kernel, provisioned_stamp
 from a3s_box.errors import BoxError
-from a3s_box.guest.build import build_guest_init
+from a3s_box.guest.build import build_guest_init, cached_guest_init
 from a3s_box.home import Home
 
 
@@ -69,10 +69,33 @@ def _say(msg: str) -> None:
     print(f"==> {msg}", file=sys.stderr, flush=True)
 
 
+def _stamp(home: Home, init_binary: Path, files: tuple[Path, ...] = ()) -> object | None:
+    kernel = provisioned_stamp(home.cache)
+    if kernel is None:
+        return None
+    try:
+        return (kernel, init_binary, tuple((st.st_ino, st.st_size, st.st_mtime_ns)
+                                           for f in files for st in (os.stat(f),)))
+    except OSError:
+        return None
+
+
+# per process: a box start asks twice, and reading and hashing the modules and the init
+# to name the initramfs cost 2 ms each time
+_known: dict[Path, tuple[object, GuestArtifacts]] = {}
+
+
 def ensure_guest_artifacts(home: Home, progress: bool = False) -> GuestArtifacts:
     """Provision (once) and return the guest kernel, init and initramfs. Idempotent;
-    after the first run it needs no network and only reads the cache."""
+    after the first run it needs no network and only reads the cache. Kept per process
+    while the provisioned kernel, the init's sources and the files stand."""
     home.ensure()
+    kept = _known.get(home.cache)
+    if not progress and kept is not None:
+        art = kept[1]  # the init's path names its sources' hash
+        stamp = _stamp(home, cached_guest_init(home.cache), (art.kernel, art.initramfs, art.init_binary))
+        if stamp is not None and stamp == kept[0]:
+            return art
     say = _say if progress else (lambda _m: None)
     kernel = ensure_kernel(home.cache, say)
     init_binary = build_guest_init(home.cache)
@@ -83,7 +106,11 @@ def ensure_guest_artifacts(home: Home, progress: bool = False) -> GuestArtifacts
     if progress:
         say(f"guest init {init_binary}")
         say(f"initramfs {initramfs}")
-    return GuestArtifacts(kernel.vmlinuz, initramfs, kernel.release, init_binary)
+    art = GuestArtifacts(kernel.vmlinuz, initramfs, kernel.release, init_binary)
+    stamp = _stamp(home, init_binary, (art.kernel, art.initramfs, art.init_binary))
+    if stamp is not None:
+        _known[home.cache] = (stamp, art)
+    return art
 
 
 def existing_guest_artifacts(home: Home) -> tuple[Kernel | None, Path | None]:
@@ -92,7 +119,6 @@ def existing_guest_artifacts(home: Home) -> tuple[Kernel | None, Path | None]:
         kernel = cached_kernel(home.cache)
     except BoxError:
         kernel = None
-    from a3s_box.guest.build import cached_guest_init
 
     init = cached_guest_init(home.cache)
     return kernel, (init if init.is_file() else None)

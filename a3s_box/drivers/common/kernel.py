@@ -112,6 +112,18 @@ def kernels_dir(cache: Path) -> Path:
     return cache / "kernels"
 
 
+def provisioned_stamp(cache: Path) -> tuple[int, int, int] | None:
+    """What changes when `box setup` provisions another kernel (its "current" file is
+    replaced); None for the user's own kernel, whose modules could change unseen."""
+    if os.environ.get(ENV_KERNEL):
+        return None
+    try:
+        st = os.stat(kernels_dir(cache) / "current")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def cached_kernel(cache: Path) -> Kernel | None:
     """The kernel `box setup` provisioned (or the user's, from the environment), if any."""
     if os.environ.get(ENV_KERNEL):

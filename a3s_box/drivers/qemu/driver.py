@@ -28,8 +28,8 @@ from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.forkserver.client import SpawnError, spawn
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
-from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, host_cpu_model, snapshot_key,
-                                           template_bytes)
+from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, create_overlay_on,
+                                           host_cpu_model, snapshot_key, template_bytes)
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
 from a3s_box.drivers.qemu.shim_loop import build_shim_loop
@@ -310,7 +310,7 @@ class QemuDriver:
         cold_disk = launch.disk.with_name(f".{launch.disk.name}.cold")
         os.replace(launch.disk, cold_disk)  # kept until the clone answers: a cold boot needs it
         try:
-            create_overlay_on(template.disk, launch.disk)
+            template.new_overlay(launch.disk)
             # the boot a clone did not repeat, so `box logs` still shows kernel and init
             boot_log = template.folder / CONSOLE
             if boot_log.is_file():
@@ -671,14 +671,6 @@ def fork_ineligible(launch: BoxLaunch) -> str:
     if launch.disk is None:
         return "it has no disk"
     return ""
-
-
-def create_overlay_on(backing: Path, dest: Path) -> None:
-    """A new qcow2 at DEST whose backing file is BACKING (a template's frozen disk)."""
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(dest)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise SnapshotError(dest.parent.name, f"qemu-img create: {r.stderr.strip()}")
 
 
 def _remove_runtime_files(rundir: Path) -> None:

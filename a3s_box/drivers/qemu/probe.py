@@ -8,7 +8,6 @@ the host kernel, the /dev/kvm node, the QEMU version and the guest kernel.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from a3s_box.drivers.common.artifacts import GuestArtifacts
 from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv
 from a3s_box.atomic import write_text_atomic
 from a3s_box.errors import HostUnsupported
+from a3s_box.filedigest import sha256_file
 from a3s_box.home import Home
 
 PROBE_TIMEOUT = 8.0  # a KVM boot to power-off takes well under a second on real hosts
@@ -79,12 +79,8 @@ def _kvm_precheck() -> str | None:
 
 def _probe_key(qemu_ver: str, art: GuestArtifacts) -> dict[str, str]:
     st = KVM.stat()
-    h = hashlib.sha256()
-    with open(art.kernel, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return {"host_kernel": os.uname().release, "kvm": f"{st.st_ino}:{st.st_mtime_ns}",
-            "qemu": qemu_ver, "kernel": h.hexdigest()[:16], "initramfs": art.initramfs.name}
+            "qemu": qemu_ver, "kernel": sha256_file(art.kernel)[:16], "initramfs": art.initramfs.name}
 
 
 def _boot_under_kvm(binary: str, art: GuestArtifacts) -> tuple[bool, str]:

@@ -219,8 +219,10 @@ class Shim:
                     self.keeper = start_keeper(home, self.rundir, conf, self.log)
                     daemon, netns_fd, userns_fd = self.keeper.daemon_pid, self.keeper.netns_fd, self.keeper.userns_fd
                     self.log(f"network keeper pid {self.keeper.pid}")
-                else:  # held by descriptors: the loop holds them
-                    self.held = hold_registration(home, self.rundir, conf, self.log)
+                else:  # held by descriptors: the loop holds them. The namespace's rules go
+                    # in while QEMU starts (nothing but its loopback is reachable until
+                    # then); the guest is served once they are in (below)
+                    self.held = hold_registration(home, self.rundir, conf, self.log, seal_later=True)
                     d = self.held.detached
                     daemon, netns_fd, userns_fd = d.daemon_pid, d.netns, d.userns
             except EgressError as e:
@@ -281,6 +283,13 @@ class Shim:
                                      preexec_fn=preexec, pass_fds=pass_fds)
         for fd in pass_fds:
             os.close(fd)  # QEMU's alone now
+        if self.held is not None:
+            try:
+                self.held.wait_sealed()
+            except EgressError as e:
+                self.qemu.kill()
+                self.qemu.wait()
+                raise SetupFailed(str(e)) from e
         if self._namespaces is not None:
             self._namespaces.close()  # QEMU is in them: they live as long as it does
         self.log(f"qemu pid {self.qemu.pid}: {' '.join(self.argv)}")

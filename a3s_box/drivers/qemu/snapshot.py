@@ -32,6 +32,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +131,14 @@ def host_cpu_model() -> str:
     return ""
 
 
+def create_overlay_on(backing: Path, dest: Path) -> None:
+    """A new qcow2 at DEST whose backing file is BACKING (a template's frozen disk)."""
+    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(dest)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise SnapshotError(dest.parent.name, f"qemu-img create: {r.stderr.strip()}")
+
+
 @dataclass(frozen=True)
 class Template:
     key: str
@@ -145,6 +155,22 @@ class Template:
     @property
     def disk(self) -> Path:
         return self.folder / "disk.qcow2"
+
+    def new_overlay(self, dest: Path) -> None:
+        """A new qcow2 at DEST backed by this template's disk: a copy of one made once per
+        template (every new overlay of one backing file is the same bytes; qemu-img cost
+        9 ms of each clone's start)."""
+        first = self.folder / "overlay.qcow2"
+        if not first.is_file():  # starts in parallel may each make one: the last one stays
+            fd, name = tempfile.mkstemp(prefix=".overlay.", suffix=".tmp", dir=self.folder)
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                create_overlay_on(self.disk, tmp)
+                os.replace(tmp, first)
+            finally:
+                tmp.unlink(missing_ok=True)
+        shutil.copyfile(first, dest)
 
     def meta(self) -> dict[str, Any]:
         try:
