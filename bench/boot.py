@@ -7,7 +7,8 @@ as clones and parked; the exec round trip for `true` (Python API and CLI); libkr
 against QEMU where this host can boot libkrun.
 
     python3 bench/boot.py [--rounds 3] [-v]
-    goals: snapshot apply -> exec <= 0.5 x raw QEMU; API start < 150 ms;
+    goals: snapshot apply -> exec <= 0.5 x raw QEMU; API start (to the first exec) < 150 ms,
+           a connected box's < 250 ms (--connected);
            a confined VMM's cold start <= 1.1 x an unconfined one
 """
 from __future__ import annotations
@@ -111,21 +112,23 @@ def confined_vs_not(s: Scratch, rounds: int) -> tuple[float, float]:
     return statistics.median(out[True]), statistics.median(out[False])
 
 
-def api_start(s: Scratch, boxfile: Path, rounds: int) -> float:
-    """From host.apply of one box (its template ready) to its first exec, in-process."""
+def api_start(s: Scratch, boxfile: Path, rounds: int) -> tuple[float, float]:
+    """In-process, one box from its template ready: (host.apply returning with the box
+    running and its agent started, the same to its first exec answered); medians."""
     import a3s_box
 
-    times = []
+    started, answered = [], []
     with a3s_box.Host(s.home) as host:
         bf = host.load([boxfile])
         for _ in range(rounds):
             t0 = time.perf_counter()
             host.apply(bf)
+            started.append(time.perf_counter() - t0)
             with host.client(host.find("one")) as c:
                 c.run(["true"])
-            times.append(time.perf_counter() - t0)
+            answered.append(time.perf_counter() - t0)
             host.delete("one")
-    return statistics.median(times)
+    return statistics.median(started), statistics.median(answered)
 
 
 def raw_qemu(home: Home, tmp: Path) -> float:
@@ -196,8 +199,8 @@ def main() -> None:
     print(f"raw qemu boot to power-off (baseline): {r:6.2f} s (median of {args.rounds})")
     print(f"box apply -> first exec, cold:         {c:6.2f} s  ratio {c / r:.2f}")
     print(f"box apply -> first exec, snapshot:     {o:6.2f} s  ratio {o / r:.2f}  (goal <= 0.5)")
-    print(f"start from a snapshot, Python API:     {api * 1000:6.0f} ms  ratio to raw {api / r:.3f}  "
-          "(goal < 150 ms)")
+    print(f"start from a snapshot, Python API:     {api[0] * 1000:6.0f} ms to started, {api[1] * 1000:.0f} ms to "
+          f"the first exec answered  ratio to raw {api[1] / r:.3f}  (goal < 150 ms)")
     (fc, mc), (fs, ms), (fp, mp) = fills[("cold", False)], fills[("snapshot", False)], fills[("snapshot", True)]
     print(f"pool of 8 from empty: cold {8 / fc:.2f} boxes/s, snapshot {8 / fs:.2f} boxes/s "
           f"(ratio {fc / fs:.1f}), parked {8 / fp:.2f} boxes/s")
@@ -296,8 +299,8 @@ def connected(s: Scratch, home: Home, rounds: int) -> str:
     lines = []
     r, o = statistics.median(raw), statistics.median(snap)
     lines.append(f"connected box (allow-list, secret, tmpfs): apply -> first exec from a snapshot {o:.2f} s, "
-                 f"ratio to raw qemu {o / r:.2f}  (goal <= 0.5); Python API start {api * 1000:.0f} ms "
-                 "(goal < 250 ms)")
+                 f"ratio to raw qemu {o / r:.2f}  (goal <= 0.5); Python API start {api[0] * 1000:.0f} ms to started, "
+                 f"{api[1] * 1000:.0f} ms to the first exec answered (goal < 250 ms)")
     for park in (False, True):
         f = s.boxfile(f"conn-pool-{park}.yaml", CONNECTED.format(more="") .split("boxes:")[0] + "boxes:\n"
                       + CONNECTED_POOL.format(park=str(park).lower()))

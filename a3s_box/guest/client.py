@@ -334,6 +334,14 @@ class GuestClient:
         if res.errno:
             raise GuestError(self.box, f"prepare: {res.message or os.strerror(res.errno)}")
 
+    def trust(self, ca_pem: bytes, cert: str, bundle: str, store: str, timeout: float = 30.0) -> None:
+        """Install a CA before configure: alone at CERT, in a bundle with the guest's trust
+        STORE at BUNDLE, and appended to STORE where the guest has one (done in the guest:
+        the store does not cross the channel)."""
+        res = self._ctl_request(p.trust_frame(ca_pem, cert, bundle, store), timeout, "trust")
+        if res.errno:
+            raise GuestError(self.box, f"installing the box's CA: {res.message or os.strerror(res.errno)}")
+
     def mount(self, fstype: str, source: str, target: str, read_only: bool = False,
               data: str = "", timeout: float = 30.0) -> None:
         """Mount a volume in the guest's root (before configure: the agent's namespaces

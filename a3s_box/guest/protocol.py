@@ -27,6 +27,7 @@ class MsgType(enum.IntEnum):
     MOUNT = 0x06
     SEED = 0x07
     PREPARE = 0x08
+    TRUST = 0x09
     RESULT = 0x0F
     EXEC = 0x10
     STARTED = 0x11
@@ -42,6 +43,12 @@ class MsgType(enum.IntEnum):
     STATUS = 0x30
     STATUS_REPLY = 0x31
     ERROR = 0x7F
+
+
+# Stream-0 requests a host client makes, each answered by one RESULT (PING by PONG) in the
+# order asked: the shim's loop (loop/shim_loop.c) routes those answers by this list.
+CONTROL_REQUESTS = frozenset({MsgType.CONFIG, MsgType.SHUTDOWN, MsgType.MOUNT, MsgType.SEED,
+                              MsgType.PREPARE, MsgType.TRUST, MsgType.PING})
 
 
 class Namespace(enum.IntEnum):
@@ -406,6 +413,10 @@ def seed_frame(entropy: bytes, now_ns: int) -> bytes:
 
 def prepare_frame(agent_isolation: int) -> bytes:
     return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).bytes())
+
+
+def trust_frame(ca_pem: bytes, cert: str, bundle: str, store: str) -> bytes:
+    return encode(MsgType.TRUST, 0, Writer().str(ca_pem).str(cert).str(bundle).str(store).bytes())
 
 
 def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "") -> bytes:

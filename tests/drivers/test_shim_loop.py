@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from a3s_box.drivers.qemu.shim_loop import SOURCES, build_shim_loop
 from a3s_box.guest import protocol as p
-from a3s_box.guest.protocol import Frame, FrameReader, MsgType
+from a3s_box.guest.protocol import CONTROL_REQUESTS, Frame, FrameReader, MsgType
 from a3s_box.network import wire
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -283,6 +283,17 @@ def test_stream0_replies_go_to_whoever_asked_in_order(running: Running) -> None:
     g.send(MsgType.RESULT, 0, b"unasked")
     assert a.next().payload == b"r1" and b.next().payload == b"r2"
     assert a.nothing() and b.nothing()
+
+
+@pytest.mark.parametrize("request_type", sorted(CONTROL_REQUESTS))
+def test_every_control_request_gets_its_answer(running: Running, request_type: MsgType) -> None:
+    """The loop routes stream-0 answers by its own list of requests: one the protocol
+    gained and the loop lacks would go unanswered (TRUST did, until this test)."""
+    c = running.client()
+    c.send(request_type, 0, b"request")
+    assert running.guest.next_not_hello().type == request_type
+    running.guest.send(MsgType.PONG if request_type == MsgType.PING else MsgType.RESULT, 0, b"answer")
+    assert c.next().payload == b"answer"
 
 
 def test_a_departed_client_has_its_sessions_killed_and_its_replies_dropped(running: Running) -> None:

@@ -108,6 +108,13 @@ def test_siblings_boot_from_one_template_each_with_its_own_network_and_secret(
         assert len(_flows(box, name)) > before[name] and len(_flows(box, other)) == before[other]
     assert placeholders["a"] != placeholders["b"]
     assert all(p.startswith("a3s-secret-token-") for p in placeholders.values())
+    # TRUST, in the clone: its own CA alone, the image's store with it, and the store itself;
+    # eth0 without IPv6 (the box's network is IPv4 alone: no timers for clones to run on)
+    out = _sh(box, "a", "grep -c BEGIN /.a3s/box-ca.pem; cmp /.a3s/ca-bundle.pem /etc/ssl/certs/ca-certificates.crt"
+                        " && echo same; cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+    assert out.split() == ["1", "same", "1"], out
+    ca_a, ca_b = (_sh(box, n, "cat /.a3s/box-ca.pem") for n in ("a", "b"))
+    assert ca_a != ca_b and _sh(box, "a", "tail -c %d /.a3s/ca-bundle.pem" % len(ca_a)) == ca_a
     # a name outside the allow-list stays out of reach from a clone
     out = _sh(box, "a", "curl -sS -m 5 https://evil.test/ 2>&1; echo rc=$?")
     assert "rc=0" not in out

@@ -100,13 +100,4 @@ def prepare_network(launch: BoxLaunch, environ: Mapping[str, str] = os.environ) 
 def install_box_ca(client: Any, rundir: Path) -> None:
     """The box's CA into the guest, before the agent starts: alone, in a bundle with the
     image's own trust store, and appended to that store where the image has one."""
-    ca = (rundir / "ca.pem").read_bytes()
-    try:
-        store = client.get(GUEST_TRUST_STORE)
-    except Exception:  # noqa: BLE001 - no trust store in this image: the bundle is the CA alone
-        store = None
-    client.put(GUEST_CA_CERT, ca)
-    bundle = (store.rstrip(b"\n") + b"\n" if store else b"") + ca
-    client.put(GUEST_CA_BUNDLE, bundle)
-    if store is not None:
-        client.put(GUEST_TRUST_STORE, bundle)
+    client.trust((rundir / "ca.pem").read_bytes(), GUEST_CA_CERT, GUEST_CA_BUNDLE, GUEST_TRUST_STORE)

@@ -182,7 +182,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     if spec.forwards is not None:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
         argv += ["-netdev", f"user,id=net0,ipv6=off,net={GUEST_NET}{fwd}",
-                 "-device", "virtio-net-device,netdev=net0"]
+                 # no gratuitous ARP from the guest after a restore: user-mode networking
+                 # has no switch to teach, and every clone would run the kernel's path
+                 "-device", "virtio-net-device,netdev=net0,guest_announce=off"]
     elif spec.tap is not None:
         argv += ["-netdev", f"tap,id=net0,fd={spec.tap}",
                  "-device", f"virtio-net-device,netdev=net0,mac={spec.tap_mac}"]

@@ -407,7 +407,10 @@ class QemuDriver:
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
                 client.hello(10.0)
                 # a clone's agent isolated as this box's adopts these namespaces at CONFIG
+                # ... and settles (guest/init/quiesce.c); its CRNG made ready now, so that no
+                # clone runs the kernel's first-initialization path (each reseeds at once)
                 client.prepare(int(launch.config.agent_isolate))
+                client.seed()
             with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
                           capabilities=[{"capability": "x-ignore-shared", "state": True}])

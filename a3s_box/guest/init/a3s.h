@@ -13,7 +13,7 @@
 #define HDR 11
 
 enum msg {
-	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06, M_SEED = 0x07, M_PREPARE = 0x08,
+	M_HELLO = 0x01, M_PING = 0x02, M_PONG = 0x03, M_CONFIG = 0x04, M_SHUTDOWN = 0x05, M_MOUNT = 0x06, M_SEED = 0x07, M_PREPARE = 0x08, M_TRUST = 0x09,
 	M_RESULT = 0x0F, M_EXEC = 0x10, M_STARTED = 0x11, M_STDIN = 0x12, M_STDOUT = 0x13,
 	M_STDERR = 0x14, M_EXIT = 0x15, M_SIGNAL = 0x16, M_RESIZE = 0x17, M_PUT = 0x20,
 	M_GET = 0x21, M_DATA = 0x22, M_STATUS = 0x30, M_STATUS_REPLY = 0x31, M_ERROR = 0x7F,
@@ -114,6 +114,7 @@ int boot_modules(const char *dir);
 int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
 int net_up(const char *spec);
+void quiesce_for_snapshot(void); /* quiesce.c: a template's guest, before its snapshot */
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
 int sec_flag(const char *flag, const char *value); /* secctx.c: a container's security context */
 int sec_make_dev(const char *root);

@@ -155,6 +155,8 @@ void on_prepare(struct conn *c, struct rd *r)
 	}
 	A.prepared = 1;
 	A.prepared_iso = effective_iso(iso);
+	if (O->pid1) /* a template's guest (on a host, in tests, nothing is snapshotted) */
+		quiesce_for_snapshot();
 	send_result(c, 0, 0, "");
 }
 

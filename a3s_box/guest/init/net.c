@@ -78,6 +78,11 @@ int net_up(const char *spec)
 	rc |= ioctl(s, SIOCSIFADDR, &ifr);
 	sin_set(&ifr.ifr_netmask, mask);
 	rc |= ioctl(s, SIOCSIFNETMASK, &ifr);
+	/* the box's network is IPv4 alone (the proxy's, a pod's): no IPv6 on eth0, so no
+	 * link-local address, duplicate detection or router solicitations, whose timers
+	 * every clone of a snapshot would otherwise run on from where the template left them */
+	if (write_text("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1") < 0 && errno != ENOENT)
+		logmsg("net: eth0 without IPv6: %s", strerror(errno));
 	rc |= ioctl(s, SIOCGIFFLAGS, &ifr);
 	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
 	rc |= ioctl(s, SIOCSIFFLAGS, &ifr);
