@@ -93,6 +93,7 @@ struct spawn_req {
 /* Start a process; returns its pid (root ns) or -1 with *err = errno and msg filled. */
 pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen);
 /* Create namespaces `flags` for a holder nested in `parent` (NULL = root). */
+unsigned ns_flags(unsigned flags, const struct contain *contain); /* what ns_create makes of FLAGS */
 int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 	      const char *hostname, const char *cgroup_dir, const struct contain *contain);
 void ns_close(struct nsset *ns);

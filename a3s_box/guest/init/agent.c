@@ -115,11 +115,6 @@ static unsigned share_mounts(unsigned iso)
 	return iso | ISO_FOLLOW;
 }
 
-static unsigned effective_iso(unsigned iso)
-{
-	return iso & ISO_PID ? iso | ISO_MOUNT : iso; /* as ns_create makes them */
-}
-
 static int cgroup_paths(char *agent, char *business, size_t len)
 {
 	if (!O->cgroup_root || !*O->cgroup_root)
@@ -154,7 +149,7 @@ void on_prepare(struct conn *c, struct rd *r)
 		return;
 	}
 	A.prepared = 1;
-	A.prepared_iso = effective_iso(iso);
+	A.prepared_iso = ns_flags(iso, NULL);
 	if (O->pid1) /* a template's guest (on a host, in tests, nothing is snapshotted) */
 		quiesce_for_snapshot();
 	send_result(c, 0, 0, "");
@@ -220,7 +215,7 @@ void on_config(struct conn *c, struct rd *r)
 	if (O->pid1 && *host)
 		sethostname(host, strlen(host));
 	char cg_agent[512] = "", cg_bus[512] = "";
-	int adopt = A.prepared && A.agent_ns.ok && effective_iso(aiso) == A.prepared_iso;
+	int adopt = A.prepared && A.agent_ns.ok && ns_flags(aiso, NULL) == A.prepared_iso;
 	if (cgroup_paths(cg_agent, cg_bus, sizeof cg_agent)) {
 		/* a missing controller costs the limit, not the box: cgroup_setup logs it */
 		int cg = A.prepared ? cgroup_limit(O->cgroup_root, mem, pids, bmem, bpids)

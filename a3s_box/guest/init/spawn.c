@@ -257,15 +257,21 @@ static int open_ns(pid_t pid, const char *name)
 	return open(p, O_RDONLY | O_CLOEXEC);
 }
 
+unsigned ns_flags(unsigned flags, const struct contain *contain)
+{
+	if (flags & ISO_PID)
+		flags |= ISO_MOUNT; /* a pid namespace needs its own /proc, hence its own mounts */
+	if (contain && contain->on)
+		flags |= ISO_MOUNT; /* contained code gets a root of its own */
+	return flags;
+}
+
 int ns_create(struct nsset *out, const struct nsset *parent, unsigned flags,
 	      const char *hostname, const char *cgroup_dir, const struct contain *contain)
 {
 	memset(out, 0, sizeof *out);
 	out->fd_mnt = out->fd_ipc = out->fd_uts = out->fd_net = out->fd_pid = out->cgroup_procs = -1;
-	if (flags & ISO_PID)
-		flags |= ISO_MOUNT; /* a pid namespace needs its own /proc, hence its own mounts */
-	if (contain && contain->on)
-		flags |= ISO_MOUNT; /* contained code gets a root of its own */
+	flags = ns_flags(flags, contain);
 	if (cgroup_dir && *cgroup_dir) {
 		char p[512];
 		snprintf(p, sizeof p, "%s/cgroup.procs", cgroup_dir);
