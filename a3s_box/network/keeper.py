@@ -115,9 +115,7 @@ def register_again(home: Path, rundir: Path, with_userns: bool) -> int:
         print(f"shim {rundir.name}: {line}", file=sys.stderr, flush=True)
     try:
         message = json.loads(os.pread(fds["message"], 1 << 22, 0))
-        published = message.get("published") if isinstance(message, dict) else None
-        registration = wire.parse_registration(
-            message, len(wire.FIXED_FDS) + (len(published) if isinstance(published, list) else 0))
+        registration = wire.parse_registration(message if isinstance(message, dict) else {})
     except (OSError, ValueError, wire.WireError) as e:
         answer.send(f"error: the box's registration cannot be read: {e}".encode()[:MAX_ANSWER])
         return 1

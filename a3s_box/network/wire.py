@@ -112,9 +112,10 @@ def _port(value: object) -> int:
     return value
 
 
-def parse_registration(message: dict[str, Any], fds: int) -> Registration:
+def parse_registration(message: dict[str, Any], fds: int | None = None) -> Registration:
     """The registration MESSAGE, which came with FDS descriptors (their number must be
-    exactly what it says)."""
+    exactly what it says: Registration.fd_count); None: the caller holds them and asks
+    fd_count how many there are."""
     if message.get("v") != VERSION or message.get("op") != "register":
         raise WireError(f"not a version {VERSION} registration")
     box_id, policy, secrets = message.get("box_id"), message.get("policy"), message.get("secrets") or {}
@@ -138,7 +139,7 @@ def parse_registration(message: dict[str, Any], fds: int) -> Registration:
         except UnicodeEncodeError:
             raise WireError("ca: not PEM") from None
     reg = Registration(box_id, policy, secrets, logging, ports, cert, key)
-    if fds != reg.fd_count:
+    if fds is not None and fds != reg.fd_count:
         raise WireError(f"{fds} descriptors with a registration that needs {reg.fd_count}")
     return reg
 
