@@ -18,6 +18,9 @@ from pathlib import Path
 from a3s_box.errors import BoxError
 
 CFLAGS = ("-static", "-Os", "-Wall", "-Wextra", "-Werror", "-s")
+# headers every program may include (`#include "exit_as.h"`): on the include path, and
+# part of each program's source hash
+SHARED_HEADERS = Path(__file__).parent / "csupport"
 
 
 def compiler() -> str:
@@ -26,7 +29,8 @@ def compiler() -> str:
 
 
 def source_files(src: Path) -> list[Path]:
-    return sorted(p for p in src.iterdir() if p.suffix in (".c", ".h"))
+    """SRC's .c and .h files, then the shared headers."""
+    return sorted(p for p in src.iterdir() if p.suffix in (".c", ".h")) + sorted(SHARED_HEADERS.glob("*.h"))
 
 
 def source_hash(src: Path) -> str:
@@ -74,7 +78,7 @@ def build_static(cache_dir: Path, name: str, program: str, src: Path, what: str)
         raise BoxError(f"{what}: cannot build into {cache_dir}: {e}") from e
     try:
         sources = [str(p) for p in source_files(src) if p.suffix == ".c"]
-        proc = subprocess.run([cc, *CFLAGS, "-o", str(tmp / program), *sources],
+        proc = subprocess.run([cc, *CFLAGS, "-I", str(SHARED_HEADERS), "-o", str(tmp / program), *sources],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise BoxError(f"{what}: {cc} failed:\n{proc.stderr.strip()}")

@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from a3s_box import cbuild
 from a3s_box.drivers.qemu.shim_loop import SOURCES, build_shim_loop
 from a3s_box.guest import protocol as p
 from a3s_box.guest.protocol import CONTROL_REQUESTS, Frame, FrameReader, MsgType
@@ -126,7 +127,8 @@ def build_sanitized(folder: Path) -> Path:
     binary = folder / SANITIZED / "a3s-shim-loop"
     binary.parent.mkdir()
     sources = sorted(str(c) for c in SOURCES.glob("*.c"))
-    subprocess.run(["gcc", *SANITIZER_FLAGS, "-o", str(binary), *sources], check=True)
+    subprocess.run(["gcc", *SANITIZER_FLAGS, "-I", str(cbuild.SHARED_HEADERS), "-o", str(binary), *sources],
+                   check=True)
     return binary
 
 
@@ -294,6 +296,25 @@ def test_every_control_request_gets_its_answer(running: Running, request_type: M
     assert running.guest.next_not_hello().type == request_type
     running.guest.send(MsgType.PONG if request_type == MsgType.PING else MsgType.RESULT, 0, b"answer")
     assert c.next().payload == b"answer"
+
+
+@pytest.mark.parametrize("child, signal_sent, ends", [
+    ("sleep 0.3; exit 7", None, 7),
+    ("sleep 100", signal.SIGTERM, -signal.SIGTERM),  # forwarded to the child, then mirrored
+    ("sleep 0.3; kill -KILL $$", None, -signal.SIGKILL),
+])
+def test_the_pid1_parent_ends_as_its_child_did(tmp_path: Path, loop_binary: Path, child: str,
+                                                signal_sent: signal.Signals | None, ends: int) -> None:
+    """`--pid1-parent PID` stands where a rootless box's VMM would (its child, init of a
+    PID namespace): what the shim sees of it must be what the VMM did."""
+    # sh's child outlives sh's exec into the loop, which stays its parent
+    proc = subprocess.Popen(["sh", "-c", f'sh -c "{child}" & exec {loop_binary} --pid1-parent $!'],
+                            env={**os.environ, **sanitizer_env(tmp_path / "sanitizer")})
+    if signal_sent is not None:
+        time.sleep(0.3)  # the loop has its signalfd (a signal before is forwarded the same way)
+        proc.send_signal(signal_sent)
+    assert proc.wait(timeout=30) == ends
+    assert sanitizer_reports(tmp_path / "sanitizer", tmp_path / "no-stderr") == ""
 
 
 def test_a_departed_client_has_its_sessions_killed_and_its_replies_dropped(running: Running) -> None:

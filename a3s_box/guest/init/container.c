@@ -21,6 +21,7 @@
  * container did (re-raising a fatal signal), so the host's session sees the real
  * status. An OOM kill is recorded in /run/a3s-oom/NAME for the host to read. */
 #include "a3s.h"
+#include "exit_as.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -499,15 +500,7 @@ int container_main(int argc, char **argv)
 		unlink(p);
 		finish_cgroup(cg);
 	}
-	if (WIFSIGNALED(st)) {
-		int sig = WTERMSIG(st);
-		signal(sig, SIG_DFL);
-		sigset_t one;
-		sigemptyset(&one);
-		sigaddset(&one, sig);
-		sigprocmask(SIG_UNBLOCK, &one, NULL);
-		raise(sig);
-		return 128 + sig;
-	}
+	if (WIFSIGNALED(st))
+		return die_by_signal(WTERMSIG(st));
 	return WEXITSTATUS(st);
 }

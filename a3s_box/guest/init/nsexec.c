@@ -7,6 +7,7 @@
  * "started" (value = pid) or kind 2 "not started", then the final one. We forward the
  * signals a terminal or supervisor would send us as u32 messages. */
 #include "a3s.h"
+#include "exit_as.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -112,15 +113,7 @@ int nsexec_main(int argc, char **argv)
 	value = (int)r_u32(&r);
 	if (kind == EXIT_EXITED)
 		return value;
-	if (kind == EXIT_SIGNALED) {
-		/* die the same way, so our caller sees what the command saw */
-		signal(value, SIG_DFL);
-		sigset_t s;
-		sigemptyset(&s);
-		sigaddset(&s, value);
-		sigprocmask(SIG_UNBLOCK, &s, NULL);
-		raise(value);
-		return 128 + value;
-	}
+	if (kind == EXIT_SIGNALED) /* die the same way, so our caller sees what the command saw */
+		return die_by_signal(value);
 	return die("lost a3s-init", 255);
 }

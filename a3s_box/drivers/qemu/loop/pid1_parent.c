@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "exit_as.h"
+
 int pid1_parent(pid_t vmm)
 {
 	static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
@@ -27,7 +29,7 @@ int pid1_parent(pid_t vmm)
 	for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
 		sigaddset(&mask, forwarded[i]);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
-	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK); /* read until empty, below */
 	int pfd = (int)syscall(SYS_pidfd_open, vmm, 0);
 	for (;;) {
 		int status;
@@ -35,14 +37,7 @@ int pid1_parent(pid_t vmm)
 		if (got == vmm) {
 			if (WIFEXITED(status))
 				_exit(WEXITSTATUS(status));
-			int sig = WTERMSIG(status);
-			signal(sig, SIG_DFL);
-			sigset_t one;
-			sigemptyset(&one);
-			sigaddset(&one, sig);
-			sigprocmask(SIG_UNBLOCK, &one, NULL);
-			raise(sig);
-			_exit(128 + sig); /* a signal that does not end a process by default */
+			_exit(die_by_signal(WTERMSIG(status)));
 		}
 		if (got < 0 && errno != EINTR)
 			_exit(127);
