@@ -149,9 +149,10 @@ class NetNamespace:
         self.seal(proxy_port, dns_port).result()
 
     def seal(self, proxy_port: int = PROXY_PORT, dns_port: int = DNS_PORT) -> "Future[None]":
-        """The loopback up now (listeners can be bound); then, in the namespace's thread,
-        the rules and only after them the veth and its route (NetnsError from the
-        future). Until the future is done nothing but the loopback can be reached."""
+        """The loopback up now (listeners can be bound); then, in a thread of its own
+        that joins the namespace, the rules and only after them the veth and its route
+        (NetnsError from the future). Until the future is done nothing but the loopback
+        can be reached."""
         missing = missing_tools()
         if missing:
             raise NetnsError(f"{', '.join(missing)} not found: install iproute2 and iptables")
