@@ -402,6 +402,7 @@ class QemuDriver:
         jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
         handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
                                    detach=False, jail=jail, label=conf.label)
+        settled_ms: int | None = None  # the guest's uptime when it settled (PREPARE)
         try:
             self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
@@ -409,7 +410,7 @@ class QemuDriver:
                 # a clone's agent isolated as this box's adopts these namespaces at CONFIG
                 # ... and settles (guest/init/quiesce.c); its CRNG made ready now, so that no
                 # clone runs the kernel's first-initialization path (each reseeds at once)
-                client.prepare(int(launch.config.agent_isolate))
+                settled_ms = client.prepare(int(launch.config.agent_isolate))
                 client.seed()
             with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
@@ -439,7 +440,8 @@ class QemuDriver:
         if jail is not None:
             self._ids().release(f"template-{key}")
         return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
-                                      "memory_mib": launch.memory_mib, "accel": spec.accel})
+                                      "memory_mib": launch.memory_mib, "accel": spec.accel,
+                                      "guest_settled_ms": settled_ms})
 
     # --- fork ----------------------------------------------------------------------------
     def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,

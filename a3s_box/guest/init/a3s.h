@@ -115,7 +115,7 @@ int boot_modules(const char *dir);
 int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
 int net_up(const char *spec);
-void quiesce_for_snapshot(void); /* quiesce.c: a template's guest, before its snapshot */
+long long quiesce_for_snapshot(void); /* quiesce.c: a template's guest, before its snapshot */
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
 int sec_flag(const char *flag, const char *value); /* secctx.c: a container's security context */
 int sec_make_dev(const char *root);

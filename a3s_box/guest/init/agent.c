@@ -150,9 +150,10 @@ void on_prepare(struct conn *c, struct rd *r)
 	}
 	A.prepared = 1;
 	A.prepared_iso = ns_flags(iso, NULL);
+	char settled[48] = "";
 	if (O->pid1) /* a template's guest (on a host, in tests, nothing is snapshotted) */
-		quiesce_for_snapshot();
-	send_result(c, 0, 0, "");
+		snprintf(settled, sizeof settled, "settled_ms=%lld", quiesce_for_snapshot());
+	send_result(c, 0, 0, settled);
 }
 
 /* The hostname of a prepared UTS namespace: init steps in and back out. */

@@ -7,7 +7,8 @@
  *     second after boot (a stop_machine and code patching), and the kernel batches a
  *     link's state change for up to a second (eth0 comes up late in boot, from init).
  * Bounded: a template waits at most QUIESCE_MAX_MS for what does not come, and then
- * is merely slower to clone, never wrong. */
+ * is merely slower to clone, never wrong. Returns the uptime (ms) it settled at, which
+ * PREPARE reports and the template's meta.json keeps. */
 #include "a3s.h"
 
 #include <errno.h>
@@ -54,7 +55,7 @@ static int link_pending(void)
 	return read_word("/sys/class/net/eth0/operstate", state, sizeof state) == 0 && strcmp(state, "up") != 0;
 }
 
-void quiesce_for_snapshot(void)
+long long quiesce_for_snapshot(void)
 {
 	sync();
 	long long start = boottime_ms();
@@ -67,4 +68,5 @@ void quiesce_for_snapshot(void)
 		usleep(20000);
 	}
 	sync(); /* what the delayed work wrote */
+	return boottime_ms();
 }
