@@ -10,6 +10,7 @@ thin `Qmp` class owns the socket. Used for pause/resume and snapshot save/restor
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from a3s_box.errors import DriverError
-from a3s_box.polling import Poll
+from a3s_box.polling import PathWatch, Poll
 
 MAX_LINE = 1 << 20  # QEMU's replies are small; a longer line is not QMP
 
@@ -61,17 +62,20 @@ class Qmp:
         self.events: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
-        poll = Poll()
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                self.sock.connect(str(path))
-                break
-            except OSError as e:
-                self.sock.close()
-                if time.monotonic() >= deadline:
-                    raise QmpError(box, f"cannot reach QEMU's QMP socket {path}: {e}") from e
-                poll.wait()
+        with PathWatch(path) as watch:  # QEMU makes the socket as it starts
+            while True:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                try:
+                    self.sock.connect(str(path))
+                    break
+                except OSError as e:
+                    self.sock.close()
+                    if time.monotonic() >= deadline:
+                        raise QmpError(box, f"cannot reach QEMU's QMP socket {path}: {e}") from e
+                    if os.path.exists(path):  # bound, not yet listening: a moment
+                        time.sleep(0.001)
+                    else:
+                        watch.wait(deadline)
         self.sock.settimeout(timeout)
         greeting = self._next()
         if "QMP" not in greeting:
