@@ -326,16 +326,16 @@ class GuestClient:
             raise GuestError(self.box, f"seed: {res.message or os.strerror(res.errno)}")
         return res.message.removeprefix("random=")
 
-    def prepare(self, agent_isolation: int, timeout: float = 30.0) -> int | None:
+    def prepare(self, agent_isolation: int, path: str = "", warm: tuple[str, ...] = (),
+                timeout: float = 30.0) -> p.Prepared:
         """Make the agent's namespaces (and cgroup folders) now, for a snapshot template:
         a clone whose agent isolates as AGENT_ISOLATION (Isolate flags) adopts them at
-        CONFIG instead of making its own. The guest then settles for the snapshot: the
-        uptime in ms it settled at (None from a guest that is not a VM's PID 1)."""
-        res = self._ctl_request(p.prepare_frame(agent_isolation), timeout, "prepare")
+        CONFIG instead of making its own. The guest reads the commands WARM (found in
+        PATH) and what they load into its page cache, then settles for the snapshot."""
+        res = self._ctl_request(p.prepare_frame(agent_isolation, path, warm), timeout, "prepare")
         if res.errno:
             raise GuestError(self.box, f"prepare: {res.message or os.strerror(res.errno)}")
-        said = res.message.removeprefix("settled_ms=")
-        return int(said) if said.isdigit() else None
+        return p.Prepared.parse(res.message)
 
     def trust(self, ca_pem: bytes, cert: str, bundle: str, store: str, timeout: float = 30.0) -> None:
         """Install a CA before configure: alone at CERT, in a bundle with the guest's trust

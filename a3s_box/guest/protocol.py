@@ -411,8 +411,29 @@ def seed_frame(entropy: bytes, now_ns: int) -> bytes:
     return encode(MsgType.SEED, 0, Writer().str(entropy).u64(now_ns).bytes())
 
 
-def prepare_frame(agent_isolation: int) -> bytes:
-    return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).bytes())
+# the commands a template's page cache is warmed with (guest/init/warm.c reads no more)
+PREPARE_MAX_WARM = 8
+
+
+def prepare_frame(agent_isolation: int, path: str = "", warm: tuple[str, ...] = ()) -> bytes:
+    return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).str(path).strlist(warm).bytes())
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """PREPARE's answer: what the template's guest read into its page cache, and the
+    uptime it settled at (None from a guest that is not a VM's PID 1)."""
+
+    warmed_kib: int
+    settled_ms: int | None
+
+    @classmethod
+    def parse(cls, message: str) -> "Prepared":
+        said = dict(part.partition("=")[::2] for part in message.split())
+        settled = said.get("settled_ms", "")
+        warmed = said.get("warmed_kib", "")
+        return cls(warmed_kib=int(warmed) if warmed.isdigit() else 0,
+                   settled_ms=int(settled) if settled.isdigit() else None)
 
 
 def trust_frame(ca_pem: bytes, cert: str, bundle: str, store: str) -> bytes:

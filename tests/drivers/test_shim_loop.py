@@ -30,11 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from a3s_box import cbuild
 from a3s_box.drivers.qemu.shim_loop import SOURCES, build_shim_loop
 from a3s_box.guest import protocol as p
 from a3s_box.guest.protocol import CONTROL_REQUESTS, Frame, FrameReader, MsgType
 from a3s_box.network import wire
+from tests import csanitize
+from tests.csanitize import SANITIZED, sanitizer_env, sanitizer_reports
 
 ROOT = str(Path(__file__).resolve().parents[2])
 GUEST_HELLO = p.Writer().u16(1).str("kernel=6.1\ntransport=fake").bytes()
@@ -118,18 +119,8 @@ class Client(Peer):
         self.sock.close()
 
 
-SANITIZED = "sanitized"
-SANITIZER_FLAGS = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                   "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror")
-
-
 def build_sanitized(folder: Path) -> Path:
-    binary = folder / SANITIZED / "a3s-shim-loop"
-    binary.parent.mkdir()
-    sources = sorted(str(c) for c in SOURCES.glob("*.c"))
-    subprocess.run(["gcc", *SANITIZER_FLAGS, "-I", str(cbuild.SHARED_HEADERS), "-o", str(binary), *sources],
-                   check=True)
-    return binary
+    return csanitize.build_sanitized(SOURCES, folder, "a3s-shim-loop")
 
 
 @pytest.fixture(scope="module", params=["musl", SANITIZED])
@@ -137,22 +128,6 @@ def loop_binary(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     if request.param == SANITIZED:
         return build_sanitized(tmp_path_factory.mktemp("asan"))
     return build_shim_loop(tmp_path_factory.mktemp("cache"))
-
-
-def sanitizer_env(log_base: Path) -> dict[str, str]:
-    """Reports go to LOG_BASE.PID; the first error ends the loop (leaks at exit are not
-    looked for: the loop leaves what the kernel frees)."""
-    opts = f"log_path={log_base}:halt_on_error=1:abort_on_error=0:exitcode=97"
-    return {"ASAN_OPTIONS": f"{opts}:detect_leaks=0", "UBSAN_OPTIONS": f"{opts}:print_stacktrace=1"}
-
-
-def sanitizer_reports(log_base: Path, stderr: Path) -> str:
-    """What the sanitizers said: in their logs, or (UBSan, at times) on the loop's stderr."""
-    said = "".join(f.read_text(errors="replace") for f in sorted(log_base.parent.glob(log_base.name + ".*")))
-    if stderr.is_file():
-        said += "".join(line for line in stderr.read_text(errors="replace").splitlines(keepends=True)
-                        if "runtime error:" in line or "Sanitizer" in line)
-    return said
 
 
 class Running:

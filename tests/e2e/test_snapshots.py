@@ -114,6 +114,14 @@ def test_clones_adopt_the_templates_agent_namespaces_or_make_their_own(
     key = boots["p1"].split()[1]
     meta = json.loads(next((box.home / "cache" / "snapshots").glob(f"{key}*/meta.json")).read_text())
     assert meta["guest_settled_ms"] >= 2000, meta
+    # ... and read its agent's program into its page cache (guest/init/warm.c): a clone
+    # reads the whole of it without touching its disk (sectors read, before and after)
+    assert meta["guest_warmed_kib"] > 0, meta
+    template_console = next((box.home / "cache" / "snapshots").glob(f"{key}*/console.log")).read_text()
+    assert "warmed /bin/sh (" in template_console
+    reads = box("exec", "p1", "--", "sh", "-c", "r() { awk '$3 == \"vda\" { print $6 }' /proc/diskstats; }; "
+                "r; cat /bin/sh > /dev/null; r", check=True).out.split()
+    assert len(reads) == 2 and reads[0] == reads[1], reads
     view = {n: box("exec", n, "--", "sh", "-c", AGENT_VIEW, check=True).out.split() for n in ("p1", "p2", "p3")}
     root = {n: box("exec", "--ns", "root", n, "--", "sh", "-c", "hostname; readlink /proc/self/ns/uts",
                    check=True).out.split() for n in ("p1", "p2")}

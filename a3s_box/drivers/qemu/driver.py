@@ -38,13 +38,14 @@ from a3s_box.jail.files import give
 from a3s_box.jail.ids import IdTable
 from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
-from a3s_box.polling import Poll
+from a3s_box.polling import PathWatch
 from a3s_box.disks import space
 from a3s_box.errors import BoxError, DiskFullError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, stop_supervised,
                                          wait_gone)
 from a3s_box.guest.client import GuestClient
+from a3s_box.guest.protocol import BoxConfig, Prepared
 from a3s_box.network import podnet
 from a3s_box.home import Home
 from a3s_box.logs.reader import read_lines, select
@@ -402,7 +403,7 @@ class QemuDriver:
         jail = self._jail(f"template-{key}", st, tspec, conf, network=False, helpers=0, groups=(gid,))
         handle, pgid = self._spawn(f"template-{key[:12]}", st, tspec, {"network": False, "virtiofsd": []},
                                    detach=False, jail=jail, label=conf.label)
-        settled_ms: int | None = None  # the guest's uptime when it settled (PREPARE)
+        prepared = Prepared(warmed_kib=0, settled_ms=None)
         try:
             self._wait_ready(handle, time.monotonic() + timeout)  # the init answered: no agent yet
             with GuestClient(self.connect(handle, 5.0), box=launch.box_id) as client:
@@ -410,7 +411,8 @@ class QemuDriver:
                 # a clone's agent isolated as this box's adopts these namespaces at CONFIG
                 # ... and settles (guest/init/quiesce.c); its CRNG made ready now, so that no
                 # clone runs the kernel's first-initialization path (each reseeds at once)
-                settled_ms = client.prepare(int(launch.config.agent_isolate))
+                # ... reads what clones start first into its page cache (guest/init/warm.c) ...
+                prepared = client.prepare(int(launch.config.agent_isolate), *warm_commands(launch.config))
                 client.seed()
             with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
@@ -441,7 +443,8 @@ class QemuDriver:
             self._ids().release(f"template-{key}")
         return store.commit(key, st, {"image": launch.image, "vcpus": launch.vcpus,
                                       "memory_mib": launch.memory_mib, "accel": spec.accel,
-                                      "guest_settled_ms": settled_ms})
+                                      "guest_settled_ms": prepared.settled_ms,
+                                      "guest_warmed_kib": prepared.warmed_kib})
 
     # --- fork ----------------------------------------------------------------------------
     def fork(self, source: VmHandle, source_launch: BoxLaunch, launch: BoxLaunch,
@@ -584,17 +587,19 @@ class QemuDriver:
 
     def _wait_ready(self, handle: VmHandle, deadline: float) -> None:
         rundir = Path(handle.extra["rundir"])
-        poll = Poll()
-        while not Path(handle.channel).exists():
-            exit_file = rundir / "exit.json"
-            if exit_file.exists() or not _pid_is_shim(handle.pid, str(rundir)):
-                reason = exit_reason(rundir) or "the shim died (see shim.log)"
-                raise DriverError(handle.box_id, f"VM stopped before the guest answered: "
-                                  f"{reason}\nconsole:\n{console_tail(Path(handle.console_log))}")
-            if time.monotonic() >= deadline:
-                raise GuestError(handle.box_id, "the guest init did not answer in time; "
-                                 f"console:\n{console_tail(Path(handle.console_log))}")
-            poll.wait()
+        # the loop renames guest.sock into place once the guest answered; a shim that
+        # gives up renames exit.json into the same folder: either ends the wait at once
+        with PathWatch(handle.channel) as watch:
+            while not Path(handle.channel).exists():
+                exit_file = rundir / "exit.json"
+                if exit_file.exists() or not _pid_is_shim(handle.pid, str(rundir)):
+                    reason = exit_reason(rundir) or "the shim died (see shim.log)"
+                    raise DriverError(handle.box_id, f"VM stopped before the guest answered: "
+                                      f"{reason}\nconsole:\n{console_tail(Path(handle.console_log))}")
+                if time.monotonic() >= deadline:
+                    raise GuestError(handle.box_id, "the guest init did not answer in time; "
+                                     f"console:\n{console_tail(Path(handle.console_log))}")
+                watch.wait(deadline)
 
     # --- running VMs ----------------------------------------------------------------------
     def observe(self, handle: VmHandle) -> VmObservation:
@@ -633,6 +638,19 @@ class _Confinement:
     cgroup: bool
     seccomp: bool
     label: str  # what `box ps` shows
+
+
+# execvp's search path in the guest (musl) for an agent whose environment has no PATH
+GUEST_DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
+
+
+def warm_commands(config: BoxConfig) -> tuple[str, tuple[str, ...]]:
+    """(PATH, commands) a template's guest reads in advance: the building box's agent
+    and the image's shell, which clones of it most likely start first (any other
+    command still runs, read from the disk as on a cold boot)."""
+    path = next((e.partition("=")[2] for e in config.env if e.startswith("PATH=")), GUEST_DEFAULT_PATH)
+    commands = tuple(dict.fromkeys(c for c in (*config.argv[:1], "/bin/sh") if c))
+    return path, commands
 
 
 def _unique_randomness(store: TemplateStore, key: str, box_id: str) -> Any:

@@ -116,6 +116,16 @@ int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
 int net_up(const char *spec);
 long long quiesce_for_snapshot(void); /* quiesce.c: a template's guest, before its snapshot */
+/* warm.c: a template's page cache, with COMMANDS (found in PATH_ENV) and what they load; bytes read */
+unsigned long long warm_page_cache(const char *path_env, char *const *commands);
+
+/* openat2(2), which musl may not wrap: paths resolved inside a root */
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_IN_ROOT 0x10
+struct open_how_ { uint64_t flags, mode, resolve; };
 int container_main(int argc, char **argv); /* container.c: /.a3s/container for pods */
 int sec_flag(const char *flag, const char *value); /* secctx.c: a container's security context */
 int sec_make_dev(const char *root);

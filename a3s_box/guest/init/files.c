@@ -1,11 +1,6 @@
 /* PUT and GET: files written atomically, paths resolved inside the namespace's root. */
 #include "server.h"
 
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
-#define RESOLVE_IN_ROOT 0x10
-struct open_how_ { uint64_t flags, mode, resolve; };
 
 /* Open `path` as seen from namespace `ns`: symlinks cannot climb out of its root. */
 int ns_open(int ns, const char *path, int flags, mode_t mode, int *err, const char **why)
