@@ -34,6 +34,7 @@ from tests.csanitize import SANITIZED, build_sanitized, sanitizer_env, sanitizer
 
 ISOLATION = int(Isolate.MOUNT | Isolate.PID | Isolate.IPC | Isolate.UTS)
 WARM_MAX_KIB = 64 << 10  # warm.c's WARM_MAX_BYTES
+WARM_MAX_ENTRIES = 16384  # and WARM_MAX_ENTRIES
 
 
 @pytest.fixture(scope="module", params=["musl", SANITIZED])
@@ -46,6 +47,7 @@ def init_binary(request: pytest.FixtureRequest, guest_binary: Path, tmp_path_fac
 class Warmed:
     def __init__(self, prepared: Prepared, console: str) -> None:
         self.prepared = prepared
+        self.console = console
         self.paths = re.findall(r"warmed (\S+) \(\d+ KiB\)", console)
 
 
@@ -180,6 +182,35 @@ def test_what_is_read_is_bounded(prepare: Prepare, image: Path) -> None:
     small.write_text("#!/bin/true\n")
     w = prepare("", (str(big), str(small)))
     assert w.paths == [str(big)] and w.prepared.warmed_kib == WARM_MAX_KIB
+
+
+def _entries(w: Warmed) -> int:
+    said = re.findall(r"warmed (\d+) entries of PATH's folders", w.console)
+    return int(said[0]) if said else 0
+
+
+def test_the_entries_of_path_folders_are_looked_up(prepare: Prepare, image: Path) -> None:
+    for folder, names in (("bin", ["sh", "sleep", "true"]), ("sbin", ["init"])):
+        (image / folder).mkdir()
+        for name in names:
+            (image / folder / name).symlink_to("/no/such/target")  # looked at, not followed
+    w = prepare(f"{image}/bin::{image}/none:{image}/sbin", ())
+    assert _entries(w) == 4 and w.paths == []
+
+
+def test_path_folders_elsewhere_than_the_root_file_system_are_not_read(prepare: Prepare, image: Path) -> None:
+    (image / "proc").symlink_to("/proc")
+    w = prepare(f"/proc:/dev:/sys:{image}/proc", ())
+    assert _entries(w) == 0
+
+
+def test_path_folders_entries_are_bounded(prepare: Prepare, image: Path) -> None:
+    for folder in ("a", "b"):
+        (image / folder).mkdir()
+        for i in range(WARM_MAX_ENTRIES // 2 + 10):
+            (image / folder / str(i)).touch()
+    w = prepare(f"{image}/a:{image}/b", ())
+    assert _entries(w) == WARM_MAX_ENTRIES
 
 
 def _elf(phdrs: list[tuple[int, int, int, int]], tail: bytes = b"", phoff: int = 64, phnum: int | None = None,
