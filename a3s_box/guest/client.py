@@ -327,12 +327,13 @@ class GuestClient:
         return res.message.removeprefix("random=")
 
     def prepare(self, agent_isolation: int, path: str = "", warm: tuple[str, ...] = (),
-                timeout: float = 30.0) -> p.Prepared:
+                targets: tuple[str, ...] = (), timeout: float = 30.0) -> p.Prepared:
         """Make the agent's namespaces (and cgroup folders) now, for a snapshot template:
         a clone whose agent isolates as AGENT_ISOLATION (Isolate flags) adopts them at
-        CONFIG instead of making its own. The guest reads the commands WARM (found in
-        PATH) and what they load into its page cache, then settles for the snapshot."""
-        res = self._ctl_request(p.prepare_frame(agent_isolation, path, warm), timeout, "prepare")
+        CONFIG instead of making its own. The guest makes the folders TARGETS (where its
+        clones mount volumes), reads the commands WARM (found in PATH) and what they load
+        into its page cache, then settles for the snapshot."""
+        res = self._ctl_request(p.prepare_frame(agent_isolation, path, warm, targets), timeout, "prepare")
         if res.errno:
             raise GuestError(self.box, f"prepare: {res.message or os.strerror(res.errno)}")
         return p.Prepared.parse(res.message)

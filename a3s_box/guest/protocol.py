@@ -411,12 +411,16 @@ def seed_frame(entropy: bytes, now_ns: int) -> bytes:
     return encode(MsgType.SEED, 0, Writer().str(entropy).u64(now_ns).bytes())
 
 
-# the commands a template's page cache is warmed with (guest/init/warm.c reads no more)
+# the commands a template's page cache is warmed with (guest/init/warm.c reads no more),
+# and the volume targets it makes
 PREPARE_MAX_WARM = 8
+PREPARE_MAX_TARGETS = 64
 
 
-def prepare_frame(agent_isolation: int, path: str = "", warm: tuple[str, ...] = ()) -> bytes:
-    return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).str(path).strlist(warm).bytes())
+def prepare_frame(agent_isolation: int, path: str = "", warm: tuple[str, ...] = (),
+                  targets: tuple[str, ...] = ()) -> bytes:
+    return encode(MsgType.PREPARE, 0, Writer().u32(agent_isolation).str(path).strlist(warm)
+                  .strlist(targets).bytes())
 
 
 @dataclass(frozen=True)

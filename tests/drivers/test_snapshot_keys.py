@@ -7,9 +7,10 @@ from pathlib import Path
 
 from a3s_box.drivers.base import BoxLaunch, BoxNetwork, BoxVolume
 from a3s_box.drivers.qemu.argv import QemuSpec
-from a3s_box.drivers.qemu.driver import fork_ineligible, snapshot_ineligible
+from a3s_box.drivers.qemu.driver import (GUEST_DEFAULT_PATH, fork_ineligible, snapshot_ineligible,
+                                        template_targets, warm_commands)
 from a3s_box.drivers.qemu.snapshot import snapshot_key
-from a3s_box.guest.protocol import BoxConfig
+from a3s_box.guest.protocol import PREPARE_MAX_TARGETS, BoxConfig
 from a3s_box.network.policy import NetworkPolicy
 
 
@@ -43,6 +44,10 @@ def test_clones_of_one_template_differ_only_in_their_own_files(tmp_path: Path) -
     assert snapshot_key(net, "sha256:img", "7.2") != key  # a NIC is a device too
     assert snapshot_key(replace(net, forwards=((15100, 80),)), "sha256:img", "7.2") != \
         snapshot_key(net, "sha256:img", "7.2")  # QEMU's forwards are in its argv
+    # the folders the template's disk has for volumes (PREPARE made them), in any order
+    scratch = snapshot_key(a, "sha256:img", "7.2", targets=("/scratch", "/data"))
+    assert scratch != key and scratch == snapshot_key(a, "sha256:img", "7.2", targets=("/data", "/scratch"))
+    assert snapshot_key(a, "sha256:img", "7.2", targets=("/scratch",)) != scratch
 
 
 def _launch(tmp: Path, network: bool = False, volumes: tuple[BoxVolume, ...] = ()) -> BoxLaunch:
@@ -60,3 +65,18 @@ def test_who_starts_from_a_snapshot_and_who_forks(tmp_path: Path) -> None:
     assert fork_ineligible(_launch(tmp_path, network=True, volumes=(tmpfs,))) == ""
     assert "disk" in fork_ineligible(_launch(tmp_path, volumes=(named,)))
     assert "virtio-fs" in fork_ineligible(_launch(tmp_path, volumes=(bind,)))
+
+
+def test_a_templates_folders_are_its_building_boxs_volume_targets(tmp_path: Path) -> None:
+    vols = (BoxVolume(kind="tmpfs", target="/scratch"), BoxVolume(kind="bind", target="/src", source=str(tmp_path)),
+            BoxVolume(kind="tmpfs", target="/scratch"))
+    assert template_targets(_launch(tmp_path, volumes=vols)) == ("/scratch", "/src")
+    many = tuple(BoxVolume(kind="tmpfs", target=f"/t{i}") for i in range(PREPARE_MAX_TARGETS + 1))
+    assert template_targets(_launch(tmp_path, volumes=many)) == ()  # more than PREPARE makes: none
+
+
+def test_a_template_warms_its_building_boxs_agent_and_the_shell(tmp_path: Path) -> None:
+    config = BoxConfig(hostname="x", env=("A=1", "PATH=/opt/bin:/bin"), argv=("agent", "--serve"))
+    assert warm_commands(config) == ("/opt/bin:/bin", ("agent", "/bin/sh"))
+    assert warm_commands(BoxConfig(hostname="x", argv=("/bin/sh", "-c", "x"))) == (GUEST_DEFAULT_PATH, ("/bin/sh",))
+    assert warm_commands(BoxConfig(hostname="x")) == (GUEST_DEFAULT_PATH, ("/bin/sh",))

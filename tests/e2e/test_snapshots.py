@@ -92,7 +92,13 @@ boxes:
     image: hello
     resources: {memory: 176Mi}
     namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"], isolate: [mount, pid]}}
+    volumes: [{type: tmpfs, target: /scratch, size: 4Mi}]
     depends_on: [p1]
+  p4:
+    image: hello
+    resources: {memory: 176Mi}
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    depends_on: [p3]
 """
 
 AGENT_VIEW = ("hostname; echo $$; ls /proc | grep -c '^[0-9]'; "
@@ -109,6 +115,10 @@ def test_clones_adopt_the_templates_agent_namespaces_or_make_their_own(
     box("apply", "-f", str(f), check=True)
     boots = _boot(box)
     assert boots["p1"].startswith("snapshot ") and boots["p1"] == boots["p2"] == boots["p3"], boots
+    # the template's disk has the folder its boxes mount /scratch on (PREPARE made it; its
+    # key names it): a box without that volume has a template of its own, and no folder
+    assert boots["p4"].startswith("snapshot ") and boots["p4"] != boots["p1"], boots
+    assert box("exec", "p4", "--", "sh", "-c", "test -e /scratch || echo absent", check=True).out.strip() == "absent"
     # the template settled before its snapshot: the boot's delayed kernel work (2 s of
     # uptime) done, which every clone would otherwise run again (a cold boot answers ~1.5 s in)
     key = boots["p1"].split()[1]
@@ -132,7 +142,7 @@ def test_clones_adopt_the_templates_agent_namespaces_or_make_their_own(
         assert int(pid) > 1 and int(procs) < 8  # its own PID namespace: sleep, sh and a few
         assert scratch == "1"  # mounted after the restore, seen in the prepared namespace
     hostname, _pid, procs, scratch, _uts, _mnt = view["p3"]
-    assert hostname == "p3" and int(procs) < 8 and scratch == "0"
+    assert hostname == "p3" and int(procs) < 8 and scratch == "1"  # its own namespaces, made after MOUNT
     # nothing the agent mounts reaches init's namespace
     box("exec", "p1", "--", "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m", check=True)
     assert box("exec", "--ns", "root", "p1", "--", "sh", "-c", "grep -c ' /tmp/m ' /proc/self/mounts").out.strip() == "0"

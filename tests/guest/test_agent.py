@@ -101,6 +101,26 @@ def test_a_bad_prepare_is_refused(make_guest: Callable[[], "LocalGuest"], payloa
     g.client.prepare(int(DEFAULT_ISOLATION))  # a refused one prepared nothing
 
 
+def test_prepare_makes_the_volume_targets_it_is_given(make_guest: Callable[[], "LocalGuest"], tmp_path: Path) -> None:
+    """The init runs on the host here: its root is the host's, the targets under TMP_PATH."""
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION), targets=(f"{tmp_path}/a/b", f"{tmp_path}/link/c", f"{tmp_path}/a/b"))
+    assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "elsewhere").exists()  # no symlink followed: not made, logged
+    assert f"mount target {tmp_path}/link/c not made" in g.console()
+
+
+@pytest.mark.parametrize("targets", [["relative"], ["/a/../b"], [f"/t{i}" for i in range(65)]])
+def test_bad_volume_targets_are_refused(make_guest: Callable[[], "LocalGuest"], targets: list[str]) -> None:
+    from a3s_box.guest import protocol as p
+    g = make_guest()
+    payload = p.Writer().u32(int(DEFAULT_ISOLATION)).str("").strlist([]).strlist(targets).bytes()
+    with pytest.raises(GuestError, match="bad PREPARE payload"):
+        g.client._ctl_request(p.encode(p.MsgType.PREPARE, 0, payload), 5, "prepare")
+    assert g.client.status().agent_state == "not-configured"
+
+
 def test_crashing_agent_is_restarted_with_backoff(make_guest: Callable[[], LocalGuest]) -> None:
     g = make_guest()
     g.client.configure(BoxConfig(hostname="c", argv=("sh", "-c", "exit 3"),

@@ -302,7 +302,7 @@ def test_noise_after_an_elf_header_is_survived(prepare: Prepare, image: Path, no
 
 
 @pytest.mark.parametrize("payload", [
-    p.Writer().u32(ISOLATION).str("/bin").strlist(["sh"] * (p.PREPARE_MAX_WARM + 1)).bytes(),
+    p.Writer().u32(ISOLATION).str("/bin").strlist(["sh"] * (p.PREPARE_MAX_WARM + 1)).strlist([]).bytes(),
     p.Writer().u32(ISOLATION).str("/bin").u32(2).str("sh").bytes(),  # one of two
     p.Writer().u32(ISOLATION).bytes(),  # no PATH, no commands
 ])

@@ -45,7 +45,7 @@ from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_su
                                          observe_supervised, rundir_of, stop_supervised,
                                          wait_gone)
 from a3s_box.guest.client import GuestClient
-from a3s_box.guest.protocol import BoxConfig, Prepared
+from a3s_box.guest.protocol import PREPARE_MAX_TARGETS, BoxConfig, Prepared
 from a3s_box.network import podnet
 from a3s_box.home import Home
 from a3s_box.logs.reader import read_lines, select
@@ -304,7 +304,8 @@ class QemuDriver:
         own, behind its own egress proxy, and CONFIG gives the guest its resolver, trust
         store and secrets' placeholders as after a cold boot."""
         key = snapshot_key(spec, launch.image, qemu_version(self.binary),
-                           host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0)
+                           host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0,
+                           template_targets(launch))
         store = TemplateStore(self.home.cache)
         template = store.get(key) or self._build_template(store, key, launch, spec, timeout, conf)
         assert launch.disk is not None
@@ -412,7 +413,9 @@ class QemuDriver:
                 # ... and settles (guest/init/quiesce.c); its CRNG made ready now, so that no
                 # clone runs the kernel's first-initialization path (each reseeds at once)
                 # ... reads what clones start first into its page cache (guest/init/warm.c) ...
-                prepared = client.prepare(int(launch.config.agent_isolate), *warm_commands(launch.config))
+                # ... makes the folders its volumes mount on, which its key names ...
+                prepared = client.prepare(int(launch.config.agent_isolate), *warm_commands(launch.config),
+                                          template_targets(launch))
                 client.seed()
             with Qmp(vmm_dir(st) / "qmp.sock", launch.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
@@ -651,6 +654,14 @@ def warm_commands(config: BoxConfig) -> tuple[str, tuple[str, ...]]:
     path = next((e.partition("=")[2] for e in config.env if e.startswith("PATH=")), GUEST_DEFAULT_PATH)
     commands = tuple(dict.fromkeys(c for c in (*config.argv[:1], "/bin/sh") if c))
     return path, commands
+
+
+def template_targets(launch: BoxLaunch) -> tuple[str, ...]:
+    """The folders a template's disk is given for LAUNCH's volumes to mount on (the
+    guest's MOUNT would make each in every clone): part of the template's key, so that
+    no box finds a folder its own Boxfile did not ask for. None past what PREPARE takes."""
+    targets = tuple(dict.fromkeys(v.target for v in launch.volumes))
+    return targets if len(targets) <= PREPARE_MAX_TARGETS else ()
 
 
 def _unique_randomness(store: TemplateStore, key: str, box_id: str) -> Any:

@@ -101,7 +101,7 @@ def normalized_argv(spec: QemuSpec) -> list[str]:
 
 
 def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str = "",
-                 disk_size: int = 0) -> str:
+                 disk_size: int = 0, targets: tuple[str, ...] = ()) -> str:
     parts = {
         "v": KEY_VERSION, "argv": normalized_argv(spec), "qemu": qemu_version,
         "qemu_binary": binary_hash(spec.binary), "kernel": _file_hash(spec.kernel),
@@ -110,6 +110,8 @@ def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str =
         **({"disk": disk_size} if disk_size else {}),  # the template's root was grown to it
         # a named volume's size: the guest learnt its capacity when the template booted
         **({"volumes": [_size(d) for d in spec.volume_disks]} if spec.volume_disks else {}),
+        # the folders its disk has for volumes to be mounted on (PREPARE made them)
+        **({"targets": sorted(targets)} if targets else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -116,6 +116,9 @@ int boot_switch_root(const struct bootcfg *c, const char *self);
 void boot_late(void);
 int net_up(const char *spec);
 long long quiesce_for_snapshot(void); /* quiesce.c: a template's guest, before its snapshot */
+/* mount.c: mkdir -p inside the guest's root (no symlink followed); a MOUNT target's check */
+int make_dirs(const char *path);
+int mount_target_ok(const char *target);
 /* warm.c: a template's page cache, with COMMANDS (found in PATH_ENV) and what they load; bytes read */
 unsigned long long warm_page_cache(const char *path_env, char *const *commands);
 

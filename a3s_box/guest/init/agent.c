@@ -125,20 +125,27 @@ static int cgroup_paths(char *agent, char *business, size_t len)
 }
 
 #define PREPARE_MAX_WARM 8
+#define PREPARE_MAX_TARGETS 64
 
 /* PREPARE, sent while a snapshot template is made: the agent's namespaces (ISO) and the
  * cgroup folders, made now so that every clone's CONFIG only names the hostname, the
  * limits and the command (under TCG making them costs a clone ~75 ms it no longer pays);
- * the page cache warmed with the commands clones start first (warm.c). */
+ * the building box's volume targets made; the page cache warmed with the commands
+ * clones start first (warm.c). */
 void on_prepare(struct conn *c, struct rd *r)
 {
 	unsigned iso = r_u32(r);
 	char *path = r_str(r);
 	char **warm = r_strlist(r);
-	size_t nwarm = 0;
+	char **targets = r_strlist(r);
+	size_t nwarm = 0, ntargets = 0;
+	int bad_target = 0;
 	while (warm && warm[nwarm])
 		nwarm++;
-	if (r_end(r) < 0 || iso > (ISO_MOUNT | ISO_PID | ISO_IPC | ISO_UTS | ISO_NET) || nwarm > PREPARE_MAX_WARM) {
+	for (; targets && targets[ntargets]; ntargets++)
+		bad_target |= !mount_target_ok(targets[ntargets]);
+	if (r_end(r) < 0 || iso > (ISO_MOUNT | ISO_PID | ISO_IPC | ISO_UTS | ISO_NET) || nwarm > PREPARE_MAX_WARM ||
+	    ntargets > PREPARE_MAX_TARGETS || bad_target) {
 		send_error(c, 0, EINVAL, "bad PREPARE payload");
 		goto out;
 	}
@@ -158,6 +165,11 @@ void on_prepare(struct conn *c, struct rd *r)
 	}
 	A.prepared = 1;
 	A.prepared_iso = ns_flags(iso, NULL);
+	/* the building box's mount targets: its clones' MOUNTs find them (the template's key
+	 * names them), and no clone allocates an inode and a block and journals them */
+	for (size_t i = 0; i < ntargets; i++)
+		if (make_dirs(targets[i]) < 0)
+			logmsg("mount target %s not made: %s", targets[i], strerror(errno));
 	/* warmed first: its reads overlap the settling's wait */
 	char said[96];
 	int at = snprintf(said, sizeof said, "warmed_kib=%llu", warm_page_cache(path, warm) >> 10);
@@ -167,6 +179,7 @@ void on_prepare(struct conn *c, struct rd *r)
 out:
 	free(path);
 	strv_free(warm);
+	strv_free(targets);
 }
 
 /* The hostname of a prepared UTS namespace: init steps in and back out. */

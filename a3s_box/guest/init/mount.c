@@ -9,7 +9,7 @@
 #define MOUNT_READ_ONLY 1u
 
 /* mkdir -p inside the guest's root, refusing to follow a symlink the image put there. */
-static int make_dirs(const char *path)
+int make_dirs(const char *path)
 {
 	char buf[4096];
 	if (strlen(path) >= sizeof buf)
@@ -33,13 +33,18 @@ static int make_dirs(const char *path)
 	}
 }
 
+int mount_target_ok(const char *target)
+{
+	return target && target[0] == '/' && !strstr(target, "/..");
+}
+
 void on_mount(struct conn *c, struct rd *r)
 {
 	char *fstype = r_str(r), *source = r_str(r), *target = r_str(r);
 	uint32_t flags = r_u32(r);
 	char *data = r_str(r);
 	char msg[600];
-	if (r_end(r) < 0 || target[0] != '/' || strstr(target, "/..")) {
+	if (r_end(r) < 0 || !mount_target_ok(target)) {
 		send_result(c, 0, EINVAL, "bad MOUNT payload");
 	} else if (A.configured) {
 		send_result(c, 0, EBUSY, "volumes are mounted before CONFIG");
