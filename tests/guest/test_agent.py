@@ -2,7 +2,9 @@
 and connection loss, against the real guest init."""
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,12 +62,14 @@ def test_prepared_namespaces_are_adopted_and_named_by_config(make_guest: Callabl
     g.client.prepare(int(DEFAULT_ISOLATION))
     with pytest.raises(GuestError, match="already prepared"):
         g.client.prepare(int(DEFAULT_ISOLATION))
-    holders = _children(g.proc.pid)
+    prepared = _children(g.proc.pid)  # the holder, and the agent's process forked ahead
+    assert len(prepared) == 2
     g.client.configure(BoxConfig(hostname="adopted", argv=("sleep", "1000")), 5)
     st = _status_until(g, lambda s: s.agent_state == "running")
     assert st.agent_state == "running"
-    # the agent joined the prepared holder's namespaces: no other holder was forked
-    assert _children(g.proc.pid) - holders == {int(st.values["agent_pid"])}
+    # the agent is the process PREPARE forked into the holder's namespaces: it only
+    # exec'd at CONFIG; nothing was forked again
+    assert int(st.values["agent_pid"]) in prepared and _children(g.proc.pid) == prepared
     assert g.client.run(["hostname"]).stdout == b"adopted\n"
     assert _agent_ns(g, "uts") != os.readlink("/proc/self/ns/uts")
     assert _agent_ns(g, "pid") != os.readlink("/proc/self/ns/pid")
@@ -82,13 +86,55 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def test_the_agent_forked_ahead_gets_its_arguments_environment_and_folder(
+        make_guest: Callable[[], "LocalGuest"], tmp_path: Path) -> None:
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    prepared = _children(g.proc.pid)
+    out = tmp_path / "out"
+    script = 'printf "[%s]" "$@" "$EMPTY" "$PWD" > OUT; exec sleep 1000'.replace("OUT", str(out))
+    g.client.configure(BoxConfig(hostname="a", argv=("/bin/sh", "-c", script, "zero", "", "two"),
+                                 env=("EMPTY=", "PATH=/usr/bin:/bin"), workdir=str(tmp_path)), 5)
+    st = _status_until(g, lambda s: s.agent_state == "running" and out.exists() and out.stat().st_size > 0)
+    assert int(st.values["agent_pid"]) in prepared
+    assert out.read_text() == f"[][two][][{tmp_path}]"  # an empty argument stays one
+
+
+def test_an_agent_that_cannot_start_from_ahead_fails_as_a_forked_one(make_guest: Callable[[], "LocalGuest"]) -> None:
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    g.client.configure(BoxConfig(hostname="a", argv=("/no/such/agent",), restart=Restart.NEVER), 5)
+    st = _status_until(g, lambda s: s.agent_state == "exited")
+    assert st.agent_state == "exited" and st.values["last_exit"] == f"not-started:{errno.ENOENT}"
+    assert "agent not started: /no/such/agent: No such file or directory" in g.console()
+
+
+def test_an_agent_forked_ahead_and_killed_is_forked_again(make_guest: Callable[[], "LocalGuest"]) -> None:
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    prepared = _children(g.proc.pid)
+    ahead = max(prepared)  # forked after the holder
+    os.kill(ahead, signal.SIGKILL)
+    _status_until(g, lambda s: ahead not in _children(g.proc.pid))
+    g.client.configure(BoxConfig(hostname="a", argv=("sleep", "1000")), 5)
+    st = _status_until(g, lambda s: s.agent_state == "running")
+    assert st.agent_state == "running" and int(st.values["agent_pid"]) not in prepared
+    assert "the agent's process forked ahead ended" in g.console()
+    assert g.client.run(["hostname"]).stdout == b"a\n"  # in the prepared namespaces all the same
+
+
 def test_prepared_namespaces_for_other_isolation_are_replaced(make_guest: Callable[[], "LocalGuest"]) -> None:
     g = make_guest()
     g.client.prepare(int(Isolate.MOUNT | Isolate.PID))
+    prepared = _children(g.proc.pid)
     g.client.configure(BoxConfig(hostname="own", argv=("sleep", "1000"), agent_isolate=DEFAULT_ISOLATION), 5)
     assert _status_until(g, lambda s: s.agent_state == "running").agent_state == "running"
     assert g.client.run(["hostname"]).stdout == b"own\n"  # a UTS namespace the prepared set lacked
     assert _agent_ns(g, "uts") != os.readlink("/proc/self/ns/uts")
+    # the process forked ahead into the prepared set was let go; the agent forked anew
+    _status_until(g, lambda s: not prepared & _children(g.proc.pid))
+    assert not prepared & _children(g.proc.pid)
+    assert int(g.client.status().values["agent_pid"]) not in prepared
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00\x00\x00", b"\x00\x00\x00\x01\x00", b"\x00\x00\x01\x00"])

@@ -5,7 +5,7 @@
 #include <sched.h>
 #include <sys/mount.h>
 
-struct agent A = {.state = "not-configured"};
+struct agent A = {.state = "not-configured", .ahead = {.pid = 0, .report = -1, .req = -1}};
 
 char nsx_env[600]; /* A3S_NSEXEC_SOCK=..., for agent processes */
 
@@ -17,7 +17,14 @@ void agent_start(void)
 			      .fd_in = nul, .fd_out = g_console, .fd_err = g_console, .setsid = 1};
 	int err = 0;
 	char msg[256];
-	pid_t pid = spawn(&r, &err, msg, sizeof msg);
+	pid_t pid = -1;
+	if (A.ahead.pid > 0) { /* forked at PREPARE, into these namespaces: it only execs */
+		pid = spawn_finish(&A.ahead, A.argv, env, A.workdir, &err, msg, sizeof msg);
+		if (pid < 0 && err == EPIPE)
+			logmsg("agent's process forked ahead is gone: forking it now");
+	}
+	if (pid < 0 && (err == 0 || err == EPIPE))
+		pid = spawn(&r, &err, msg, sizeof msg);
 	free(env);
 	close(nul);
 	if (pid < 0) {
@@ -80,6 +87,10 @@ void reaped(pid_t pid, int st)
 			snprintf(A.last_exit, sizeof A.last_exit, "exited:%d", WEXITSTATUS(st));
 		logmsg("agent %s", A.last_exit);
 		agent_after_exit(!(WIFEXITED(st) && WEXITSTATUS(st) == 0));
+		return;
+	}
+	if (A.ahead.pid && pid == A.ahead.pid) { /* died before CONFIG used it */
+		spawn_ahead_lost(&A.ahead, st);
 		return;
 	}
 	if (pid == A.agent_ns.holder || pid == A.business_ns.holder) {
@@ -165,6 +176,15 @@ void on_prepare(struct conn *c, struct rd *r)
 	}
 	A.prepared = 1;
 	A.prepared_iso = ns_flags(iso, NULL);
+	/* the agent's process, forked into them now: a clone's CONFIG only has it exec */
+	int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	struct spawn_req shape = {.ns = &A.agent_ns, .fd_in = nul, .fd_out = g_console, .fd_err = g_console,
+				  .setsid = 1};
+	rc = nul < 0 ? -errno : spawn_ahead(&shape, &A.ahead);
+	if (rc < 0)
+		logmsg("agent not forked ahead: %s", strerror(-rc));
+	if (nul >= 0)
+		close(nul);
 	/* the building box's mount targets: its clones' MOUNTs find them (the template's key
 	 * names them), and no clone allocates an inode and a block and journals them */
 	for (size_t i = 0; i < ntargets; i++)
@@ -255,6 +275,7 @@ void on_config(struct conn *c, struct rd *r)
 		if ((aiso & ISO_UTS) && *host)
 			name_namespace(&A.agent_ns, host);
 	} else {
+		spawn_cancel(&A.ahead); /* forked into namespaces this box does not use */
 		if (A.prepared)
 			ns_close(&A.agent_ns); /* made for other isolation flags than this box's */
 		rc = ns_create(&A.agent_ns, NULL, share_mounts(aiso), host, cg_agent, NULL);

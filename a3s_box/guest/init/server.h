@@ -67,9 +67,11 @@ struct agent {
 	unsigned agent_iso, business_iso;
 	int restart;
 	struct nsset agent_ns, business_ns;
-	/* PREPARE made agent_ns (with these isolation flags) and the cgroup folders */
+	/* PREPARE made agent_ns (with these isolation flags) and the cgroup folders, and
+	 * forked the agent's process ahead into them (spawn_ahead; pid 0 once used or gone) */
 	int prepared;
 	unsigned prepared_iso;
+	struct ahead ahead;
 	struct contain business_contain;
 	const char *state;
 	pid_t pid;

@@ -83,6 +83,59 @@ static void __attribute__((noreturn)) child_fail(int rfd, int err, const char *f
 	_exit(127);
 }
 
+/* In the child, between fork and exec: its session, cgroup and namespaces. */
+static void child_enter(const struct spawn_req *r, int rfd)
+{
+	reset_signals();
+	if (r->setsid)
+		setsid();
+	if (r->ns && r->ns->cgroup_procs >= 0)
+		(void)!write(r->ns->cgroup_procs, "0", 1);
+	if (r->ns && enter(r->ns) < 0)
+		child_fail(rfd, errno, "%senter namespaces: %s", "");
+	if (r->ns && r->ns->contain && r->ns->contain->on && contain_process(r->ns->contain) < 0)
+		child_fail(rfd, errno, "%scontaining business code: %s", "");
+}
+
+/* ... then its stdio, folder, environment and program. */
+static void __attribute__((noreturn)) child_exec(const struct spawn_req *r, int rfd)
+{
+	/* move the stdio fds out of 0..2 first so the dup2s cannot clobber each other */
+	int in = fcntl(r->fd_in, F_DUPFD_CLOEXEC, 10);
+	int out = r->tty ? in : fcntl(r->fd_out, F_DUPFD_CLOEXEC, 10);
+	int er = r->tty ? in : fcntl(r->fd_err, F_DUPFD_CLOEXEC, 10);
+	if (in < 0 || out < 0 || er < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(er, 2) < 0)
+		child_fail(rfd, errno, "%sstdio: %s", "");
+	if (r->tty && ioctl(0, TIOCSCTTY, 0) < 0)
+		child_fail(rfd, errno, "%scontrolling tty: %s", "");
+	const char *wd = r->workdir && *r->workdir ? r->workdir : "/";
+	if (chdir(wd) < 0)
+		child_fail(rfd, errno, "workdir %s: %s", wd);
+	environ = r->env;
+	execvp(r->argv[0], r->argv);
+	child_fail(rfd, errno, "%s: %s", r->argv[0]);
+}
+
+/* The parent's side: PID once it exec'd (the CLOEXEC report pipe closed empty), or -1
+ * with what the child reported. */
+static pid_t await_exec(pid_t pid, int report, int *err, char *msg, size_t msglen)
+{
+	struct report rep;
+	ssize_t n;
+	do
+		n = read(report, &rep, sizeof rep);
+	while (n < 0 && errno == EINTR);
+	close(report);
+	if (n == (ssize_t)sizeof rep) {
+		waitpid(pid, NULL, 0);
+		rep.msg[sizeof rep.msg - 1] = 0;
+		*err = rep.err;
+		snprintf(msg, msglen, "%s", rep.msg);
+		return -1;
+	}
+	return pid; /* exec succeeded: the CLOEXEC pipe closed with nothing in it */
+}
+
 pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
 {
 	int rp[2];
@@ -101,45 +154,152 @@ pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
 	}
 	if (pid == 0) {
 		close(rp[0]);
-		reset_signals();
-		if (r->setsid)
-			setsid();
-		if (r->ns && r->ns->cgroup_procs >= 0)
-			(void)!write(r->ns->cgroup_procs, "0", 1);
-		if (r->ns && enter(r->ns) < 0)
-			child_fail(rp[1], errno, "%senter namespaces: %s", "");
-		if (r->ns && r->ns->contain && r->ns->contain->on && contain_process(r->ns->contain) < 0)
-			child_fail(rp[1], errno, "%scontaining business code: %s", "");
-		/* move the stdio fds out of 0..2 first so the dup2s cannot clobber each other */
-		int in = fcntl(r->fd_in, F_DUPFD_CLOEXEC, 10);
-		int out = r->tty ? in : fcntl(r->fd_out, F_DUPFD_CLOEXEC, 10);
-		int er = r->tty ? in : fcntl(r->fd_err, F_DUPFD_CLOEXEC, 10);
-		if (in < 0 || out < 0 || er < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(er, 2) < 0)
-			child_fail(rp[1], errno, "%sstdio: %s", "");
-		if (r->tty && ioctl(0, TIOCSCTTY, 0) < 0)
-			child_fail(rp[1], errno, "%scontrolling tty: %s", "");
-		const char *wd = r->workdir && *r->workdir ? r->workdir : "/";
-		if (chdir(wd) < 0)
-			child_fail(rp[1], errno, "workdir %s: %s", wd);
-		environ = r->env;
-		execvp(r->argv[0], r->argv);
-		child_fail(rp[1], errno, "%s: %s", r->argv[0]);
+		child_enter(r, rp[1]);
+		child_exec(r, rp[1]);
 	}
 	close(rp[1]);
+	return await_exec(pid, rp[0], err, msg, msglen);
+}
+
+/* --- a process forked ahead of its exec ----------------------------------------------
+ * spawn() in two halves: spawn_ahead() forks the process into its namespaces, session
+ * and cgroup now, and it waits; spawn_finish() sends it its program, arguments,
+ * environment and folder, and it execs. A template does the first half before its
+ * snapshot (PREPARE), so that no clone forks, joins namespaces or moves a process
+ * between cgroups to start its agent (under TCG each is kernel code translated afresh
+ * per clone). Only the exec is left for after the restore: the program's address space
+ * and its randomness (ASLR, AT_RANDOM) come from the clone's own, reseeded kernel. */
+
+#define AHEAD_MAX (1u << 20) /* the request: folder, arguments and environment */
+
+static void __attribute__((noreturn)) ahead_child(const struct spawn_req *shape, int rfd, int req)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	child_enter(shape, rfd);
+	/* then nothing of init's but what it will use: no channel or client socket held open */
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != rfd && fd != req && fd != shape->fd_in && fd != shape->fd_out && fd != shape->fd_err)
+			close(fd);
+	uint32_t len = 0;
+	if (read(req, &len, sizeof len) != (ssize_t)sizeof len || len == 0 || len > AHEAD_MAX)
+		_exit(127); /* init gave up on it (spawn_cancel) or died */
+	char *data = malloc(len + 1);
+	size_t got = 0;
+	for (ssize_t n; data && got < len; got += (size_t)n)
+		if ((n = read(req, data + got, len - got)) <= 0)
+			_exit(127);
+	if (!data)
+		child_fail(rfd, ENOMEM, "%srequest: %s", "");
+	data[len] = 0;
+	/* u32 argc, u32 envc, then the folder, the arguments and the environment, each
+	 * NUL-terminated: init's own making (spawn_finish), checked all the same */
+	uint32_t argc, envc;
+	if (len < 9)
+		child_fail(rfd, EINVAL, "%srequest: %s", "");
+	memcpy(&argc, data, 4);
+	memcpy(&envc, data + 4, 4);
+	if (argc == 0 || argc > len || envc > len)
+		child_fail(rfd, EINVAL, "%srequest: %s", "");
+	char **argv = calloc((size_t)argc + envc + 2, sizeof *argv);
+	if (!argv)
+		child_fail(rfd, ENOMEM, "%srequest: %s", "");
+	char **env = argv + argc + 1;
+	char *workdir = data + 8, *at = workdir + strlen(workdir) + 1, *end = data + len;
+	for (uint32_t i = 0; i < argc + envc; i++) {
+		if (at >= end)
+			child_fail(rfd, EINVAL, "%srequest: %s", "");
+		*(i < argc ? argv + i : env + (i - argc)) = at;
+		at += strlen(at) + 1;
+	}
+	struct spawn_req r = *shape;
+	r.argv = argv, r.env = env, r.workdir = workdir;
+	child_exec(&r, rfd);
+}
+
+int spawn_ahead(const struct spawn_req *shape, struct ahead *out)
+{
+	int rp[2], sp[2];
+	out->pid = 0, out->report = out->req = -1;
+	if (pipe2(rp, O_CLOEXEC) < 0)
+		return -errno;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+		int e = errno;
+		close(rp[0]), close(rp[1]);
+		return -e;
+	}
+	pid_t pid = fork_into(shape->ns ? shape->ns->fd_pid : -1);
+	if (pid < 0) {
+		int e = errno;
+		close(rp[0]), close(rp[1]), close(sp[0]), close(sp[1]);
+		return -e;
+	}
+	if (pid == 0) {
+		close(rp[0]), close(sp[0]);
+		ahead_child(shape, rp[1], sp[1]);
+	}
+	close(rp[1]), close(sp[1]);
+	out->pid = pid, out->report = rp[0], out->req = sp[0];
+	return 0;
+}
+
+void spawn_ahead_lost(struct ahead *a, int status)
+{
 	struct report rep;
-	ssize_t n;
-	do
-		n = read(rp[0], &rep, sizeof rep);
-	while (n < 0 && errno == EINTR);
-	close(rp[0]);
+	ssize_t n = a->report >= 0 ? read(a->report, &rep, sizeof rep) : -1;
 	if (n == (ssize_t)sizeof rep) {
-		waitpid(pid, NULL, 0);
 		rep.msg[sizeof rep.msg - 1] = 0;
-		*err = rep.err;
-		snprintf(msg, msglen, "%s", rep.msg);
+		logmsg("the agent's process forked ahead failed: %s", rep.msg);
+	} else {
+		logmsg("the agent's process forked ahead ended (status 0x%x)", (unsigned)status);
+	}
+	spawn_cancel(a);
+}
+
+void spawn_cancel(struct ahead *a)
+{
+	if (a->req >= 0)
+		close(a->req); /* it reads nothing and exits */
+	if (a->report >= 0)
+		close(a->report);
+	a->pid = 0, a->report = a->req = -1;
+}
+
+pid_t spawn_finish(struct ahead *a, char *const *argv, char *const *env, const char *workdir,
+		   int *err, char *msg, size_t msglen)
+{
+	uint32_t head[3] = {0, 0, 0}; /* length, argc, envc */
+	for (char *const *p = argv; *p; p++)
+		head[1]++;
+	for (char *const *p = env; p && *p; p++)
+		head[2]++;
+	struct buf b = {0};
+	buf_put(&b, head, sizeof head);
+	buf_put(&b, workdir ? workdir : "", strlen(workdir ? workdir : "") + 1);
+	for (char *const *p = argv; *p; p++)
+		buf_put(&b, *p, strlen(*p) + 1);
+	for (char *const *p = env; p && *p; p++)
+		buf_put(&b, *p, strlen(*p) + 1);
+	uint32_t len = (uint32_t)(b.len - 4);
+	memcpy(b.p, &len, 4);
+	pid_t pid = a->pid;
+	int report = a->report, ok = len <= AHEAD_MAX && head[1] > 0;
+	for (size_t at = 0; ok && at < b.len;) {
+		ssize_t n = send(a->req, b.p + at, b.len - at, MSG_NOSIGNAL);
+		if (n < 0 && errno != EINTR)
+			ok = 0;
+		else if (n > 0)
+			at += (size_t)n;
+	}
+	buf_free(&b);
+	close(a->req);
+	a->pid = 0, a->report = a->req = -1;
+	if (!ok) {
+		close(report);
+		*err = EPIPE;
+		snprintf(msg, msglen, "the process forked ahead is gone");
 		return -1;
 	}
-	return pid; /* exec succeeded: the CLOEXEC pipe closed with nothing in it */
+	return await_exec(pid, report, err, msg, msglen);
 }
 
 /* Bring up the loopback of the current network namespace (a new one starts down). */
