@@ -224,12 +224,13 @@ boxes:
     secrets: {{TOKEN: {{env: BENCH_TOKEN, hosts: ["api.example.com:443"]}}}}
     volumes: [{{type: tmpfs, target: /scratch, size: 8Mi}}]
 {more}"""
-CONNECTED_POOL = """  member:
+CONNECTED_POOL = """  member:  # as `one` above: its template is there (a template's key names its volumes' folders)
     image: hello
     resources: {{memory: 256Mi}}
     namespaces: {{agent: {{command: ["/bin/sh", "-c", "exec sleep 100000"]}}}}
     network: {{mode: allowlist, egress: ["api.example.com:443"]}}
     secrets: {{TOKEN: {{env: BENCH_TOKEN, hosts: ["api.example.com:443"]}}}}
+    volumes: [{{type: tmpfs, target: /scratch, size: 8Mi}}]
 pools:
   eight: {{box: member, min_ready: 8, max: 8, park: {park}, idle_timeout: 1h}}
 """
