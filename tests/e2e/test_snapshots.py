@@ -132,6 +132,10 @@ def test_clones_adopt_the_templates_agent_namespaces_or_make_their_own(
     reads = box("exec", "p1", "--", "sh", "-c", "r() { awk '$3 == \"vda\" { print $6 }' /proc/diskstats; }; "
                 "r; cat /bin/sh > /dev/null; r", check=True).out.split()
     assert len(reads) == 2 and reads[0] == reads[1], reads
+    # reading a file writes nothing either: the root is mounted noatime (guest/init/boot.c)
+    root_opts = box("exec", "--ns", "root", "p1", "--", "awk", "$2 == \"/\" { print $4 }", "/proc/mounts",
+                    check=True).out.split()
+    assert root_opts and "noatime" in root_opts[-1].split(","), root_opts
     view = {n: box("exec", n, "--", "sh", "-c", AGENT_VIEW, check=True).out.split() for n in ("p1", "p2", "p3")}
     root = {n: box("exec", "--ns", "root", n, "--", "sh", "-c", "hostname; readlink /proc/self/ns/uts",
                    check=True).out.split() for n in ("p1", "p2")}
