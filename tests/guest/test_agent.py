@@ -62,15 +62,19 @@ def test_prepared_namespaces_are_adopted_and_named_by_config(make_guest: Callabl
     g.client.prepare(int(DEFAULT_ISOLATION))
     with pytest.raises(GuestError, match="already prepared"):
         g.client.prepare(int(DEFAULT_ISOLATION))
-    prepared = _children(g.proc.pid)  # the holder, and the agent's process forked ahead
-    assert len(prepared) == 2
+    # the holder, and the agent's process and the first exec's, forked ahead
+    holder, agent, first_exec = prepared = sorted(_children(g.proc.pid))
     g.client.configure(BoxConfig(hostname="adopted", argv=("sleep", "1000")), 5)
     st = _status_until(g, lambda s: s.agent_state == "running")
     assert st.agent_state == "running"
     # the agent is the process PREPARE forked into the holder's namespaces: it only
     # exec'd at CONFIG; nothing was forked again
-    assert int(st.values["agent_pid"]) in prepared and _children(g.proc.pid) == prepared
+    assert int(st.values["agent_pid"]) == agent and _children(g.proc.pid) == set(prepared)
+    assert Path(f"/proc/{first_exec}/comm").read_text() == "a3s-ahead\n"
     assert g.client.run(["hostname"]).stdout == b"adopted\n"
+    # ... and the first exec was the other one: it ran and ended, nothing left waiting
+    _status_until(g, lambda s: _children(g.proc.pid) == {holder, agent})
+    assert _children(g.proc.pid) == {holder, agent}
     assert _agent_ns(g, "uts") != os.readlink("/proc/self/ns/uts")
     assert _agent_ns(g, "pid") != os.readlink("/proc/self/ns/pid")
 
@@ -113,14 +117,55 @@ def test_an_agent_forked_ahead_and_killed_is_forked_again(make_guest: Callable[[
     g = make_guest()
     g.client.prepare(int(DEFAULT_ISOLATION))
     prepared = _children(g.proc.pid)
-    ahead = max(prepared)  # forked after the holder
-    os.kill(ahead, signal.SIGKILL)
-    _status_until(g, lambda s: ahead not in _children(g.proc.pid))
+    for ahead in sorted(prepared)[1:]:  # the agent's and the first exec's (after the holder)
+        os.kill(ahead, signal.SIGKILL)
+    _status_until(g, lambda s: len(_children(g.proc.pid)) == 1)
     g.client.configure(BoxConfig(hostname="a", argv=("sleep", "1000")), 5)
     st = _status_until(g, lambda s: s.agent_state == "running")
     assert st.agent_state == "running" and int(st.values["agent_pid"]) not in prepared
-    assert "the agent's process forked ahead ended" in g.console()
-    assert g.client.run(["hostname"]).stdout == b"a\n"  # in the prepared namespaces all the same
+    assert g.console().count("a process forked ahead ended") == 2
+    assert g.client.run(["hostname"]).stdout == b"a\n"  # forked now, in the prepared namespaces all the same
+
+
+def test_the_first_exec_forked_ahead_gets_its_stdio_and_status(make_guest: Callable[[], "LocalGuest"]) -> None:
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    g.client.configure(BoxConfig(hostname="a", argv=("sleep", "1000")), 5)
+    first = g.client.run(["sh", "-c", 'cat; echo "to err $0 [$1]" >&2; exit 3', "zero", ""], stdin=b"fed\n",
+                         env={"EMPTY": ""})
+    again = g.client.run(["sh", "-c", 'cat; echo "to err $0 [$1]" >&2; exit 3', "zero", ""], stdin=b"fed\n")
+    assert (first.exit.value, first.stdout, first.stderr) == (3, b"fed\n", b"to err zero []\n")
+    assert (again.exit.value, again.stdout, again.stderr) == (first.exit.value, first.stdout, first.stderr)
+
+
+def _first_exec_of_a_missing_program(g: "LocalGuest") -> object:
+    try:
+        r = g.client.run(["/no/such/program"])
+        return ("exit", r.exit, r.stdout, r.stderr)
+    except GuestError as e:
+        return ("error", str(e))
+
+
+def test_a_first_exec_from_ahead_that_cannot_start_fails_as_a_forked_one(
+        make_guest: Callable[[], "LocalGuest"]) -> None:
+    ahead, forked = make_guest(), make_guest()
+    ahead.client.prepare(int(DEFAULT_ISOLATION))
+    for g in (ahead, forked):
+        g.client.configure(BoxConfig(hostname="a", argv=("sleep", "1000")), 5)
+    said = _first_exec_of_a_missing_program(ahead)
+    assert said == _first_exec_of_a_missing_program(forked)
+    assert "No such file or directory" in repr(said)
+
+
+def test_a_first_exec_on_a_terminal_from_ahead(make_guest: Callable[[], "LocalGuest"]) -> None:
+    from a3s_box.guest.protocol import ExecRequest
+    g = make_guest()
+    g.client.prepare(int(DEFAULT_ISOLATION))
+    g.client.configure(BoxConfig(hostname="a", argv=("sleep", "1000")), 5)
+    s = g.client.start(ExecRequest(argv=("sh", "-c", "stty size; tty"), tty=True, rows=30, cols=100))
+    assert s.wait(10).code == 0
+    out = b"".join(d for fd, d in s if fd == 1)
+    assert b"30 100" in out and b"/dev/pts/" in out
 
 
 def test_prepared_namespaces_for_other_isolation_are_replaced(make_guest: Callable[[], "LocalGuest"]) -> None:

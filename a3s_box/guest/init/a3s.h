@@ -92,12 +92,11 @@ struct spawn_req {
 };
 /* Start a process; returns its pid (root ns) or -1 with *err = errno and msg filled. */
 pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen);
-/* spawn() in two halves (spawn.c): forked into SHAPE's namespaces, session and cgroup
- * now, with its stdio; given its program, arguments, environment and folder later */
-struct ahead { pid_t pid; int report, req; };
+/* spawn() in two halves (spawn.c): forked into SHAPE's namespaces (ns), session
+ * (setsid) and cgroup now; given the rest of a spawn_req for the same ns later */
+struct ahead { pid_t pid; int report, req; const struct nsset *ns; };
 int spawn_ahead(const struct spawn_req *shape, struct ahead *out); /* 0 or -errno */
-pid_t spawn_finish(struct ahead *a, char *const *argv, char *const *env, const char *workdir,
-		   int *err, char *msg, size_t msglen);
+pid_t spawn_finish(struct ahead *a, const struct spawn_req *r, int *err, char *msg, size_t msglen);
 void spawn_cancel(struct ahead *a);
 void spawn_ahead_lost(struct ahead *a, int status); /* it died unused: says why, cancels */
 /* Create namespaces `flags` for a holder nested in `parent` (NULL = root). */

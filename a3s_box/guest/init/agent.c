@@ -5,7 +5,14 @@
 #include <sched.h>
 #include <sys/mount.h>
 
-struct agent A = {.state = "not-configured", .ahead = {.pid = 0, .report = -1, .req = -1}};
+struct agent A = {.state = "not-configured", .ahead = {.pid = 0, .report = -1, .req = -1},
+		  .exec_ahead = {.pid = 0, .report = -1, .req = -1}};
+
+void aheads_cancel(void)
+{
+	spawn_cancel(&A.ahead);
+	spawn_cancel(&A.exec_ahead);
+}
 
 char nsx_env[600]; /* A3S_NSEXEC_SOCK=..., for agent processes */
 
@@ -19,7 +26,7 @@ void agent_start(void)
 	char msg[256];
 	pid_t pid = -1;
 	if (A.ahead.pid > 0) { /* forked at PREPARE, into these namespaces: it only execs */
-		pid = spawn_finish(&A.ahead, A.argv, env, A.workdir, &err, msg, sizeof msg);
+		pid = spawn_finish(&A.ahead, &r, &err, msg, sizeof msg);
 		if (pid < 0 && err == EPIPE)
 			logmsg("agent's process forked ahead is gone: forking it now");
 	}
@@ -93,11 +100,17 @@ void reaped(pid_t pid, int st)
 		spawn_ahead_lost(&A.ahead, st);
 		return;
 	}
+	if (A.exec_ahead.pid && pid == A.exec_ahead.pid) {
+		spawn_ahead_lost(&A.exec_ahead, st);
+		return;
+	}
 	if (pid == A.agent_ns.holder || pid == A.business_ns.holder) {
 		struct nsset *n = pid == A.agent_ns.holder ? &A.agent_ns : &A.business_ns;
 		n->holder = 0;
 		if (!stopping)
 			logmsg("%s namespace holder died", n == &A.agent_ns ? "agent" : "business");
+		if (n == &A.agent_ns)
+			aheads_cancel();
 		ns_close(n);
 	}
 }
@@ -176,15 +189,11 @@ void on_prepare(struct conn *c, struct rd *r)
 	}
 	A.prepared = 1;
 	A.prepared_iso = ns_flags(iso, NULL);
-	/* the agent's process, forked into them now: a clone's CONFIG only has it exec */
-	int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	struct spawn_req shape = {.ns = &A.agent_ns, .fd_in = nul, .fd_out = g_console, .fd_err = g_console,
-				  .setsid = 1};
-	rc = nul < 0 ? -errno : spawn_ahead(&shape, &A.ahead);
-	if (rc < 0)
-		logmsg("agent not forked ahead: %s", strerror(-rc));
-	if (nul >= 0)
-		close(nul);
+	/* the agent's process and the first exec's, forked into them now: in a clone, the
+	 * agent's CONFIG and the first EXEC in its namespaces only have them exec */
+	struct spawn_req shape = {.ns = &A.agent_ns, .setsid = 1};
+	if ((rc = spawn_ahead(&shape, &A.ahead)) < 0 || (rc = spawn_ahead(&shape, &A.exec_ahead)) < 0)
+		logmsg("not forked ahead: %s", strerror(-rc));
 	/* the building box's mount targets: its clones' MOUNTs find them (the template's key
 	 * names them), and no clone allocates an inode and a block and journals them */
 	for (size_t i = 0; i < ntargets; i++)
@@ -275,7 +284,7 @@ void on_config(struct conn *c, struct rd *r)
 		if ((aiso & ISO_UTS) && *host)
 			name_namespace(&A.agent_ns, host);
 	} else {
-		spawn_cancel(&A.ahead); /* forked into namespaces this box does not use */
+		aheads_cancel(); /* forked into namespaces this box does not use */
 		if (A.prepared)
 			ns_close(&A.agent_ns); /* made for other isolation flags than this box's */
 		rc = ns_create(&A.agent_ns, NULL, share_mounts(aiso), host, cg_agent, NULL);

@@ -68,10 +68,11 @@ struct agent {
 	int restart;
 	struct nsset agent_ns, business_ns;
 	/* PREPARE made agent_ns (with these isolation flags) and the cgroup folders, and
-	 * forked the agent's process ahead into them (spawn_ahead; pid 0 once used or gone) */
+	 * forked into them ahead the agent's process and the first exec's (spawn_ahead;
+	 * pid 0 once used or gone) */
 	int prepared;
 	unsigned prepared_iso;
-	struct ahead ahead;
+	struct ahead ahead, exec_ahead;
 	struct contain business_contain;
 	const char *state;
 	pid_t pid;
@@ -90,6 +91,7 @@ extern int sigfd, nsx_listen;
 extern long long t0;
 extern int stopping;
 extern struct agent A;
+void aheads_cancel(void); /* both let go: their namespaces are not the agent's */
 extern char nsx_env[600];
 
 #define send_result(c, s, e, m) send_errno_msg(c, M_RESULT, s, e, m)

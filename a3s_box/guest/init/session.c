@@ -225,7 +225,13 @@ pipefail:
 	struct spawn_req req = {.argv = argv, .env = fullenv, .workdir = wdir, .ns = nss,
 				.tty = s->tty, .fd_in = child_in, .fd_out = child_out,
 				.fd_err = child_err, .setsid = 1};
-	pid = spawn(&req, &err, msg, sizeof msg);
+	if (nss && nss == A.exec_ahead.ns && A.exec_ahead.pid > 0) { /* forked at PREPARE: it only execs */
+		pid = spawn_finish(&A.exec_ahead, &req, &err, msg, sizeof msg);
+		if (pid < 0 && err == EPIPE)
+			err = 0, msg[0] = 0; /* gone: forked now */
+	}
+	if (pid < 0 && !err)
+		pid = spawn(&req, &err, msg, sizeof msg);
 	free(fullenv);
 done:
 	if (child_in >= 0)

@@ -163,63 +163,77 @@ pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
 
 /* --- a process forked ahead of its exec ----------------------------------------------
  * spawn() in two halves: spawn_ahead() forks the process into its namespaces, session
- * and cgroup now, and it waits; spawn_finish() sends it its program, arguments,
+ * and cgroup now, and it waits; spawn_finish() sends it its stdio, program, arguments,
  * environment and folder, and it execs. A template does the first half before its
- * snapshot (PREPARE), so that no clone forks, joins namespaces or moves a process
- * between cgroups to start its agent (under TCG each is kernel code translated afresh
- * per clone). Only the exec is left for after the restore: the program's address space
- * and its randomness (ASLR, AT_RANDOM) come from the clone's own, reseeded kernel. */
+ * snapshot (PREPARE: the agent's, and one for the first exec in the agent's
+ * namespaces), so that no clone forks, joins namespaces or moves a process between
+ * cgroups for them (under TCG each is kernel code translated afresh per clone). Only
+ * the exec is left for after the restore: the program's address space and its
+ * randomness (ASLR, AT_RANDOM) come from the clone's own, reseeded kernel.
+ * The waiting process keeps nothing of init's but its two descriptors to init. */
 
 #define AHEAD_MAX (1u << 20) /* the request: folder, arguments and environment */
+
+struct ahead_head { uint32_t len, argc, envc, tty; };
+
+/* The request's head and its three stdio descriptors (MSG_CMSG_CLOEXEC), or -1. */
+static int recv_head(int req, struct ahead_head *h, int fds[3])
+{
+	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
+	struct iovec iov = {.iov_base = h, .iov_len = sizeof *h};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
+	ssize_t n;
+	do
+		n = recvmsg(req, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	while (n < 0 && errno == EINTR);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	if (n != (ssize_t)sizeof *h || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+	    c->cmsg_len != CMSG_LEN(3 * sizeof(int)))
+		return -1;
+	memcpy(fds, CMSG_DATA(c), 3 * sizeof(int));
+	return 0;
+}
 
 static void __attribute__((noreturn)) ahead_child(const struct spawn_req *shape, int rfd, int req)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	prctl(PR_SET_NAME, "a3s-ahead"); /* what ps shows until it execs */
 	child_enter(shape, rfd);
-	/* then nothing of init's but what it will use: no channel or client socket held open */
-	for (int fd = 3; fd < 1024; fd++)
-		if (fd != rfd && fd != req && fd != shape->fd_in && fd != shape->fd_out && fd != shape->fd_err)
+	for (int fd = 3; fd < 1024; fd++) /* no channel, client socket or file of init's held open */
+		if (fd != rfd && fd != req)
 			close(fd);
-	uint32_t len = 0;
-	if (read(req, &len, sizeof len) != (ssize_t)sizeof len || len == 0 || len > AHEAD_MAX)
-		_exit(127); /* init gave up on it (spawn_cancel) or died */
-	char *data = malloc(len + 1);
+	struct ahead_head h;
+	int fds[3];
+	if (recv_head(req, &h, fds) < 0 || h.len > AHEAD_MAX || h.argc == 0 || h.argc > h.len || h.envc > h.len)
+		_exit(127); /* init let it go (spawn_cancel) or died */
+	char *data = malloc((size_t)h.len + 1);
 	size_t got = 0;
-	for (ssize_t n; data && got < len; got += (size_t)n)
-		if ((n = read(req, data + got, len - got)) <= 0)
+	for (ssize_t n; data && got < h.len; got += (size_t)n)
+		if ((n = read(req, data + got, h.len - got)) <= 0)
 			_exit(127);
-	if (!data)
-		child_fail(rfd, ENOMEM, "%srequest: %s", "");
-	data[len] = 0;
-	/* u32 argc, u32 envc, then the folder, the arguments and the environment, each
-	 * NUL-terminated: init's own making (spawn_finish), checked all the same */
-	uint32_t argc, envc;
-	if (len < 9)
-		child_fail(rfd, EINVAL, "%srequest: %s", "");
-	memcpy(&argc, data, 4);
-	memcpy(&envc, data + 4, 4);
-	if (argc == 0 || argc > len || envc > len)
-		child_fail(rfd, EINVAL, "%srequest: %s", "");
-	char **argv = calloc((size_t)argc + envc + 2, sizeof *argv);
+	char **argv = data ? calloc((size_t)h.argc + h.envc + 2, sizeof *argv) : NULL;
 	if (!argv)
 		child_fail(rfd, ENOMEM, "%srequest: %s", "");
-	char **env = argv + argc + 1;
-	char *workdir = data + 8, *at = workdir + strlen(workdir) + 1, *end = data + len;
-	for (uint32_t i = 0; i < argc + envc; i++) {
+	data[h.len] = 0;
+	/* the folder, the arguments and the environment, each NUL-terminated: init's own
+	 * making (spawn_finish), checked all the same */
+	char **env = argv + h.argc + 1, *at = data + strlen(data) + 1, *end = data + h.len;
+	for (uint32_t i = 0; i < h.argc + h.envc; i++) {
 		if (at >= end)
 			child_fail(rfd, EINVAL, "%srequest: %s", "");
-		*(i < argc ? argv + i : env + (i - argc)) = at;
+		*(i < h.argc ? argv + i : env + (i - h.argc)) = at;
 		at += strlen(at) + 1;
 	}
 	struct spawn_req r = *shape;
-	r.argv = argv, r.env = env, r.workdir = workdir;
+	r.argv = argv, r.env = env, r.workdir = data, r.tty = (int)h.tty;
+	r.fd_in = fds[0], r.fd_out = fds[1], r.fd_err = fds[2];
 	child_exec(&r, rfd);
 }
 
 int spawn_ahead(const struct spawn_req *shape, struct ahead *out)
 {
 	int rp[2], sp[2];
-	out->pid = 0, out->report = out->req = -1;
+	out->pid = 0, out->report = out->req = -1, out->ns = shape->ns;
 	if (pipe2(rp, O_CLOEXEC) < 0)
 		return -errno;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -248,9 +262,9 @@ void spawn_ahead_lost(struct ahead *a, int status)
 	ssize_t n = a->report >= 0 ? read(a->report, &rep, sizeof rep) : -1;
 	if (n == (ssize_t)sizeof rep) {
 		rep.msg[sizeof rep.msg - 1] = 0;
-		logmsg("the agent's process forked ahead failed: %s", rep.msg);
+		logmsg("a process forked ahead failed: %s", rep.msg);
 	} else {
-		logmsg("the agent's process forked ahead ended (status 0x%x)", (unsigned)status);
+		logmsg("a process forked ahead ended (status 0x%x)", (unsigned)status);
 	}
 	spawn_cancel(a);
 }
@@ -264,25 +278,29 @@ void spawn_cancel(struct ahead *a)
 	a->pid = 0, a->report = a->req = -1;
 }
 
-pid_t spawn_finish(struct ahead *a, char *const *argv, char *const *env, const char *workdir,
-		   int *err, char *msg, size_t msglen)
+pid_t spawn_finish(struct ahead *a, const struct spawn_req *r, int *err, char *msg, size_t msglen)
 {
-	uint32_t head[3] = {0, 0, 0}; /* length, argc, envc */
-	for (char *const *p = argv; *p; p++)
-		head[1]++;
-	for (char *const *p = env; p && *p; p++)
-		head[2]++;
+	struct ahead_head h = {0, 0, 0, (uint32_t)r->tty};
 	struct buf b = {0};
-	buf_put(&b, head, sizeof head);
-	buf_put(&b, workdir ? workdir : "", strlen(workdir ? workdir : "") + 1);
-	for (char *const *p = argv; *p; p++)
+	const char *wd = r->workdir ? r->workdir : "";
+	buf_put(&b, wd, strlen(wd) + 1);
+	for (char **p = r->argv; *p; p++, h.argc++)
 		buf_put(&b, *p, strlen(*p) + 1);
-	for (char *const *p = env; p && *p; p++)
+	for (char **p = r->env; p && *p; p++, h.envc++)
 		buf_put(&b, *p, strlen(*p) + 1);
-	uint32_t len = (uint32_t)(b.len - 4);
-	memcpy(b.p, &len, 4);
+	h.len = (uint32_t)b.len;
+	int fds[3] = {r->fd_in, r->tty ? r->fd_in : r->fd_out, r->tty ? r->fd_in : r->fd_err};
+	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
+	memset(&u, 0, sizeof u);
+	struct iovec iov = {.iov_base = &h, .iov_len = sizeof h};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof fds);
+	memcpy(CMSG_DATA(c), fds, sizeof fds);
 	pid_t pid = a->pid;
-	int report = a->report, ok = len <= AHEAD_MAX && head[1] > 0;
+	int report = a->report;
+	int ok = r->ns == a->ns && h.len <= AHEAD_MAX && h.argc > 0 &&
+		 sendmsg(a->req, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
 	for (size_t at = 0; ok && at < b.len;) {
 		ssize_t n = send(a->req, b.p + at, b.len - at, MSG_NOSIGNAL);
 		if (n < 0 && errno != EINTR)
