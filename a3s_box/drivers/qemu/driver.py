@@ -354,11 +354,14 @@ class QemuDriver:
         try:
             with Qmp(handle.extra["qmp"], handle.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
-                          capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                          capabilities=[{"capability": "x-ignore-shared", "state": True},
+                                        {"capability": "events", "state": True}])
                 with open(template.state, "rb") as state_file:  # a sandboxed QEMU spawns nothing
                     q.pass_fd("state", state_file.fileno())
                 q.command("migrate-incoming", uri="fd:state")
-                # loaded when the VM leaves "inmigrate" (paused: store-global-state=off)
+                # QEMU says when the load ends (a poll saw it up to half its time late) ...
+                q.wait_event("MIGRATION", lambda d: d.get("status") in ("completed", "failed", "cancelled"), 15.0)
+                # ... and the VM leaves "inmigrate" at once after (paused: store-global-state=off)
                 state = q.wait_until_not("query-status", "inmigrate", 15.0)
                 migrated = str(q.command("query-migrate").get("status", ""))
                 if state not in ("paused", "running") or migrated == "failed":

@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from a3s_box.errors import DriverError
@@ -122,6 +123,27 @@ class Qmp:
                 raise QmpError(self.box, f"QEMU refused {name}: {err.get('desc', err)}")
             if "return" in msg:
                 return msg["return"]
+
+    def wait_event(self, event: str, until: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """Block until QEMU sends EVENT with data UNTIL accepts (events that came with
+        earlier replies count); that data. Other events are dropped."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                while self.events:
+                    ev = self.events.pop(0)
+                    data = ev.get("data") or {}
+                    if ev.get("event") == event and isinstance(data, dict) and until(data):
+                        return data
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QmpError(self.box, f"QMP: no {event} event after {timeout:.0f}s")
+                self.sock.settimeout(remaining)
+                msg = self._next()
+                if "event" in msg:
+                    self.events.append(msg)
+        finally:
+            self.sock.settimeout(self.timeout)
 
     def wait_status(self, done: tuple[str, ...], timeout: float, query: str = "query-migrate",
                     key: str = "status") -> str:
