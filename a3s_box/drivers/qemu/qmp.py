@@ -137,9 +137,14 @@ class Qmp:
                         return data
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise QmpError(self.box, f"QMP: no {event} event after {timeout:.0f}s")
+                    raise QmpError(self.box, f"QMP: no {event} event after {timeout:g}s")
                 self.sock.settimeout(remaining)
-                msg = self._next()
+                try:
+                    msg = self._next()
+                except QmpError as e:
+                    if time.monotonic() >= deadline:  # the socket's timeout: ours
+                        raise QmpError(self.box, f"QMP: no {event} event after {timeout:g}s") from e
+                    raise
                 if "event" in msg:
                     self.events.append(msg)
         finally:
