@@ -112,14 +112,20 @@ def confined_vs_not(s: Scratch, rounds: int) -> tuple[float, float]:
     return statistics.median(out[True]), statistics.median(out[False])
 
 
-def api_start(s: Scratch, boxfile: Path, rounds: int) -> tuple[float, float]:
+API_ROUNDS = 11  # a start is ~0.3 s: enough rounds for a median the host's noise moves little
+
+
+def api_start(s: Scratch, boxfile: Path, rounds: int) -> tuple[float, float, float]:
     """In-process, one box from its template ready: (host.apply returning with the box
-    running and its agent started, the same to its first exec answered); medians."""
+    running and its agent started, the same to its first exec answered); medians; and
+    the share of rounds whose first exec was answered within API_GOAL."""
     import a3s_box
 
     started, answered = [], []
     with a3s_box.Host(s.home) as host:
         bf = host.load([boxfile])
+        host.apply(bf)  # the process's first start imports what later ones find loaded
+        host.delete("one")
         for _ in range(rounds):
             t0 = time.perf_counter()
             host.apply(bf)
@@ -128,7 +134,11 @@ def api_start(s: Scratch, boxfile: Path, rounds: int) -> tuple[float, float]:
                 c.run(["true"])
             answered.append(time.perf_counter() - t0)
             host.delete("one")
-    return statistics.median(started), statistics.median(answered)
+    within = sum(a < API_GOAL for a in answered) / len(answered)
+    return statistics.median(started), statistics.median(answered), within
+
+
+API_GOAL = 0.25  # issue 26: a start through the Python API from a template, under TCG
 
 
 def raw_qemu(home: Home, tmp: Path) -> float:
@@ -191,7 +201,7 @@ def main() -> None:
             api_rtt = (time.perf_counter() - t0) / 30
         cli_rtt = statistics.median(s.box("exec", "one", "--", "true") for _ in range(5))
         s.box("delete", "-f", str(snap_f))
-        api = api_start(s, snap_f, max(args.rounds, 5))
+        api = api_start(s, snap_f, max(args.rounds, API_ROUNDS))
         fills = {(b, p): pool_fill(s, b, p) for b, p in (("cold", False), ("snapshot", False), ("snapshot", True))}
         confined, unconfined = confined_vs_not(s, args.rounds)
         krun_line = libkrun_vs_qemu(s, cold_f, statistics.median(cold), args.rounds)
@@ -296,12 +306,13 @@ def connected(s: Scratch, home: Home, rounds: int) -> str:
     import os
 
     os.environ["BENCH_TOKEN"] = "bench-secret-value"  # the in-process start reads it here
-    api = api_start(s, one, max(rounds, 5))
+    api = api_start(s, one, max(rounds, API_ROUNDS))
     lines = []
     r, o = statistics.median(raw), statistics.median(snap)
     lines.append(f"connected box (allow-list, secret, tmpfs): apply -> first exec from a snapshot {o:.2f} s, "
                  f"ratio to raw qemu {o / r:.2f}  (goal <= 0.5); Python API start {api[0] * 1000:.0f} ms to started, "
-                 f"{api[1] * 1000:.0f} ms to the first exec answered (goal < 250 ms)")
+                 f"{api[1] * 1000:.0f} ms to the first exec answered (goal < 250 ms; {api[2]:.0%} of "
+                 f"{max(rounds, API_ROUNDS)} starts within it)")
     for park in (False, True):
         f = s.boxfile(f"conn-pool-{park}.yaml", CONNECTED.format(more="") .split("boxes:")[0] + "boxes:\n"
                       + CONNECTED_POOL.format(park=str(park).lower()))
