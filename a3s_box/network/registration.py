@@ -185,7 +185,8 @@ class BoxNetwork:
     def __init__(self, home: Path, registration: wire.Registration, ns: EgressNamespace,
                  owned: list[socket.socket], fds: list[int],
                  on_failure: Callable[[str], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 sealing: "Future[None] | None" = None) -> None:
         self.home = home
         self.box_id = registration.box_id
         self.failure = ""
@@ -197,7 +198,7 @@ class BoxNetwork:
         self._on_failure = on_failure
         self._log = log or (lambda _line: None)
         self._lock = threading.Lock()
-        self.sealing: Future[None] | None = None  # register_box's SEAL_LATER
+        self.sealing = sealing  # the namespace's rules going in (register_box's SEAL_LATER)
         self._closing = False
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -525,8 +526,7 @@ def register_box(home: Path, rundir: Path, conf: dict[str, Any], *,
                                   f"{e.strerror or e}") from e
             owned.append(listener)
             fds.append(listener.fileno())
-        net = BoxNetwork(home, registration, ns, owned, fds, on_failure, log)
-        net.sealing = sealing
+        net = BoxNetwork(home, registration, ns, owned, fds, on_failure, log, sealing)
         net.start(serve)
         return net
     except BaseException:
