@@ -38,6 +38,9 @@ void w_u32(struct buf *b, uint32_t v);
 void w_u64(struct buf *b, uint64_t v);
 void w_str(struct buf *b, const char *s, size_t n);
 void w_cstr(struct buf *b, const char *s);
+void w_cstrlist(struct buf *b, char *const *v); /* u32 count, then each as w_cstr */
+ssize_t send_with_fds(int sock, const void *p, size_t n, const int fds[3]);
+ssize_t recv_with_fds(int sock, void *p, size_t cap, int fds[3]);
 
 struct rd { const unsigned char *p; size_t len, at; int bad; };
 uint8_t r_u8(struct rd *r);

@@ -63,15 +63,8 @@ int nsexec_main(int argc, char **argv)
 		return die(m, 126);
 	}
 	struct buf b = {0};
-	w_u32(&b, (uint32_t)(argc - i));
-	for (int k = i; k < argc; k++)
-		w_cstr(&b, argv[k]);
-	size_t ne = 0;
-	for (char **e = environ; *e; e++)
-		ne++;
-	w_u32(&b, (uint32_t)ne);
-	for (char **e = environ; *e; e++)
-		w_cstr(&b, *e);
+	w_cstrlist(&b, argv + i); /* argv[argc] is NULL */
+	w_cstrlist(&b, environ);
 	char cwd[4096];
 	w_cstr(&b, getcwd(cwd, sizeof cwd) ? cwd : "");
 	if (b.len > NSEXEC_MAX_MSG)
@@ -79,14 +72,7 @@ int nsexec_main(int argc, char **argv)
 	int fds[3];
 	for (int k = 0; k < 3; k++)
 		fds[k] = fcntl(k, F_GETFD) < 0 ? open("/dev/null", O_RDWR) : k;
-	char cbuf[CMSG_SPACE(sizeof fds)] = {0};
-	struct iovec iov = {b.p, b.len};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-			    .msg_controllen = sizeof cbuf};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET, cm->cmsg_type = SCM_RIGHTS, cm->cmsg_len = CMSG_LEN(sizeof fds);
-	memcpy(CMSG_DATA(cm), fds, sizeof fds);
-	if (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0) {
+	if (send_with_fds(sock, b.p, b.len, fds) < 0) {
 		char m[200];
 		snprintf(m, sizeof m, "send to a3s-init: %s", strerror(errno));
 		return die(m, 126);

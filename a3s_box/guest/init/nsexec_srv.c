@@ -36,15 +36,8 @@ void nsexec_accept(void)
 	struct timeval tv = {1, 0};
 	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	unsigned char *msg = malloc(NSEXEC_MAX_MSG);
-	char cbuf[CMSG_SPACE(3 * sizeof(int))];
-	struct iovec iov = {msg, NSEXEC_MAX_MSG};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-			    .msg_controllen = sizeof cbuf};
-	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	int fds[3] = {-1, -1, -1};
-	struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL;
-	if (cm && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(3 * sizeof(int)))
-		memcpy(fds, CMSG_DATA(cm), sizeof fds);
+	int fds[3];
+	ssize_t n = recv_with_fds(sock, msg, NSEXEC_MAX_MSG, fds);
 	struct rd r = {.p = msg, .len = n > 0 ? (size_t)n : 0};
 	char **argv = r_strlist(&r);
 	char **env = r_strlist(&r);

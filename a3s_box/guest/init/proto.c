@@ -1,10 +1,12 @@
 /* Byte buffers, payload fields and frames of the guest protocol; console logging. */
 #include "a3s.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 int g_console = 2;
@@ -80,6 +82,50 @@ void w_str(struct buf *b, const char *s, size_t n)
 	buf_put(b, s, n);
 }
 void w_cstr(struct buf *b, const char *s) { w_str(b, s, strlen(s)); }
+void w_cstrlist(struct buf *b, char *const *v)
+{
+	uint32_t n = 0;
+	while (v && v[n])
+		n++;
+	w_u32(b, n);
+	for (uint32_t i = 0; i < n; i++)
+		w_cstr(b, v[i]);
+}
+
+/* One message with three descriptors (a process's stdio) attached (SCM_RIGHTS). */
+ssize_t send_with_fds(int sock, const void *p, size_t n, const int fds[3])
+{
+	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
+	memset(&u, 0, sizeof u);
+	struct iovec iov = {(void *)p, n};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+	memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
+	ssize_t r;
+	do
+		r = sendmsg(sock, &m, MSG_NOSIGNAL);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+/* The message's bytes (at most CAP), and FDS its three descriptors (close-on-exec), or
+ * all -1 when it did not carry exactly three. */
+ssize_t recv_with_fds(int sock, void *p, size_t cap, int fds[3])
+{
+	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
+	struct iovec iov = {p, cap};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	fds[0] = fds[1] = fds[2] = -1;
+	struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL;
+	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(3 * sizeof(int)))
+		memcpy(fds, CMSG_DATA(c), 3 * sizeof(int));
+	return n;
+}
 
 static const unsigned char *take(struct rd *r, size_t n)
 {

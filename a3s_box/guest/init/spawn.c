@@ -172,28 +172,9 @@ pid_t spawn(const struct spawn_req *r, int *err, char *msg, size_t msglen)
  * randomness (ASLR, AT_RANDOM) come from the clone's own, reseeded kernel.
  * The waiting process keeps nothing of init's but its two descriptors to init. */
 
-#define AHEAD_MAX (1u << 20) /* the request: folder, arguments and environment */
-
-struct ahead_head { uint32_t len, argc, envc, tty; };
-
-/* The request's head and its three stdio descriptors (MSG_CMSG_CLOEXEC), or -1. */
-static int recv_head(int req, struct ahead_head *h, int fds[3])
-{
-	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
-	struct iovec iov = {.iov_base = h, .iov_len = sizeof *h};
-	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
-	ssize_t n;
-	do
-		n = recvmsg(req, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-	while (n < 0 && errno == EINTR);
-	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-	if (n != (ssize_t)sizeof *h || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-	    c->cmsg_len != CMSG_LEN(3 * sizeof(int)))
-		return -1;
-	memcpy(fds, CMSG_DATA(c), 3 * sizeof(int));
-	return 0;
-}
-
+/* The request: one message (SOCK_SEQPACKET) in the protocol's encoding, `strlist argv,
+ * strlist env, str folder, u8 tty`, with the three stdio descriptors attached; no larger
+ * than an nsexec request, which is the same thing. */
 static void __attribute__((noreturn)) ahead_child(const struct spawn_req *shape, int rfd, int req)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -202,32 +183,21 @@ static void __attribute__((noreturn)) ahead_child(const struct spawn_req *shape,
 	for (int fd = 3; fd < 1024; fd++) /* no channel, client socket or file of init's held open */
 		if (fd != rfd && fd != req)
 			close(fd);
-	struct ahead_head h;
+	unsigned char *msg = malloc(NSEXEC_MAX_MSG);
 	int fds[3];
-	if (recv_head(req, &h, fds) < 0 || h.len > AHEAD_MAX || h.argc == 0 || h.argc > h.len || h.envc > h.len)
+	ssize_t n = msg ? recv_with_fds(req, msg, NSEXEC_MAX_MSG, fds) : -1;
+	if (n <= 0)
 		_exit(127); /* init let it go (spawn_cancel) or died */
-	char *data = malloc((size_t)h.len + 1);
-	size_t got = 0;
-	for (ssize_t n; data && got < h.len; got += (size_t)n)
-		if ((n = read(req, data + got, h.len - got)) <= 0)
-			_exit(127);
-	char **argv = data ? calloc((size_t)h.argc + h.envc + 2, sizeof *argv) : NULL;
-	if (!argv)
-		child_fail(rfd, ENOMEM, "%srequest: %s", "");
-	data[h.len] = 0;
-	/* the folder, the arguments and the environment, each NUL-terminated: init's own
-	 * making (spawn_finish), checked all the same */
-	char **env = argv + h.argc + 1, *at = data + strlen(data) + 1, *end = data + h.len;
-	for (uint32_t i = 0; i < h.argc + h.envc; i++) {
-		if (at >= end)
-			child_fail(rfd, EINVAL, "%srequest: %s", "");
-		*(i < h.argc ? argv + i : env + (i - h.argc)) = at;
-		at += strlen(at) + 1;
-	}
-	struct spawn_req r = *shape;
-	r.argv = argv, r.env = env, r.workdir = data, r.tty = (int)h.tty;
-	r.fd_in = fds[0], r.fd_out = fds[1], r.fd_err = fds[2];
-	child_exec(&r, rfd);
+	struct rd r = {.p = msg, .len = (size_t)n};
+	struct spawn_req run = *shape;
+	run.argv = r_strlist(&r);
+	run.env = r_strlist(&r);
+	run.workdir = r_str(&r);
+	run.tty = r_u8(&r);
+	if (r_end(&r) < 0 || !run.argv || !run.argv[0] || fds[2] < 0) /* init's own making: checked all the same */
+		child_fail(rfd, EINVAL, "%srequest: %s", "");
+	run.fd_in = fds[0], run.fd_out = fds[1], run.fd_err = fds[2];
+	child_exec(&run, rfd);
 }
 
 int spawn_ahead(const struct spawn_req *shape, struct ahead *out)
@@ -236,7 +206,7 @@ int spawn_ahead(const struct spawn_req *shape, struct ahead *out)
 	out->pid = 0, out->report = out->req = -1, out->ns = shape->ns;
 	if (pipe2(rp, O_CLOEXEC) < 0)
 		return -errno;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
 		int e = errno;
 		close(rp[0]), close(rp[1]);
 		return -e;
@@ -280,34 +250,15 @@ void spawn_cancel(struct ahead *a)
 
 pid_t spawn_finish(struct ahead *a, const struct spawn_req *r, int *err, char *msg, size_t msglen)
 {
-	struct ahead_head h = {0, 0, 0, (uint32_t)r->tty};
 	struct buf b = {0};
-	const char *wd = r->workdir ? r->workdir : "";
-	buf_put(&b, wd, strlen(wd) + 1);
-	for (char **p = r->argv; *p; p++, h.argc++)
-		buf_put(&b, *p, strlen(*p) + 1);
-	for (char **p = r->env; p && *p; p++, h.envc++)
-		buf_put(&b, *p, strlen(*p) + 1);
-	h.len = (uint32_t)b.len;
+	w_cstrlist(&b, r->argv);
+	w_cstrlist(&b, r->env);
+	w_cstr(&b, r->workdir ? r->workdir : "");
+	w_u8(&b, (uint8_t)r->tty);
 	int fds[3] = {r->fd_in, r->tty ? r->fd_in : r->fd_out, r->tty ? r->fd_in : r->fd_err};
-	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } u;
-	memset(&u, 0, sizeof u);
-	struct iovec iov = {.iov_base = &h, .iov_len = sizeof h};
-	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b};
-	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-	c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof fds);
-	memcpy(CMSG_DATA(c), fds, sizeof fds);
 	pid_t pid = a->pid;
 	int report = a->report;
-	int ok = r->ns == a->ns && h.len <= AHEAD_MAX && h.argc > 0 &&
-		 sendmsg(a->req, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
-	for (size_t at = 0; ok && at < b.len;) {
-		ssize_t n = send(a->req, b.p + at, b.len - at, MSG_NOSIGNAL);
-		if (n < 0 && errno != EINTR)
-			ok = 0;
-		else if (n > 0)
-			at += (size_t)n;
-	}
+	int ok = r->ns == a->ns && b.len <= NSEXEC_MAX_MSG && send_with_fds(a->req, b.p, b.len, fds) == (ssize_t)b.len;
 	buf_free(&b);
 	close(a->req);
 	a->pid = 0, a->report = a->req = -1;
