@@ -134,6 +134,6 @@ def snapshot_check(home: Home) -> Check:
     size = sum(int(e["disk_and_memory_bytes"]) for e in entries) >> 20
     return Check("snapshots", True, f"qemu: boxes start as clones of templates ({usable} ready, "
                  f"{len(entries)} in the store, {size} MiB; `box snapshot ls`), networks, secrets, named "
-                 "volumes and tmpfs included; boxes with bind volumes boot cold (virtio-fs is not "
-                 "migratable in QEMU 7.2); libkrun: every box boots cold (libkrun has no API to save "
+                 "volumes, tmpfs and bind volumes included (virtio-fs, hot-plugged into each clone: QEMU "
+                 "7.2 cannot migrate it); libkrun: every box boots cold (libkrun has no API to save "
                  "or restore a VM)", essential=False)

@@ -347,10 +347,11 @@ class GuestClient:
             raise GuestError(self.box, f"installing the box's CA: {res.message or os.strerror(res.errno)}")
 
     def mount(self, fstype: str, source: str, target: str, read_only: bool = False,
-              data: str = "", timeout: float = 30.0) -> None:
+              data: str = "", timeout: float = 30.0, wait: bool = False) -> None:
         """Mount a volume in the guest's root (before configure: the agent's namespaces
-        copy what is mounted then)."""
-        res = self._ctl_request(p.mount_frame(fstype, source, target, read_only, data), timeout,
+        copy what is mounted then). WAIT: its source is being hot-plugged; the guest
+        waits for it to appear."""
+        res = self._ctl_request(p.mount_frame(fstype, source, target, read_only, data, wait), timeout,
                                 f"mount {target}")
         if res.errno:
             raise GuestError(self.box, f"volume on {target}: {res.message or os.strerror(res.errno)}")

@@ -405,6 +405,7 @@ def exec_frame(stream: int, req: ExecRequest) -> bytes:
 
 
 MOUNT_READ_ONLY = 1
+MOUNT_WAIT_SOURCE = 2  # a hot-plugged device: the guest waits (at most 10 s) for it to appear
 
 
 def seed_frame(entropy: bytes, now_ns: int) -> bytes:
@@ -444,9 +445,10 @@ def trust_frame(ca_pem: bytes, cert: str, bundle: str, store: str) -> bytes:
     return encode(MsgType.TRUST, 0, Writer().str(ca_pem).str(cert).str(bundle).str(store).bytes())
 
 
-def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "") -> bytes:
-    return encode(MsgType.MOUNT, 0, Writer().str(fstype).str(source).str(target)
-                  .u32(MOUNT_READ_ONLY if read_only else 0).str(data).bytes())
+def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "",
+                wait: bool = False) -> bytes:
+    flags = (MOUNT_READ_ONLY if read_only else 0) | (MOUNT_WAIT_SOURCE if wait else 0)
+    return encode(MsgType.MOUNT, 0, Writer().str(fstype).str(source).str(target).u32(flags).str(data).bytes())
 
 
 def put_frame(stream: int, path: str, mode: int, ns: Namespace = Namespace.ROOT) -> bytes:

@@ -221,8 +221,6 @@ def _box_action(desired: DesiredState, observed: ObservedState, name: str) -> Ac
             extra += f", {n} volume{'s' if n > 1 else ''}"
         if want.spec.get("boot") == "cold":
             extra += ", cold boot"
-        elif want.spec.get("volumes") or net:
-            extra += ", cold boot (no snapshot with " + ("a network" if net else "volumes") + ")"
         if want.spec.get("secrets"):
             extra += f", {len(want.spec['secrets'])} secret{'s' if len(want.spec['secrets']) > 1 else ''}"
         if want.from_image:

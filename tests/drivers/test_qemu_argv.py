@@ -97,3 +97,26 @@ def test_a_pod_nic_is_the_tap_descriptor_with_the_pods_mac_and_address() -> None
     assert "virtio-net-device,netdev=net0,mac=2a:5f:00:11:22:33" in argv
     assert kernel_cmdline(pod).endswith("a3s.net=10.88.0.7/16,10.88.0.1,-,1450")
     assert "hostfwd" not in " ".join(argv) and "user,id=net0" not in " ".join(argv)
+
+
+def test_a_template_for_hot_plugged_shares_has_pcie_root_ports() -> None:
+    from dataclasses import replace
+
+    spec = replace(SPEC, hotplug_ports=2)
+    argv = " ".join(qemu_argv(spec))
+    assert "-M microvm,x-option-roms=off,pcie=on" in argv
+    assert ("-device pcie-root-port,id=hp0,bus=pcie.0,chassis=1 -device pcie-root-port,id=hp1,bus=pcie.0,chassis=2"
+            in argv)
+    # microvm's PCIe host has no MCFG table: without pcie_ports=native no port hot-plugs
+    assert "pcie_ports=native" in kernel_cmdline(spec) and "pci=off" not in kernel_cmdline(spec)
+    assert "virtio-mmio.force-legacy" not in argv  # the mmio devices stay as a cold box's
+
+
+def test_more_shares_to_hot_plug_than_ports_is_refused() -> None:
+    from dataclasses import replace
+
+    import pytest
+
+    spec = replace(SPEC, shares=((Path("/s0"), "t0"),), shares_hotplugged=True)
+    with pytest.raises(ValueError):
+        qemu_argv(spec)

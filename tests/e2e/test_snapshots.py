@@ -75,6 +75,43 @@ def test_clones_of_one_template(box: BoxCli, hello_image: Path, tmp_path: Path) 
     box("delete", "-f", str(f), check=True)
 
 
+SHARES = """project: shares
+boxes:
+  s1:
+    image: hello
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    volumes: ["./one:/work", "./ro:/ro:ro"]
+  s2:
+    image: hello
+    namespaces: {agent: {command: ["/bin/sh", "-c", "exec sleep 2147483647"]}}
+    volumes: ["./two:/work", "./ro:/ro:ro"]
+"""
+
+
+def test_clones_get_their_own_bind_volumes_hot_plugged(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    for name in ("one", "two", "ro"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine").write_text(f"{name}\n")
+    f = boxfile(tmp_path, hello_image, SHARES)
+    box("apply", "-f", str(f), check=True)
+    boots = _boot(box)
+    # one template (no share in it: vhost-user-fs is not migratable), each clone's plugged in
+    assert boots["s1"].startswith("snapshot ") and boots["s1"] == boots["s2"], boots
+    assert box("exec", "s1", "--", "cat", "/work/mine", check=True).out == "one\n"
+    assert box("exec", "s2", "--", "cat", "/work/mine", check=True).out == "two\n"
+    box("exec", "s1", "--", "sh", "-c", "echo from-s1 > /work/new", check=True)
+    assert (tmp_path / "one" / "new").read_text() == "from-s1\n" and not (tmp_path / "two" / "new").exists()
+    # root in a clone remounts its read-only share read-write: the host side still refuses
+    r = box("exec", "s2", "--", "sh", "-c", "mount -o remount,rw /ro; echo x > /ro/mine")
+    assert r.code != 0 and (tmp_path / "ro" / "mine").read_text() == "ro\n"
+    # its RAM is its own memfd (virtiofsd sees what it writes), the template's file not in its jail
+    argv, _status = _qemu_of(box.home, "shares.s1")
+    line = " ".join(argv)
+    assert "mem-path=/proc/self/fd/" in line and "/snapshots/" not in line and "-kernel" not in line, line
+    assert "vhost-user-fs" not in line  # hot-plugged over QMP, not on its command line
+    box("delete", "-f", str(f), check=True)
+
+
 PREPARED = """project: prepared
 boxes:
   p1:

@@ -274,3 +274,31 @@ def test_closing_the_connection_kills_its_sessions(make_guest: Callable[[], Loca
     g.client.close()
     assert g.proc.wait(10) == 0  # stdio mode: the channel closing ends the guest
     assert not os.path.exists(f"/proc/{s.pid}")
+
+
+def test_a_mount_waiting_for_its_source_takes_it_once_it_appears(make_guest: Callable[[], "LocalGuest"],
+                                                                 tmp_path: Path) -> None:
+    """MOUNT's wait flag (a snapshot clone's hot-plugged share): a source that is not
+    there yet is retried until it appears; without the flag it fails at once."""
+    import subprocess
+    import threading
+
+    img = tmp_path / "vol.ext4"
+    subprocess.run(["mkfs.ext4", "-q", str(img), "8M"], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    later, target = tmp_path / "dev" / "vdb", tmp_path / "mnt"
+    later.parent.mkdir()
+    g = make_guest()
+    g.client.hello(10)
+    appear = threading.Timer(0.5, lambda: later.symlink_to(loop))
+    try:
+        with pytest.raises(GuestError, match="No such file"):
+            g.client.mount("ext4", str(later), str(target))
+        appear.start()
+        g.client.mount("ext4", str(later), str(target), wait=True)
+        assert os.path.ismount(target)
+    finally:
+        appear.cancel()
+        subprocess.run(["umount", str(target)], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True)

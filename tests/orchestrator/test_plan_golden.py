@@ -56,7 +56,7 @@ CASES = [
         Project "p":
           + image base               pull: docker.io/library/alpine:3.20
           + box db                   create: image base, 1 vcpu, 256Mi
-          + box app                  create: image base, 1 vcpu, 256Mi, network allowlist, cold boot (no snapshot with a network)
+          + box app                  create: image base, 1 vcpu, 256Mi, network allowlist
 
         Plan: 3 to create, 0 to recreate, 0 to update, 0 to delete, 0 unchanged.
         """),

@@ -30,10 +30,11 @@ from a3s_box.errors import BoxError
 
 # virtio-mmio transport, the console port, the root disk; vsock for libkrun-style boots
 # and virtio_net / virtiofs for boxes with a network or bind volumes (their probe costs
-# nothing without a device)
+# nothing without a device); virtio_pci for the shares hot-plugged into a snapshot clone
+# (drivers/qemu/snapshot.py)
 WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio_blk", "vsock",
                   "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "virtio_net",
-                  "virtiofs")
+                  "virtiofs", "virtio_pci")
 ENV_KERNEL = "A3S_BOX_KERNEL"
 ENV_MODULES = "A3S_BOX_KERNEL_MODULES"
 _META_PACKAGE = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-cloud-arm64"}

@@ -6,6 +6,9 @@ One place decides every QEMU flag, so the shim, the probe and the tests agree:
     virtio-serial port `a3s.0` on a unix socket the shim listens on
     the root disk as virtio-blk over the box's qcow2 overlay
     a QMP socket for clean control, pause/resume and snapshot save/restore (`incoming`)
+    for a box whose virtio-fs shares are hot-plugged after a snapshot restore (QEMU 7.2
+    cannot migrate vhost-user-fs): microvm's PCIe host (pcie=on) with a root port per
+    share, the shares' sockets on the command line, their devices added over QMP
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHANNEL_NAME = "a3s.0"
+# A clone's own RAM (drivers/qemu/clone_ram.py) reaches QEMU as this inherited descriptor
+RAM_FD = 201
 # The guest's side of user-mode networking: its address, the gateway (which also
 # answers DNS: the namespace's 127.0.0.1:53, where the box's DNS listens).
 GUEST_NET = "10.0.2.0/24"
@@ -70,6 +75,14 @@ class QemuSpec:
     # virtio-fs shares (vhost-user socket, tag); they need the guest's RAM shared with
     # the virtiofsd processes (a memfd backend)
     shares: tuple[tuple[Path, str], ...] = ()
+    # PCIe root ports (microvm's pcie=on) that a clone's shares are hot-plugged into; with
+    # shares_hotplugged, the shares' chardevs are on the command line and their devices
+    # come over QMP (hotplug_devices) once the template's state is loaded
+    hotplug_ports: int = 0
+    shares_hotplugged: bool = False
+    # Guest RAM is this inherited descriptor (a memfd the shim filled with a template's
+    # RAM), mapped shared: virtiofsd must see the pages the guest writes
+    memory_fd: int | None = None
     volume_disks: tuple[Path, ...] = ()  # named volumes: /dev/vdb, /dev/vdc, ... in order
     sandbox: str | None = None  # QEMU's seccomp filter (-sandbox VALUE); None: none
     # The serial console to a unix socket the shim listens on (it caps and rotates the
@@ -79,9 +92,12 @@ class QemuSpec:
 
 
 def kernel_cmdline(spec: QemuSpec) -> str:
+    # microvm's PCIe host has no MCFG table, so ACPI's _OSC does not hand the kernel the
+    # root ports' hotplug: pcie_ports=native takes it (no PCI at all otherwise)
+    pci = "pcie_ports=native" if spec.hotplug_ports else "pci=off"
     args = [f"console={spec.console}",
             # no ACPI reset here: a triple-fault reboot plus -no-reboot ends QEMU
-            "reboot=t", "panic=-1", "quiet", "pci=off",
+            "reboot=t", "panic=-1", "quiet", pci,
             f"a3s.root={'/dev/vda' if spec.disk is not None else 'none'}"]
     if spec.channel is not None:
         args.append(f"a3s.channel=virtio-serial:{CHANNEL_NAME}")
@@ -142,10 +158,22 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
+def hotplug_devices(spec: QemuSpec) -> list[dict[str, str]]:
+    """QMP device_add arguments of SPEC's hot-plugged shares, a root port each."""
+    if not spec.shares_hotplugged:
+        return []
+    return [{"driver": "vhost-user-fs-pci", "id": f"fs{i}", "chardev": f"vfs{i}", "tag": tag, "bus": f"hp{i}"}
+            for i, (_sock, tag) in enumerate(spec.shares)]
+
+
 def qemu_argv(spec: QemuSpec) -> list[str]:
+    if spec.shares_hotplugged and len(spec.shares) > spec.hotplug_ports:
+        raise ValueError(f"{len(spec.shares)} shares to hot-plug, {spec.hotplug_ports} root ports")
+    shared_memory = spec.shares or spec.memory_file or spec.memory_fd is not None
+    machine = spec.machine + (",pcie=on" if spec.hotplug_ports else "")
     argv = [spec.binary,
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-M", spec.machine + (",memory-backend=mem" if spec.shares or spec.memory_file else ""),
+            "-M", machine + (",memory-backend=mem" if shared_memory else ""),
             "-accel", f"tcg,tb-size={TCG_CODE_CACHE_MIB}" if spec.accel == "tcg" else spec.accel,
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M"]
@@ -156,15 +184,23 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
             "-serial", "chardev:con"]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
-    if spec.memory_file is not None:
+    if spec.memory_fd is not None:
+        argv += ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
+                 f"mem-path=/proc/self/fd/{spec.memory_fd},share=on",
+                 "-global", "migration.store-global-state=off"]
+    elif spec.memory_file is not None:
         argv += ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
                  f"mem-path={_opt(spec.memory_file)},share={'on' if spec.memory_shared else 'off'}",
                  # the template's run state is not carried: -S below decides
                  "-global", "migration.store-global-state=off"]
-    if spec.shares:
-        # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by default
-        argv += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
-                 "-global", "virtio-mmio.force-legacy=false"]
+    elif spec.shares:
+        argv += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on"]
+    if spec.shares and not spec.shares_hotplugged:
+        # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by
+        # default (hot-plugged shares are PCI devices: the mmio ones stay as the template's)
+        argv += ["-global", "virtio-mmio.force-legacy=false"]
+    for i in range(spec.hotplug_ports):
+        argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
     if spec.channel is not None:
         argv += ["-device", "virtio-serial-device",
                  "-chardev", f"socket,id=a3s,path={_opt(spec.channel)}",
@@ -177,8 +213,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         argv += ["-drive", f"id=vol{i},if=none,format=raw,discard=unmap,werror=report,rerror=report,"
                  f"file={_opt(disk)}", "-device", f"virtio-blk-device,drive=vol{i}"]
     for i, (sock, tag) in enumerate(spec.shares):
-        argv += ["-chardev", f"socket,id=vfs{i},path={_opt(sock)}",
-                 "-device", f"vhost-user-fs-device,chardev=vfs{i},tag={tag}"]
+        argv += ["-chardev", f"socket,id=vfs{i},path={_opt(sock)}"]
+        if not spec.shares_hotplugged:
+            argv += ["-device", f"vhost-user-fs-device,chardev=vfs{i},tag={tag}"]
     if spec.forwards is not None:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
         argv += ["-netdev", f"user,id=net0,ipv6=off,net={GUEST_NET}{fwd}",

@@ -28,9 +28,10 @@ from a3s_box.drivers.common.environ import host_process_env
 from a3s_box.forkserver.client import SpawnError, spawn
 from a3s_box.drivers.qemu.virtiofs import mount_volumes, volume_devices
 from a3s_box.drivers.qemu.qmp import Qmp, QmpError
-from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, create_overlay_on,
-                                           host_cpu_model, snapshot_key, template_bytes)
-from a3s_box.drivers.qemu.argv import QemuSpec, host_arch, qemu_argv, read_host_tsc_khz
+from a3s_box.drivers.qemu.snapshot import (SnapshotError, Template, TemplateStore, clone_spec,
+                                           create_overlay_on, host_cpu_model, snapshot_key, template_bytes,
+                                           template_spec)
+from a3s_box.drivers.qemu.argv import QemuSpec, hotplug_devices, host_arch, qemu_argv, read_host_tsc_khz
 from a3s_box.drivers.qemu.confine import hand_over, kvm_group, plan_jail, security_level, vmm_dir
 from a3s_box.drivers.qemu.shim_loop import build_shim_loop
 from a3s_box import subids
@@ -130,12 +131,13 @@ class QemuDriver:
             spec = replace(spec, sandbox=QEMU_SANDBOX)
         boot = "cold"
         if launch.boot == "snapshot":
-            why_not = snapshot_ineligible(launch)
+            why_not = snapshot_ineligible(launch, self.arch.machine)
             if why_not:
                 boot = f"cold ({why_not})"
             else:
                 try:
-                    return self._start_clone(launch, spec, timeout, conf, network=forwards is not None)
+                    return self._start_clone(launch, spec, timeout, conf, network=forwards is not None,
+                                             virtiofsd=virtiofsd)
                 except SnapshotError as e:
                     boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
                     _note(rundir, boot)
@@ -170,7 +172,8 @@ class QemuDriver:
             store = TemplateStore(self.home.cache)
             key = handle.extra.get("template", "")
             return self._finish(launch, bare, int(handle.extra["pgid"]), timeout, extra.get("boot", ""),
-                                lambda h: self.resume(h), _unique_randomness(store, key, launch.box_id))
+                                lambda h: self.resume(h), _unique_randomness(store, key, launch.box_id),
+                                hotplugged=any(v.kind == "bind" for v in launch.volumes))
         return bare
 
     def _spec(self, launch: BoxLaunch, art: GuestArtifacts, accel: str,
@@ -257,10 +260,12 @@ class QemuDriver:
                                **({"memory_file": "1"} if spec.memory_file else {})})
 
     def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
-                boot: str, ready: Any = None, fresh: Any = None, configure: bool = True) -> VmHandle:
+                boot: str, ready: Any = None, fresh: Any = None, configure: bool = True,
+                hotplugged: bool = False) -> VmHandle:
         """From a started shim to a configured guest; on any failure nothing is left.
         `ready(handle)` runs first (a clone's restore); `fresh(random_hex)` checks the
-        guest's fresh random bytes after SEED."""
+        guest's fresh random bytes after SEED; HOTPLUGGED: its shares were hot-plugged
+        (the guest waits for them to mount)."""
         rundir = launch.rundir
         try:
             deadline = time.monotonic() + timeout
@@ -283,7 +288,7 @@ class QemuDriver:
                 if configure:  # a fork's agent is already running
                     if launch.network is not None and launch.network.secrets:
                         install_box_ca(client, rundir)
-                    mount_volumes(client, launch)
+                    mount_volumes(client, launch, hotplugged)
                     client.configure(launch.config, max(deadline - time.monotonic(), 1.0))
             return _with_extra(handle, boot=boot)
         except BaseException as e:
@@ -298,16 +303,20 @@ class QemuDriver:
 
     # --- snapshots ---------------------------------------------------------------------
     def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float,
-                     conf: "_Confinement", network: bool = False) -> VmHandle:
+                     conf: "_Confinement", network: bool = False,
+                     virtiofsd: list[dict[str, Any]] | None = None) -> VmHandle:
         """NETWORK: the box has one. The template's NIC (user-mode networking, the same
         guest address in every box) ran in an empty namespace; the clone's runs in the box's
         own, behind its own egress proxy, and CONFIG gives the guest its resolver, trust
-        store and secrets' placeholders as after a cold boot."""
-        key = snapshot_key(spec, launch.image, qemu_version(self.binary),
+        store and secrets' placeholders as after a cold boot. VIRTIOFSD: the shares'
+        daemons (the template has none; the clone's shares are hot-plugged)."""
+        virtiofsd = virtiofsd or []
+        tspec = template_spec(spec)
+        key = snapshot_key(tspec, launch.image, qemu_version(self.binary),
                            host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0,
                            template_targets(launch))
         store = TemplateStore(self.home.cache)
-        template = store.get(key) or self._build_template(store, key, launch, spec, timeout, conf)
+        template = store.get(key) or self._build_template(store, key, launch, tspec, timeout, conf)
         assert launch.disk is not None
         cold_disk = launch.disk.with_name(f".{launch.disk.name}.cold")
         os.replace(launch.disk, cold_disk)  # kept until the clone answers: a cold boot needs it
@@ -318,17 +327,21 @@ class QemuDriver:
             if boot_log.is_file():
                 with open(launch.rundir / CONSOLE, "ab") as out:
                     out.write(boot_log.read_bytes()[-(1 << 20):])
-            clone = replace(spec, memory_file=template.ram, memory_shared=False, incoming="defer")
-            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=0,
+            clone = clone_spec(spec, template)
+            jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=len(virtiofsd),
                               groups=(self._template_gid(key),))
-            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, {"network": network, "virtiofsd": []},
+            extra: dict[str, object] = {"network": network, "virtiofsd": virtiofsd}
+            if clone.memory_fd is not None:  # the shim copies the template's RAM for it
+                extra["clone_ram"] = {"template": str(template.ram), "bytes": launch.memory_mib << 20}
+            handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, extra,
                                        jail=jail, label=conf.label, logging=launch.logging)
+            devices = hotplug_devices(clone)
             boot = f"snapshot {key[:12]}"
             fresh = _unique_randomness(store, key, launch.box_id)
             try:
                 if launch.park:
                     try:
-                        self._restore(handle, template, resume=False)
+                        self._restore(handle, template, resume=False, devices=devices)
                     except BaseException:
                         _killpg(pgid, signal.SIGKILL)
                         _wait_gone(handle.pid, str(launch.rundir), 5.0)
@@ -336,7 +349,8 @@ class QemuDriver:
                     done = _with_extra(handle, boot=boot, parked="restored", template=key)
                 else:
                     done = self._finish(launch, handle, pgid, min(timeout, 30.0), boot,
-                                        lambda h: self._restore(h, template, resume=True), fresh)
+                                        lambda h: self._restore(h, template, resume=True, devices=devices),
+                                        fresh, hotplugged=bool(devices))
                     done = _with_extra(done, template=key)
             except (DriverError, GuestError) as e:
                 store.retire(key)  # a template that does not restore is never used again
@@ -348,9 +362,11 @@ class QemuDriver:
             os.replace(cold_disk, launch.disk)
             raise
 
-    def _restore(self, handle: VmHandle, template: Template, resume: bool) -> None:
+    def _restore(self, handle: VmHandle, template: Template, resume: bool,
+                 devices: list[dict[str, str]] | None = None) -> None:
         """Load the template's device state into a clone started with `-incoming defer`
-        (its RAM already maps the template's); then run it, or leave it paused (parked)."""
+        (its RAM already holds the template's); hot-plug DEVICES (its shares: the guest
+        probes them once it runs); then run it, or leave it paused (parked)."""
         try:
             with Qmp(handle.extra["qmp"], handle.box_id, timeout=10.0) as q:
                 q.command("migrate-set-capabilities",
@@ -367,6 +383,8 @@ class QemuDriver:
                 if state not in ("paused", "running") or migrated == "failed":
                     raise QmpError(handle.box_id, f"the template did not load (VM {state}, "
                                    f"migration {migrated or 'not started'})")
+                for device in devices or ():
+                    q.command("device_add", **device)
                 if state == "paused" and resume:
                     q.command("cont")
         except QmpError as e:
@@ -685,12 +703,13 @@ def _note(rundir: Path, text: str) -> None:
         f.write(f"a3s-box: {text}\n")
 
 
-def snapshot_ineligible(launch: BoxLaunch) -> str:
+def snapshot_ineligible(launch: BoxLaunch, machine: str) -> str:
     """Why this box cannot start from a snapshot ("" when it can). A network, named
-    volumes (their disks: same sizes share a template) and tmpfs (mounted after the
-    restore) can; virtio-fs cannot be migrated by QEMU 7.2."""
-    if any(v.kind == "bind" for v in launch.volumes):
-        return "bind volumes (virtio-fs) cannot be migrated in QEMU 7.2"
+    volumes (their disks: same sizes share a template), tmpfs (mounted after the
+    restore) and bind volumes (virtio-fs, hot-plugged into microvm's PCIe root ports:
+    QEMU 7.2 cannot migrate it) can."""
+    if any(v.kind == "bind" for v in launch.volumes) and not machine.startswith("microvm"):
+        return f"bind volumes (virtio-fs) are hot-plugged into a clone only on microvm, not {machine.split(',')[0]}"
     if launch.pod_network is not None:
         return "a pod's network is plugged in at boot"
     if launch.disk is None or not launch.image:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.drivers.common.supervision import write_supervisor_record
+from a3s_box.drivers.qemu.argv import RAM_FD
+from a3s_box.drivers.qemu.clone_ram import clone_ram
 from a3s_box.drivers.qemu.shim_loop import LoopArgs
 from a3s_box.jail import cgroup, fsguard, userns
 from a3s_box.jail.enter import enter, new_pid_namespace
@@ -152,6 +154,9 @@ class Shim:
         self.with_network = bool(launch.get("network"))
         self.huge_pages = bool(launch.get("huge_pages", True))
         self.pod_netns = str(launch.get("pod_netns") or "")  # QEMU runs in it (network/podnet.py)
+        # a clone with hot-plugged shares: its RAM, a copy of this template RAM file of this size
+        ram = launch.get("clone_ram") or {}
+        self.clone_ram = (Path(ram["template"]), int(ram["bytes"])) if ram else None
         # the box's registration with the egress daemon (network/keeper.py): held by
         # descriptors the loop keeps, or without root by a keeper process for a box with published ports
         self.held: Held | None = None
@@ -245,6 +250,11 @@ class Shim:
                 pass_fds = (self._tap_for_qemu(netns_fd),)
             except (OSError, podnet.PodNetError) as e:
                 raise SetupFailed(f"the pod's network namespace {self.pod_netns}: {e}") from e
+        if self.clone_ram is not None:
+            try:
+                pass_fds += (self._at_fd(clone_ram(*self.clone_ram, lambda: cgroup.join(procs)), RAM_FD),)
+            except OSError as e:
+                raise SetupFailed(f"the clone's memory: {e}") from e
 
         def no_huge_pages() -> None:
             if not self.huge_pages:  # kept across QEMU's exec
@@ -408,18 +418,22 @@ class Shim:
             self.log(f"virtiofsd pid {proc.pid}: {source} -> {spec['target']}"
                      f"{' (read-only)' if read_only else ''}")
 
-    @staticmethod
-    def _tap_for_qemu(netns_fd: int) -> int:
+    @classmethod
+    def _tap_for_qemu(cls, netns_fd: int) -> int:
         """The pod's tap as podnet.TAP_FD, the descriptor QEMU's argv names."""
-        tap = podnet.open_tap(netns_fd)
+        return cls._at_fd(podnet.open_tap(netns_fd), podnet.TAP_FD)
+
+    @staticmethod
+    def _at_fd(fd: int, number: int) -> int:
+        """FD moved to NUMBER (QEMU's argv names it), which must be free; NUMBER."""
         try:
-            fcntl.fcntl(podnet.TAP_FD, fcntl.F_GETFD)
+            fcntl.fcntl(number, fcntl.F_GETFD)
         except OSError:
-            os.dup2(tap, podnet.TAP_FD, inheritable=False)  # a free number: QEMU's argv's
-            return podnet.TAP_FD
+            os.dup2(fd, number, inheritable=False)  # a free number: QEMU's argv's
+            return number
         finally:
-            os.close(tap)
-        raise OSError(errno.EBUSY, f"descriptor {podnet.TAP_FD} is taken in the shim")
+            os.close(fd)
+        raise OSError(errno.EBUSY, f"descriptor {number} is taken in the shim")
 
     def _on_signal(self, signo: int, _frame: object) -> None:
         self.stopping = f"{signal.Signals(signo).name} to the shim"

@@ -24,6 +24,13 @@ QEMU binary and version, kernel and initramfs, accelerator and TSC rate, vCPUs,
 memory and the device set (QEMU silently accepts `-smp 2` over a 1-vCPU snapshot, so
 the argv is part of it), and the image. A template that fails to restore is removed,
 and the box boots cold.
+
+A box with bind volumes (virtio-fs, which QEMU 7.2 cannot migrate) has a template
+without them, booted with a PCIe root port for each (template_spec); its clones map
+no template page: each gets a copy of the template's RAM in a memfd of its own
+(clone_ram.py: virtiofsd must see what the guest writes), loads the device state, and
+has its shares hot-plugged into the ports before it runs (clone_spec); the guest waits
+for their tags when it mounts them.
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ from typing import Any
 from a3s_box.atomic import write_text_atomic
 from a3s_box.disks import space
 from a3s_box.disks.qcow2 import backing_chain
-from a3s_box.drivers.qemu.argv import QemuSpec, qemu_argv
+from a3s_box.drivers.qemu.argv import RAM_FD, QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
 
 KEY_VERSION = "a3s-snapshot-1"
@@ -98,6 +105,24 @@ def normalized_argv(spec: QemuSpec) -> list[str]:
                    memory_file=Path("RAM"), memory_shared=False, incoming=None,
                    volume_disks=tuple(Path(f"VOLUME{i}") for i in range(len(spec.volume_disks))))
     return qemu_argv(anon)
+
+
+def template_spec(spec: QemuSpec) -> QemuSpec:
+    """The spec SPEC's template is booted from: its shares left out (vhost-user-fs is not
+    migratable in QEMU 7.2), a PCIe root port in their place for each clone's."""
+    if not spec.shares:
+        return spec
+    return replace(spec, shares=(), hotplug_ports=len(spec.shares))
+
+
+def clone_spec(spec: QemuSpec, template: "Template") -> QemuSpec:
+    """The spec a clone of TEMPLATE runs: SPEC's template spec waiting for the state;
+    with shares, their sockets to be hot-plugged and its own RAM (RAM_FD, see
+    clone_ram.py), else the template's RAM mapped copy-on-write."""
+    base = replace(template_spec(spec), incoming="defer")
+    if not spec.shares:
+        return replace(base, memory_file=template.ram, memory_shared=False)
+    return replace(base, shares=spec.shares, shares_hotplugged=True, memory_fd=RAM_FD)
 
 
 def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str = "",

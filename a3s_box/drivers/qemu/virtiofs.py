@@ -51,12 +51,13 @@ def volume_devices(launch: BoxLaunch) -> tuple[tuple[tuple[Path, str], ...], tup
     return tuple(shares), tuple(disks), daemons
 
 
-def mount_volumes(client: Any, launch: BoxLaunch) -> None:
-    """MOUNT each volume, in the Boxfile's order, before CONFIG."""
+def mount_volumes(client: Any, launch: BoxLaunch, hotplugged: bool = False) -> None:
+    """MOUNT each volume, in the Boxfile's order, before CONFIG. HOTPLUGGED: the shares
+    were just hot-plugged (a snapshot clone's), and the guest waits for their tags."""
     bind_i = disk_i = 0
     for v in launch.volumes:
         if v.kind == "bind":
-            client.mount("virtiofs", share_tag(bind_i), v.target, v.read_only)
+            client.mount("virtiofs", share_tag(bind_i), v.target, v.read_only, wait=hotplugged)
             bind_i += 1
         elif v.kind == "volume":
             # the root disk is /dev/vda; volume disks follow in the order QEMU got them

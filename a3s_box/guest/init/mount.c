@@ -7,6 +7,11 @@
 #include <sys/stat.h>
 
 #define MOUNT_READ_ONLY 1u
+/* The source is a device the host is hot-plugging (a snapshot clone's virtio-fs share):
+ * until the guest's PCI hotplug has probed it the mount finds no such tag (EINVAL, or
+ * ENODEV/ENOENT for a disk). Bounded: a source that never comes fails as it would now. */
+#define MOUNT_WAIT_SOURCE 2u
+#define MOUNT_WAIT_MS 10000
 
 /* mkdir -p inside the guest's root, refusing to follow a symlink the image put there. */
 int make_dirs(const char *path)
@@ -38,6 +43,21 @@ int mount_target_ok(const char *target)
 	return target && target[0] == '/' && !strstr(target, "/..");
 }
 
+static int mount_waiting(const char *source, const char *target, const char *fstype,
+			 unsigned long flags, const char *data, int wait)
+{
+	long long deadline = wait ? now_ms() + MOUNT_WAIT_MS : 0;
+	for (;;) {
+		if (mount(source, target, fstype, flags, data) == 0)
+			return 0;
+		int e = errno;
+		if (!wait || now_ms() >= deadline || (e != EINVAL && e != ENODEV && e != ENOENT))
+			return errno = e, -1;
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL);
+	}
+}
+
 void on_mount(struct conn *c, struct rd *r)
 {
 	char *fstype = r_str(r), *source = r_str(r), *target = r_str(r);
@@ -51,9 +71,9 @@ void on_mount(struct conn *c, struct rd *r)
 	} else if (make_dirs(target) < 0) {
 		snprintf(msg, sizeof msg, "mkdir %s: %s", target, strerror(errno));
 		send_result(c, 0, errno, msg);
-	} else if (mount(source, target, fstype,
-			 MS_NOSUID | MS_NODEV | ((flags & MOUNT_READ_ONLY) ? MS_RDONLY : 0),
-			 *data ? data : NULL) < 0) {
+	} else if (mount_waiting(source, target, fstype,
+				 MS_NOSUID | MS_NODEV | ((flags & MOUNT_READ_ONLY) ? MS_RDONLY : 0),
+				 *data ? data : NULL, flags & MOUNT_WAIT_SOURCE) < 0) {
 		int e = errno;
 		snprintf(msg, sizeof msg, "mount %s %s on %s: %s", fstype, source, target, strerror(e));
 		send_result(c, 0, e, msg);
