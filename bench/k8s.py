@@ -2,7 +2,8 @@
 socket and root): pod sandbox create -> first ExecSync in a container of it, with the
 runtime handler `a3sbox` as a ratio to `runc` in the same run, on the node's network
 and on a CNI pod network (Debian's bridge and host-local plugins), also held to an
-allow-list by annotation; and what an idle pod
+allow-list by annotation, each pod VM a clone of a snapshot template (made in a warm-up
+round that is not counted), and against the same pod booted cold (`a3s.dev/boot: cold`); and what an idle pod
 VM costs the node (Pss of its shim, QEMU and virtiofsd), the figure the RuntimeClass
 declares as overhead.podFixed.
 
@@ -52,23 +53,24 @@ def _config(tmp: Path) -> str:
 
 # a pod held to an allow-list: its VM routed through its namespace to the egress proxy
 FENCED = {"a3s.dev/network": "mode: allowlist\negress: [api.example.com]\n"}
+COLD = {"a3s.dev/boot": "cold"}
 
 
-def _pod(name: str, logs: Path, cni: bool, fenced: bool = False) -> Any:
+def _pod(name: str, logs: Path, cni: bool, fenced: bool = False, cold: bool = False) -> Any:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="bench"),
-        annotations=FENCED if fenced else {}, log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        annotations={**(FENCED if fenced else {}), **(COLD if cold else {})}, log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
             namespace_options=pb.NamespaceOption(network=pb.POD if cni else pb.NODE))))
 
 
 def _first_exec(cri: CriClient, handler: str, name: str, logs: Path, cni: bool = False,
-                fenced: bool = False) -> tuple[float, str]:
+                fenced: bool = False, cold: bool = False) -> tuple[float, str]:
     """Seconds from RunPodSandbox to the first ExecSync's answer; the pod's id."""
     t0 = time.perf_counter()
-    pod = cri.run_pod_sandbox(_pod(name, logs, cni, fenced), handler=handler)
+    pod = cri.run_pod_sandbox(_pod(name, logs, cni, fenced, cold), handler=handler)
     c = cri.create_container(pod, pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=IMAGE), command=["sleep", "100000"],
-        log_path=f"{name}-c.log"), _pod(name, logs, cni, fenced))
+        log_path=f"{name}-c.log"), _pod(name, logs, cni, fenced, cold))
     cri.start_container(c)
     code, _, err = cri.exec_sync(c, ["true"], timeout=60)
     took = time.perf_counter() - t0
@@ -119,17 +121,22 @@ def main() -> None:
             with CriClient(sock, timeout=300) as cri:
                 cri.wait_ready(30)
                 times: dict[str, list[float]] = {"runc": [], "a3sbox": [], "runc-cni": [], "a3sbox-cni": [],
-                                                 "a3sbox-fenced": []}
+                                                 "a3sbox-fenced": [], "a3sbox-cold": [], "a3sbox-cni-cold": []}
                 idle = []
-                for i in range(rounds):
-                    for handler, cni, fenced in (("runc", False, False), ("a3sbox", False, False),
-                                                 ("runc", True, False), ("a3sbox", True, False),
-                                                 ("a3sbox", True, True)):
-                        kind = "a3sbox-fenced" if fenced else f"{handler}-cni" if cni else handler
-                        took, pod = _first_exec(cri, handler, f"{kind}-{i}", tmp / "logs", cni, fenced)
+                for i in range(-1, rounds):  # round -1 makes the templates: not counted
+                    for handler, cni, fenced, cold in (("runc", False, False, False), ("a3sbox", False, False, False),
+                                                       ("runc", True, False, False), ("a3sbox", True, False, False),
+                                                       ("a3sbox", True, True, False), ("a3sbox", False, False, True),
+                                                       ("a3sbox", True, False, True)):
+                        kind = ("a3sbox-fenced" if fenced else f"{handler}-cni" if cni else handler) + \
+                            ("-cold" if cold else "")
+                        if i < 0 and (handler == "runc" or cold):
+                            continue
+                        took, pod = _first_exec(cri, handler, f"{kind}-{i + 1}", tmp / "logs", cni, fenced, cold)
                         try:
-                            times[kind].append(took)
-                            if kind == "a3sbox":
+                            if i >= 0:
+                                times[kind].append(took)
+                            if kind == "a3sbox" and i >= 0:
                                 time.sleep(3)  # idle: the boot's page cache and buffers settled
                                 idle.append(sum(map(_pss_kib, _pod_processes(pod, tmp / "shims"))) / 1024)
                         finally:
@@ -138,8 +145,10 @@ def main() -> None:
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
     for kind, what in (("", "the node's network"), ("-cni", "a CNI pod network")):
         runc, box = statistics.median(times["runc" + kind]), statistics.median(times["a3sbox" + kind])
+        cold = statistics.median(times["a3sbox" + kind + "-cold"])
         print(f"pod create -> first ExecSync on {what} (median of {rounds}): runc {runc * 1000:.0f} ms, "
-              f"a3sbox {box * 1000:.0f} ms = {box / runc:.1f}x runc")
+              f"a3sbox from a snapshot {box * 1000:.0f} ms = {box / runc:.1f}x runc, "
+              f"booted cold {cold * 1000:.0f} ms = {cold / runc:.1f}x runc; snapshot = {box / cold:.2f}x cold")
     routed, bridged = statistics.median(times["a3sbox-fenced"]), statistics.median(times["a3sbox-cni"])
     print(f"... held to an allow-list (a3s.dev/network: routed to the egress proxy): a3sbox {routed * 1000:.0f} ms "
           f"= {routed / statistics.median(times['runc-cni']):.1f}x runc, {routed / bridged:.2f}x an unannotated a3sbox pod")

@@ -346,6 +346,13 @@ class GuestClient:
         if res.errno:
             raise GuestError(self.box, f"installing the box's CA: {res.message or os.strerror(res.errno)}")
 
+    def net(self, spec: str, timeout: float = 30.0) -> None:
+        """Configure the guest's eth0 as the kernel argument a3s.net=SPEC would at boot
+        (a snapshot clone's NIC, hot-plugged after the restore; the guest waits for it)."""
+        res = self._ctl_request(p.net_frame(spec), timeout, "net")
+        if res.errno:
+            raise GuestError(self.box, f"network: {res.message or os.strerror(res.errno)}")
+
     def mount(self, fstype: str, source: str, target: str, read_only: bool = False,
               data: str = "", timeout: float = 30.0, wait: bool = False) -> None:
         """Mount a volume in the guest's root (before configure: the agent's namespaces

@@ -28,6 +28,7 @@ class MsgType(enum.IntEnum):
     SEED = 0x07
     PREPARE = 0x08
     TRUST = 0x09
+    NET = 0x0A
     RESULT = 0x0F
     EXEC = 0x10
     STARTED = 0x11
@@ -48,7 +49,7 @@ class MsgType(enum.IntEnum):
 # Stream-0 requests a host client makes, each answered by one RESULT (PING by PONG) in the
 # order asked: the shim's loop (loop/shim_loop.c) routes those answers by this list.
 CONTROL_REQUESTS = frozenset({MsgType.CONFIG, MsgType.SHUTDOWN, MsgType.MOUNT, MsgType.SEED,
-                              MsgType.PREPARE, MsgType.TRUST, MsgType.PING})
+                              MsgType.PREPARE, MsgType.TRUST, MsgType.NET, MsgType.PING})
 
 
 class Namespace(enum.IntEnum):
@@ -443,6 +444,11 @@ class Prepared:
 
 def trust_frame(ca_pem: bytes, cert: str, bundle: str, store: str) -> bytes:
     return encode(MsgType.TRUST, 0, Writer().str(ca_pem).str(cert).str(bundle).str(store).bytes())
+
+
+def net_frame(spec: str) -> bytes:
+    """NET: the guest's eth0 configured as a3s.net=SPEC would at boot (ADDR/PREFIX,GATEWAY,DNS[,MTU])."""
+    return encode(MsgType.NET, 0, Writer().str(spec).bytes())
 
 
 def mount_frame(fstype: str, source: str, target: str, read_only: bool = False, data: str = "",

@@ -12,6 +12,18 @@ from pathlib import Path
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" or "container"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+# a pod's: "snapshot" (the default: its VM a clone of a template of its image and size
+# where it can be) or "cold" (always booted), as a Boxfile box's `boot:`
+BOOT = "a3s.dev/boot"
+BOOTS = ("snapshot", "cold")
+
+
+def pod_boot(spec_annotations: dict[str, str]) -> str:
+    """The pod's a3s.dev/boot; ValueError naming the annotation for any other value."""
+    boot = spec_annotations.get(BOOT, "snapshot").strip()
+    if boot not in BOOTS:
+        raise ValueError(f"annotation {BOOT}: {boot!r} is not one of {', '.join(BOOTS)}")
+    return boot
 
 
 def pod_of(spec_annotations: dict[str, str], container_id: str) -> str:

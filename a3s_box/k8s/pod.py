@@ -7,6 +7,11 @@ is a shared mount; virtiofsd's own view is its slave), so a container created af
 boot appears in the guest at GUEST_POD/<id>/rootfs. Kata Containers shares rootfs
 the same way.
 
+The VM starts from a snapshot template of its image and size when its root disk is an
+image's layers alone (k8s/rootdisk.py); the template has neither the share nor the NIC,
+which are hot-plugged into each clone (drivers/qemu/snapshot.py), the pod's address given
+to the guest by NET.
+
 Side effects (mounts, disks, the VM) live here and in task.py; routing in service.py.
 """
 from __future__ import annotations
@@ -25,7 +30,9 @@ from a3s_box.drivers.base import BoxLaunch, BoxVolume, VmHandle
 from a3s_box.guest.client import GuestClient
 from a3s_box.guest.protocol import BoxConfig
 from a3s_box.home import Home
+from a3s_box.k8s.annotations import pod_boot
 from a3s_box.k8s.egress import NETWORK_ANNOTATION, PodEgress, PodEgressError, pod_egress
+from a3s_box.k8s.rootdisk import root_disk
 from a3s_box.k8s.service import FAILED_PRECONDITION, ShimError
 from a3s_box.network import podnet
 from a3s_box.network.ca import ensure_ca
@@ -108,16 +115,18 @@ class Pod:
     def boot(self, spec: dict[str, Any], mounts: list[Any]) -> int:
         from a3s_box.drivers.registry import Capability, driver_with
 
+        annotations = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
         try:  # before anything is mounted or booted: annotations it cannot honour start nothing
-            self.egress = pod_egress({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
-        except PodEgressError as e:
+            self.egress = pod_egress(annotations)
+            boot = pod_boot(annotations)
+        except (PodEgressError, ValueError) as e:
             raise ShimError(FAILED_PRECONDITION, f"pod {self.id}: {e}") from e
         if self.egress is not None and pod_netns(spec) is None:
             raise ShimError(FAILED_PRECONDITION, f"pod {self.id}: annotation {NETWORK_ANNOTATION} needs the pod's "
                             "own network (not hostNetwork)")
         self._mounted_root = mount_all(mounts, self.rootfs)
         self.state_dir.mkdir(exist_ok=True)
-        disk = self._disk_from(self.rootfs)
+        disk, image = root_disk(self.home.cache, self.state_dir, mounts, self.rootfs)
         self.share.mkdir(exist_ok=True)
         # a mount of its own, shared: what is mounted below it later propagates into
         # virtiofsd's namespace (a slave of it)
@@ -129,11 +138,14 @@ class Pod:
         box_id = f"k8s.{self.id}"[:60]
         if self.egress is not None:
             self._register_egress(box_id)
+        # from a snapshot template of its image and size where its rootfs is the image's
+        # layers alone (k8s/rootdisk.py); the pod's share and NIC are hot-plugged into it
+        boot = boot if image else "cold"
         launch = BoxLaunch(box_id=box_id, rundir=self.rundir, vcpus=vcpus(spec),
                            memory_mib=memory_mib(spec, max(DEFAULT_MEMORY_MIB, pod_memory)), disk=disk,
                            config=BoxConfig(hostname=str(spec.get("hostname") or self.id[:63])),
-                           volumes=(share,), boot="cold", pod_network=self.netns,
-                           pod_egress=self.egress is not None)
+                           volumes=(share,), boot=boot, image=f"pod-root:{image}" if image else "",
+                           pod_network=self.netns, pod_egress=self.egress is not None)
         driver = driver_with({Capability.VOLUMES}, self.home)  # the pod share is a bind volume
         self.handle = driver.start(launch, 180.0)
         # for `shim delete`: containerd's cleanup when this daemon died with the VM up
@@ -216,19 +228,6 @@ class Pod:
         (folder / "ca.pem").write_bytes(ca)
         (folder / "ca-bundle.pem").write_bytes(store.rstrip(b"\n") + b"\n" + ca)
         return [(str(folder / "ca-bundle.pem"), GUEST_CA_BUNDLE), (str(folder / "ca.pem"), GUEST_CA_CERT)]
-
-    def _disk_from(self, rootfs: Path) -> Path:
-        """The rootfs as an ext4 image (mkfs.ext4 -d), under a qcow2 overlay the VM writes."""
-        used = int(subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True,
-                                  check=True).stdout.split()[0])
-        raw = self.state_dir / "rootfs.ext4"
-        size_mib = max(256, (used >> 20) * 2 + 256)
-        _run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(raw), f"{size_mib}M"], "rootfs disk", 300)
-        os.chmod(raw, 0o644)
-        overlay = self.state_dir / "disk.qcow2"
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw), str(overlay)],
-             "rootfs overlay")
-        return overlay
 
     # --- further containers ---------------------------------------------------------
     def add_rootfs(self, container_id: str, mounts: list[Any], bundle_rootfs: Path) -> str:

@@ -117,6 +117,6 @@ def test_more_shares_to_hot_plug_than_ports_is_refused() -> None:
 
     import pytest
 
-    spec = replace(SPEC, shares=((Path("/s0"), "t0"),), shares_hotplugged=True)
+    spec = replace(SPEC, shares=((Path("/s0"), "t0"),), hotplugged=True)
     with pytest.raises(ValueError):
         qemu_argv(spec)

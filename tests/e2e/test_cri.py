@@ -112,6 +112,10 @@ def _qemus() -> set[int]:
     return out
 
 
+def _argv(pid: int) -> str:
+    return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()
+
+
 def _wait_state(cri: CriClient, cid: str, state: int, within: float = 120) -> Any:
     deadline = time.monotonic() + within
     while (st := cri.container_status(cid)).state != state and time.monotonic() < deadline:
@@ -125,7 +129,10 @@ def test_a_pod_is_one_vm_and_its_containers_run_in_it(cri: CriClient, box: BoxCl
     try:
         assert cri.pod_sandbox_status(pod).status.state == pb.SANDBOX_READY
         qemus = _qemus() - before
-        assert len(qemus) == 1, qemus  # the sandbox booted the pod's VM
+        assert len(qemus) == 1, qemus  # the sandbox started the pod's VM ...
+        # ... a clone of its image's snapshot template, its share hot-plugged (on the node's
+        # network: no NIC)
+        assert " -incoming " in _argv(next(iter(qemus))), _argv(next(iter(qemus)))
         c1 = cri.create_container(pod, _container_config("c1", MARKED, ["sleep", "100000"], memory=96 << 20),
                                   _sandbox_config("p1", tmp_path / "logs"))
         cri.start_container(c1)
@@ -311,9 +318,14 @@ def test_a_pod_on_a_cni_network_is_its_vm(cri: CriClient, box: BoxCli, tmp_path:
             linux=pb.LinuxPodSandboxConfig())  # the pod's own network namespace
 
     c1_config = config("net1", [pb.PortMapping(protocol=pb.TCP, container_port=8080, host_port=18080)])
+    before = _qemus()
     pod1 = cri.run_pod_sandbox(c1_config, handler="a3sbox")
     pod2 = ""
     try:
+        # a clone of the snapshot template of its image and size (made by this first pod):
+        # the template has no NIC, the pod's was hot-plugged into it with its CNI address
+        (vm1,) = _qemus() - before
+        assert " -incoming " in _argv(vm1) and "virtio-net" not in _argv(vm1), _argv(vm1)
         ip1 = cri.pod_sandbox_status(pod1).status.network.ip
         assert ip1.startswith("10.213.77."), ip1
         server = cri.create_container(pod1, _container_config(
@@ -346,9 +358,13 @@ def test_a_pod_on_a_cni_network_is_its_vm(cri: CriClient, box: BoxCli, tmp_path:
 
         c2_config = config("net2", [])
         pod2 = cri.run_pod_sandbox(c2_config, handler="a3sbox")
+        (vm2,) = _qemus() - before - {vm1}
+        assert " -incoming " in _argv(vm2)  # another clone of the same template
         client = cri.create_container(pod2, _container_config("client", HELLO, ["sleep", "100000"]), c2_config)
         cri.start_container(client)
         _wait_state(cri, client, pb.CONTAINER_RUNNING)
+        macs = [cri.exec_sync(c, ["cat", "/sys/class/net/eth0/address"], timeout=60)[1] for c in (server, client)]
+        assert macs[0] != macs[1], macs  # each its own pod interface's, not the template's
         for _ in range(20):  # pod -> pod (the server restarts its nc between connections)
             code, out, _ = cri.exec_sync(client, ["sh", "-c", f"nc {ip1} 8080 </dev/null"], timeout=60)
             if out.strip():
@@ -472,3 +488,26 @@ def test_a_pod_with_an_annotation_it_cannot_honour_does_not_start(cri: CriClient
         cri.run_pod_sandbox(sandbox, handler="a3sbox")
     assert "a3s.dev/secrets: TOKEN: elsewhere.test is not allowed by a3s.dev/network" in str(e.value.details())
     assert _qemus() <= before
+
+
+def test_a_pod_annotated_to_boot_cold_boots_and_a_bad_value_starts_nothing(cri: CriClient, tmp_path: Path) -> None:
+    def sandbox(name: str, boot: str) -> Any:
+        return pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+                                   hostname=name, log_directory=str(tmp_path / "logs"),
+                                   annotations={"a3s.dev/boot": boot})
+    before = _qemus()
+    with pytest.raises(grpc.RpcError) as e:
+        cri.run_pod_sandbox(sandbox("warm", "warm"), handler="a3sbox")
+    assert "a3s.dev/boot: 'warm' is not one of snapshot, cold" in str(e.value.details())
+    assert _qemus() <= before
+    pod = cri.run_pod_sandbox(sandbox("coldpod", "cold"), handler="a3sbox")
+    try:
+        (vm,) = _qemus() - before
+        assert " -incoming " not in _argv(vm) and " -kernel " in _argv(vm)  # booted, as asked
+        c = cri.create_container(pod, _container_config("c", HELLO, ["sleep", "100000"]), sandbox("coldpod", "cold"))
+        cri.start_container(c)
+        _wait_state(cri, c, pb.CONTAINER_RUNNING)
+        assert cri.exec_sync(c, ["true"], timeout=60)[0] == 0
+    finally:
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)

@@ -302,3 +302,12 @@ def test_a_mount_waiting_for_its_source_takes_it_once_it_appears(make_guest: Cal
         appear.cancel()
         subprocess.run(["umount", str(target)], capture_output=True)
         subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
+def test_net_configures_nothing_outside_a_vm(make_guest: Callable[[], "LocalGuest"]) -> None:
+    """NET (a clone's hot-plugged NIC) would reconfigure the host's eth0 in local mode:
+    only a VM's PID 1 takes it (the e2e pod tests take it in real VMs)."""
+    g = make_guest()
+    g.client.hello(10)
+    with pytest.raises(GuestError, match="outside a VM"):
+        g.client.net("10.0.0.2/24,10.0.0.1,-")

@@ -75,11 +75,12 @@ class QemuSpec:
     # virtio-fs shares (vhost-user socket, tag); they need the guest's RAM shared with
     # the virtiofsd processes (a memfd backend)
     shares: tuple[tuple[Path, str], ...] = ()
-    # PCIe root ports (microvm's pcie=on) that a clone's shares are hot-plugged into; with
-    # shares_hotplugged, the shares' chardevs are on the command line and their devices
-    # come over QMP (hotplug_devices) once the template's state is loaded
+    # PCIe root ports (microvm's pcie=on) that a clone's shares and a pod's NIC are
+    # hot-plugged into; with hotplugged, the shares' chardevs and the tap's netdev are on
+    # the command line and their devices come over QMP (hotplug_devices) once the
+    # template's state is loaded
     hotplug_ports: int = 0
-    shares_hotplugged: bool = False
+    hotplugged: bool = False
     # Guest RAM is this inherited descriptor (a memfd the shim filled with a template's
     # RAM), mapped shared: virtiofsd must see the pages the guest writes
     memory_fd: int | None = None
@@ -159,16 +160,21 @@ def _opt(path: Path) -> str:
 
 
 def hotplug_devices(spec: QemuSpec) -> list[dict[str, str]]:
-    """QMP device_add arguments of SPEC's hot-plugged shares, a root port each."""
-    if not spec.shares_hotplugged:
+    """QMP device_add arguments of SPEC's hot-plugged shares and pod NIC, a root port each."""
+    if not spec.hotplugged:
         return []
-    return [{"driver": "vhost-user-fs-pci", "id": f"fs{i}", "chardev": f"vfs{i}", "tag": tag, "bus": f"hp{i}"}
-            for i, (_sock, tag) in enumerate(spec.shares)]
+    devices = [{"driver": "vhost-user-fs-pci", "id": f"fs{i}", "chardev": f"vfs{i}", "tag": tag, "bus": f"hp{i}"}
+               for i, (_sock, tag) in enumerate(spec.shares)]
+    if spec.tap is not None:
+        devices.append({"driver": "virtio-net-pci", "id": "nic0", "netdev": "net0", "mac": spec.tap_mac,
+                        "bus": f"hp{len(devices)}"})
+    return devices
 
 
 def qemu_argv(spec: QemuSpec) -> list[str]:
-    if spec.shares_hotplugged and len(spec.shares) > spec.hotplug_ports:
-        raise ValueError(f"{len(spec.shares)} shares to hot-plug, {spec.hotplug_ports} root ports")
+    plugged = len(spec.shares) + (spec.tap is not None)
+    if spec.hotplugged and plugged > spec.hotplug_ports:
+        raise ValueError(f"{plugged} devices to hot-plug, {spec.hotplug_ports} root ports")
     shared_memory = spec.shares or spec.memory_file or spec.memory_fd is not None
     machine = spec.machine + (",pcie=on" if spec.hotplug_ports else "")
     argv = [spec.binary,
@@ -195,7 +201,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
                  "-global", "migration.store-global-state=off"]
     elif spec.shares:
         argv += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on"]
-    if spec.shares and not spec.shares_hotplugged:
+    if spec.shares and not spec.hotplugged:
         # virtiofsd (libvhost-user) serves modern virtio only; microvm's mmio is legacy by
         # default (hot-plugged shares are PCI devices: the mmio ones stay as the template's)
         argv += ["-global", "virtio-mmio.force-legacy=false"]
@@ -214,7 +220,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
                  f"file={_opt(disk)}", "-device", f"virtio-blk-device,drive=vol{i}"]
     for i, (sock, tag) in enumerate(spec.shares):
         argv += ["-chardev", f"socket,id=vfs{i},path={_opt(sock)}"]
-        if not spec.shares_hotplugged:
+        if not spec.hotplugged:
             argv += ["-device", f"vhost-user-fs-device,chardev=vfs{i},tag={tag}"]
     if spec.forwards is not None:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{inner}-:{box}" for inner, box in spec.forwards)
@@ -223,8 +229,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
                  # has no switch to teach, and every clone would run the kernel's path
                  "-device", "virtio-net-device,netdev=net0,guest_announce=off"]
     elif spec.tap is not None:
-        argv += ["-netdev", f"tap,id=net0,fd={spec.tap}",
-                 "-device", f"virtio-net-device,netdev=net0,mac={spec.tap_mac}"]
+        argv += ["-netdev", f"tap,id=net0,fd={spec.tap}"]
+        if not spec.hotplugged:
+            argv += ["-device", f"virtio-net-device,netdev=net0,mac={spec.tap_mac}"]
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{_opt(spec.qmp)},server=on,wait=off"]
     if spec.incoming is not None:

@@ -129,24 +129,7 @@ class QemuDriver:
         conf = _Confinement(*security_level(launch.box_id, launch.security, self.binary))
         if conf.seccomp:
             spec = replace(spec, sandbox=QEMU_SANDBOX)
-        boot = "cold"
-        if launch.boot == "snapshot":
-            why_not = snapshot_ineligible(launch, self.arch.machine)
-            if why_not:
-                boot = f"cold ({why_not})"
-            else:
-                try:
-                    return self._start_clone(launch, spec, timeout, conf, network=forwards is not None,
-                                             virtiofsd=virtiofsd)
-                except SnapshotError as e:
-                    boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
-                    _note(rundir, boot)
-                    _remove_runtime_files(rundir)
-                    (rundir / "exit.json").unlink(missing_ok=True)
         extra: dict[str, object] = {"network": forwards is not None, "virtiofsd": virtiofsd}
-        # the egress proxy is the host's daemon, outside the box's cgroup: virtiofsd alone joins it
-        jail = self._jail(launch.box_id, rundir, spec, conf,
-                          network=forwards is not None or launch.pod_network is not None, helpers=len(virtiofsd))
         if launch.pod_network is not None:
             try:
                 iface = podnet.plug(launch.pod_network, routed=launch.pod_egress)
@@ -154,6 +137,22 @@ class QemuDriver:
                 raise DriverError(launch.box_id, str(e)) from e
             spec = replace(spec, tap_mac=iface.mac, guest_net=iface.guest_arg())
             extra["pod_netns"] = launch.pod_network
+        boot = "cold"
+        if launch.boot == "snapshot":
+            why_not = snapshot_ineligible(launch, self.arch.machine)
+            if why_not:
+                boot = f"cold ({why_not})"
+            else:
+                try:
+                    return self._start_clone(launch, spec, timeout, conf, extra)
+                except SnapshotError as e:
+                    boot = f"cold (snapshot restore failed: {str(e).removeprefix(f'box {launch.box_id}: ')})"
+                    _note(rundir, boot)
+                    _remove_runtime_files(rundir)
+                    (rundir / "exit.json").unlink(missing_ok=True)
+        # the egress proxy is the host's daemon, outside the box's cgroup: virtiofsd alone joins it
+        jail = self._jail(launch.box_id, rundir, spec, conf,
+                          network=forwards is not None or launch.pod_network is not None, helpers=len(virtiofsd))
         handle, pgid = self._spawn(launch.box_id, rundir, spec, extra, jail=jail, label=conf.label,
                                    logging=launch.logging)
         done = self._finish(launch, handle, pgid, timeout, boot)
@@ -261,11 +260,11 @@ class QemuDriver:
 
     def _finish(self, launch: BoxLaunch, handle: VmHandle, pgid: int, timeout: float,
                 boot: str, ready: Any = None, fresh: Any = None, configure: bool = True,
-                hotplugged: bool = False) -> VmHandle:
+                hotplugged: bool = False, net: str = "") -> VmHandle:
         """From a started shim to a configured guest; on any failure nothing is left.
         `ready(handle)` runs first (a clone's restore); `fresh(random_hex)` checks the
         guest's fresh random bytes after SEED; HOTPLUGGED: its shares were hot-plugged
-        (the guest waits for them to mount)."""
+        (the guest waits for them to mount); NET: its hot-plugged NIC's a3s.net value."""
         rundir = launch.rundir
         try:
             deadline = time.monotonic() + timeout
@@ -285,6 +284,8 @@ class QemuDriver:
                 random_hex = client.seed()  # before anything random happens in the guest
                 if fresh is not None:
                     fresh(random_hex)
+                if net:
+                    client.net(net, max(deadline - time.monotonic(), 1.0))
                 if configure:  # a fork's agent is already running
                     if launch.network is not None and launch.network.secrets:
                         install_box_ca(client, rundir)
@@ -303,14 +304,16 @@ class QemuDriver:
 
     # --- snapshots ---------------------------------------------------------------------
     def _start_clone(self, launch: BoxLaunch, spec: QemuSpec, timeout: float,
-                     conf: "_Confinement", network: bool = False,
-                     virtiofsd: list[dict[str, Any]] | None = None) -> VmHandle:
-        """NETWORK: the box has one. The template's NIC (user-mode networking, the same
-        guest address in every box) ran in an empty namespace; the clone's runs in the box's
-        own, behind its own egress proxy, and CONFIG gives the guest its resolver, trust
-        store and secrets' placeholders as after a cold boot. VIRTIOFSD: the shares'
-        daemons (the template has none; the clone's shares are hot-plugged)."""
-        virtiofsd = virtiofsd or []
+                     conf: "_Confinement", extra: dict[str, object]) -> VmHandle:
+        """EXTRA: what the shim sets up (launch.json). A box's network: the template's NIC
+        (user-mode networking, the same guest address in every box) ran in an empty
+        namespace; the clone's runs in the box's own, behind its own egress proxy, and
+        CONFIG gives the guest its resolver, trust store and secrets' placeholders as after
+        a cold boot. Shares (their virtiofsd in EXTRA) and a pod's NIC are not in the
+        template: they are hot-plugged into the clone, and NET gives the guest the pod's
+        address."""
+        virtiofsd = list(extra.get("virtiofsd") or [])  # type: ignore[call-overload]
+        network = bool(extra.get("network")) or launch.pod_network is not None
         tspec = template_spec(spec)
         key = snapshot_key(tspec, launch.image, qemu_version(self.binary),
                            host_cpu_model() if spec.accel == "kvm" else "", launch.disk_size or 0,
@@ -330,9 +333,8 @@ class QemuDriver:
             clone = clone_spec(spec, template)
             jail = self._jail(launch.box_id, launch.rundir, clone, conf, network=network, helpers=len(virtiofsd),
                               groups=(self._template_gid(key),))
-            extra: dict[str, object] = {"network": network, "virtiofsd": virtiofsd}
             if clone.memory_fd is not None:  # the shim copies the template's RAM for it
-                extra["clone_ram"] = {"template": str(template.ram), "bytes": launch.memory_mib << 20}
+                extra = {**extra, "clone_ram": {"template": str(template.ram), "bytes": launch.memory_mib << 20}}
             handle, pgid = self._spawn(launch.box_id, launch.rundir, clone, extra,
                                        jail=jail, label=conf.label, logging=launch.logging)
             devices = hotplug_devices(clone)
@@ -350,7 +352,8 @@ class QemuDriver:
                 else:
                     done = self._finish(launch, handle, pgid, min(timeout, 30.0), boot,
                                         lambda h: self._restore(h, template, resume=True, devices=devices),
-                                        fresh, hotplugged=bool(devices))
+                                        fresh, hotplugged=bool(devices),
+                                        net=clone.guest_net.removeprefix("a3s.net=") if clone.tap else "")
                     done = _with_extra(done, template=key)
             except (DriverError, GuestError) as e:
                 store.retire(key)  # a template that does not restore is never used again
@@ -708,10 +711,10 @@ def snapshot_ineligible(launch: BoxLaunch, machine: str) -> str:
     volumes (their disks: same sizes share a template), tmpfs (mounted after the
     restore) and bind volumes (virtio-fs, hot-plugged into microvm's PCIe root ports:
     QEMU 7.2 cannot migrate it) can."""
-    if any(v.kind == "bind" for v in launch.volumes) and not machine.startswith("microvm"):
-        return f"bind volumes (virtio-fs) are hot-plugged into a clone only on microvm, not {machine.split(',')[0]}"
-    if launch.pod_network is not None:
-        return "a pod's network is plugged in at boot"
+    plugged = any(v.kind == "bind" for v in launch.volumes) or launch.pod_network is not None
+    if plugged and not machine.startswith("microvm"):
+        return ("bind volumes (virtio-fs) and a pod's NIC are hot-plugged into a clone only on microvm, "
+                f"not {machine.split(',')[0]}")
     if launch.disk is None or not launch.image:
         return "no disk image to snapshot"
     return ""

@@ -109,10 +109,12 @@ def normalized_argv(spec: QemuSpec) -> list[str]:
 
 def template_spec(spec: QemuSpec) -> QemuSpec:
     """The spec SPEC's template is booted from: its shares left out (vhost-user-fs is not
-    migratable in QEMU 7.2), a PCIe root port in their place for each clone's."""
-    if not spec.shares:
+    migratable in QEMU 7.2) and a pod's NIC (its tap, MAC and address are the pod's), a
+    PCIe root port in their place for each clone's."""
+    if not spec.shares and spec.tap is None:
         return spec
-    return replace(spec, shares=(), hotplug_ports=len(spec.shares))
+    return replace(spec, shares=(), tap=None, tap_mac="", guest_net="",
+                   hotplug_ports=len(spec.shares) + (spec.tap is not None))
 
 
 def clone_spec(spec: QemuSpec, template: "Template") -> QemuSpec:
@@ -120,9 +122,13 @@ def clone_spec(spec: QemuSpec, template: "Template") -> QemuSpec:
     with shares, their sockets to be hot-plugged and its own RAM (RAM_FD, see
     clone_ram.py), else the template's RAM mapped copy-on-write."""
     base = replace(template_spec(spec), incoming="defer")
-    if not spec.shares:
+    if not base.hotplug_ports:
         return replace(base, memory_file=template.ram, memory_shared=False)
-    return replace(base, shares=spec.shares, shares_hotplugged=True, memory_fd=RAM_FD)
+    plugged = replace(base, shares=spec.shares, tap=spec.tap, tap_mac=spec.tap_mac, guest_net=spec.guest_net,
+                      hotplugged=True)
+    # shares need guest RAM that virtiofsd sees: a copy of the template's of its own
+    return replace(plugged, memory_fd=RAM_FD) if spec.shares else \
+        replace(plugged, memory_file=template.ram, memory_shared=False)
 
 
 def snapshot_key(spec: QemuSpec, image: str, qemu_version: str, cpu_model: str = "",

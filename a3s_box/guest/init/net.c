@@ -1,7 +1,10 @@
 /* The guest's one network interface, configured statically from the kernel command line
- * (a3s.net=ADDR/PREFIX,GATEWAY,DNS[,MTU]; DNS "-": no resolv.conf), before any agent exists. The host side (the
+ * (a3s.net=ADDR/PREFIX,GATEWAY,DNS[,MTU]; DNS "-": no resolv.conf), before any agent exists;
+ * or, in a snapshot clone whose NIC is hot-plugged after the restore (a pod's), from the
+ * NET message with the same text, before CONFIG. The host side (the
  * box's egress proxy) decides what that network reaches; here it is only plumbing. */
 #include "a3s.h"
+#include "server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -114,4 +117,26 @@ int net_up(const char *spec)
 	if (write_text("/etc/resolv.conf", conf) < 0)
 		logmsg("net: /etc/resolv.conf: %s", strerror(errno));
 	return 0;
+}
+
+/* NET: a clone's eth0, hot-plugged after the restore: net_up waits for it to appear. Once,
+ * before CONFIG (the agent must never see its network change), in a VM only. */
+void on_net(struct conn *c, struct rd *r)
+{
+	static int done;
+	char *spec = r_str(r);
+	if (r_end(r) < 0 || strlen(spec) > 100)
+		send_result(c, 0, EINVAL, "bad NET payload");
+	else if (!O->pid1)
+		send_result(c, 0, EPERM, "no network to configure outside a VM");
+	else if (A.configured || done)
+		send_result(c, 0, EBUSY, "the network is configured once, before CONFIG");
+	else if (net_up(spec) < 0)
+		send_result(c, 0, EIO, "configuring eth0 failed (see the console)");
+	else {
+		done = 1;
+		logmsg("network: %s", spec);
+		send_result(c, 0, 0, "");
+	}
+	free(spec);
 }

@@ -128,6 +128,12 @@ void dispatch(struct conn *c, int type, uint32_t id, const unsigned char *p, siz
 			return;
 		}
 		break;
+	case M_NET:
+		if (id == 0) {
+			on_net(c, &r);
+			return;
+		}
+		break;
 	case M_SHUTDOWN:
 		if (id == 0) {
 			int mode = r_u8(&r);

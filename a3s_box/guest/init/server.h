@@ -114,6 +114,7 @@ const struct nsset *ns_for(int ns, int *err, const char **why);
 void agent_start(void);
 void on_prepare(struct conn *c, struct rd *r);
 void on_trust(struct conn *c, struct rd *r); /* trust.c */
+void on_net(struct conn *c, struct rd *r);   /* net.c */
 void agent_after_exit(int failed);
 void agent_launch(void);
 void reaped(pid_t pid, int st);

@@ -67,7 +67,7 @@
 
 enum {
 	HELLO = 0x01, PING = 0x02, PONG = 0x03, CONFIG = 0x04, SHUTDOWN = 0x05, MOUNT = 0x06,
-	SEED = 0x07, PREPARE = 0x08, TRUST = 0x09, RESULT = 0x0F, EXEC = 0x10, STDIN = 0x12, EXIT = 0x15, SIGNAL = 0x16,
+	SEED = 0x07, PREPARE = 0x08, TRUST = 0x09, NET = 0x0A, RESULT = 0x0F, EXEC = 0x10, STDIN = 0x12, EXIT = 0x15, SIGNAL = 0x16,
 	RESIZE = 0x17, PUT = 0x20, GET = 0x21, STATUS = 0x30, STATUS_REPLY = 0x31, ERROR = 0x7F,
 };
 
@@ -508,7 +508,7 @@ static void from_client(int cid, int type, uint32_t stream, const unsigned char 
 			to_client(cid, HELLO, 0, S.hello.p, S.hello.len);
 			return;
 		}
-		if (type == CONFIG || type == MOUNT || type == SEED || type == PREPARE || type == TRUST ||
+		if (type == CONFIG || type == MOUNT || type == SEED || type == PREPARE || type == TRUST || type == NET ||
 		    type == SHUTDOWN || type == PING) {
 			if (S.nwaiting == S.waiting_cap) {
 				S.waiting_cap = S.waiting_cap ? 2 * S.waiting_cap : 16;
