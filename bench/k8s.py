@@ -145,10 +145,10 @@ def main() -> None:
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
     for kind, what in (("", "the node's network"), ("-cni", "a CNI pod network")):
         runc, box = statistics.median(times["runc" + kind]), statistics.median(times["a3sbox" + kind])
-        cold = statistics.median(times["a3sbox" + kind + "-cold"])
+        booted = statistics.median(times["a3sbox" + kind + "-cold"])
         print(f"pod create -> first ExecSync on {what} (median of {rounds}): runc {runc * 1000:.0f} ms, "
               f"a3sbox from a snapshot {box * 1000:.0f} ms = {box / runc:.1f}x runc, "
-              f"booted cold {cold * 1000:.0f} ms = {cold / runc:.1f}x runc; snapshot = {box / cold:.2f}x cold")
+              f"booted cold {booted * 1000:.0f} ms = {booted / runc:.1f}x runc; snapshot = {box / booted:.2f}x cold")
     routed, bridged = statistics.median(times["a3sbox-fenced"]), statistics.median(times["a3sbox-cni"])
     print(f"... held to an allow-list (a3s.dev/network: routed to the egress proxy): a3sbox {routed * 1000:.0f} ms "
           f"= {routed / statistics.median(times['runc-cni']):.1f}x runc, {routed / bridged:.2f}x an unannotated a3sbox pod")

@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from a3s_box.disks.overlay import OverlayError
+from a3s_box.disks.overlay import create_overlay as disk_overlay
 from a3s_box.errors import ImageError
 from a3s_box.units import GiB, round_up_mib
 
@@ -61,11 +63,7 @@ def build_ext4(src: Path, dest: Path, ref: str, room: Callable[[int], None] = la
 
 def create_overlay(base: Path, dest: Path, ref: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base.absolute()),
-              str(tmp)], ref, "creating the box disk")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+        return disk_overlay(base, dest, "raw")
+    except OverlayError as e:
+        raise ImageError(ref, f"creating the box disk failed: {e}") from e

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from a3s_box.disks.overlay import OverlayError, create_overlay
 from a3s_box.k8s.service import FAILED_PRECONDITION, ShimError
 
 MIN_SIZE_MIB = 256
@@ -97,7 +98,7 @@ def root_disk(cache: Path, state_dir: Path, mounts: list[Any], rootfs: Path) -> 
     else:
         base = state_dir / "rootfs.ext4"
         build_image(rootfs, base)
-    overlay = state_dir / "disk.qcow2"
-    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(overlay)],
-         "rootfs overlay", 60)
-    return overlay, identity
+    try:
+        return create_overlay(base, state_dir / "disk.qcow2", "raw"), identity
+    except OverlayError as e:
+        raise ShimError(FAILED_PRECONDITION, f"rootfs overlay: {e}") from e

@@ -41,6 +41,7 @@ from a3s_box.jail.spec import JailSpec, box_limits
 from a3s_box.jail.support import QEMU_SANDBOX
 from a3s_box.polling import PathWatch
 from a3s_box.disks import space
+from a3s_box.disks.overlay import OverlayError, create_overlay
 from a3s_box.errors import BoxError, DiskFullError, DriverError, GuestError, HostUnsupported
 from a3s_box.drivers.common.supervision import (connect_unix, exit_reason, is_supervisor,
                                          observe_supervised, rundir_of, stop_supervised,
@@ -559,10 +560,10 @@ class QemuDriver:
         os.link(disk, layer)  # the same inode: what the VM wrote so far, now also the layer
         give(layer, 0, 0, 0o644)  # read-only to every VMM from now on, its old writer included
         nxt = disk.with_name(f".{disk.name}.next")
-        r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(layer),
-                            str(nxt), str(size)], capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise DriverError(disk.parent.name, f"qemu-img create: {r.stderr.strip()}")
+        try:  # unsafe: the layer is the running VM's open disk
+            create_overlay(layer, nxt, "qcow2", size, unsafe=True)
+        except OverlayError as e:
+            raise DriverError(disk.parent.name, str(e)) from e
         node = next(str(b["inserted"]["node-name"]) for b in q.command("query-block")
                     if b.get("device") == "root")
         give(nxt, uid, uid)

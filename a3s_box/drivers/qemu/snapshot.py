@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +49,7 @@ from typing import Any
 
 from a3s_box.atomic import write_text_atomic
 from a3s_box.disks import space
+from a3s_box.disks.overlay import OverlayError, create_overlay
 from a3s_box.disks.qcow2 import backing_chain
 from a3s_box.drivers.qemu.argv import RAM_FD, QemuSpec, qemu_argv
 from a3s_box.errors import DriverError
@@ -166,10 +166,10 @@ def host_cpu_model() -> str:
 
 def create_overlay_on(backing: Path, dest: Path) -> None:
     """A new qcow2 at DEST whose backing file is BACKING (a template's frozen disk)."""
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(dest)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise SnapshotError(dest.parent.name, f"qemu-img create: {r.stderr.strip()}")
+    try:
+        create_overlay(backing, dest, "qcow2")
+    except OverlayError as e:
+        raise SnapshotError(dest.parent.name, str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -195,14 +195,7 @@ class Template:
         9 ms of each clone's start)."""
         first = self.folder / "overlay.qcow2"
         if not first.is_file():  # starts in parallel may each make one: the last one stays
-            fd, name = tempfile.mkstemp(prefix=".overlay.", suffix=".tmp", dir=self.folder)
-            os.close(fd)
-            tmp = Path(name)
-            try:
-                create_overlay_on(self.disk, tmp)
-                os.replace(tmp, first)
-            finally:
-                tmp.unlink(missing_ok=True)
+            create_overlay_on(self.disk, first)
         shutil.copyfile(first, dest)
 
     def meta(self) -> dict[str, Any]:
