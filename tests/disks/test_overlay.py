@@ -3,7 +3,7 @@ all, threads making one at once do not trip over each other's temporary files, a
 failure says why."""
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,19 +16,9 @@ def test_threads_making_one_overlay_at_once_all_succeed(tmp_path: Path) -> None:
     base = tmp_path / "base.raw"
     base.write_bytes(b"\0" * (1 << 20))
     dest = tmp_path / "overlay.qcow2"
-    errors: list[BaseException] = []
-
-    def make() -> None:
-        try:
-            create_overlay(base, dest, "raw")
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=make) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and backing_file(dest) == base
+    with ThreadPoolExecutor(6) as pool:  # a failure in any raises here
+        made = list(pool.map(lambda _: create_overlay(base, dest, "raw"), range(6)))
+    assert made == [dest] * 6 and backing_file(dest) == base
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.raw", "overlay.qcow2"]  # no temporary left
 
 
