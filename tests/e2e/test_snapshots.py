@@ -279,12 +279,15 @@ boxes:
   agent:
     image: hello
     namespaces: {agent: {command: ["/bin/sh", "-c", "date +%s > /tmp/started; exec sleep 2147483647"]}}
+    volumes: ["./shared:/shared"]
 pools:
   warm: {box: agent, min_ready: 2, max: 4, park: true}
 """
 
 
 def test_a_parked_pool_hands_over_running_boxes(box: BoxCli, hello_image: Path, tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "hello").write_text("from the host\n")
     f = boxfile(tmp_path, hello_image, PARKED)
     box("apply", "-f", str(f), check=True)
     members = box("ps", "-o", "json", check=True).json()
@@ -302,6 +305,8 @@ def test_a_parked_pool_hands_over_running_boxes(box: BoxCli, hello_image: Path, 
         # the agent started on acquire, not at boot: it stamps the time it began
         started = int(box("exec", job, "--", "cat", "/tmp/started", check=True).out)
         assert abs(started - time.time()) < 5
+        # its share was hot-plugged while it was parked, and mounted once it ran
+        assert box("exec", job, "--", "cat", "/shared/hello", check=True).out == "from the host\n"
     rnd = [box("exec", n, "--", "sh", "-c", "head -c 32 /dev/urandom | md5sum", check=True).out for n in taken]
     assert rnd[0] != rnd[1]
     status = {m["name"]: m["status"] for m in box("ps", "-o", "json", check=True).json()}
