@@ -38,7 +38,7 @@ def setup_cmd(c: CliContext, output: str | None) -> None:
     """
     from a3s_box.drivers.common.artifacts import ensure_guest_artifacts
 
-    ensure_guest_artifacts(c.home, progress=not c.quiet)
+    ensure_guest_artifacts(c.home, progress=not c.quiet, complete=True)
     _show(host_checks(c.home), output or c.output)
 
 

@@ -132,8 +132,14 @@ def snapshot_check(home: Home) -> Check:
     entries = TemplateStore(home.cache).entries()
     usable = sum(1 for e in entries if e["kind"] == "template")
     size = sum(int(e["disk_and_memory_bytes"]) for e in entries) >> 20
+    try:
+        kernel = cached_kernel(home.cache)
+    except BoxError:
+        kernel = None
+    binds = ("bind volumes and pods boot cold: this home's guest kernel has no virtio_pci to take hot-plugged "
+             "devices (`box setup` provisions it)" if kernel is not None and not kernel.pci_hotplug else
+             "bind volumes included (virtio-fs, hot-plugged into each clone: QEMU 7.2 cannot migrate it)")
     return Check("snapshots", True, f"qemu: boxes start as clones of templates ({usable} ready, "
                  f"{len(entries)} in the store, {size} MiB; `box snapshot ls`), networks, secrets, named "
-                 "volumes, tmpfs and bind volumes included (virtio-fs, hot-plugged into each clone: QEMU "
-                 "7.2 cannot migrate it); libkrun: every box boots cold (libkrun has no API to save "
-                 "or restore a VM)", essential=False)
+                 f"volumes and tmpfs included; {binds}; libkrun: every box boots cold (libkrun has no API "
+                 "to save or restore a VM)", essential=False)

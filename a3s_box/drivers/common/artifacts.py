@@ -30,6 +30,7 @@ class GuestArtifacts:
     initramfs: Path
     kernel_release: str
     init_binary: Path
+    pci_hotplug: bool = True  # the kernel probes hot-plugged virtio PCI devices (Kernel.pci_hotplug)
 
 
 def initramfs_entries(init: bytes, modules: tuple[GuestModule, ...]) -> list[Entry]:
@@ -85,19 +86,20 @@ def _stamp(home: Home, init_binary: Path, files: tuple[Path, ...] = ()) -> objec
 _known: dict[Path, tuple[object, GuestArtifacts]] = {}
 
 
-def ensure_guest_artifacts(home: Home, progress: bool = False) -> GuestArtifacts:
+def ensure_guest_artifacts(home: Home, progress: bool = False, complete: bool = False) -> GuestArtifacts:
     """Provision (once) and return the guest kernel, init and initramfs. Idempotent;
     after the first run it needs no network and only reads the cache. Kept per process
-    while the provisioned kernel, the init's sources and the files stand."""
+    while the provisioned kernel, the init's sources and the files stand. COMPLETE
+    (`box setup`): a kernel provisioned without a module wanted since is provisioned anew."""
     home.ensure()
     kept = _known.get(home.cache)
-    if not progress and kept is not None:
+    if not progress and not complete and kept is not None:
         art = kept[1]  # the init's path names its sources' hash
         stamp = _stamp(home, cached_guest_init(home.cache), (art.kernel, art.initramfs, art.init_binary))
         if stamp is not None and stamp == kept[0]:
             return art
     say = _say if progress else (lambda _m: None)
-    kernel = ensure_kernel(home.cache, say)
+    kernel = ensure_kernel(home.cache, say, complete)
     init_binary = build_guest_init(home.cache)
     try:
         initramfs = build_initramfs(home.cache, init_binary, kernel)
@@ -106,7 +108,7 @@ def ensure_guest_artifacts(home: Home, progress: bool = False) -> GuestArtifacts
     if progress:
         say(f"guest init {init_binary}")
         say(f"initramfs {initramfs}")
-    art = GuestArtifacts(kernel.vmlinuz, initramfs, kernel.release, init_binary)
+    art = GuestArtifacts(kernel.vmlinuz, initramfs, kernel.release, init_binary, kernel.pci_hotplug)
     stamp = _stamp(home, init_binary, (art.kernel, art.initramfs, art.init_binary))
     if stamp is not None:
         _known[home.cache] = (stamp, art)

@@ -35,6 +35,9 @@ from a3s_box.errors import BoxError
 WANTED_MODULES = ("virtio_mmio", "virtio_console", "virtio_blk", "vsock",
                   "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "virtio_net",
                   "virtiofs", "virtio_pci")
+# A kernel provisioned before virtio_pci was wanted still serves (a host offline after an
+# upgrade keeps its boxes); without it nothing is hot-plugged, and such boxes boot cold
+HOTPLUG_MODULE = "virtio_pci"
 ENV_KERNEL = "A3S_BOX_KERNEL"
 ENV_MODULES = "A3S_BOX_KERNEL_MODULES"
 _META_PACKAGE = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-cloud-arm64"}
@@ -60,6 +63,7 @@ class Kernel:
     vmlinuz: Path
     release: str
     modules: tuple[GuestModule, ...]  # in load order
+    pci_hotplug: bool = True  # it can probe a hot-plugged virtio PCI device (drivers/qemu/snapshot.py)
 
 
 # --- modules ------------------------------------------------------------------
@@ -125,8 +129,9 @@ def provisioned_stamp(cache: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def cached_kernel(cache: Path) -> Kernel | None:
-    """The kernel `box setup` provisioned (or the user's, from the environment), if any."""
+def cached_kernel(cache: Path, complete: bool = False) -> Kernel | None:
+    """The kernel `box setup` provisioned (or the user's, from the environment), if any;
+    COMPLETE: only one with every wanted module (else one without HOTPLUG_MODULE serves)."""
     if os.environ.get(ENV_KERNEL):
         return _user_kernel()
     current = kernels_dir(cache) / "current"
@@ -141,10 +146,12 @@ def cached_kernel(cache: Path) -> Kernel | None:
                      for n in names)
     except OSError:
         return None
-    if not {canonical(w) for w in WANTED_MODULES} <= {m.name for m in mods}:
+    have = {m.name for m in mods}
+    needed = {canonical(w) for w in WANTED_MODULES if complete or w != HOTPLUG_MODULE}
+    if not needed <= have:
         return None  # provisioned before a module was wanted: provision again
     vmlinuz = root / "vmlinuz"
-    return Kernel(vmlinuz, release, mods) if vmlinuz.is_file() else None
+    return Kernel(vmlinuz, release, mods, canonical(HOTPLUG_MODULE) in have) if vmlinuz.is_file() else None
 
 
 def _user_kernel() -> Kernel:
@@ -174,15 +181,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_kernel(cache: Path, progress: Progress) -> Kernel:
-    found = cached_kernel(cache)
+def ensure_kernel(cache: Path, progress: Progress, complete: bool = False) -> Kernel:
+    """The cached kernel, or one provisioned now. COMPLETE (`box setup`): a cached kernel
+    without HOTPLUG_MODULE is provisioned again, and kept if that cannot be done."""
+    found = cached_kernel(cache, complete)
     if found is not None:
         return found
     with _locked(kernels_dir(cache) / ".lock"):
-        found = cached_kernel(cache)
+        found = cached_kernel(cache, complete)
         if found is not None:
             return found
-        return _provision_debian(cache, progress)
+        older = cached_kernel(cache) if complete else None
+        try:
+            return _provision_debian(cache, progress)
+        except KernelError as e:
+            if older is None:
+                raise
+            progress(f"kept kernel {older.release} without {HOTPLUG_MODULE} (boxes with bind volumes and pods "
+                     f"boot cold): {e}")
+            return older
 
 
 # --- Debian's cloud kernel ---------------------------------------------------------

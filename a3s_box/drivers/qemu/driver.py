@@ -140,7 +140,7 @@ class QemuDriver:
             extra["pod_netns"] = launch.pod_network
         boot = "cold"
         if launch.boot == "snapshot":
-            why_not = snapshot_ineligible(launch, self.arch.machine)
+            why_not = snapshot_ineligible(launch, self.arch.machine, art.pci_hotplug)
             if why_not:
                 boot = f"cold ({why_not})"
             else:
@@ -707,7 +707,7 @@ def _note(rundir: Path, text: str) -> None:
         f.write(f"a3s-box: {text}\n")
 
 
-def snapshot_ineligible(launch: BoxLaunch, machine: str) -> str:
+def snapshot_ineligible(launch: BoxLaunch, machine: str, pci_hotplug: bool = True) -> str:
     """Why this box cannot start from a snapshot ("" when it can). A network, named
     volumes (their disks: same sizes share a template), tmpfs (mounted after the
     restore) and bind volumes (virtio-fs, hot-plugged into microvm's PCIe root ports:
@@ -716,6 +716,8 @@ def snapshot_ineligible(launch: BoxLaunch, machine: str) -> str:
     if plugged and not machine.startswith("microvm"):
         return ("bind volumes (virtio-fs) and a pod's NIC are hot-plugged into a clone only on microvm, "
                 f"not {machine.split(',')[0]}")
+    if plugged and not pci_hotplug:
+        return "the guest kernel has no virtio_pci to take hot-plugged devices (`box setup` provisions it)"
     if launch.disk is None or not launch.image:
         return "no disk image to snapshot"
     return ""
